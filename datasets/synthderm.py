@@ -1,0 +1,255 @@
+"""``synthderm``: procedurally drawn skin-lesion images with a built-in, controllable bias.
+
+Every image shows one lesion on a patch of skin. The lesion's class decides its prototype
+(colour, shape, border irregularity and texture: uniform, dotted, reticular, ringed or
+speckled); each sample varies around its prototype, so classes overlap a little. Two
+sensitive attributes come with each image:
+
+* ``skin_tone``: Fitzpatrick type I–VI (also kept as ``fitzpatrick``), grouped light (I–III)
+  / dark (IV–VI); it sets the skin colour.
+* ``sex``: female / male; it has no effect on the image (a control attribute).
+
+The bias knobs (with their defaults) make a vanilla model measurably worse on dark skin:
+
+* ``dark_fraction`` (0.25): dark skin is the minority of the data;
+* ``dark_contrast`` (0.4): on dark skin the lesion's colour and texture are blended toward the
+  skin colour (1.0 = as on light skin), so the cues are fainter;
+* ``label_noise_light`` / ``label_noise_dark`` (0.02 / 0.10): the share of labels replaced by a
+  random other class, per group (the image shows the true class; every split part has the
+  noise, as real annotations do).
+
+Patients carry 1 or more images (``images_per_patient``, mean), sharing skin type and sex, so
+patient-grouped splits are exercised. Everything is deterministic from ``seed``: the table
+(classes, attributes, noisy labels) from one random stream, the drawing parameters from a
+second, so the table is built without rendering and rendering does not depend on chunk size.
+Rendering is vectorised over chunks of images (numpy), a few thousand images per second per
+core at 64 px. Each image has a binary lesion mask (the lesion's true extent).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from fairbench.data import DatasetAdapter, ImageSpec, SampleTable, register_dataset
+from fairbench.errors import ParamError
+from fairbench.params import param
+
+# Fitzpatrick I..VI base skin colours (RGB)
+SKIN_RGB = np.array(
+    [[242, 214, 196], [230, 192, 165], [205, 160, 124],
+     [160, 112, 80], [115, 78, 54], [78, 54, 40]], dtype=np.float32)
+
+TEXTURES = ("uniform", "dots", "reticular", "ring", "speckle")
+
+# prototypes: name, RGB, aspect ratio, border irregularity, radius, texture
+PROTOTYPES = (
+    ("nevus", (120, 78, 50), 1.0, 0.04, 0.30, "uniform"),
+    ("melanoma", (70, 42, 36), 1.15, 0.28, 0.34, "speckle"),
+    ("bcc", (205, 130, 128), 1.25, 0.10, 0.27, "ring"),
+    ("keratosis", (150, 108, 66), 1.5, 0.14, 0.31, "dots"),
+    ("vascular", (175, 45, 55), 1.0, 0.07, 0.23, "reticular"),
+    ("dermatofibroma", (140, 92, 84), 1.1, 0.06, 0.24, "ring"),
+    ("actinic", (192, 142, 122), 1.7, 0.18, 0.29, "speckle"),
+    ("scc", (168, 84, 72), 1.3, 0.22, 0.28, "dots"),
+)
+MAX_CLASSES = len(PROTOTYPES)
+
+
+@dataclass
+class SynthDermParams:
+    n_samples: int = param(3000, help="number of images", min=20)
+    n_classes: int = param(5, help="lesion classes", min=2, max=MAX_CLASSES)
+    seed: int = param(0, help="data seed (independent of the run seed)", min=0)
+    dark_fraction: float = param(0.25, help="share of dark skin (IV-VI)", min=0.0, max=1.0,
+                                 min_exclusive=True, max_exclusive=True)
+    dark_contrast: float = param(0.4, help="lesion contrast on dark skin, 1 = as on light",
+                                 min=0.0, max=1.0, min_exclusive=True)
+    label_noise_light: float = param(0.02, help="label noise on light skin", min=0.0, max=0.9)
+    label_noise_dark: float = param(0.10, help="label noise on dark skin", min=0.0, max=0.9)
+    female_fraction: float = param(0.5, help="share of female patients", min=0.0, max=1.0,
+                                   min_exclusive=True, max_exclusive=True)
+    class_imbalance: float = param(0.3, help="class k has weight (1-x)^k", min=0.0, max=0.9)
+    images_per_patient: float = param(1.5, help="mean images per patient", min=1.0)
+
+
+@register_dataset("synthderm")
+class SynthDerm(DatasetAdapter):
+    """Synthetic dermatology images with lesion masks and a controllable skin-tone bias."""
+
+    Params = SynthDermParams
+    requires_data_root = False
+    default_image_size = 32
+    default_backbone = "smallcnn"
+    tasks = ("classification", "segmentation")
+
+    def build_table(self) -> SampleTable:
+        return SampleTable(
+            build_metadata(self.params),
+            classes=[PROTOTYPES[k][0] for k in range(self.params.n_classes)],
+            attributes={
+                "skin_tone": ["light", "dark"],
+                "sex": ["female", "male"],
+                "fitzpatrick": ["I", "II", "III", "IV", "V", "VI"],
+            },
+            default_attribute="skin_tone",
+            has_masks=True,
+        )
+
+    def source_fingerprint(self, table: SampleTable) -> str:
+        return "generated:v1"
+
+    def fill_images(
+        self,
+        table: SampleTable,
+        spec: ImageSpec,
+        out: np.ndarray,
+        masks_out: np.ndarray | None = None,
+        progress: Callable[[int], None] | None = None,
+    ) -> None:
+        render_into(table.df, self.params, spec.size, out, masks_out, progress=progress)
+
+
+def build_metadata(p: SynthDermParams) -> pd.DataFrame:
+    """The sample table of ``p`` (true and observed labels, attributes, patients)."""
+    rng = np.random.default_rng([p.seed, 0])
+    n = p.n_samples
+    # patients: sizes 1 + Poisson(mean - 1), until n images
+    sizes = 1 + rng.poisson(p.images_per_patient - 1.0, size=n)
+    patient_of = np.repeat(np.arange(n), sizes)[:n]
+    n_patients = int(patient_of.max()) + 1
+    dark_p = rng.random(n_patients) < p.dark_fraction
+    fitz_p = np.where(dark_p, rng.integers(3, 6, n_patients), rng.integers(0, 3, n_patients))
+    male_p = rng.random(n_patients) >= p.female_fraction
+    weights = (1.0 - p.class_imbalance) ** np.arange(p.n_classes)
+    true_label = rng.choice(p.n_classes, size=n, p=weights / weights.sum())
+    dark = dark_p[patient_of]
+    noise = np.where(dark, p.label_noise_dark, p.label_noise_light)
+    flip = rng.random(n) < noise
+    other = (true_label + rng.integers(1, p.n_classes, n)) % p.n_classes
+    label = np.where(flip, other, true_label)
+    return pd.DataFrame({
+        "sample_id": [f"sd{p.seed}-{i:06d}" for i in range(n)],
+        "path": "",
+        "label": label.astype(np.int64),
+        "true_label": true_label.astype(np.int64),
+        "attr_skin_tone": dark.astype(np.int64),
+        "attr_sex": male_p[patient_of].astype(np.int64),
+        "attr_fitzpatrick": fitz_p[patient_of].astype(np.int64),
+        "patient_id": [f"p{p.seed}-{j:06d}" for j in patient_of],
+    })
+
+
+def _upsample(grid: np.ndarray, size: int) -> np.ndarray:
+    """Bilinear upsampling of (N, g, g) to (N, size, size)."""
+    g = grid.shape[1]
+    coords = np.linspace(0, g - 1, size, dtype=np.float32)
+    i0 = np.floor(coords).astype(np.int64).clip(0, g - 2)
+    t = (coords - i0)[None, :, None]
+    rows = grid[:, i0, :] * (1 - t) + grid[:, i0 + 1, :] * t
+    t2 = (coords - i0)[None, None, :]
+    return rows[:, :, i0] * (1 - t2) + rows[:, :, i0 + 1] * t2
+
+
+def render_into(
+    df: pd.DataFrame,
+    p: SynthDermParams,
+    size: int,
+    out: np.ndarray,
+    masks_out: np.ndarray | None = None,
+    *,
+    chunk: int = 256,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Draw every row of ``df`` (from :func:`build_metadata`) into ``out`` (N×size×size×3)."""
+    n = len(df)
+    rng = np.random.default_rng([p.seed, 1])
+    true_label = df["true_label"].to_numpy()
+    fitz = df["attr_fitzpatrick"].to_numpy()
+    dark = df["attr_skin_tone"].to_numpy().astype(bool)
+    proto_rgb = np.array([PROTOTYPES[k][1] for k in range(MAX_CLASSES)], np.float32)
+    proto_aspect = np.array([PROTOTYPES[k][2] for k in range(MAX_CLASSES)], np.float32)
+    proto_irr = np.array([PROTOTYPES[k][3] for k in range(MAX_CLASSES)], np.float32)
+    proto_rad = np.array([PROTOTYPES[k][4] for k in range(MAX_CLASSES)], np.float32)
+    proto_tex = np.array([TEXTURES.index(PROTOTYPES[k][5]) for k in range(MAX_CLASSES)])
+    # per-sample drawing parameters, all drawn up front
+    skin = SKIN_RGB[fitz] + rng.normal(0, 7, (n, 3)).astype(np.float32)
+    lesion = (proto_rgb[true_label] * np.exp(rng.normal(0, 0.12, (n, 1)))
+              + rng.normal(0, 7, (n, 3))).astype(np.float32)
+    aspect = proto_aspect[true_label] * np.exp(rng.normal(0, 0.12, n)).astype(np.float32)
+    irr = np.clip(proto_irr[true_label] + rng.normal(0, 0.04, n), 0, 0.5).astype(np.float32)
+    radius = proto_rad[true_label] * np.exp(rng.normal(0, 0.15, n)).astype(np.float32)
+    centre = rng.uniform(-0.15, 0.15, (n, 2)).astype(np.float32)
+    angle = rng.uniform(0, np.pi, n).astype(np.float32)
+    phases = rng.uniform(0, 2 * np.pi, (n, 3)).astype(np.float32)
+    freq = rng.uniform(16, 22, n).astype(np.float32)
+    light_dir = rng.normal(0, 0.06, (n, 2)).astype(np.float32)
+    speckle = rng.normal(0, 1, (n, 6, 6)).astype(np.float32)
+    pore_seed = rng.integers(0, 2**31, n)
+    contrast = np.where(dark, p.dark_contrast, 1.0).astype(np.float32)
+    texture = proto_tex[true_label]
+
+    lin = np.linspace(-1, 1, size, dtype=np.float32)
+    yy, xx = np.meshgrid(lin, lin, indexing="ij")
+    edge = 2.5 / size  # soft border about one pixel wide
+    for start in range(0, n, chunk):
+        sl = slice(start, min(n, start + chunk))
+        m = sl.stop - sl.start
+        cx, cy = centre[sl, 0, None, None], centre[sl, 1, None, None]
+        ca, sa = np.cos(angle[sl])[:, None, None], np.sin(angle[sl])[:, None, None]
+        a = (radius[sl] * np.sqrt(aspect[sl]))[:, None, None]
+        b = (radius[sl] / np.sqrt(aspect[sl]))[:, None, None]
+        u = ((xx - cx) * ca + (yy - cy) * sa) / a
+        v = (-(xx - cx) * sa + (yy - cy) * ca) / b
+        d = np.sqrt(u * u + v * v)
+        theta = np.arctan2(v, u)
+        ph = phases[sl]
+        border = 1.0 + irr[sl, None, None] * (
+            0.6 * np.cos(3 * theta + ph[:, 0, None, None])
+            + 0.4 * np.cos(5 * theta + ph[:, 1, None, None]))
+        alpha = np.clip((border - d) * (a / edge) + 0.5, 0.0, 1.0)
+        # texture in [-1, 1] (negative = darker)
+        tex = np.zeros((m, size, size), np.float32)
+        kinds = texture[sl]
+        f = freq[sl, None, None]
+        for kind in np.unique(kinds):
+            idx = np.flatnonzero(kinds == kind)
+            if TEXTURES[kind] == "uniform":
+                tex[idx] = -0.25 * (1.0 - d[idx].clip(0, 1))
+            elif TEXTURES[kind] == "dots":
+                s = np.sin(f[idx] * u[idx] * a[idx]) * np.sin(f[idx] * v[idx] * b[idx])
+                tex[idx] = np.where(s > 0.45, -1.0, 0.2)
+            elif TEXTURES[kind] == "reticular":
+                tex[idx] = 0.9 * np.sin(f[idx] * (u[idx] * a[idx]) + 2.5 * np.sin(4 * v[idx]))
+            elif TEXTURES[kind] == "ring":
+                tex[idx] = np.where(np.abs(d[idx] - 0.6 * border[idx]) < 0.17, 0.9, -0.3)
+            else:  # speckle: smooth blotches
+                tex[idx] = np.tanh(1.5 * _upsample(speckle[sl][idx], size))
+        c = contrast[sl, None, None, None]
+        sk = skin[sl, None, None, :]
+        col = sk + c * (lesion[sl, None, None, :] - sk)
+        col = col * (1.0 + 0.35 * c * tex[..., None])
+        img = sk + alpha[..., None] * (col - sk)
+        shade = 1.0 + light_dir[sl, 0, None, None] * xx + light_dir[sl, 1, None, None] * yy
+        img *= shade[..., None]
+        pores = np.random.default_rng(pore_seed[sl.start]).normal(0, 3.0, img.shape[:3])
+        img += pores[..., None].astype(np.float32)
+        out[sl] = np.clip(img, 0, 255).astype(np.uint8)
+        if masks_out is not None:
+            masks_out[sl] = (d < border).astype(np.uint8)
+        if progress is not None:
+            progress(m)
+
+
+def _check(p: SynthDermParams) -> None:
+    if p.n_samples < 10 * p.n_classes:
+        raise ParamError(
+            f"n_samples={p.n_samples} is too small for {p.n_classes} classes; use at least "
+            f"{10 * p.n_classes}"
+        )
+
+
+SynthDermParams.validate = _check  # type: ignore[attr-defined]

@@ -1,0 +1,320 @@
+"""What a method gets: :class:`RunContext` (data, loaders, backbone factory, trainer, the
+shared vanilla baseline, the privileged group, the device, the seed and the run directory)."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import fcntl
+import json
+import logging
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator, Literal, Sequence
+
+import numpy as np
+import torch
+
+from .backbones import Classifier, create_backbone
+from .data import DatasetAdapter, SampleTable
+from .errors import FairbenchError
+from .loaders import Augment, BatchLoader, DeviceData
+from .params import params_to_dict
+from .runstore import config_hash, write_json
+from .splits import Split
+from .trainer import EpochLog, FitResult, TrainConfig, Trainer, TrainHooks
+
+Part = Literal["train", "val", "test"]
+
+
+@dataclass
+class DataBundle:
+    """The data of one run: adapter, table, split, tensors on the device, attribute in use."""
+
+    adapter: DatasetAdapter
+    table: SampleTable
+    split: Split
+    split_file: Path
+    data: DeviceData
+    attribute: str
+    image_size: int
+    positions: dict[str, np.ndarray]
+
+    @property
+    def group_names(self) -> list[str]:
+        return self.table.group_names(self.attribute)
+
+
+@dataclass
+class BackboneSpec:
+    name: str
+    params: dict[str, Any]
+    weights: str | None = None
+
+
+class RunContext:
+    """Everything :meth:`Method.run` may use. All tensors live on ``ctx.device``."""
+
+    def __init__(
+        self,
+        *,
+        bundle: DataBundle,
+        backbone: BackboneSpec,
+        train_config: TrainConfig,
+        device: torch.device,
+        seed: int,
+        run_dir: Path,
+        runs_dir: Path,
+        privileged: str | None = None,
+        progress: bool = True,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.bundle = bundle
+        self.backbone = backbone
+        self.train_config = train_config
+        self.device = device
+        self.seed = seed
+        self.run_dir = run_dir
+        self.runs_dir = runs_dir
+        self.progress = progress
+        self.logger = logger or logging.getLogger("fairbench")
+        self.log = EpochLog(run_dir / "train_log.csv")
+        self.trainer = Trainer(device, seed=seed, log=self.log, progress=progress)
+        self._privileged_name = privileged
+        self._vanilla: Classifier | None = None
+        self._vanilla_meta: dict[str, Any] | None = None
+        self.notes: dict[str, Any] = {}
+
+    # -- data -------------------------------------------------------------------------------------
+    @property
+    def table(self) -> SampleTable:
+        return self.bundle.table
+
+    @property
+    def attribute(self) -> str:
+        return self.bundle.attribute
+
+    @property
+    def group_names(self) -> list[str]:
+        return self.bundle.group_names
+
+    @property
+    def n_groups(self) -> int:
+        return len(self.group_names)
+
+    @property
+    def n_classes(self) -> int:
+        return self.table.n_classes
+
+    def positions(self, part: Part, groups: Sequence[int] | None = None) -> np.ndarray:
+        """Row positions of ``part`` (restricted to ``groups`` codes if given; rows whose
+        group is missing are dropped whenever ``groups`` is given)."""
+        pos = self.bundle.positions[part]
+        if groups is not None:
+            codes = self.table.attr(self.attribute)[pos]
+            pos = pos[np.isin(codes, list(groups))]
+        return pos
+
+    def loader(
+        self,
+        part: Part = "train",
+        *,
+        groups: Sequence[int] | None = None,
+        positions: np.ndarray | None = None,
+        batch_size: int | None = None,
+        sampler: Literal["sequential", "shuffle", "group", "class", "group_class"] | None = None,
+        augment: bool | None = None,
+        drop_last: bool | None = None,
+        seed_offset: int = 0,
+        epoch_size: int | None = None,
+    ) -> BatchLoader:
+        """A loader over ``part`` (or explicit ``positions``).
+
+        Defaults: training parts follow the run's train config (its sampler, augmentation and
+        batch size); val/test are sequential, unaugmented, with the evaluation batch size.
+        ``sampler="group"`` gives equal-size group batches, ``"group_class"`` equal counts per
+        group × class.
+        """
+        cfg = self.train_config
+        is_train = part == "train" and positions is None
+        pos = self.positions(part, groups) if positions is None else np.asarray(positions)
+        if len(pos) == 0:
+            raise FairbenchError(f"no samples in the {part} part for groups {groups}")
+        sampler = sampler or (cfg.sampler if is_train else "sequential")
+        augment = (cfg.augment if is_train else False) if augment is None else augment
+        bs = batch_size or (cfg.batch_size if is_train else cfg.eval_batch_size)
+        strata = None
+        order: Literal["sequential", "shuffle", "balanced"]
+        if sampler in ("sequential", "shuffle"):
+            order = sampler
+        else:
+            order = "balanced"
+            labels = self.table.labels[pos]
+            codes = self.table.attr(self.attribute)[pos]
+            strata = {"group": codes, "class": labels,
+                      "group_class": codes * (self.n_classes + 1) + labels}[sampler]
+        loader = BatchLoader(
+            self.bundle.data, pos, batch_size=bs, attribute=self.attribute, order=order,
+            strata=strata, drop_last=(is_train and len(pos) > bs) if drop_last is None else drop_last,
+            augment=Augment(max_shift=max(1, self.bundle.image_size // 8)) if augment else None,
+            seed=self.seed * 1000 + seed_offset,
+            channels_last=self.device.type == "cuda" and cfg.channels_last,
+            epoch_size=epoch_size,
+        )
+        loader.group_names = self.group_names  # type: ignore[attr-defined]
+        return loader
+
+    # -- models -----------------------------------------------------------------------------------
+    def new_model(self, *, seed_offset: int = 0, num_classes: int | None = None) -> Classifier:
+        """A freshly initialised backbone (seeded), on the device."""
+        torch.manual_seed(self.seed * 7919 + seed_offset)
+        model = create_backbone(
+            self.backbone.name, num_classes=num_classes or self.n_classes,
+            image_size=self.bundle.image_size, weights=self.backbone.weights,
+            **self.backbone.params)
+        return self.trainer.prepare(model, self.train_config)  # type: ignore[return-value]
+
+    def fit(
+        self,
+        model: torch.nn.Module,
+        *,
+        hooks: TrainHooks | None = None,
+        config: TrainConfig | None = None,
+        train: BatchLoader | None = None,
+        val: BatchLoader | None = None,
+        stage: str = "train",
+    ) -> FitResult:
+        """Train with the shared trainer: by default on the train part with the run's train
+        config, selecting the checkpoint on the val part."""
+        config = config or self.train_config
+        return self.trainer.fit(
+            model, train or self.loader("train"), val or self.loader("val"),
+            config=config, hooks=hooks, stage=stage)
+
+    def evaluate(self, model: torch.nn.Module, part: Part = "val") -> dict[str, Any]:
+        """Part metrics of ``model`` (never call this on ``test`` for a decision)."""
+        return self.trainer.evaluate(model, self.loader(part), self.train_config)
+
+    # -- the shared vanilla baseline ------------------------------------------------------------
+    def vanilla_identity(self) -> dict[str, Any]:
+        b = self.bundle
+        return {
+            "dataset": b.adapter.config(),
+            "split": b.split.sha256,
+            "attribute": b.attribute,
+            "image_size": b.image_size,
+            "backbone": {"name": self.backbone.name, "params": self.backbone.params,
+                         "weights": self.backbone.weights},
+            "train": params_to_dict(self.train_config),
+            "seed": self.seed,
+        }
+
+    def vanilla_dir(self) -> Path:
+        key = config_hash(self.vanilla_identity())[:16]
+        return self.runs_dir / "_vanilla" / key
+
+    def vanilla(self) -> Classifier:
+        """A copy of the vanilla baseline (the backbone trained with cross-entropy and the run's
+        train config), trained once per (dataset config, split, attribute, backbone, train
+        config, seed) and cached under ``<runs_dir>/_vanilla/``; concurrent runs wait for one
+        another instead of training it twice."""
+        if self._vanilla is None:
+            self._vanilla, self._vanilla_meta = self._load_or_train_vanilla()
+        return copy.deepcopy(self._vanilla)
+
+    def vanilla_meta(self) -> dict[str, Any]:
+        if self._vanilla_meta is None:
+            self.vanilla()
+        assert self._vanilla_meta is not None
+        return self._vanilla_meta
+
+    def _load_or_train_vanilla(self) -> tuple[Classifier, dict[str, Any]]:
+        final = self.vanilla_dir()
+        final.parent.mkdir(parents=True, exist_ok=True)
+        with _file_lock(final.with_suffix(".lock")):
+            if not (final / "meta.json").is_file():
+                self._train_vanilla(final)
+            meta = json.loads((final / "meta.json").read_text())
+            model = create_backbone(
+                self.backbone.name, num_classes=self.n_classes,
+                image_size=self.bundle.image_size, **self.backbone.params)
+            state = torch.load(final / "model.pt", map_location="cpu", weights_only=True)
+            model.load_state_dict(state)
+            self.trainer.prepare(model, self.train_config)
+            # the baseline's training log belongs to this run's record too
+            log_rows = final / "train_log.csv"
+            if log_rows.is_file() and not self.log.rows:
+                import csv
+                with log_rows.open() as fh:
+                    for row in csv.DictReader(fh):
+                        self.log.write(row)
+            return model, meta
+
+    def _train_vanilla(self, final: Path) -> None:
+        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        try:
+            model = self.new_model()
+            trainer = Trainer(self.device, seed=self.seed, log=EpochLog(tmp / "train_log.csv"),
+                              progress=self.progress)
+            result = trainer.fit(model, self.loader("train"), self.loader("val"),
+                                 config=self.train_config, stage="vanilla")
+            val = trainer.evaluate(model, self.loader("val"), self.train_config)
+            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()},
+                       tmp / "model.pt")
+            write_json(tmp / "meta.json", {
+                "identity": self.vanilla_identity(),
+                "best_epoch": result.best_epoch,
+                "seconds": round(result.seconds, 3),
+                "val": val,
+            })
+            os.replace(tmp, final)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+
+    # -- groups -------------------------------------------------------------------------------------
+    @property
+    def privileged(self) -> int:
+        """Code of the privileged group: as configured, else the group on which the vanilla
+        model has the higher validation macro-F1 (ties: the lower code)."""
+        names = self.group_names
+        if self._privileged_name is not None:
+            if self._privileged_name not in names:
+                raise FairbenchError(
+                    f"privileged group {self._privileged_name!r} is not a group of attribute "
+                    f"{self.attribute!r}; choose one of {', '.join(names)}"
+                )
+            return names.index(self._privileged_name)
+        val = self.vanilla_meta()["val"]
+        scores = [val.get(n, {}).get("F1") for n in names]
+        scores = [s if s is not None else -1.0 for s in scores]
+        code = int(np.argmax(scores))
+        self._privileged_name = names[code]
+        self.notes["privileged_rule"] = "higher vanilla validation macro-F1"
+        return code
+
+    @property
+    def privileged_name(self) -> str:
+        return self.group_names[self.privileged]
+
+    @property
+    def unprivileged(self) -> list[int]:
+        p = self.privileged
+        return [g for g in range(self.n_groups) if g != p]
+
+    def privileged_if_resolved(self) -> str | None:
+        return self._privileged_name
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path) -> Iterator[None]:
+    with open(path, "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)

@@ -1,0 +1,240 @@
+"""Batches from the tensor cache, with augmentation on the device.
+
+:class:`DeviceData` holds one dataset's uint8 images, labels and attributes as tensors, on the
+accelerator when they fit (else in pinned host memory, copied per batch without blocking).
+:class:`BatchLoader` iterates over a subset of rows in sequential, shuffled or balanced order
+(equal counts per stratum in every batch, e.g. per group or per group × class), and turns the
+uint8 NHWC rows into normalised float NCHW batches; random crops and flips are one gather on
+the device.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterator, Literal
+
+import numpy as np
+import torch
+
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+Order = Literal["sequential", "shuffle", "balanced"]
+
+
+@dataclass
+class Batch:
+    """One batch: ``x`` (B×3×H×W float), ``y`` (labels), ``g`` (group codes of the attribute
+    in use, or None where the attribute is withheld), ``index`` (row positions in the table),
+    ``mask`` (segmentation masks or None) and every attribute in ``attrs``."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    g: torch.Tensor | None
+    index: torch.Tensor
+    mask: torch.Tensor | None = None
+    attrs: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.y.shape[0])
+
+
+class DeviceData:
+    """Images (N×H×W×3 uint8), labels and attributes of one dataset as tensors."""
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        labels: np.ndarray,
+        attrs: dict[str, np.ndarray],
+        device: torch.device,
+        masks: np.ndarray | None = None,
+        *,
+        max_device_fraction: float = 0.5,
+    ) -> None:
+        self.device = device
+        nbytes = images.nbytes + (masks.nbytes if masks is not None else 0)
+        on_device = device.type == "cpu"
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            on_device = nbytes <= max_device_fraction * free
+        self.on_device = on_device
+        target = device if on_device else torch.device("cpu")
+
+        def put(a: np.ndarray) -> torch.Tensor:
+            t = torch.from_numpy(np.array(a, copy=True))  # off the read-only memmap
+            if target.type == "cpu" and device.type != "cpu":
+                t = t.pin_memory()
+            return t.to(target)
+
+        self.images = put(images)
+        self.masks = put(masks) if masks is not None else None
+        self.labels = torch.as_tensor(labels, dtype=torch.long, device=device)
+        self.attrs = {k: torch.as_tensor(v, dtype=torch.long, device=device) for k, v in attrs.items()}
+        self.mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255.0
+        self.std = torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255.0
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[1])
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+
+@dataclass(frozen=True)
+class Augment:
+    """Random crop (shift up to ``max_shift`` px, edge-replicated) and horizontal/vertical flips.
+
+    Skin-lesion images have no canonical orientation, so both flips are on by default.
+    """
+
+    max_shift: int = 4
+    hflip: bool = True
+    vflip: bool = True
+
+
+def balanced_order(strata: np.ndarray, batch_size: int, n_batches: int,
+                   rng: np.random.Generator) -> np.ndarray:
+    """Positions for ``n_batches`` batches with equal counts per stratum in each batch.
+
+    Each stratum is walked in fresh random permutations (small strata are repeated), so every
+    sample of a stratum is seen before any is seen twice. ``batch_size`` is rounded down to a
+    multiple of the number of strata.
+    """
+    keys = np.unique(strata)
+    per = max(1, batch_size // len(keys))
+    need = per * n_batches
+    streams = []
+    for key in keys:
+        members = np.flatnonzero(strata == key)
+        reps = -(-need // len(members))
+        stream = np.concatenate([members[rng.permutation(len(members))] for _ in range(reps)])
+        streams.append(stream[:need].reshape(n_batches, per))
+    order = np.concatenate(streams, axis=1)  # (n_batches, per * n_strata)
+    for row in order:
+        rng.shuffle(row)
+    return order.reshape(-1)
+
+
+class BatchLoader:
+    """Iterates over ``positions`` (rows of ``data``) in batches.
+
+    ``order``: ``sequential`` (evaluation), ``shuffle`` or ``balanced`` (needs ``strata``, one
+    key per position). Each ``iter()`` is a new epoch with its own seeded permutation, so two
+    loaders built with the same seed yield the same batches.
+    """
+
+    def __init__(
+        self,
+        data: DeviceData,
+        positions: np.ndarray,
+        *,
+        batch_size: int,
+        attribute: str | None,
+        order: Order = "sequential",
+        strata: np.ndarray | None = None,
+        drop_last: bool = False,
+        augment: Augment | None = None,
+        seed: int = 0,
+        channels_last: bool = False,
+        epoch_size: int | None = None,
+    ) -> None:
+        if order == "balanced" and (strata is None or len(strata) != len(positions)):
+            raise ValueError("balanced order needs one stratum key per position")
+        if batch_size < 1:
+            raise ValueError("batch_size must be positive")
+        self.data = data
+        self.positions = np.asarray(positions, dtype=np.int64)
+        self.batch_size = batch_size
+        self.attribute = attribute
+        self.order = order
+        self.strata = strata
+        self.drop_last = drop_last
+        self.augment = augment
+        self.seed = seed
+        self.channels_last = channels_last
+        self.epoch_size = epoch_size or len(self.positions)
+        self.epoch = 0
+        self._aug_gen: torch.Generator | None = None
+
+    def __len__(self) -> int:
+        n = self.epoch_size
+        if self.order == "balanced":
+            return max(1, n // self.batch_size)
+        if self.drop_last:
+            return n // self.batch_size
+        return -(-n // self.batch_size)
+
+    def _epoch_positions(self) -> list[np.ndarray]:
+        rng = np.random.default_rng([self.seed, self.epoch, 7919])
+        n = len(self.positions)
+        if self.order == "sequential":
+            idx = np.arange(n)
+        elif self.order == "shuffle":
+            idx = rng.permutation(n)
+        else:
+            assert self.strata is not None
+            n_batches = len(self)
+            idx = balanced_order(self.strata, self.batch_size, n_batches, rng)
+            per_batch = len(idx) // n_batches
+            return [self.positions[idx[i * per_batch:(i + 1) * per_batch]]
+                    for i in range(n_batches)]
+        bs = self.batch_size
+        chunks = [idx[i:i + bs] for i in range(0, len(idx), bs)]
+        if self.drop_last and chunks and len(chunks[-1]) < bs:
+            chunks = chunks[:-1]
+        return [self.positions[c] for c in chunks]
+
+    def __iter__(self) -> Iterator[Batch]:
+        batches = self._epoch_positions()
+        self.epoch += 1
+        dev = self.data.device
+        if self.augment is not None and self._aug_gen is None:
+            self._aug_gen = torch.Generator(device=dev)
+            self._aug_gen.manual_seed(int(self.seed) * 1_000_003 + 17)
+        for pos in batches:
+            yield self._make_batch(torch.from_numpy(pos).to(dev, non_blocking=True))
+
+    def _make_batch(self, index: torch.Tensor) -> Batch:
+        data = self.data
+        src_index = index if data.on_device else index.cpu()
+        u8 = data.images[src_index]
+        mask = data.masks[src_index] if data.masks is not None else None
+        if not data.on_device:
+            u8 = u8.to(data.device, non_blocking=True)
+            if mask is not None:
+                mask = mask.to(data.device, non_blocking=True)
+        if self.augment is not None:
+            u8, mask = self._augment(u8, mask)
+        x = u8.permute(0, 3, 1, 2).float()  # NHWC storage: channels-last strides for free
+        x = (x - data.mean) / data.std
+        if not self.channels_last:
+            x = x.contiguous()
+        attrs = {k: v[index] for k, v in data.attrs.items()}
+        g = attrs.get(self.attribute) if self.attribute else None
+        return Batch(x=x, y=data.labels[index], g=g, index=index, mask=mask, attrs=attrs)
+
+    def _augment(self, u8: torch.Tensor, mask: torch.Tensor | None
+                 ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        aug = self.augment
+        assert aug is not None and self._aug_gen is not None
+        b, h, w, _ = u8.shape
+        dev = u8.device
+        gen = self._aug_gen
+        s = aug.max_shift
+        dy = torch.randint(-s, s + 1, (b, 1), device=dev, generator=gen)
+        dx = torch.randint(-s, s + 1, (b, 1), device=dev, generator=gen)
+        rows = (torch.arange(h, device=dev).unsqueeze(0) + dy).clamp_(0, h - 1)
+        cols = (torch.arange(w, device=dev).unsqueeze(0) + dx).clamp_(0, w - 1)
+        if aug.vflip:
+            flip = torch.rand((b, 1), device=dev, generator=gen) < 0.5
+            rows = torch.where(flip, h - 1 - rows, rows)
+        if aug.hflip:
+            flip = torch.rand((b, 1), device=dev, generator=gen) < 0.5
+            cols = torch.where(flip, w - 1 - cols, cols)
+        bi = torch.arange(b, device=dev).view(b, 1, 1)
+        r, c = rows.unsqueeze(2), cols.unsqueeze(1)
+        out = u8[bi, r, c]
+        out_mask = mask[bi, r, c] if mask is not None else None
+        return out, out_mask

@@ -1,0 +1,86 @@
+"""Utility metrics of a classifier: accuracy, macro precision/recall/F1, macro AUC, ECE.
+
+All functions are pure numpy, keyword-only after the arrays, and return ``nan`` where the
+metric is undefined (e.g. AUC on a subset that holds a single class).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
+
+
+def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
+    r"""Share of correct predictions, :math:`\frac1n\sum_i [\hat y_i = y_i]`.
+
+    ``higher_is_better = True``.
+    """
+    y_true = np.asarray(y_true)
+    if len(y_true) == 0:
+        return float("nan")
+    return float(np.mean(np.asarray(y_pred) == y_true))
+
+
+def macro_prf(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float, float]:
+    r"""Macro precision, recall and F1 over the label set :math:`L` = labels present in
+    ``y_true`` or ``y_pred`` (scikit-learn's convention), with 0 where a denominator is 0:
+
+    .. math::
+        P = \frac1{|L|}\sum_{c\in L}\frac{TP_c}{TP_c+FP_c},\quad
+        R = \frac1{|L|}\sum_{c\in L}\frac{TP_c}{TP_c+FN_c},\quad
+        F_1 = \frac1{|L|}\sum_{c\in L}\frac{2\,TP_c}{2\,TP_c+FP_c+FN_c}.
+
+    Note that macro F1 is the mean of per-class F1, not the F1 of macro P and R.
+    ``higher_is_better = True`` for all three.
+    """
+    if len(y_true) == 0:
+        return float("nan"), float("nan"), float("nan")
+    p, r, f, _ = precision_recall_fscore_support(
+        y_true, y_pred, average="macro", zero_division=0
+    )
+    return float(p), float(r), float(f)
+
+
+def macro_auc(y_true: np.ndarray, probs: np.ndarray) -> float:
+    r"""One-vs-rest macro AUC: :math:`\frac1{|K|}\sum_{c\in K}\mathrm{AUC}(y=c,\ p_c)` over the
+    classes :math:`K` that have both positives and negatives in ``y_true``; ``nan`` when
+    :math:`K` is empty. For two classes this is the AUC of :math:`p_1`.
+    ``higher_is_better = True``.
+    """
+    y_true = np.asarray(y_true)
+    probs = np.asarray(probs)
+    if probs.ndim != 2 or len(y_true) == 0:
+        return float("nan")
+    if probs.shape[1] == 2:
+        if len(np.unique(y_true)) < 2:
+            return float("nan")
+        return float(roc_auc_score(y_true == 1, probs[:, 1]))
+    scores = []
+    for c in range(probs.shape[1]):
+        pos = y_true == c
+        if 0 < pos.sum() < len(pos):
+            scores.append(roc_auc_score(pos, probs[:, c]))
+    return float(np.mean(scores)) if scores else float("nan")
+
+
+def expected_calibration_error(y_true: np.ndarray, probs: np.ndarray, *, n_bins: int = 15) -> float:
+    r"""Top-label expected calibration error with ``n_bins`` equal-width confidence bins:
+
+    .. math:: \mathrm{ECE} = \sum_b \frac{n_b}{n}\,\bigl|\mathrm{acc}_b - \mathrm{conf}_b\bigr|
+
+    where the confidence of a sample is :math:`\max_c p_c`, bin :math:`b` holds the samples
+    with confidence in :math:`(\frac{b-1}{B}, \frac bB]`, and acc/conf are the bin's accuracy
+    and mean confidence. ``higher_is_better = False``.
+    """
+    y_true = np.asarray(y_true)
+    probs = np.asarray(probs)
+    if len(y_true) == 0:
+        return float("nan")
+    conf = probs.max(axis=1)
+    correct = probs.argmax(axis=1) == y_true
+    bins = np.clip(np.ceil(conf * n_bins).astype(int) - 1, 0, n_bins - 1)
+    total = 0.0
+    for b in np.unique(bins):
+        sel = bins == b
+        total += sel.sum() / len(y_true) * abs(correct[sel].mean() - conf[sel].mean())
+    return float(total)

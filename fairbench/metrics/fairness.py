@@ -1,0 +1,95 @@
+"""Group-fairness metrics of the dermatology papers (FairPrune, ME-FairPrune, SNNL, FairQuantize).
+
+Definitions follow the released metric code of those papers exactly (see
+``reference/methods_quant_prune.md`` §1.4). For groups :math:`a` (the lower code, e.g. light
+or female) and :math:`b` (e.g. dark or male) and every class :math:`c < C`, with
+:math:`C = \\max(\\max y, \\max \\hat y) + 1` over the evaluated rows, one-vs-rest counts within
+each group give
+
+.. math::
+    \\mathrm{TPR}_{g,c}=\\frac{TP}{TP+FN},\\quad \\mathrm{TNR}_{g,c}=\\frac{TN}{TN+FP},\\quad
+    \\mathrm{FPR}_{g,c}=\\frac{FP}{TN+FP},
+
+each 0 when its denominator is 0 (as released: a class absent from a group gets TPR 0).
+With :math:`\\Delta X_c = X_{a,c} - X_{b,c}`:
+
+.. math::
+    \\mathrm{EOpp0} = \\tfrac1C\\textstyle\\sum_c |\\Delta\\mathrm{TNR}_c|,\\quad
+    \\mathrm{EOpp1} = \\tfrac1C\\sum_c |\\Delta\\mathrm{TPR}_c|,\\quad
+    \\mathrm{EOdd} = \\tfrac1{2C}\\sum_c |\\Delta\\mathrm{TPR}_c + \\Delta\\mathrm{FPR}_c|
+
+and the ``*_signed`` twins drop the absolute values (so ``EOdd_signed = (EOpp1_signed -
+EOpp0_signed)/2``). Note that EOdd takes the absolute value of the *sum* of the two gaps.
+All are macro means over classes; ``higher_is_better = False`` for the absolute ones.
+
+With more than two groups, the absolute variants take, per class, the largest gap over all
+pairs of groups (which equals the two-group definition when there are two); the signed
+variants are ``nan``.
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+
+
+def group_rates(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, n_classes: int,
+                group_codes: list[int]) -> dict[int, dict[str, np.ndarray]]:
+    """Per group, the per-class one-vs-rest TPR, TNR and FPR (0 where undefined)."""
+    out: dict[int, dict[str, np.ndarray]] = {}
+    classes = np.arange(n_classes)
+    for g in group_codes:
+        sel = groups == g
+        yt, yp = y_true[sel][:, None] == classes, y_pred[sel][:, None] == classes
+        tp = (yt & yp).sum(0).astype(float)
+        fn = (yt & ~yp).sum(0).astype(float)
+        fp = (~yt & yp).sum(0).astype(float)
+        tn = (~yt & ~yp).sum(0).astype(float)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            tpr = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
+            tnr = np.where(tn + fp > 0, tn / (tn + fp), 0.0)
+            fpr = np.where(tn + fp > 0, fp / (tn + fp), 0.0)
+        out[g] = {"TPR": tpr, "TNR": tnr, "FPR": fpr}
+    return out
+
+
+def equalized_odds_family(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray
+                          ) -> dict[str, float]:
+    """EOpp0, EOpp1, EOdd and their ``*_signed`` twins (see the module docstring).
+
+    ``groups`` holds integer codes; rows with a negative code are ignored. The signed variants
+    are group(lowest code) − group(next code).
+    """
+    y_true, y_pred, groups = map(np.asarray, (y_true, y_pred, groups))
+    keep = groups >= 0
+    y_true, y_pred, groups = y_true[keep], y_pred[keep], groups[keep]
+    nan = float("nan")
+    codes = sorted(set(groups.tolist()))
+    if len(codes) < 2 or len(y_true) == 0:
+        return {k: nan for k in ("EOpp0", "EOpp1", "EOdd",
+                                 "EOpp0_signed", "EOpp1_signed", "EOdd_signed")}
+    n_classes = int(max(y_true.max(), y_pred.max())) + 1
+    rates = group_rates(y_true, y_pred, groups, n_classes, codes)
+    eopp0 = np.zeros(n_classes)
+    eopp1 = np.zeros(n_classes)
+    eodd = np.zeros(n_classes)
+    for a, b in itertools.combinations(codes, 2):
+        d_tnr = rates[a]["TNR"] - rates[b]["TNR"]
+        d_tpr = rates[a]["TPR"] - rates[b]["TPR"]
+        d_fpr = rates[a]["FPR"] - rates[b]["FPR"]
+        eopp0 = np.maximum(eopp0, np.abs(d_tnr))
+        eopp1 = np.maximum(eopp1, np.abs(d_tpr))
+        eodd = np.maximum(eodd, np.abs(d_tpr + d_fpr) / 2)
+    out = {"EOpp0": float(eopp0.mean()), "EOpp1": float(eopp1.mean()),
+           "EOdd": float(eodd.mean())}
+    if len(codes) == 2:
+        a, b = codes
+        d_tnr = rates[a]["TNR"] - rates[b]["TNR"]
+        d_tpr = rates[a]["TPR"] - rates[b]["TPR"]
+        d_fpr = rates[a]["FPR"] - rates[b]["FPR"]
+        out.update(EOpp0_signed=float(d_tnr.mean()), EOpp1_signed=float(d_tpr.mean()),
+                   EOdd_signed=float(((d_tpr + d_fpr) / 2).mean()))
+    else:
+        out.update(EOpp0_signed=nan, EOpp1_signed=nan, EOdd_signed=nan)
+    return out

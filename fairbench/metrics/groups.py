@@ -1,0 +1,61 @@
+"""One disaggregation engine behind every per-group view (as fairlearn's MetricFrame).
+
+For a metric :math:`m` and groups :math:`G` (codes :math:`0..|G|-1`):
+
+* per group: :math:`m_g` computed on the rows of group :math:`g`;
+* ``Avg``: the unweighted mean :math:`\\frac1{|G|}\\sum_g m_g` (the papers' "Avg." row);
+* ``gap``: :math:`\\max_g m_g - \\min_g m_g` (lower is better);
+* ``worst``: :math:`\\min_g m_g` if higher is better, else :math:`\\max_g m_g`;
+* ``Diff``: :math:`|m_1 - m_0|` and ``Diff_signed``: :math:`m_1 - m_0` (group code 1 minus
+  code 0, the sign of the FairQuantize tables); with more than two groups ``Diff`` is the gap
+  and ``Diff_signed`` is ``nan``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping
+
+import numpy as np
+
+GroupValues = dict[str, dict[str, float]]
+
+
+def disaggregate(
+    compute: Callable[[np.ndarray], dict[str, float]],
+    groups: np.ndarray,
+    names: list[str],
+) -> dict[str, dict[str, float]]:
+    """``compute(row_mask)`` per group, keyed by group name (groups with no rows are absent)."""
+    out = {}
+    for code, name in enumerate(names):
+        sel = groups == code
+        if sel.any():
+            out[name] = compute(sel)
+    return out
+
+
+def summarise(per_group: Mapping[str, Mapping[str, float]], names: list[str],
+              higher_is_better: Mapping[str, bool | None]) -> dict[str, dict[str, float]]:
+    """``Avg``, ``gap``, ``worst``, ``Diff`` and ``Diff_signed`` of every metric."""
+    present = [n for n in names if n in per_group]
+    metrics = list(next(iter(per_group.values())).keys()) if per_group else []
+    out: dict[str, dict[str, float]] = {k: {} for k in ("Avg", "gap", "worst", "Diff", "Diff_signed")}
+    for m in metrics:
+        vals = np.array([per_group[n][m] for n in present], dtype=float)
+        finite = vals[np.isfinite(vals)]
+        nan = float("nan")
+        out["Avg"][m] = float(finite.mean()) if len(finite) == len(vals) and len(vals) else nan
+        if len(finite) == len(vals) and len(vals) >= 2:
+            gap = float(vals.max() - vals.min())
+            hib = higher_is_better.get(m)
+            out["gap"][m] = gap
+            out["worst"][m] = float(vals.min() if hib in (True, None) else vals.max())
+            if len(names) == 2 and len(present) == 2:
+                signed = float(per_group[names[1]][m] - per_group[names[0]][m])
+                out["Diff"][m], out["Diff_signed"][m] = abs(signed), signed
+            else:
+                out["Diff"][m], out["Diff_signed"][m] = gap, nan
+        else:
+            for k in ("gap", "worst", "Diff", "Diff_signed"):
+                out[k][m] = nan
+    return out

@@ -1,0 +1,298 @@
+"""One run, end to end: dataset → table → split → tensor cache → context → method → predictions
+→ metrics → run directory (see DESIGN.md, "The path of one run")."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import platform
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from . import __version__
+from .backbones import BACKBONES
+from .cache import default_cache_dir, load_or_build
+from .context import BackboneSpec, DataBundle, RunContext
+from .data import ATTR_PREFIX, DatasetAdapter, get_dataset_class
+from .errors import FairbenchError
+from .loaders import DeviceData
+from .metrics import HIGHER_IS_BETTER, evaluate_classification
+from .method import Method, get_method_class
+from .params import build_params, params_to_dict
+from .runstore import (
+    RunWriter,
+    config_hash,
+    ensure_writable_dir,
+    is_finished,
+    read_json,
+    remove_stale_temporaries,
+    write_json,
+)
+from .splits import PARTS, check_split, load_split, make_split, save_split
+from .trainer import Predictions, TrainConfig
+
+log = logging.getLogger("fairbench")
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines one run (the CLI, a TOML file or a sweep fills it in)."""
+
+    method: str = "vanilla"
+    method_params: dict[str, Any] = field(default_factory=dict)
+    dataset: str = "synthderm"
+    dataset_params: dict[str, Any] = field(default_factory=dict)
+    data_root: str | None = None
+    attribute: str | None = None
+    privileged: str | None = None
+    backbone: str | None = None
+    backbone_params: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
+    image_size: int | None = None
+    seed: int = 0
+    split_seed: int = 0
+    split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    split_file: str | None = None
+    train: dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+    runs_dir: str = "runs"
+    cache_dir: str | None = None
+    save_weights: bool = False
+    force: bool = False
+    progress: bool = True
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    reused: bool
+    model: torch.nn.Module | None = None
+    context: RunContext | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise FairbenchError("--device cuda was asked for but no CUDA device is available; "
+                             "use --device cpu or auto")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise FairbenchError(f"unknown device {name!r}; use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def package_versions() -> dict[str, str]:
+    import sklearn
+    import timm
+    import torchvision
+
+    return {"fairbench": __version__, "python": platform.python_version(),
+            "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "timm": timm.__version__, "numpy": np.__version__, "pandas": pd.__version__,
+            "scikit-learn": sklearn.__version__}
+
+
+@dataclass
+class Prepared:
+    """A checked configuration: method, adapter and training settings built, nothing run."""
+
+    config: RunConfig
+    method: Method
+    adapter: DatasetAdapter
+    train: TrainConfig
+    backbone: str
+    image_size: int
+
+
+def prepare(config: RunConfig) -> Prepared:
+    """Check every part of ``config`` before any work; raises one clear error on bad input."""
+    method_cls = get_method_class(config.method)
+    method = method_cls(dict(config.method_params))
+    dataset_cls = get_dataset_class(config.dataset)
+    adapter = dataset_cls(params=dict(config.dataset_params), data_root=config.data_root)
+    train = build_params(TrainConfig, config.train, owner="training (--train)")
+    backbone = config.backbone or dataset_cls.default_backbone
+    if not (backbone.startswith("timm:") or backbone.startswith("tv:")):
+        BACKBONES.get(backbone)  # raises with close matches
+    image_size = config.image_size or dataset_cls.default_image_size
+    if image_size < 8:
+        raise FairbenchError(f"--image-size {image_size} is too small; use at least 8")
+    if config.seed < 0 or config.split_seed < 0:
+        raise FairbenchError("seeds must be non-negative integers")
+    return Prepared(config, method, adapter, train, backbone, image_size)
+
+
+def load_data(p: Prepared, device: torch.device, runs_dir: Path) -> DataBundle:
+    config = p.config
+    table = p.adapter.build_table()
+    attribute = config.attribute or table.default_attribute
+    if attribute is None:
+        raise FairbenchError(f"dataset {config.dataset!r} has no sensitive attribute")
+    table.check_attribute(attribute)
+    if len(table.group_names(attribute)) < 2:
+        raise FairbenchError(f"attribute {attribute!r} has a single group; fairness needs two")
+    if config.split_file:
+        split = load_split(config.split_file)
+    else:
+        split = make_split(table, seed=config.split_seed, fractions=config.split_fractions)
+    check_split(split, table, attribute)
+    split_file = save_split(split, runs_dir / "splits" / f"{config.dataset}-{split.sha256[:12]}.csv")
+    cache_dir = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
+    cached = load_or_build(p.adapter, table, p.image_size, cache_dir, progress=config.progress)
+    attrs = {name: table.attr(name) for name in table.attributes}
+    data = DeviceData(np.asarray(cached.images), table.labels, attrs, device,
+                      masks=None if cached.masks is None else np.asarray(cached.masks))
+    positions = {part: split.positions(table, part) for part in PARTS}
+    return DataBundle(p.adapter, table, split, split_file, data, attribute, p.image_size, positions)
+
+
+def run_identity(p: Prepared, bundle: DataBundle) -> dict[str, Any]:
+    """What defines a run's result (the device, paths and progress settings do not)."""
+    c = p.config
+    return {
+        "method": c.method,
+        "method_params": params_to_dict(p.method.params),
+        "dataset": p.adapter.config(),
+        "attribute": bundle.attribute,
+        "privileged": c.privileged,
+        "backbone": p.backbone,
+        "backbone_params": c.backbone_params,
+        "weights": c.weights,
+        "image_size": p.image_size,
+        "seed": c.seed,
+        "split": bundle.split.sha256,
+        "train": params_to_dict(p.train),
+    }
+
+
+def run_dir_for(runs_dir: Path, identity: dict[str, Any]) -> Path:
+    digest = config_hash(identity)[:10]
+    name = f"{identity['backbone'].replace(':', '_')}-s{identity['seed']}-{digest}"
+    return runs_dir / identity["dataset"]["name"] / identity["method"] / name
+
+
+def run_experiment(config: RunConfig, *, keep_model: bool = False) -> RunResult:
+    """Run ``config`` and store the result; a finished identical run is returned as it is
+    (``reused=True``) unless ``config.force``."""
+    started = time.perf_counter()
+    p = prepare(config)
+    runs_dir = ensure_writable_dir(Path(config.runs_dir))
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    bundle = load_data(p, device, runs_dir)
+    identity = run_identity(p, bundle)
+    final_dir = run_dir_for(runs_dir, identity)
+    if is_finished(final_dir) and not config.force:
+        log.info("run already finished: %s", final_dir)
+        return RunResult(final_dir, read_json(final_dir / "config.json"),
+                         read_json(final_dir / "metrics.json"), reused=True)
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(final_dir.parent, final_dir.name)
+    writer = RunWriter(final_dir)
+    try:
+        ctx = RunContext(
+            bundle=bundle,
+            backbone=BackboneSpec(p.backbone, dict(config.backbone_params), config.weights),
+            train_config=p.train, device=device, seed=config.seed, run_dir=writer.path,
+            runs_dir=runs_dir, privileged=config.privileged, progress=config.progress)
+        seed_everything(config.seed)
+        t_method = time.perf_counter()
+        model = p.method.run(ctx, p.method.params)
+        method_seconds = time.perf_counter() - t_method
+        privileged = ctx.privileged_name  # resolves the default rule if the method did not
+        metrics, frames = {}, []
+        for part in ("val", "test"):
+            pred = ctx.trainer.predict(model, ctx.loader(part), p.train)
+            metrics[part], frame = _score(bundle, pred, part)
+            frames.append(frame)
+        metrics["meta"] = {
+            "attribute": bundle.attribute,
+            "groups": bundle.group_names,
+            "privileged": privileged,
+            "higher_is_better": HIGHER_IS_BETTER,
+            "diff_sign": f"{bundle.group_names[1]} minus {bundle.group_names[0]}"
+            if len(bundle.group_names) == 2 else "max minus min",
+        }
+        record = {
+            "identity": identity,
+            "config_hash": config_hash(identity),
+            "method": config.method,
+            "method_params": identity["method_params"],
+            "method_kind": p.method.kind,
+            "needs_attribute_at_inference": p.method.needs_attribute_at_inference,
+            "dataset": config.dataset,
+            "dataset_params": identity["dataset"]["params"],
+            "data_root": config.data_root,
+            "attribute": bundle.attribute,
+            "groups": bundle.group_names,
+            "privileged": privileged,
+            "privileged_rule": "configured" if config.privileged else
+            "higher vanilla validation macro-F1",
+            "classes": bundle.table.classes,
+            "backbone": p.backbone,
+            "backbone_params": config.backbone_params,
+            "weights": config.weights,
+            "image_size": p.image_size,
+            "seed": config.seed,
+            "split_seed": config.split_seed,
+            "split_sha256": bundle.split.sha256,
+            "split_file": str(bundle.split_file),
+            "split_sizes": bundle.split.sizes(),
+            "train": identity["train"],
+            "device": str(device),
+            "versions": package_versions(),
+            "command": " ".join(sys.argv),
+            "notes": ctx.notes,
+            "seconds": {"method": round(method_seconds, 3),
+                        "total": round(time.perf_counter() - started, 3)},
+        }
+        pd.concat(frames).to_csv(writer.path / "predictions.csv", index=False)
+        write_json(writer.path / "metrics.json", metrics)
+        if config.save_weights:
+            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()},
+                       writer.path / "weights.pt")
+        write_json(writer.path / "config.json", record)
+        run_dir = writer.commit(replace=config.force)
+    except BaseException:
+        writer.abort()
+        raise
+    return RunResult(run_dir, record, metrics, reused=False,
+                     model=model if keep_model else None, context=ctx if keep_model else None)
+
+
+def _score(bundle: DataBundle, pred: Predictions, part: str) -> tuple[dict[str, Any], pd.DataFrame]:
+    table = bundle.table
+    rows = pred.index
+    labels = table.labels[rows]
+    groups = table.attr(bundle.attribute)[rows]
+    metrics = evaluate_classification(labels, pred.probs, groups, bundle.group_names)
+    frame = pd.DataFrame({
+        "sample_id": table.sample_ids[rows],
+        "part": part,
+        "label": labels,
+        "pred": pred.probs.argmax(axis=1),
+    })
+    for name in table.attributes:
+        frame[ATTR_PREFIX + name] = table.attr(name)[rows]
+    probs = pd.DataFrame(pred.probs, columns=[f"prob_{c}" for c in range(pred.probs.shape[1])])
+    return metrics, pd.concat([frame.reset_index(drop=True), probs], axis=1)
+
+
+def replace(config: RunConfig, **changes: Any) -> RunConfig:
+    return dataclasses.replace(config, **changes)

@@ -1,0 +1,3 @@
+"""Built-in mitigation methods (installed as ``fairbench.methods``)."""
+
+from . import vanilla  # noqa: F401

@@ -1,0 +1,20 @@
+"""``vanilla``: the shared baseline, the backbone trained with plain cross-entropy."""
+
+from __future__ import annotations
+
+from torch import nn
+
+from fairbench.context import RunContext
+from fairbench.method import Method, register_method
+from fairbench.params import NoParams
+
+
+@register_method("vanilla")
+class Vanilla(Method):
+    """No mitigation: cross-entropy training with the run's train config (the baseline)."""
+
+    Params = NoParams
+    kind = "baseline"
+
+    def run(self, ctx: RunContext, params: NoParams) -> nn.Module:
+        return ctx.vanilla()
