@@ -69,8 +69,9 @@ class DeviceData:
 
         self.images = put(images)
         self.masks = put(masks) if masks is not None else None
-        self.labels = torch.as_tensor(labels, dtype=torch.long, device=device)
-        self.attrs = {k: torch.as_tensor(v, dtype=torch.long, device=device) for k, v in attrs.items()}
+        self.labels = torch.as_tensor(np.array(labels), dtype=torch.long, device=device)
+        self.attrs = {k: torch.as_tensor(np.array(v), dtype=torch.long, device=device)
+                      for k, v in attrs.items()}
         self.mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255.0
         self.std = torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255.0
 
