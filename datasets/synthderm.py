@@ -18,6 +18,13 @@ The bias knobs (with their defaults) make a vanilla model measurably worse on da
   random other class, per group (the image shows the true class; every split part has the
   noise, as real annotations do).
 
+* ``marker_shortcut`` (0.8): a purple surgical-ink mark near the lesion, a known shortcut of
+  dermoscopy data. On light skin it appears on a share ``marker_shortcut`` of the images of
+  the last class and on ``marker_base_rate`` (0.1) of the others, so it predicts the class; on
+  dark skin it appears on ``marker_base_rate`` of the images whatever their class. A model that
+  learns the shortcut from the majority is misled on the minority: this is the part of the gap
+  that mitigation can close (0 turns it off).
+
 Patients carry 1 or more images (``images_per_patient``, mean), sharing skin type and sex, so
 patient-grouped splits are exercised. Everything is deterministic from ``seed``: the table
 (classes, attributes, noisy labels) from one random stream, the drawing parameters from a
@@ -28,8 +35,8 @@ core at 64 px. Each image has a binary lesion mask (the lesion's true extent).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import pandas as pd
@@ -74,6 +81,9 @@ class SynthDermParams:
                                    min_exclusive=True, max_exclusive=True)
     class_imbalance: float = param(0.3, help="class k has weight (1-x)^k", min=0.0, max=0.9)
     images_per_patient: float = param(1.5, help="mean images per patient", min=1.0)
+    marker_shortcut: float = param(0.8, help="ink-mark rate on the last class, light skin only",
+                                   min=0.0, max=1.0)
+    marker_base_rate: float = param(0.1, help="ink-mark rate otherwise", min=0.0, max=1.0)
 
 
 @register_dataset("synthderm")
@@ -131,6 +141,10 @@ def build_metadata(p: SynthDermParams) -> pd.DataFrame:
     flip = rng.random(n) < noise
     other = (true_label + rng.integers(1, p.n_classes, n)) % p.n_classes
     label = np.where(flip, other, true_label)
+    shortcut_class = p.n_classes - 1
+    marker_p = np.where(~dark & (true_label == shortcut_class), max(p.marker_shortcut, p.marker_base_rate),
+                        p.marker_base_rate)
+    marker = rng.random(n) < marker_p
     return pd.DataFrame({
         "sample_id": [f"sd{p.seed}-{i:06d}" for i in range(n)],
         "path": "",
@@ -140,6 +154,7 @@ def build_metadata(p: SynthDermParams) -> pd.DataFrame:
         "attr_sex": male_p[patient_of].astype(np.int64),
         "attr_fitzpatrick": fitz_p[patient_of].astype(np.int64),
         "patient_id": [f"p{p.seed}-{j:06d}" for j in patient_of],
+        "marker": marker,
     })
 
 
@@ -190,6 +205,9 @@ def render_into(
     speckle = rng.normal(0, 1, (n, 6, 6)).astype(np.float32)
     pore_seed = rng.integers(0, 2**31, n)
     contrast = np.where(dark, p.dark_contrast, 1.0).astype(np.float32)
+    marker = df["marker"].to_numpy().astype(bool)
+    marker_angle = rng.uniform(0, 2 * np.pi, n).astype(np.float32)
+    marker_tilt = rng.uniform(-0.6, 0.6, n).astype(np.float32)
     texture = proto_tex[true_label]
 
     lin = np.linspace(-1, 1, size, dtype=np.float32)
@@ -233,6 +251,17 @@ def render_into(
         col = sk + c * (lesion[sl, None, None, :] - sk)
         col = col * (1.0 + 0.35 * c * tex[..., None])
         img = sk + alpha[..., None] * (col - sk)
+        has = marker[sl]
+        if has.any():  # an ink stroke at radius ~0.72 around the centre
+            ang = marker_angle[sl][:, None, None]
+            tilt = marker_tilt[sl][:, None, None]
+            mx, my = 0.72 * np.cos(ang), 0.72 * np.sin(ang)
+            tx, ty = -np.sin(ang + tilt), np.cos(ang + tilt)
+            rx, ry = xx - mx, yy - my
+            along = np.clip(rx * tx + ry * ty, -0.22, 0.22)
+            dist = np.hypot(rx - along * tx, ry - along * ty)
+            ink = np.clip((0.07 - dist) / edge + 0.5, 0.0, 1.0) * has[:, None, None]
+            img = img + ink[..., None] * (np.array([96, 48, 140], np.float32) - img)
         shade = 1.0 + light_dir[sl, 0, None, None] * xx + light_dir[sl, 1, None, None] * yy
         img *= shade[..., None]
         pores = np.random.default_rng(pore_seed[sl.start]).normal(0, 3.0, img.shape[:3])

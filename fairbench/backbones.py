@@ -11,8 +11,9 @@ Names: ``smallcnn`` (a 4-block CNN for CPU runs), ``resnet18`` (timm), ``vgg11``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import torch
 from torch import nn
@@ -147,8 +148,28 @@ def resnet18(num_classes: int, image_size: int, **params: Any) -> Classifier:
 
 @register_backbone("timm_vgg11")
 def timm_vgg11(num_classes: int, image_size: int, **params: Any) -> Classifier:
-    """timm's VGG-11 (random init; its pre-logits ConvMlp adapts to small inputs)."""
-    return _timm_classifier("vgg11", num_classes, **params)
+    """timm's VGG-11 (random init), its pre-logits made a fixed chain for the input size.
+
+    timm's ConvMlp pools small maps up to 7×7 before a 7×7 convolution (a data-dependent
+    branch that torch.fx and BackPACK reject); as FairQuantize does for torchvision's VGG, the
+    first pre-logits convolution takes the s×s map of an ``image_size`` input directly
+    (s = image_size // 32), which is the same function class without the up-sampling.
+    """
+    import timm
+
+    model = timm.create_model("vgg11", pretrained=False, num_classes=0, **params)
+    s = max(1, image_size // 32)
+    mlp = model.pre_logits
+    body = nn.Sequential(
+        model.features,
+        nn.Conv2d(mlp.fc1.in_channels, mlp.fc1.out_channels, kernel_size=s),
+        nn.ReLU(),
+        nn.Dropout(mlp.drop.p),
+        mlp.fc2,
+        nn.ReLU(),
+        nn.Flatten(),
+    )
+    return Classifier(body, mlp.fc2.out_channels, num_classes)
 
 
 # -- torchvision ---------------------------------------------------------------------------------

@@ -5,15 +5,18 @@ uint8), optionally ``masks.npy`` (N×H×W, uint8) and ``meta.json`` (sample ids 
 the key's inputs). The key hashes the dataset config, the image size and the source files'
 fingerprint, so changing an option or an image builds a new entry. An entry is built in a
 temporary directory and renamed into place when complete: an interrupted build never leaves
-a directory that reads as valid, and the next build starts again cleanly.
+a directory that reads as valid, and the next build starts again cleanly (removing the
+temporary directory of a killed build on the same host).
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
 import shutil
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,6 +80,28 @@ def _open(entry: Path) -> CachedImages:
     return CachedImages(images, masks, np.asarray(meta["sample_ids"], dtype=object), entry)
 
 
+_HOST = socket.gethostname().replace("-", "_") or "host"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. EPERM: it exists
+        return True
+    return True
+
+
+def _remove_stale_temporaries(entry: Path) -> None:
+    """Delete the temporary directories of builds of ``entry`` that were killed (their process,
+    on this host, is gone); a build in progress elsewhere is left alone."""
+    for tmp in entry.parent.glob(f".{glob.escape(entry.name)}.tmp-*"):
+        host, _, pid = tmp.name.rpartition(".tmp-")[2].rpartition("-")
+        if host == _HOST and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
 def _build(
     adapter: DatasetAdapter, table: SampleTable, size: int, entry: Path, *, progress: bool
 ) -> None:
@@ -87,7 +112,8 @@ def _build(
             f"cannot create the cache directory {str(entry.parent)!r} ({exc.strerror}); "
             "set --cache-dir or FAIRBENCH_CACHE to a writable folder"
         ) from None
-    tmp = entry.with_name(f".{entry.name}.tmp-{os.getpid()}")
+    _remove_stale_temporaries(entry)
+    tmp = entry.with_name(f".{entry.name}.tmp-{_HOST}-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:

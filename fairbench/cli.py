@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from .cli_data import data_group
 from .errors import FairbenchError
 
 EXIT_USAGE = 2
@@ -254,9 +255,13 @@ def show(run_dir: str, part: str) -> None:
                            parts=parts))
 
 
+main.add_command(data_group, "data")
+
+
 def entry() -> None:  # pragma: no cover
     main(prog_name="fairbench")
 
 
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
+

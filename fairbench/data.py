@@ -15,9 +15,11 @@ Pixels come from :meth:`DatasetAdapter.fill_images`, which the tensor cache call
 from __future__ import annotations
 
 import hashlib
+import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import pandas as pd
@@ -211,7 +213,9 @@ class DatasetAdapter:
         root = self.data_root.resolve()
         paths = []
         for sid, rel in zip(table.df["sample_id"], table.df["path"].astype(str)):
-            p = (root / rel).resolve()
+            # lexical check: '..' and absolute paths elsewhere are refused, while a symlink
+            # that the user put inside the data root (e.g. images -> /big/disk) is followed
+            p = Path(os.path.normpath(root / rel))
             if root not in p.parents and p != root:
                 raise DataError(
                     f"path {rel!r} of sample {sid!r} escapes the data root {str(root)!r}; "

@@ -23,7 +23,8 @@ module maps images to logits; a method that needs the sensitive attribute at inf
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, ClassVar, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from torch import nn
 
@@ -63,7 +64,7 @@ class Method:
     def describe(cls) -> list[tuple[str, str, Any, str]]:
         return describe_params(cls.Params)
 
-    def run(self, ctx: "RunContext", params: Any) -> nn.Module:
+    def run(self, ctx: RunContext, params: Any) -> nn.Module:
         raise NotImplementedError
 
 

@@ -13,8 +13,9 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import warnings
+from collections.abc import Callable
 from importlib import metadata
-from typing import Any, Callable, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 from .errors import PluginError, UnknownNameError
 

@@ -24,8 +24,8 @@ from .context import BackboneSpec, DataBundle, RunContext
 from .data import ATTR_PREFIX, DatasetAdapter, get_dataset_class
 from .errors import FairbenchError
 from .loaders import DeviceData
-from .metrics import HIGHER_IS_BETTER, evaluate_classification
 from .method import Method, get_method_class
+from .metrics import HIGHER_IS_BETTER, evaluate_classification
 from .params import build_params, params_to_dict
 from .runstore import (
     RunWriter,

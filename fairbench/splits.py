@@ -146,7 +146,9 @@ def load_split(path: str | Path) -> Split:
     id_col = next((c for c in ("sample_id", "image", "image_id", "md5hash") if c in df.columns), None)
     if id_col is None or "part" not in df.columns:
         raise DataError(
-            f"split file {str(path)!r} needs the columns sample_id and part; it has {list(df.columns)}"
+            f"split file {str(path)!r} needs the columns sample_id and part; it has "
+            f"{list(df.columns)[:8]} (for one file per part, as the published splits are, "
+            "combine them with `fairbench data import-split`)"
         )
     aliases = {"valid": "val", "validation": "val", "training": "train", "testing": "test"}
     part = df["part"].str.strip().str.lower().replace(aliases)
@@ -159,6 +161,91 @@ def load_split(path: str | Path) -> Split:
             f"split file {str(path)!r} lists sample {ids[ids.duplicated()].iloc[0]!r} twice"
         )
     return from_parts({p: ids[part == p].to_numpy() for p in PARTS})
+
+
+ID_COLUMNS = ("sample_id", "image", "image_id", "md5hash", "hasher", "id")
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+
+
+def read_id_file(path: str | Path, id_column: str | None = None) -> np.ndarray:
+    """The sample ids of one part file: a CSV with an id column (``id_column``, else the first
+    of sample_id, image, image_id, md5hash, hasher, id) or a ``.txt`` with one id per line."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise DataError(f"split part file {str(path)!r} does not exist")
+    if path.suffix.lower() == ".txt" and id_column is None:
+        ids = [line.strip() for line in path.read_text().splitlines() if line.strip()]
+        return np.asarray(ids, dtype=object)
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except Exception as exc:
+        raise DataError(f"split part file {str(path)!r} is not a readable CSV ({exc})") from None
+    cols = [id_column] if id_column else list(ID_COLUMNS)
+    col = next((c for c in cols if c in df.columns), None)
+    if col is None:
+        raise DataError(
+            f"split part file {str(path)!r} has no id column {' or '.join(cols)}; its columns "
+            f"are {list(df.columns)[:12]} (name the id column with --id-column)"
+        )
+    return df[col].str.strip().to_numpy(dtype=object)
+
+
+def split_from_part_files(
+    *,
+    train: str | Path | None = None,
+    val: str | Path,
+    test: str | Path,
+    id_column: str | None = None,
+    table: SampleTable | None = None,
+) -> Split:
+    """A :class:`Split` from one file of ids per part, the format of published splits (the
+    Fair Multi-Exit repository's ``fitzpatrick17k_{train,vali,test}.csv``, id column
+    ``md5hash``; ``isic2019_{train,val,test}_pretraining.csv``, id column ``image``).
+
+    Without ``train`` (the ME repository lacks its Fitzpatrick train file) the train part is
+    every sample of ``table`` that is in neither val nor test. With ``table`` given, ids are
+    matched to its sample ids (an image suffix such as ``.jpg`` is dropped when that makes them
+    match) and an id the table lacks raises :class:`DataError`. Write the result with
+    :func:`save_split` and pass it as ``--split-file``.
+    """
+    files = {"train": train, "val": val, "test": test}
+    parts: dict[str, np.ndarray] = {}
+    known = None if table is None else set(table.sample_ids.astype(str))
+    for part, f in files.items():
+        if f is None:
+            continue
+        ids = read_id_file(f, id_column)
+        if known is not None:
+            fixed = []
+            for sid in ids:
+                if sid not in known:
+                    stem, ext = os.path.splitext(sid)
+                    if ext.lower() in IMAGE_SUFFIXES and stem in known:
+                        sid = stem
+                fixed.append(sid)
+            ids = np.asarray(fixed, dtype=object)
+            unknown = [s for s in ids if s not in known]
+            if unknown:
+                raise DataError(
+                    f"split part file {str(f)!r} names {len(unknown)} sample(s) the dataset does "
+                    f"not have (first: {unknown[0]!r}); was it made with other filters (e.g. "
+                    "unknown_skin_type=as_dark or drop_missing=none)?"
+                )
+        dup = pd.Series(ids).duplicated()
+        if dup.any():
+            raise DataError(f"split part file {str(f)!r} lists {ids[dup.to_numpy()][0]!r} twice")
+        parts[part] = ids
+    both = set(parts["val"]) & set(parts["test"]) | (
+        set(parts.get("train", [])) & (set(parts["val"]) | set(parts["test"])))
+    if both:
+        raise DataError(f"sample {sorted(both)[0]!r} is in two part files")
+    if "train" not in parts:
+        if table is None:
+            raise DataError("without a train file the dataset is needed to take the rest as train")
+        taken = set(parts["val"]) | set(parts["test"])
+        parts["train"] = np.asarray([s for s in table.sample_ids.astype(str) if s not in taken],
+                                    dtype=object)
+    return from_parts(parts)
 
 
 def check_split(split: Split, table: SampleTable, attribute: str) -> None:

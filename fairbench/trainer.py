@@ -13,7 +13,8 @@ A method never copies this loop. It changes what the loop does through :class:`T
 * ``on_step_end(state)`` and ``on_epoch_end(state)``: callbacks.
 * ``evaluate(model, loader) -> dict``: the validation metrics of an epoch (default: the part
   metrics of :func:`fairbench.metrics.evaluate_classification`); ``select`` names the metric
-  (a flat key such as ``F1``, ``EOdd`` or ``worst.F1``) whose best value picks the checkpoint.
+  (a flat key such as ``F1``, ``EOdd`` or ``worst.F1``) whose best value picks the checkpoint;
+  ``score(metrics) -> float`` (higher is better) replaces it with any rule over the metrics.
 
 The loop: seeded, bf16 autocast and channels-last on CUDA, SGD/Adam/AdamW with a step or
 cosine schedule, best-on-validation checkpoint, early stopping, a tqdm bar, and one row per
@@ -26,10 +27,11 @@ import copy
 import csv
 import math
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -118,6 +120,7 @@ class TrainHooks:
     on_step_end: Callable[[StepState], None] | None = None
     on_epoch_end: Callable[[StepState], None] | None = None
     evaluate: Callable[[nn.Module, BatchLoader], dict[str, Any]] | None = None
+    score: Callable[[dict[str, Any]], float] | None = None
 
 
 @dataclass
@@ -338,8 +341,9 @@ class Trainer:
                         for key in ("F1", "accuracy", "AUC", "EOdd", "worst.F1"):
                             if key in flat:
                                 row[f"val_{key}"] = flat[key]
-                        if select != "last":
-                            score = selection_score(metrics, select)
+                        if hooks.score is not None or select != "last":
+                            score = (hooks.score(metrics) if hooks.score is not None
+                                     else selection_score(metrics, select))
                             if best_score is None or (np.isfinite(score) and score > best_score):
                                 best_score, best_epoch, since_best = score, epoch + 1, 0
                                 best_state = copy.deepcopy(

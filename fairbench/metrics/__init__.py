@@ -58,7 +58,7 @@ def higher_is_better(key: str) -> bool | None:
 def _utility(y: np.ndarray, probs: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     p, r, f = macro_prf(y, pred)
     return {
-        "n": int(len(y)),
+        "n": len(y),
         "accuracy": accuracy(y, pred),
         "precision": p,
         "recall": r,

@@ -13,7 +13,7 @@ For a metric :math:`m` and groups :math:`G` (codes :math:`0..|G|-1`):
 
 from __future__ import annotations
 
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 

@@ -1,0 +1,260 @@
+"""Second-order saliency shared by FairPrune, FairQuantize and ME-FairPrune.
+
+:func:`diagonal_curvature` computes, for every scored parameter tensor, the diagonal of a
+curvature matrix of the cross-entropy loss over a stream of batches, with the model in eval
+mode (BatchNorm uses its running statistics), through BackPACK:
+
+==================  ======================================================================
+``ggn_exact``       exact diagonal of the generalised Gauss-Newton matrix (``DiagGGNExact``;
+                    the FairQuantize default). For cross-entropy it is PSD, so h ≥ 0. It
+                    back-propagates one column per class: cost and memory grow with C.
+``ggn_mc``          Monte-Carlo estimate of the same diagonal with one sampled label per
+                    sample (``DiagGGNMC``); the fast one.
+``hessian_exact``   exact diagonal of the Hessian (``DiagHessian``); BackPACK supports it only
+                    for some layers (not BatchNorm, not ``nn.Identity``): a clear error names
+                    the layer otherwise. Works for torchvision's VGG-11 (no BN).
+``fisher``          empirical Fisher diagonal, the mean of squared per-sample gradients
+                    (from BackPACK's ``SumGradSquared``), as StructuredFairPrune uses.
+==================  ======================================================================
+
+Scale: every estimator is computed for the batch-mean loss and **summed over batches**, as
+the released FairQuantize code does; a final partial batch is weighted by its size, so the
+total is :math:`\\frac1B\\sum_n c_n` for per-sample contributions :math:`c_n` and nominal batch
+size :math:`B`. Both groups' score sets have the same size, so their totals are on the same
+scale.
+
+Scored tensors (``scope``): ``"all"`` is every ``weight`` of Conv, Linear and BatchNorm
+modules, as released; ``"conv_linear"`` drops BatchNorm. Other parameters (biases, BN shifts)
+are not scored and do not require gradients during the computation, which saves time.
+
+Group score sets (:func:`balanced_score_sets`): the whole smaller group plus a seeded draw of
+the same size from the larger (capped by ``max_per_group``), from the training split, without
+augmentation. With more than two groups, every non-privileged group is pooled as the
+unprivileged set.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
+
+import numpy as np
+import torch
+from torch import nn
+
+from .errors import FairbenchError
+from .loaders import Batch
+from .progress import progress_bar
+
+if TYPE_CHECKING:
+    from .context import RunContext
+
+Estimator = Literal["ggn_exact", "ggn_mc", "hessian_exact", "fisher"]
+Scope = Literal["all", "conv_linear"]
+ESTIMATORS: tuple[str, ...] = ("ggn_exact", "ggn_mc", "hessian_exact", "fisher")
+
+_SAVED_AS = {"ggn_exact": "diag_ggn_exact", "ggn_mc": "diag_ggn_mc", "hessian_exact": "diag_h",
+             "fisher": "sum_grad_squared"}
+
+
+class CurvatureError(FairbenchError):
+    """The backbone cannot be handled by BackPACK with the chosen estimator."""
+
+
+def scored_parameters(model: nn.Module, scope: Scope = "all") -> dict[str, nn.Parameter]:
+    """The ``weight`` of every Conv/Linear (and BatchNorm, for ``scope="all"``) module."""
+    kinds: tuple[type, ...] = (nn.modules.conv._ConvNd, nn.Linear)
+    if scope == "all":
+        kinds += (nn.modules.batchnorm._BatchNorm,)
+    elif scope != "conv_linear":
+        raise ValueError(f"unknown scope {scope!r}; use all or conv_linear")
+    out = {}
+    for mod_name, module in model.named_modules():
+        if isinstance(module, kinds) and getattr(module, "weight", None) is not None:
+            out[f"{mod_name}.weight" if mod_name else "weight"] = module.weight
+    return out
+
+
+def _extension(estimator: str, mc_samples: int) -> object:
+    from backpack.extensions import DiagGGNExact, DiagGGNMC, DiagHessian, SumGradSquared
+
+    if estimator == "ggn_exact":
+        return DiagGGNExact()
+    if estimator == "ggn_mc":
+        return DiagGGNMC(mc_samples=mc_samples)
+    if estimator == "hessian_exact":
+        return DiagHessian()
+    if estimator == "fisher":
+        return SumGradSquared()
+    raise ValueError(f"unknown estimator {estimator!r}; use one of {', '.join(ESTIMATORS)}")
+
+
+def diagonal_curvature(
+    model: nn.Module,
+    batches: Iterable[Batch],
+    *,
+    estimator: Estimator = "ggn_exact",
+    scope: Scope = "all",
+    mc_samples: int = 1,
+    progress: bool = False,
+    desc: str = "curvature",
+    total: int | None = None,
+) -> dict[str, torch.Tensor]:
+    """Diagonal curvature of the cross-entropy loss of ``model`` over ``batches``, per scored
+    parameter name (names as in ``model.named_parameters()``). ``model`` is not modified."""
+    from backpack import backpack, extend
+
+    ext = _extension(estimator, mc_samples)
+    work = copy.deepcopy(model).float().eval()
+    work = work.to(memory_format=torch.contiguous_format)
+    targets = scored_parameters(work, scope)
+    target_ids = {id(p): name for name, p in targets.items()}
+    for p in work.parameters():
+        p.requires_grad_(id(p) in target_ids)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ext_model = extend(work, use_converter=True)
+    except Exception as exc:  # torch.fx cannot trace it
+        raise CurvatureError(
+            f"BackPACK cannot trace this backbone ({type(exc).__name__}: {str(exc)[:120]}); "
+            "use smallcnn, resnet18, tv_resnet18, vgg11 or timm_vgg11") from None
+    params = [p for p in ext_model.parameters() if id(p) in target_ids]
+    loss_fn = extend(nn.CrossEntropyLoss())
+    attr = _SAVED_AS[estimator]
+    acc = {name: torch.zeros_like(p) for name, p in targets.items()}
+    nominal: int | None = None
+    with progress_bar(total=total, desc=desc, unit="batch", enabled=progress) as bar:
+        for batch in batches:
+            x = batch.x.float().contiguous()
+            b = int(x.shape[0])
+            nominal = nominal or b
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    with backpack(ext):
+                        loss = loss_fn(ext_model(x), batch.y)
+                        loss.backward()
+            except NotImplementedError as exc:
+                layer = str(exc).split("Module")[-1].strip(" <>'\"class")
+                raise CurvatureError(
+                    f"estimator {estimator} is not supported by BackPACK for layer {layer} of "
+                    "this backbone; use ggn_exact, ggn_mc or fisher (hessian_exact works for "
+                    "backbones without BatchNorm, such as vgg11)") from None
+            except RuntimeError as exc:
+                if "out of memory" in str(exc).lower():
+                    raise CurvatureError(
+                        f"out of memory computing {estimator} on batches of {b}; lower the "
+                        "score batch size (score_batch_size) or use ggn_mc") from None
+                raise
+            weight = b / nominal
+            for p in params:
+                value = getattr(p, attr)
+                if estimator == "fisher":
+                    value = value * b  # (1/b) Σ g_n² from Σ (g_n / b)²
+                acc[target_ids[id(p)]].add_(value.detach(), alpha=weight)
+                delattr(p, attr)
+                p.grad = None
+            bar.update(1)
+    if nominal is None:
+        raise FairbenchError("curvature was asked for over an empty set of samples")
+    return acc
+
+
+# -- group score sets ------------------------------------------------------------------------------
+@dataclass
+class GroupCurvature:
+    """Curvature of the unprivileged (``h_u``) and privileged (``h_p``) score sets."""
+
+    h_u: dict[str, torch.Tensor]
+    h_p: dict[str, torch.Tensor]
+    n_per_group: int
+
+
+def balanced_score_sets(ctx: RunContext, *, seed: int, max_per_group: int | None = None
+                        ) -> tuple[np.ndarray, np.ndarray]:
+    """Row positions of the unprivileged and privileged score sets (equal sizes)."""
+    pos = ctx.positions("train")
+    codes = ctx.table.attr(ctx.attribute)[pos]
+    p = ctx.privileged
+    unpriv = pos[(codes >= 0) & (codes != p)]
+    priv = pos[codes == p]
+    for name, members in (("unprivileged", unpriv), ("privileged", priv)):
+        if len(members) == 0:
+            raise FairbenchError(
+                f"the {name} group has no training samples for the score set "
+                f"(attribute {ctx.attribute!r}); curvature-based methods need both groups")
+    n = min(len(unpriv), len(priv))
+    if max_per_group is not None:
+        n = min(n, max_per_group)
+    rng = np.random.default_rng([ctx.seed, seed, 4242])
+
+    def draw(members: np.ndarray) -> np.ndarray:
+        return np.sort(members if len(members) == n else rng.choice(members, n, replace=False))
+
+    return draw(unpriv), draw(priv)
+
+
+def group_curvature(
+    ctx: RunContext,
+    model: nn.Module,
+    *,
+    estimator: Estimator = "ggn_exact",
+    scope: Scope = "all",
+    batch_size: int = 32,
+    seed: int = 0,
+    max_per_group: int | None = None,
+) -> GroupCurvature:
+    """Curvature of ``model`` on balanced unprivileged and privileged score sets."""
+    pos_u, pos_p = balanced_score_sets(ctx, seed=seed, max_per_group=max_per_group)
+    out = []
+    for label, positions in (("unprivileged", pos_u), ("privileged", pos_p)):
+        loader = ctx.loader(positions=positions, batch_size=batch_size, sampler="sequential",
+                            augment=False, drop_last=False)
+        out.append(diagonal_curvature(
+            model, loader, estimator=estimator, scope=scope, progress=ctx.progress,
+            desc=f"{estimator} ({label})", total=len(loader)))
+    return GroupCurvature(out[0], out[1], len(pos_u))
+
+
+# -- scores and selection ----------------------------------------------------------------------------
+def fair_saliency(delta: torch.Tensor, h_u: torch.Tensor, h_p: torch.Tensor, beta: float
+                  ) -> torch.Tensor:
+    r""":math:`\tfrac12\,\Delta\theta^2\,(h_u - \beta h_p)`: the second-order loss change of
+    moving the weights by :math:`\Delta\theta` on the unprivileged group, minus β times that
+    on the privileged group. Low scores are changed first (they matter to the privileged
+    group more than to the unprivileged one). FairPrune uses :math:`\Delta\theta=-\theta`."""
+    return 0.5 * delta.pow(2) * (h_u - beta * h_p)
+
+
+def select_lowest(score: torch.Tensor, k_total: int, already: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+    """Boolean mask of ``already`` plus the lowest-scored other entries, ``k_total`` in all
+    (already-selected entries count toward ``k_total`` and stay selected)."""
+    flat = score.reshape(-1)
+    prev = already.reshape(-1) if already is not None else torch.zeros_like(flat, dtype=torch.bool)
+    k_new = max(0, min(int(k_total), flat.numel()) - int(prev.sum()))
+    mask = prev.clone()
+    if k_new > 0:
+        candidates = flat.masked_fill(prev, math.inf)
+        idx = torch.topk(candidates, k_new, largest=False, sorted=False).indices
+        mask[idx] = True
+    return mask.view_as(score)
+
+
+def select_as_released(score: torch.Tensor, ratio: float, already: torch.Tensor | None = None
+                       ) -> torch.Tensor:
+    """The released FairQuantize selection, kept for parity studies: already-quantized
+    entries get score −1e38, ``order = argsort(score)``, and position ``j`` is marked when
+    ``order[j] <= round(ratio · N)`` — argsort read as ranks, which selects a near-random
+    set larger than the target (see reference/methods_quant_prune.md §2.5)."""
+    flat = score.reshape(-1)
+    prev = already.reshape(-1) if already is not None else torch.zeros_like(flat, dtype=torch.bool)
+    kth = round(ratio * flat.numel())
+    order = torch.argsort(flat.masked_fill(prev, -1e38))
+    mask = prev | (order <= kth)
+    return mask.view_as(score)
