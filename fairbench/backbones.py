@@ -82,6 +82,26 @@ def create_backbone(
     return model
 
 
+def check_backbone_name(name: str) -> None:
+    """Raise :class:`UnknownNameError` (with close matches) unless ``name`` can be built:
+    a registered name, ``timm:<model>`` of a timm model or ``tv:<model>`` of a torchvision one.
+    Cheap: nothing is built, so a run can check it before any work."""
+    if name.startswith("timm:"):
+        import timm
+
+        if not timm.is_model(name[5:]):
+            raise UnknownNameError(f"unknown timm model {name[5:]!r}; see timm.list_models()")
+    elif name.startswith("tv:"):
+        import torchvision
+
+        try:
+            torchvision.models.get_model_builder(name[3:])
+        except ValueError:
+            raise UnknownNameError(f"unknown torchvision model {name[3:]!r}") from None
+    else:
+        BACKBONES.get(name)
+
+
 def load_weights(model: Classifier, path: str | Path) -> None:
     """Load a local state dict: a whole fairbench model, or a body-only (timm/torchvision)
     checkpoint whose classifier keys do not match; reports what did not load."""
@@ -118,6 +138,9 @@ def smallcnn(num_classes: int, image_size: int, width: int = 32, **_: Any) -> Cl
 
     Small enough for CPU runs on ``synthderm``; built only from layers BackPACK supports.
     """
+
+    if image_size < 16:  # four 2x2 max-pools: a smaller input pools to nothing
+        raise ParamError(f"backbone 'smallcnn' needs --image-size 16 or more (got {image_size})")
 
     def block(cin: int, cout: int) -> list[nn.Module]:
         return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),

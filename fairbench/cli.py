@@ -14,6 +14,7 @@ from typing import Any
 
 import click
 
+from .cli_bench import BENCH_COMMANDS
 from .cli_data import data_group
 from .errors import FairbenchError
 
@@ -24,6 +25,18 @@ CONFIG_KEYS = {
     "image_size", "seed", "split_seed", "split_fractions", "split_file", "device", "runs_dir",
     "cache_dir", "save_weights", "params", "method_params", "dataset_params", "backbone_params",
     "train", "epochs", "plugins",
+}
+
+
+#: the type of every scalar key of a config file (``epochs`` is checked as a train setting)
+CONFIG_TYPES: dict[str, tuple[type, ...]] = {
+    **{k: (str,) for k in ("method", "dataset", "data_root", "attribute", "privileged",
+                           "backbone", "weights", "split_file", "device", "runs_dir",
+                           "cache_dir")},
+    **{k: (int,) for k in ("image_size", "seed", "split_seed")},
+    "save_weights": (bool,),
+    "split_fractions": (list,),
+    "plugins": (list,),
 }
 
 
@@ -73,6 +86,19 @@ def _read_config(path: str | None) -> dict[str, Any]:
     for key in ("params", "method_params", "dataset_params", "backbone_params", "train"):
         if key in data and not isinstance(data[key], dict):
             raise FairbenchError(f"config file {str(file)!r}: [{key}] must be a table")
+    for key, kinds in CONFIG_TYPES.items():
+        value = data.get(key)
+        if value is None:
+            continue
+        ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+        if ok and isinstance(value, list):
+            elem = (int, float) if key == "split_fractions" else (str,)
+            ok = all(isinstance(v, elem) and not isinstance(v, bool) for v in value)
+        if not ok:
+            want = {"split_fractions": "a list of three numbers", "plugins": "a list of paths"
+                    }.get(key, " or ".join(k.__name__ for k in kinds))
+            raise FairbenchError(
+                f"config file {str(file)!r}: {key} = {value!r} must be {want}")
     return data
 
 
@@ -256,6 +282,8 @@ def show(run_dir: str, part: str) -> None:
 
 
 main.add_command(data_group, "data")
+for _name, _command in BENCH_COMMANDS.items():  # sweep, leaderboard, plot (cli_bench.py)
+    main.add_command(_command, _name)
 
 
 def entry() -> None:  # pragma: no cover

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 
 from . import __version__
-from .backbones import BACKBONES
+from .backbones import check_backbone_name
 from .cache import default_cache_dir, load_or_build
 from .context import BackboneSpec, DataBundle, RunContext
 from .data import ATTR_PREFIX, DatasetAdapter, get_dataset_class
@@ -128,9 +128,10 @@ def prepare(config: RunConfig) -> Prepared:
     adapter = dataset_cls(params=dict(config.dataset_params), data_root=config.data_root)
     train = build_params(TrainConfig, config.train, owner="training (--train)")
     backbone = config.backbone or dataset_cls.default_backbone
-    if not (backbone.startswith("timm:") or backbone.startswith("tv:")):
-        BACKBONES.get(backbone)  # raises with close matches
+    check_backbone_name(backbone)  # raises with close matches (timm:/tv: names too)
     image_size = config.image_size or dataset_cls.default_image_size
+    if config.weights and not Path(config.weights).expanduser().is_file():
+        raise FairbenchError(f"weights file {config.weights!r} does not exist")
     if image_size < 8:
         raise FairbenchError(f"--image-size {image_size} is too small; use at least 8")
     if config.seed < 0 or config.split_seed < 0:
@@ -145,6 +146,10 @@ def load_data(p: Prepared, device: torch.device, runs_dir: Path) -> DataBundle:
     if attribute is None:
         raise FairbenchError(f"dataset {config.dataset!r} has no sensitive attribute")
     table.check_attribute(attribute)
+    if config.privileged is not None and config.privileged not in table.group_names(attribute):
+        raise FairbenchError(
+            f"privileged group {config.privileged!r} is not a group of attribute {attribute!r}; "
+            f"choose one of {', '.join(table.group_names(attribute))}")
     if len(table.group_names(attribute)) < 2:
         raise FairbenchError(f"attribute {attribute!r} has a single group; fairness needs two")
     if config.split_file:
@@ -178,6 +183,8 @@ def run_identity(p: Prepared, bundle: DataBundle) -> dict[str, Any]:
         "seed": c.seed,
         "split": bundle.split.sha256,
         "train": params_to_dict(p.train),
+        # binary tasks: predictions use the validation-chosen threshold (multi-class: argmax)
+        **({"decision": "val_macro_f1_threshold"} if bundle.table.n_classes == 2 else {}),
     }
 
 
@@ -217,9 +224,12 @@ def run_experiment(config: RunConfig, *, keep_model: bool = False) -> RunResult:
         method_seconds = time.perf_counter() - t_method
         privileged = ctx.privileged_name  # resolves the default rule if the method did not
         metrics, frames = {}, []
+        preds = {part: ctx.trainer.predict(model, ctx.loader(part), p.train)
+                 for part in ("val", "test")}
+        # binary tasks: the decision threshold is chosen on validation only
+        threshold = _val_threshold(bundle, preds["val"])
         for part in ("val", "test"):
-            pred = ctx.trainer.predict(model, ctx.loader(part), p.train)
-            metrics[part], frame = _score(bundle, pred, part)
+            metrics[part], frame = _score(bundle, preds[part], part, threshold)
             frames.append(frame)
         metrics["meta"] = {
             "attribute": bundle.attribute,
@@ -228,6 +238,8 @@ def run_experiment(config: RunConfig, *, keep_model: bool = False) -> RunResult:
             "higher_is_better": HIGHER_IS_BETTER,
             "diff_sign": f"{bundle.group_names[1]} minus {bundle.group_names[0]}"
             if len(bundle.group_names) == 2 else "max minus min",
+            "threshold": threshold,
+            "threshold_rule": THRESHOLD_RULE if threshold is not None else "argmax",
         }
         record = {
             "identity": identity,
@@ -245,6 +257,7 @@ def run_experiment(config: RunConfig, *, keep_model: bool = False) -> RunResult:
             "privileged_rule": "configured" if config.privileged else
             "higher vanilla validation macro-F1",
             "classes": bundle.table.classes,
+            "threshold": threshold,
             "backbone": p.backbone,
             "backbone_params": config.backbone_params,
             "weights": config.weights,
@@ -276,18 +289,37 @@ def run_experiment(config: RunConfig, *, keep_model: bool = False) -> RunResult:
                      model=model if keep_model else None, context=ctx if keep_model else None)
 
 
-def _score(bundle: DataBundle, pred: Predictions, part: str) -> tuple[dict[str, Any], pd.DataFrame]:
+THRESHOLD_RULE = "max validation macro-F1 (binary task)"
+
+
+def _val_threshold(bundle: DataBundle, val: Predictions) -> float | None:
+    """Binary tasks: the threshold on p(class 1) maximising validation macro-F1; else None."""
+    from .selection import binary_threshold
+
+    if val.probs.shape[1] != 2:
+        return None
+    return binary_threshold(bundle.table.labels[val.index], val.probs[:, 1])
+
+
+def _score(bundle: DataBundle, pred: Predictions, part: str,
+           threshold: float | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
+    from .selection import apply_threshold
+
     table = bundle.table
     rows = pred.index
     labels = table.labels[rows]
     groups = table.attr(bundle.attribute)[rows]
-    metrics = evaluate_classification(labels, pred.probs, groups, bundle.group_names)
+    y_pred = apply_threshold(pred.probs, threshold)
+    metrics = evaluate_classification(labels, pred.probs, groups, bundle.group_names,
+                                      y_pred=y_pred)
     frame = pd.DataFrame({
         "sample_id": table.sample_ids[rows],
         "part": part,
         "label": labels,
-        "pred": pred.probs.argmax(axis=1),
+        "pred": y_pred,
     })
+    if table.patient_ids is not None:  # lets bootstrap CIs resample patients
+        frame["patient_id"] = table.patient_ids[rows]
     for name in table.attributes:
         frame[ATTR_PREFIX + name] = table.attr(name)[rows]
     probs = pd.DataFrame(pred.probs, columns=[f"prob_{c}" for c in range(pred.probs.shape[1])])

@@ -295,7 +295,10 @@ class Trainer:
                     model.train()
                     for a in hooks.aux:
                         a.module.train()
-                    total, count, t0 = 0.0, 0, time.perf_counter()
+                    # the loss sum stays on the device: no host sync per step (CUDA)
+                    total = torch.zeros((), device=self.device, dtype=torch.float64
+                                        if self.device.type != "mps" else torch.float32)
+                    count, t0 = 0, time.perf_counter()
                     for step, batch in enumerate(train):
                         factor = _lr_factor(config, epoch + step / steps_per_epoch)
                         for opt, lrs in zip([optimizer, *aux_opts], base_lrs):
@@ -324,12 +327,12 @@ class Trainer:
                         if hooks.on_step_end is not None:
                             hooks.on_step_end(state)
                         state.global_step += 1
-                        total += float(loss.detach()) * len(batch)
+                        total += loss.detach().to(total.dtype) * len(batch)
                         count += len(batch)
                         bar.update(1)
                     row: dict[str, Any] = {
                         "stage": stage, "epoch": epoch + 1,
-                        "train_loss": total / max(1, count),
+                        "train_loss": float(total) / max(1, count),
                         "lr": optimizer.param_groups[0]["lr"],
                         "train_seconds": round(time.perf_counter() - t0, 3),
                     }
@@ -344,7 +347,9 @@ class Trainer:
                         if hooks.score is not None or select != "last":
                             score = (hooks.score(metrics) if hooks.score is not None
                                      else selection_score(metrics, select))
-                            if best_score is None or (np.isfinite(score) and score > best_score):
+                            # a NaN score never wins, and never blocks a later finite one
+                            if best_score is None or (np.isfinite(score) and (
+                                    not np.isfinite(best_score) or score > best_score)):
                                 best_score, best_epoch, since_best = score, epoch + 1, 0
                                 best_state = copy.deepcopy(
                                     {k: v.detach().cpu() for k, v in model.state_dict().items()})

@@ -1,3 +1,3 @@
 """Built-in mitigation methods (installed as ``fairbench.methods``)."""
 
-from . import fairquantize, vanilla  # noqa: F401
+from . import fairprune, fairquantize, vanilla  # noqa: F401

@@ -45,11 +45,8 @@ Faithful to the paper, with the decisions of fairbench issue 3 where the release
 
 from __future__ import annotations
 
-import copy
-import csv
 import math
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -58,8 +55,16 @@ from torch import nn
 from fairbench.context import RunContext
 from fairbench.errors import ParamError
 from fairbench.method import Method, register_method
-from fairbench.metrics import flatten, higher_is_better, selection_score
+from fairbench.metrics import flatten
 from fairbench.params import param
+from fairbench.posthoc import (
+    check_select_metric,
+    preflight_curvature,
+    snapshot,
+    tolerance_rule,
+    within_tolerance,
+    write_rows,
+)
 from fairbench.saliency import (
     fair_saliency,
     group_curvature,
@@ -108,13 +113,7 @@ class FairQuantizeParams:
                 "use a step no larger than the target")
         if any(b < 0 for b in self.ablation_betas):
             raise ParamError("parameter ablation_betas must hold non-negative values")
-        try:
-            direction = higher_is_better(self.select_metric)
-        except KeyError:
-            raise ParamError(f"parameter select_metric={self.select_metric!r} is not a metric; "
-                             "use e.g. EOdd, EOpp1, gap.F1 or worst.F1") from None
-        if direction is None:
-            raise ParamError(f"parameter select_metric={self.select_metric!r} has no direction")
+        check_select_metric(self.select_metric)
 
 
 def pow2_quantize(w: torch.Tensor, bits: int | None = None) -> torch.Tensor:
@@ -146,6 +145,7 @@ class FairQuantize(Method):
     kind = "post-hoc"
 
     def run(self, ctx: RunContext, params: FairQuantizeParams) -> nn.Module:
+        preflight_curvature(ctx, estimator=params.estimator, scope=params.scope)
         base = ctx.vanilla()
         f1_start = ctx.evaluate(base, "val")["F1"]
         rows: list[dict[str, Any]] = []
@@ -160,19 +160,6 @@ class FairQuantize(Method):
                          rows=ablation, with_test=True, select=False)
             write_rows(ctx.run_dir / "ablation.csv", ablation)
         return model
-
-
-def selection_rule(select_metric: str, f1_start: float, tolerance: float):
-    """Higher-is-better score: the oriented ``select_metric`` for checkpoints whose
-    validation F1 is within ``tolerance`` of ``f1_start``; far below otherwise, ordered by F1."""
-
-    def score(metrics: dict[str, Any]) -> float:
-        f1 = float(metrics["F1"])
-        if f1 >= f1_start - tolerance - 1e-12:
-            return selection_score(metrics, select_metric)
-        return -1e3 + f1
-
-    return score
 
 
 def quantize(
@@ -190,7 +177,7 @@ def quantize(
     names = list(scored_parameters(model, params.scope))
     named = dict(model.named_parameters())
     masks = {n: torch.zeros_like(named[n], dtype=torch.bool) for n in names}
-    score_fn = selection_rule(params.select_metric, f1_start, params.f1_tolerance)
+    score_fn = tolerance_rule(params.select_metric, f1_start, params.f1_tolerance)
     ratios = schedule(params.target_ratio, params.step)
     best: tuple[float, dict[str, torch.Tensor], dict[str, Any]] | None = None
     for t, ratio in enumerate(ratios, start=1):
@@ -212,7 +199,7 @@ def quantize(
         realized = sum(int(m.sum()) for m in masks.values()) / total
         eligible = select and (params.select_over == "all_steps" or t == len(ratios))
         val = ctx.evaluate(model, "val")
-        candidate = (score_fn(val), _snapshot(model), {"step": t, "epoch": 0})
+        candidate = (score_fn(val), snapshot(model), {"step": t, "epoch": 0})
         if params.retrain_epochs > 0:
             config = TrainConfig(
                 epochs=params.retrain_epochs, batch_size=params.retrain_batch_size,
@@ -230,7 +217,7 @@ def quantize(
                              config=config, train=train, stage=f"fairquantize step {t}")
             if result.best_score is not None and result.best_score > candidate[0]:
                 val = ctx.evaluate(model, "val")
-                candidate = (result.best_score, _snapshot(model),
+                candidate = (result.best_score, snapshot(model),
                              {"step": t, "epoch": result.best_epoch})
             else:  # the state right after quantizing was better: continue from it
                 model.load_state_dict(candidate[1])
@@ -250,23 +237,7 @@ def quantize(
     summary: dict[str, Any] = {"beta": beta, "steps": len(ratios)}
     if best is not None:
         model.load_state_dict(best[1])
-        summary.update(selected=best[2], within_f1_tolerance=best[0] > -1e2)
+        summary.update(selected=best[2], within_f1_tolerance=within_tolerance(best[0]))
     summary["realized_ratio_per_tensor"] = {
         n: round(float(m.float().mean()), 6) for n, m in masks.items()}
     return model, summary
-
-
-def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
-    return copy.deepcopy({k: v.detach().clone() for k, v in model.state_dict().items()})
-
-
-def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    keys: list[str] = []
-    for r in rows:
-        keys.extend(k for k in r if k not in keys)
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)

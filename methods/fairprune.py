@@ -1,0 +1,258 @@
+"""``fairprune``: FairPrune (Wu et al., MICCAI 2022), fairness-aware pruning by second-order
+saliency.
+
+No official code exists; this follows the reconstruction in
+``reference/methods_quant_prune.md`` §3 and the decisions of fairbench issue 3:
+
+* **Start**: the cached vanilla model (``ctx.vanilla()``).
+* **Saliency** (Optimal Brain Damage) per weight and group g: :math:`S_g=\\tfrac12\\theta^2h_g`,
+  :math:`h_g` the diagonal curvature (``estimator``; default the exact GGN diagonal, which
+  BackPACK supports for VGG and ResNet alike; ``hessian_exact`` for backbones without
+  BatchNorm) of the cross-entropy on the balanced score set of group g (the whole smaller group
+  plus an equal-size seeded draw of the larger, from the training split, no augmentation),
+  summed over batches so both groups are on the same scale. This is
+  :func:`fairbench.saliency.fair_saliency` with :math:`\\Delta\\theta=-\\theta`.
+* **Fair score** :math:`S_u-\\beta S_p` (β = 0.5 by default, the middle of the β grid
+  {0.1, …, 0.9} third-party reproductions sweep); the **lowest**-scored weights (those that
+  matter to the privileged group more than to the unprivileged one) are set to zero and masked.
+* **Scope**: the ``weight`` of every conv and linear module (biases and BatchNorm are not
+  pruned), ranked **per layer** by default (each tensor loses the fraction p), or over all of
+  them at once (``ranking=global``).
+* **Ratio**: ``ratio=None`` (default) chooses p on **validation** from ``ratio_grid`` by the
+  selection rule below; a number prunes exactly that fraction.
+* **Modes**: ``oneshot`` (default, post-hoc, no fine-tuning: one curvature pass, nested
+  candidate masks) or ``iterative``: rounds of ``step`` more pruning, the curvature recomputed
+  on the pruned model each round, stopping when the validation ``select_metric`` has not
+  improved for ``patience`` rounds in a row or ``max_ratio`` is reached (the stopping rule of
+  AliGhadirii's reproduction); the best round is kept.
+* **Fine-tuning** (off by default, ``finetune_epochs``): group-balanced batches of the training
+  split with the pruned entries frozen at zero by the shared trainer's masks.
+* **Selection, validation only**: best validation EOdd (``select_metric``) among candidates
+  whose validation macro-F1 is within ``f1_tolerance`` (0.02) of the vanilla model's; if none
+  is, the candidate with the best F1. Every candidate's validation metrics go to
+  ``prune.csv`` in the run directory and the choice to the run's notes.
+* The pruned model needs no sensitive attribute at inference.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+from fairbench.context import RunContext
+from fairbench.errors import ParamError
+from fairbench.method import Method, register_method
+from fairbench.metrics import flatten
+from fairbench.params import param
+from fairbench.posthoc import (
+    check_select_metric,
+    preflight_curvature,
+    snapshot,
+    tolerance_rule,
+    within_tolerance,
+    write_rows,
+)
+from fairbench.saliency import fair_saliency, group_curvature, select_lowest
+from fairbench.trainer import TrainConfig, TrainHooks
+
+ROW_METRICS = ("F1", "precision", "recall", "accuracy", "EOpp0", "EOpp1", "EOdd", "worst.F1")
+
+
+@dataclass
+class FairPruneParams:
+    beta: float = param(0.5, help="weight of the privileged group's saliency", min=0.0)
+    ratio: float | None = param(
+        None, help="fraction of conv/linear weights to prune (None = choose on validation "
+                   "from ratio_grid)", min=0.0, max=1.0, min_exclusive=True)
+    ratio_grid: tuple[float, ...] = param(
+        (0.02, 0.05, 0.1, 0.15, 0.2, 0.3), help="candidate ratios when ratio is None")
+    ranking: Literal["per_layer", "global"] = param("per_layer", help="rank weights per layer "
+                                                     "or over the whole network")
+    mode: Literal["oneshot", "iterative"] = param("oneshot", help="prune once, or in rounds "
+                                                  "with the curvature recomputed")
+    step: float = param(0.05, help="ratio added per round (iterative mode)", min=0.0, max=1.0,
+                        min_exclusive=True)
+    max_ratio: float = param(0.5, help="largest ratio in iterative mode", min=0.0, max=1.0,
+                             min_exclusive=True)
+    patience: int = param(3, help="iterative mode stops after this many rounds without a "
+                                  "better validation select_metric", min=1)
+    estimator: Literal["ggn_exact", "ggn_mc", "hessian_exact", "fisher"] = param(
+        "ggn_exact", help="curvature estimator")
+    score_batch_size: int = param(32, help="batch size of the curvature pass", min=1)
+    score_samples: int | None = param(None, help="cap on score-set size per group", min=1)
+    finetune_epochs: int = param(0, help="fine-tuning epochs with the masks kept (0 = none)",
+                                 min=0)
+    finetune_optimizer: Literal["sgd", "adam"] = param("adam", help="fine-tuning optimizer")
+    finetune_lr: float = param(3e-4, help="fine-tuning learning rate", min=0.0,
+                               min_exclusive=True)
+    finetune_batch_size: int = param(32, help="fine-tuning batch (half per group)", min=2)
+    select_metric: str = param("EOdd", help="validation metric that picks the candidate")
+    f1_tolerance: float = param(0.02, help="allowed validation macro-F1 drop", min=0.0)
+
+    def validate(self) -> None:
+        if not self.ratio_grid:
+            raise ParamError("parameter ratio_grid is empty; give at least one ratio")
+        bad = [r for r in self.ratio_grid if not 0.0 < r <= 1.0]
+        if bad:
+            raise ParamError(f"parameter ratio_grid holds {bad[0]}, outside (0, 1]; "
+                             "use ratios such as 0.05,0.1,0.2")
+        if self.mode == "iterative" and self.step > self.max_ratio + 1e-12:
+            raise ParamError(f"parameter step={self.step} is larger than max_ratio="
+                             f"{self.max_ratio}; use a step no larger than max_ratio")
+        check_select_metric(self.select_metric)
+
+
+def prune_masks(
+    scores: dict[str, torch.Tensor],
+    ratio: float,
+    *,
+    ranking: str = "per_layer",
+    already: dict[str, torch.Tensor] | None = None,
+) -> dict[str, torch.Tensor]:
+    """Masks (True = pruned) of the lowest-scored entries: per tensor ``ceil(ratio·N)`` of them
+    (``per_layer``) or ``ceil(ratio·ΣN)`` over all tensors (``global``). Entries in ``already``
+    count toward the total and stay pruned."""
+    already = already or {}
+    if ranking == "per_layer":
+        return {n: select_lowest(s, math.ceil(ratio * s.numel() - 1e-9), already.get(n))
+                for n, s in scores.items()}
+    if ranking != "global":
+        raise ValueError(f"unknown ranking {ranking!r}")
+    names = list(scores)
+    flat = torch.cat([scores[n].reshape(-1) for n in names])
+    prev = torch.cat([already[n].reshape(-1) if n in already
+                      else torch.zeros(scores[n].numel(), dtype=torch.bool, device=flat.device)
+                      for n in names])
+    mask = select_lowest(flat, math.ceil(ratio * flat.numel() - 1e-9), prev)
+    out, start = {}, 0
+    for n in names:
+        size = scores[n].numel()
+        out[n] = mask[start:start + size].view_as(scores[n])
+        start += size
+    return out
+
+
+@register_method("fairprune")
+class FairPrune(Method):
+    """Fairness-aware pruning by group-wise second-order saliency (Wu et al., MICCAI 2022)."""
+
+    Params = FairPruneParams
+    kind = "post-hoc"
+
+    def run(self, ctx: RunContext, params: FairPruneParams) -> nn.Module:
+        preflight_curvature(ctx, estimator=params.estimator, scope="conv_linear")
+        model = ctx.vanilla()
+        f1_start = ctx.evaluate(model, "val")["F1"]
+        rule = tolerance_rule(params.select_metric, f1_start, params.f1_tolerance)
+        rows: list[dict[str, Any]] = []
+        if params.mode == "oneshot":
+            best = self._oneshot(ctx, model, params, rule, rows)
+        else:
+            best = self._iterative(ctx, model, params, rule, rows)
+        score, state, masks, info = best
+        model.load_state_dict(state)
+        if params.finetune_epochs > 0:
+            score, info = self._finetune(ctx, model, params, rule, masks, score, info)
+        write_rows(ctx.run_dir / "prune.csv", rows)
+        ctx.notes["fairprune"] = {
+            **info, "beta": params.beta, "mode": params.mode, "ranking": params.ranking,
+            "estimator": params.estimator, "within_f1_tolerance": within_tolerance(score),
+            "vanilla_val_F1": f1_start,
+            "realized_ratio_per_tensor": {n: round(float(m.float().mean()), 6)
+                                          for n, m in masks.items()},
+        }
+        return model
+
+    # -- modes ----------------------------------------------------------------------------------
+    def _curvature_scores(self, ctx: RunContext, model: nn.Module, params: FairPruneParams,
+                          seed: int) -> dict[str, torch.Tensor]:
+        curv = group_curvature(ctx, model, estimator=params.estimator, scope="conv_linear",
+                               batch_size=params.score_batch_size, seed=seed,
+                               max_per_group=params.score_samples)
+        named = dict(model.named_parameters())
+        return {n: fair_saliency(-named[n].detach(), curv.h_u[n], curv.h_p[n], params.beta)
+                for n in curv.h_u}
+
+    def _apply(self, model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+        named = dict(model.named_parameters())
+        with torch.no_grad():
+            for n, m in masks.items():
+                named[n].masked_fill_(m, 0.0)
+
+    def _record(self, ctx: RunContext, model: nn.Module, masks: dict[str, torch.Tensor],
+                rule: Any, rows: list[dict[str, Any]], **info: Any) -> tuple[float, dict]:
+        val = ctx.evaluate(model, "val")
+        total = sum(m.numel() for m in masks.values())
+        realized = sum(int(m.sum()) for m in masks.values()) / total
+        flat = flatten(val)
+        score = rule(val)
+        rows.append({**info, "realized_ratio": realized, "score": score,
+                     **{f"val_{k}": flat.get(k) for k in ROW_METRICS}})
+        ctx.logger.info("fairprune %s: realized %.4f val F1 %.4f EOdd %.4f", info, realized,
+                        val["F1"], val["EOdd"])
+        return score, {**info, "realized_ratio": realized, "val_F1": val["F1"],
+                       "val_EOdd": val["EOdd"]}
+
+    def _oneshot(self, ctx: RunContext, model: nn.Module, params: FairPruneParams, rule: Any,
+                 rows: list[dict[str, Any]]) -> tuple[float, dict, dict, dict]:
+        scores = self._curvature_scores(ctx, model, params, seed=1)
+        start = snapshot(model)
+        ratios = [params.ratio] if params.ratio is not None else sorted(set(params.ratio_grid))
+        best = None
+        for ratio in ratios:
+            model.load_state_dict(start)
+            masks = prune_masks(scores, ratio, ranking=params.ranking)
+            self._apply(model, masks)
+            score, info = self._record(ctx, model, masks, rule, rows, ratio=ratio)
+            if best is None or score > best[0]:
+                best = (score, snapshot(model), masks, {**info, "chosen_ratio": ratio})
+        assert best is not None
+        return best
+
+    def _iterative(self, ctx: RunContext, model: nn.Module, params: FairPruneParams, rule: Any,
+                   rows: list[dict[str, Any]]) -> tuple[float, dict, dict, dict]:
+        masks: dict[str, torch.Tensor] | None = None
+        best = None
+        since_best, t = 0, 0
+        while True:
+            t += 1
+            ratio = min(params.max_ratio, t * params.step)
+            scores = self._curvature_scores(ctx, model, params, seed=t)
+            masks = prune_masks(scores, ratio, ranking=params.ranking, already=masks)
+            self._apply(model, masks)
+            score, info = self._record(ctx, model, masks, rule, rows, round=t, ratio=ratio)
+            if best is None or score > best[0]:
+                best = (score, snapshot(model), dict(masks), {**info, "chosen_ratio": ratio})
+                since_best = 0
+            else:
+                since_best += 1
+            if since_best >= params.patience or ratio >= params.max_ratio - 1e-12:
+                break
+        assert best is not None
+        return best
+
+    def _finetune(self, ctx: RunContext, model: nn.Module, params: FairPruneParams, rule: Any,
+                  masks: dict[str, torch.Tensor], score: float, info: dict[str, Any]
+                  ) -> tuple[float, dict[str, Any]]:
+        config = TrainConfig(
+            epochs=params.finetune_epochs, batch_size=params.finetune_batch_size,
+            optimizer=params.finetune_optimizer, lr=params.finetune_lr, weight_decay=0.0,
+            schedule="constant", sampler="group", augment=False, select="F1",
+            amp=ctx.train_config.amp, channels_last=ctx.train_config.channels_last,
+            eval_batch_size=ctx.train_config.eval_batch_size)
+        n_train = 2 * min(len(ctx.positions("train", [ctx.privileged])),
+                          len(ctx.positions("train", ctx.unprivileged)))
+        train = ctx.loader("train", sampler="group", augment=False,
+                           batch_size=params.finetune_batch_size, epoch_size=n_train,
+                           seed_offset=200)
+        before = snapshot(model)
+        result = ctx.fit(model, hooks=TrainHooks(frozen=masks, score=rule), config=config,
+                         train=train, stage="fairprune fine-tune")
+        if result.best_score is not None and result.best_score > score:
+            return result.best_score, {**info, "finetune_epoch": result.best_epoch}
+        model.load_state_dict(before)  # fine-tuning did not beat the pruned model on val
+        return score, {**info, "finetune_epoch": 0}
