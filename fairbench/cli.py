@@ -111,7 +111,7 @@ def main(verbose: bool) -> None:
 
     \b
     Start with:
-      fairbench run --method vanilla          (built-in synthetic dataset, CPU-sized)
+      fairbench run --method fairquantize     (built-in synthetic dataset, CPU-sized)
       fairbench list methods                  (what can run)
       fairbench show runs/synthderm/vanilla/<run>
     """

@@ -195,8 +195,24 @@ class RunContext:
             config=config, hooks=hooks, stage=stage)
 
     def evaluate(self, model: torch.nn.Module, part: Part = "val") -> dict[str, Any]:
-        """Part metrics of ``model`` (never call this on ``test`` for a decision)."""
-        return self.trainer.evaluate(model, self.loader(part), self.train_config)
+        """Part metrics of ``model`` under the decision rule of the run's final metrics
+        (never call this on ``test`` for a decision): for a binary task, class 1 is predicted
+        when p(class 1) reaches the threshold that maximises ``model``'s validation macro-F1
+        (:func:`fairbench.selection.binary_threshold`); otherwise the argmax. So a method that
+        compares candidates on validation sees the numbers its final report will show."""
+        from .metrics import evaluate_classification
+        from .selection import apply_threshold, binary_threshold
+
+        if self.n_classes != 2:
+            return self.trainer.evaluate(model, self.loader(part), self.train_config)
+        labels, codes = self.table.labels, self.table.attr(self.attribute)
+        val = self.trainer.predict(model, self.loader("val"), self.train_config)
+        threshold = binary_threshold(labels[val.index], val.probs[:, 1])
+        pred = val if part == "val" else self.trainer.predict(model, self.loader(part),
+                                                               self.train_config)
+        return evaluate_classification(labels[pred.index], pred.probs, codes[pred.index],
+                                       self.group_names,
+                                       y_pred=apply_threshold(pred.probs, threshold))
 
     # -- the shared vanilla baseline ------------------------------------------------------------
     def vanilla_identity(self) -> dict[str, Any]:

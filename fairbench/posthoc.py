@@ -87,3 +87,28 @@ def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
         writer = csv.DictWriter(fh, fieldnames=keys)
         writer.writeheader()
         writer.writerows(rows)
+
+
+def recalibrate_batchnorm(ctx: RunContext, model: nn.Module) -> int:
+    """Re-estimate every BatchNorm layer's running mean and variance on the training split
+    (one pass, no augmentation, no gradients, labels unused), as an exact average over the
+    split (``momentum=None``). Zeroing or moving weights shifts each channel's statistics,
+    which the frozen running statistics of the unpruned model do not know. Returns the number
+    of layers recalibrated (0 for a backbone without BatchNorm); the model ends in eval mode."""
+    layers = [m for m in model.modules()
+              if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    if not layers:
+        return 0
+    momenta = [m.momentum for m in layers]
+    for m in layers:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    loader = ctx.loader("train", sampler="sequential", augment=False, drop_last=False)
+    with torch.no_grad():
+        for batch in loader:
+            model(batch.x)
+    for m, momentum in zip(layers, momenta):
+        m.momentum = momentum
+    model.eval()
+    return len(layers)

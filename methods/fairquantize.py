@@ -36,10 +36,15 @@ Faithful to the paper, with the decisions of fairbench issue 3 where the release
   the vanilla model for each β and writes validation and test metrics at every step to
   ``ablation.csv`` in the run directory (analysis only; never used for selection).
   ``save_every_step=true`` adds test metrics to the per-step log ``steps.csv``.
-* **Defaults** are sized for ``synthderm`` on a CPU (target 0.2, step 0.05, 2 retraining
-  epochs, Adam-free plain SGD as released but lr 0.01); the paper presets are in
-  ``benchmarks/fitzpatrick17k_vgg11.toml`` (ratio 0.2, β 1.0) and
-  ``benchmarks/isic2019_resnet18.toml`` (ratio 0.8, β 0.75).
+* **Defaults** are sized for ``synthderm`` on a CPU: target 0.2, step 0.05, β 1.0, and 4
+  retraining epochs per step with Adam at lr 3e-4 on group-balanced batches of 32. The
+  retraining settings were tuned on **validation** (seed 0; β 1.0): no retraining or plain
+  SGD lr 0.01 × 2 epochs left validation EOdd at 0.075 (vanilla 0.076), Adam 3e-4 × 4 brought
+  it to 0.055 within the F1 tolerance. The released code's SGD lr 1e-3 × 20 epochs is kept
+  in the paper presets (too slow for the default CPU run). The paper presets are in
+  ``benchmarks/fairquantize_fitzpatrick17k_vgg11.toml`` (ratio 0.2, β 1.0) and
+  ``benchmarks/fairquantize_isic2019_resnet18.toml`` (ratio 0.8, β 0.75), for
+  ``fairbench run --config``.
 * The model needs no sensitive attribute at inference.
 """
 
@@ -90,9 +95,9 @@ class FairQuantizeParams:
     selection: Literal["paper", "as_released"] = param(
         "paper", help="lowest-k per tensor, or the released argsort-as-rank selection")
     bits: int | None = param(None, help="bit width (None = unbounded exponents)", min=2)
-    retrain_epochs: int = param(2, help="retraining epochs after each step", min=0)
-    retrain_optimizer: Literal["sgd", "adam"] = param("sgd", help="retraining optimizer")
-    retrain_lr: float = param(0.01, help="retraining learning rate", min=0.0,
+    retrain_epochs: int = param(4, help="retraining epochs after each step", min=0)
+    retrain_optimizer: Literal["sgd", "adam"] = param("adam", help="retraining optimizer")
+    retrain_lr: float = param(3e-4, help="retraining learning rate", min=0.0,
                               min_exclusive=True)
     retrain_batch_size: int = param(32, help="retraining batch (half per group)", min=2)
     retrain_augment: bool = param(False, help="augment retraining batches")
@@ -213,8 +218,10 @@ def quantize(
             train = ctx.loader("train", sampler="group", augment=params.retrain_augment,
                                batch_size=params.retrain_batch_size, epoch_size=n_train,
                                seed_offset=100 + t)
-            result = ctx.fit(model, hooks=TrainHooks(frozen=masks, score=score_fn),
-                             config=config, train=train, stage=f"fairquantize step {t}")
+            hooks = TrainHooks(frozen=masks, score=score_fn,
+                               evaluate=lambda m, _loader: ctx.evaluate(m, "val"))
+            result = ctx.fit(model, hooks=hooks, config=config, train=train,
+                             stage=f"fairquantize step {t}")
             if result.best_score is not None and result.best_score > candidate[0]:
                 val = ctx.evaluate(model, "val")
                 candidate = (result.best_score, snapshot(model),

@@ -1,0 +1,40 @@
+"""The paper presets in benchmarks/*.toml are valid `fairbench run --config` files: their keys,
+method parameters, dataset options and train settings all pass fairbench's own checks."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from fairbench.cli import _read_config
+from fairbench.data import create_dataset
+from fairbench.method import create_method
+from fairbench.params import build_params
+from fairbench.trainer import TrainConfig
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+PRESETS = {
+    "fairquantize_fitzpatrick17k_vgg11.toml": ("fitzpatrick17k", "vgg11", 0.2, 1.0),
+    "fairquantize_isic2019_resnet18.toml": ("isic2019", "resnet18", 0.8, 0.75),
+}
+
+
+@pytest.mark.parametrize("name", sorted(PRESETS))
+def test_preset_is_a_valid_run_config(name: str, tmp_path: Path) -> None:
+    dataset, backbone, ratio, beta = PRESETS[name]
+    cfg = _read_config(str(BENCH / name))  # unknown keys or wrong types raise
+    assert (cfg["method"], cfg["dataset"], cfg["backbone"]) == ("fairquantize", dataset, backbone)
+    method = create_method(cfg["method"], **cfg["params"])
+    assert method.params.target_ratio == pytest.approx(ratio)
+    assert method.params.beta == pytest.approx(beta)
+    build_params(TrainConfig, cfg["train"], owner="train")
+    create_dataset(dataset, data_root=tmp_path, **cfg.get("dataset_params", {}))
+
+
+def test_preset_values_match_the_paper_reference() -> None:
+    """Ratio and β as the reference table states (reference/methods_quant_prune.md §2.4)."""
+    for name, (_, _, ratio, beta) in PRESETS.items():
+        raw = tomllib.loads((BENCH / name).read_text())
+        assert raw["params"]["target_ratio"] == ratio and raw["params"]["beta"] == beta
