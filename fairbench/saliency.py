@@ -36,7 +36,6 @@ unprivileged set.
 from __future__ import annotations
 
 import copy
-import math
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -234,15 +233,23 @@ def fair_saliency(delta: torch.Tensor, h_u: torch.Tensor, h_p: torch.Tensor, bet
 def select_lowest(score: torch.Tensor, k_total: int, already: torch.Tensor | None = None
                   ) -> torch.Tensor:
     """Boolean mask of ``already`` plus the lowest-scored other entries, ``k_total`` in all
-    (already-selected entries count toward ``k_total`` and stay selected)."""
+    (already-selected entries count toward ``k_total`` and stay selected). NaN scores rank
+    after every other score, ``+inf`` included."""
     flat = score.reshape(-1)
     prev = already.reshape(-1) if already is not None else torch.zeros_like(flat, dtype=torch.bool)
     k_new = max(0, min(int(k_total), flat.numel()) - int(prev.sum()))
     mask = prev.clone()
     if k_new > 0:
-        candidates = flat.masked_fill(prev, math.inf)
-        idx = torch.topk(candidates, k_new, largest=False, sorted=False).indices
-        mask[idx] = True
+        # rank the free entries only (masking the selected ones with +inf let them win ties
+        # against +inf/NaN scores of free entries, which then fell short of k_total); NaN last
+        free = (~prev).nonzero().squeeze(1)
+        nan = torch.isnan(flat[free])
+        ordered, unordered = free[~nan], free[nan]
+        k_ordered = min(k_new, ordered.numel())
+        if k_ordered > 0:
+            top = torch.topk(flat[ordered], k_ordered, largest=False, sorted=False).indices
+            mask[ordered[top]] = True
+        mask[unordered[:k_new - k_ordered]] = True
     return mask.view_as(score)
 
 

@@ -262,11 +262,16 @@ def test_iterative_mode_nested_rounds(runs, tiny_cache):
         want = sum(math.ceil(round(0.05 * t * first_model[n].numel(), 9)) for n in names)
         assert float(row["realized_ratio"]) == pytest.approx(want / total, abs=1e-12)
     weights = rec["weights"]
+    notes = json.loads((rec["run_dir"] / "config.json").read_text())["notes"]["fairprune"]
+    chosen = notes["chosen_ratio"]
+    assert chosen in (pytest.approx(0.05), pytest.approx(0.1))
     for n in names:
         zero1 = first_model[n] == 0
         assert int(zero1.sum()) == math.ceil(round(0.05 * zero1.numel(), 9))
-        # the saved model (best round) keeps round 1's pruned entries at zero
+        # the saved model (best round) keeps round 1's pruned entries at zero, and holds
+        # exactly ceil(chosen·N) zeros: round 2 counts round 1's entries toward its total
         assert bool((weights[n][zero1] == 0).all()), n
+        assert int((weights[n] == 0).sum()) == math.ceil(round(chosen * zero1.numel(), 9)), n
 
 
 # -- bad input ---------------------------------------------------------------------------------

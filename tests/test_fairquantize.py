@@ -342,6 +342,16 @@ def test_hessian_exact_with_batchnorm_backbone(tmp_path, tiny_cache):
     assert not list((runs / "synthderm").rglob("metrics.json"))
 
 
+def test_backbone_backpack_cannot_trace(tmp_path, tiny_cache):
+    # timm's own VGG-11 (by prefix) keeps a data-dependent pre-logits branch that torch.fx
+    # cannot trace: a clear line pointing at the supported backbones, before any training
+    runs = tmp_path / "runs"
+    result = invoke(runs, tiny_cache, {**FAST, "estimator": "ggn_mc"},
+                    "--backbone", "timm:vgg11")
+    assert_clean_error(result, "BackPACK", "timm_vgg11")
+    assert not (runs / "_vanilla").exists()
+
+
 def test_group_without_training_samples(tmp_path, tiny_cache):
     from fairbench.data import create_dataset
     from fairbench.splits import make_split, save_split

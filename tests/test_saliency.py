@@ -97,6 +97,20 @@ def test_select_lowest_by_hand():
                                                          [False, True, True]]
 
 
+def test_select_lowest_non_finite_scores_still_reach_k():
+    inf, nan = float("inf"), float("nan")
+    # NaN and +inf scores of free entries come last but still count toward k_total
+    score = torch.tensor([nan, 1.0, 0.5, 2.0])
+    already = torch.tensor([False, False, True, True])
+    assert select_lowest(score, 4, already).tolist() == [True, True, True, True]
+    assert select_lowest(score, 3, already).tolist() == [False, True, True, True]
+    score = torch.tensor([inf, 1.0, inf, -inf, nan])
+    already = torch.tensor([False, True, False, False, False])
+    got = select_lowest(score, 4, already)
+    assert int(got.sum()) == 4 and bool(got[1]) and bool(got[3]) and not bool(got[4])
+    assert select_lowest(score, 2).tolist() == [False, True, False, True, False]
+
+
 def test_select_as_released_by_hand():
     # argsort([0.3, 0.1, 0.4, 0.2, 0.5, 0.0]) = [5, 1, 3, 0, 2, 4]; ratio 1/3 of 6 -> kth = 2;
     # position j is selected when argsort[j] <= 2: j = 1, 3, 4 (three entries, not the two
@@ -393,6 +407,12 @@ def test_curvature_bad_arguments():
 
 # -- paper backbones at 32 px ------------------------------------------------------------------
 _BACKBONES: dict[str, nn.Module] = {}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _free_backbones():
+    yield
+    _BACKBONES.clear()  # three VGG-11s hold ~0.3 GB
 
 
 def paper_backbone(name: str) -> nn.Module:
