@@ -36,6 +36,8 @@ unprivileged set.
 from __future__ import annotations
 
 import copy
+import os
+import re
 import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -92,6 +94,29 @@ def _extension(estimator: str, mc_samples: int) -> object:
     raise ValueError(f"unknown estimator {estimator!r}; use one of {', '.join(ESTIMATORS)}")
 
 
+def _raised_in_backpack(exc: BaseException) -> bool:
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and f"{os.sep}backpack{os.sep}" in tb.tb_frame.f_code.co_filename
+
+
+def _unsupported_message(estimator: str, backpack_message: str) -> str:
+    """One line naming the layer BackPACK rejected (from its "... Module <class 'X'>", or its
+    assertion text) and a way out that differs from the estimator that failed."""
+    found = re.search(r"<class '([^']+)'>", backpack_message)
+    lines = backpack_message.strip().splitlines() or ["(no message)"]
+    what = (f"for layer {found.group(1)} of this backbone" if found
+            else f"for this backbone ({lines[-1][:160]})")
+    if estimator == "hessian_exact":
+        hint = ("use ggn_exact, ggn_mc or fisher (hessian_exact works for backbones without "
+                "BatchNorm, such as vgg11)")
+    else:
+        hint = ("use fisher (first-order, it needs no second-order support from the layers) "
+                "or a backbone built from layers BackPACK supports, such as smallcnn")
+    return f"estimator {estimator} is not supported by BackPACK {what}; {hint}"
+
+
 def diagonal_curvature(
     model: nn.Module,
     batches: Iterable[Batch],
@@ -139,11 +164,11 @@ def diagonal_curvature(
                         loss = loss_fn(ext_model(x), batch.y)
                         loss.backward()
             except NotImplementedError as exc:
-                layer = str(exc).split("Module")[-1].strip(" <>'\"class")
-                raise CurvatureError(
-                    f"estimator {estimator} is not supported by BackPACK for layer {layer} of "
-                    "this backbone; use ggn_exact, ggn_mc or fisher (hessian_exact works for "
-                    "backbones without BatchNorm, such as vgg11)") from None
+                raise CurvatureError(_unsupported_message(estimator, str(exc))) from None
+            except AssertionError as exc:  # BackPACK asserts on layer settings it cannot handle
+                if not _raised_in_backpack(exc):
+                    raise
+                raise CurvatureError(_unsupported_message(estimator, str(exc))) from None
             except RuntimeError as exc:
                 if "out of memory" in str(exc).lower():
                     raise CurvatureError(

@@ -12,15 +12,15 @@ import json
 import math
 from pathlib import Path
 
+import fairbench.methods.fairprune as fp
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from fairbench.methods.fairprune import prune_masks
 
-import fairbench.methods.fairprune as fp
 from fairbench.cli import main
 from fairbench.context import RunContext
-from fairbench.methods.fairprune import prune_masks
 
 TINY = ["--backbone", "smallcnn", "--image-size", "16", "--epochs", "1",
         "--data-param", "n_samples=160", "--data-param", "n_classes=3",

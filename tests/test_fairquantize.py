@@ -14,15 +14,15 @@ import math
 from fractions import Fraction
 from pathlib import Path
 
+import fairbench.methods.fairquantize as fq
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from fairbench.methods.fairquantize import pow2_quantize
 
-import fairbench.methods.fairquantize as fq
 from fairbench.cli import main
 from fairbench.context import RunContext
-from fairbench.methods.fairquantize import pow2_quantize
 
 TINY = ["--backbone", "smallcnn", "--image-size", "16", "--epochs", "1",
         "--data-param", "n_samples=160", "--data-param", "n_classes=3",
@@ -301,6 +301,28 @@ def test_cli_selection_as_released(runs, tiny_cache):
     assert (the_run_dir(root) / "metrics.json").is_file()
 
 
+def test_cli_ablation_every_step_for_several_betas(runs, tiny_cache):
+    # the paper's Fig. 2 data: metrics at every ratio step for several β (no retraining)
+    root = runs / "ablation"
+    params = {**FAST, "retrain_epochs": "0", "save_every_step": "true",
+              "ablation_betas": "0.0,2.0"}
+    result = invoke(root, tiny_cache, params)
+    assert result.exit_code == 0, result.output
+    run_dir = the_run_dir(root)
+    steps = read_rows(run_dir / "steps.csv")
+    assert all(r["test_F1"] != "" and r["test_EOdd"] != "" for r in steps)
+    rows = read_rows(run_dir / "ablation.csv")
+    assert [(float(r["beta"]), int(r["step"])) for r in rows] == [
+        (b, t) for b in (0.0, 2.0) for t in (1, 2, 3)]
+    for r in rows:
+        assert 0.0 <= float(r["test_F1"]) <= 1.0 and 0.0 <= float(r["val_F1"]) <= 1.0
+        assert float(r["test_EOdd"]) >= 0.0
+    # the same schedule for every β: the realized fraction does not depend on β
+    for t in (1, 2, 3):
+        realized = {r["realized_ratio"] for r in rows + steps if int(r["step"]) == t}
+        assert len(realized) == 1, t
+
+
 # -- bad input ---------------------------------------------------------------------------------
 def assert_clean_error(result, *fragments: str) -> str:
     assert result.exit_code == 2, result.output
@@ -342,19 +364,20 @@ def test_hessian_exact_with_batchnorm_backbone(tmp_path, tiny_cache):
     assert not list((runs / "synthderm").rglob("metrics.json"))
 
 
-def test_backbone_backpack_cannot_trace(tmp_path, tiny_cache):
-    # timm's own VGG-11 (by prefix) keeps a data-dependent pre-logits branch that torch.fx
-    # cannot trace: a clear line pointing at the supported backbones, before any training
+def test_backbone_backpack_cannot_handle(tmp_path, tiny_cache):
+    # timm's ResNet-10-T pools with AvgPool2d(count_include_pad=False), which BackPACK's
+    # second-order pass rejects: one clear line naming the problem and a way out, before any
+    # training
     runs = tmp_path / "runs"
     result = invoke(runs, tiny_cache, {**FAST, "estimator": "ggn_mc"},
-                    "--backbone", "timm:vgg11")
-    assert_clean_error(result, "BackPACK", "timm_vgg11")
+                    "--backbone", "timm:resnet10t")
+    assert_clean_error(result, "ggn_mc", "BackPACK", "AvgPool2d", "fisher")
     assert not (runs / "_vanilla").exists()
 
 
 def test_group_without_training_samples(tmp_path, tiny_cache):
     from fairbench.data import create_dataset
-    from fairbench.splits import make_split, save_split
+    from fairbench.splits import make_split
 
     table = create_dataset("synthderm", n_samples=160, n_classes=3,
                            images_per_patient=1.0).build_table()

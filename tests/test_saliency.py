@@ -61,7 +61,7 @@ def brute_lowest(score: np.ndarray, k: int, already: np.ndarray | None = None) -
 def test_select_lowest_matches_brute_force(shape):
     score = distinct_scores(shape, seed=len(shape))
     n = score.numel()
-    for k in range(0, n + 3):
+    for k in range(n + 3):
         got = select_lowest(score, k)
         assert got.shape == score.shape and got.dtype == torch.bool
         want = brute_lowest(score.numpy(), k)
@@ -76,7 +76,7 @@ def test_select_lowest_with_already_mask():
     # make sure some already-selected entries are high-scored (not among the lowest)
     already.view(-1)[torch.argmax(score)] = True
     n_prev = int(already.sum())
-    for k in range(0, score.numel() + 2):
+    for k in range(score.numel() + 2):
         got = select_lowest(score, k, already.clone())
         want = brute_lowest(score.numpy(), k, already.numpy())
         assert np.array_equal(got.numpy(), want), k
@@ -156,6 +156,67 @@ def test_fair_saliency_by_hand():
     assert got2.reshape(-1).tolist() == pytest.approx([0.0, -10.0, 0.0, 0.0])
 
 
+# -- group score sets --------------------------------------------------------------------------
+class FakeTable:
+    def __init__(self, codes: np.ndarray) -> None:
+        self.codes = codes
+
+    def attr(self, name: str) -> np.ndarray:
+        assert name == "tone"
+        return self.codes
+
+
+class FakeContext:
+    """Just what ``balanced_score_sets`` reads: train positions, the attribute codes, the
+    privileged code and the run seed."""
+
+    attribute = "tone"
+
+    def __init__(self, codes, train, privileged: int, seed: int = 0) -> None:
+        self.table = FakeTable(np.asarray(codes))
+        self.train = np.asarray(train)
+        self.privileged = privileged
+        self.seed = seed
+
+    def positions(self, part: str) -> np.ndarray:
+        assert part == "train"
+        return self.train
+
+
+def test_balanced_score_sets():
+    from fairbench.saliency import balanced_score_sets
+
+    rng = np.random.default_rng(0)
+    codes = rng.choice([0, 1, -1], size=200, p=[0.7, 0.2, 0.1])  # -1: attribute missing
+    train = np.sort(rng.choice(200, 150, replace=False))
+    ctx = FakeContext(codes, train, privileged=0)
+    priv_all = train[codes[train] == 0]
+    unpriv_all = train[codes[train] == 1]
+    assert len(unpriv_all) < len(priv_all)
+    u, p = balanced_score_sets(ctx, seed=1)
+    assert np.array_equal(u, unpriv_all)  # the whole smaller group
+    assert len(p) == len(u) and len(set(p)) == len(p) and set(p) <= set(priv_all)
+    assert np.array_equal(p, np.sort(p))
+    u2, p2 = balanced_score_sets(ctx, seed=1)
+    assert np.array_equal(p, p2)  # seeded
+    draws = {tuple(balanced_score_sets(ctx, seed=s)[1]) for s in range(2, 6)}
+    assert len(draws) > 1  # a different step draws another subset
+    u3, p3 = balanced_score_sets(ctx, seed=1, max_per_group=5)
+    assert len(u3) == len(p3) == 5 and set(u3) <= set(unpriv_all)
+    # with the privileged group the smaller one, it is taken whole
+    ctx_p = FakeContext(codes, train, privileged=1)
+    u4, p4 = balanced_score_sets(ctx_p, seed=0)
+    assert np.array_equal(p4, unpriv_all) and len(u4) == len(p4)
+    # three groups: every non-privileged group is pooled
+    codes3 = np.where(np.arange(200) % 5 == 0, 2, codes)
+    ctx3 = FakeContext(codes3, train, privileged=1)
+    u5, p5 = balanced_score_sets(ctx3, seed=0)
+    assert set(codes3[u5]) <= {0, 2} and len(u5) == len(p5) == int((codes3[train] == 1).sum())
+    # a group without training samples is a clear error
+    with pytest.raises(FairbenchError, match="no training samples"):
+        balanced_score_sets(FakeContext(np.zeros(10, int), np.arange(10), privileged=0), seed=0)
+
+
 # -- scored tensors ----------------------------------------------------------------------------
 class ConvBNNet(nn.Module):
     def __init__(self) -> None:
@@ -221,7 +282,7 @@ def reference_ggn(model, x, y, sizes, names):
     for i in range(len(x)):
         xi = x[i:i + 1].double()
         sub = {n: params[n] for n in names}
-        jac = torch.func.jacrev(lambda s: call(s, xi)[0])(sub)
+        jac = torch.func.jacrev(lambda s, xi=xi: call(s, xi)[0])(sub)
         p = torch.softmax(call({}, xi)[0], dim=0)
         hess = torch.diag(p) - torch.outer(p, p)
         for n in names:
@@ -264,8 +325,8 @@ def reference_fisher(model, x, y, sizes, names):
 
 def assert_tensors_close(got: dict, want: dict, rtol: float = 1e-4) -> None:
     assert set(got) == set(want)
-    for n in want:
-        w = want[n].float()
+    for n, value in want.items():
+        w = value.float()
         assert got[n].shape == w.shape, n
         scale = float(w.abs().max())
         assert scale > 0, f"degenerate reference for {n}"
@@ -394,6 +455,41 @@ def test_hessian_exact_with_batchnorm_is_a_clear_error():
     msg = str(info.value)
     assert isinstance(info.value, FairbenchError)
     assert "BatchNorm2d" in msg and "hessian_exact" in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("estimator", ["ggn_exact", "ggn_mc", "hessian_exact"])
+def test_unsupported_layer_is_named_in_full(estimator):
+    # BackPACK has no second-order rule for Softplus: the error names the whole class (a
+    # name ending in s/l/a/c was once clipped) and suggests another estimator than the one
+    # that failed; the first-order fisher works on the same model
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Softplus(), nn.Flatten(), nn.Linear(32, 3))
+    x, y = tiny_data(n=4)
+    with pytest.raises(CurvatureError) as info:
+        diagonal_curvature(model, make_batches(x, y, [4]), estimator=estimator)
+    msg = str(info.value)
+    assert "torch.nn.modules.activation.Softplus " in msg and "\n" not in msg
+    hint = msg.split(";", 1)[1]
+    assert "fisher" in hint
+    if estimator != "hessian_exact":
+        assert estimator not in hint, "the way out must not be the estimator that failed"
+    got = diagonal_curvature(model, make_batches(x, y, [4]), estimator="fisher")
+    assert set(got) == {"0.weight", "3.weight"}
+
+
+def test_backpack_assertion_is_a_clear_error():
+    # timm's ResNet-10-T down-samples with AvgPool2d(count_include_pad=False), on which BackPACK
+    # asserts during the second-order backward pass: a CurvatureError, not a bare
+    # AssertionError; the first-order fisher works
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    batches = make_batches(x, torch.tensor([1, 0]), [2])
+    model = paper_backbone("timm:resnet10t")
+    with pytest.raises(CurvatureError) as info:
+        diagonal_curvature(model, batches, estimator="ggn_mc")
+    msg = str(info.value)
+    assert "AvgPool2d" in msg and "fisher" in msg and "\n" not in msg
+    got = diagonal_curvature(model, batches, estimator="fisher")
+    assert all(bool(torch.isfinite(v).all()) for v in got.values())
 
 
 def test_curvature_bad_arguments():
