@@ -136,7 +136,7 @@ class RunContext:
         Defaults: training parts follow the run's train config (its sampler, augmentation and
         batch size); val/test are sequential, unaugmented, with the evaluation batch size.
         ``sampler="group"`` gives equal-size group batches, ``"group_class"`` equal counts per
-        group × class.
+        group × class; both leave out rows whose group is unknown (recorded in the notes).
         """
         cfg = self.train_config
         is_train = part == "train" and positions is None
@@ -152,6 +152,17 @@ class RunContext:
             order = sampler
         else:
             order = "balanced"
+            if sampler in ("group", "group_class"):
+                # a row whose group is unknown (code -1) is not a group of its own: it cannot
+                # be balanced against the groups, so group-balanced sampling leaves it out
+                known = self.table.attr(self.attribute)[pos] >= 0
+                if not known.all():
+                    self.notes.setdefault("sampler_dropped_missing_group", int((~known).sum()))
+                    pos = pos[known]
+                if len(pos) == 0:
+                    raise FairbenchError(
+                        f"no {part} samples with a known {self.attribute!r} group to balance; "
+                        "use --train sampler=shuffle or an attribute with known values")
             labels = self.table.labels[pos]
             codes = self.table.attr(self.attribute)[pos]
             strata = {"group": codes, "class": labels,
