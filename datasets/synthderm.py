@@ -169,6 +169,25 @@ def _upsample(grid: np.ndarray, size: int) -> np.ndarray:
     return rows[:, :, i0] * (1 - t2) + rows[:, :, i0 + 1] * t2
 
 
+#: pore noise is drawn in fixed blocks of images, whatever the rendering chunk
+PORE_BLOCK = 256
+
+
+def _pore_noise(pore_seed: np.ndarray, sl: slice, shape: tuple[int, ...]) -> np.ndarray:
+    """Pore noise (σ = 3 grey levels) of the images ``sl``: block ``k`` (images
+    ``k·PORE_BLOCK`` up to the next block) is one draw from ``pore_seed[k·PORE_BLOCK]``, so
+    an image's noise depends on its index only, not on how the images are chunked."""
+    start, stop = int(sl.start), int(sl.stop)
+    n = len(pore_seed)
+    parts = []
+    for block in range(start - start % PORE_BLOCK, stop, PORE_BLOCK):
+        size = min(PORE_BLOCK, n - block)
+        noise = np.random.default_rng(pore_seed[block]).normal(0, 3.0, (size, *shape))
+        lo, hi = max(start, block) - block, min(stop, block + size) - block
+        parts.append(noise[lo:hi].astype(np.float32))
+    return np.concatenate(parts)
+
+
 def render_into(
     df: pd.DataFrame,
     p: SynthDermParams,
@@ -264,8 +283,7 @@ def render_into(
             img = img + ink[..., None] * (np.array([96, 48, 140], np.float32) - img)
         shade = 1.0 + light_dir[sl, 0, None, None] * xx + light_dir[sl, 1, None, None] * yy
         img *= shade[..., None]
-        pores = np.random.default_rng(pore_seed[sl.start]).normal(0, 3.0, img.shape[:3])
-        img += pores[..., None].astype(np.float32)
+        img += _pore_noise(pore_seed, sl, img.shape[1:3])[..., None]
         out[sl] = np.clip(img, 0, 255).astype(np.uint8)
         if masks_out is not None:
             masks_out[sl] = (d < border).astype(np.uint8)

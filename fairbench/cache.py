@@ -11,12 +11,10 @@ temporary directory of a killed build on the same host).
 
 from __future__ import annotations
 
-import glob
 import hashlib
 import json
 import os
 import shutil
-import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +23,7 @@ import numpy as np
 from .data import DatasetAdapter, ImageSpec, SampleTable
 from .errors import DataError
 from .progress import progress_bar
+from .runstore import remove_stale_temporaries, temporary_path
 
 CACHE_FORMAT = 1
 
@@ -80,28 +79,6 @@ def _open(entry: Path) -> CachedImages:
     return CachedImages(images, masks, np.asarray(meta["sample_ids"], dtype=object), entry)
 
 
-_HOST = socket.gethostname().replace("-", "_") or "host"
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:  # e.g. EPERM: it exists
-        return True
-    return True
-
-
-def _remove_stale_temporaries(entry: Path) -> None:
-    """Delete the temporary directories of builds of ``entry`` that were killed (their process,
-    on this host, is gone); a build in progress elsewhere is left alone."""
-    for tmp in entry.parent.glob(f".{glob.escape(entry.name)}.tmp-*"):
-        host, _, pid = tmp.name.rpartition(".tmp-")[2].rpartition("-")
-        if host == _HOST and pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
 def _build(
     adapter: DatasetAdapter, table: SampleTable, size: int, entry: Path, *, progress: bool
 ) -> None:
@@ -112,8 +89,8 @@ def _build(
             f"cannot create the cache directory {str(entry.parent)!r} ({exc.strerror}); "
             "set --cache-dir or FAIRBENCH_CACHE to a writable folder"
         ) from None
-    _remove_stale_temporaries(entry)
-    tmp = entry.with_name(f".{entry.name}.tmp-{_HOST}-{os.getpid()}")
+    remove_stale_temporaries(entry)
+    tmp = temporary_path(entry)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:

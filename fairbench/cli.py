@@ -16,7 +16,7 @@ import click
 
 from .cli_bench import BENCH_COMMANDS
 from .cli_data import data_group
-from .errors import FairbenchError
+from .errors import FairbenchError, ParamError
 
 EXIT_USAGE = 2
 
@@ -172,10 +172,18 @@ def run(**opts: Any) -> None:
     dataset_params.update(parse_assignments(opts["data_params"], flag="--data-param"))
     train = dict(file_cfg.get("train", {}))
     if "epochs" in file_cfg:
+        if "epochs" in train:
+            raise ParamError("the config file sets epochs twice (epochs and train.epochs); "
+                             "keep one of them")
         train["epochs"] = file_cfg["epochs"]
-    train.update(parse_assignments(opts["train_params"], flag="--train"))
+    train_flags = parse_assignments(opts["train_params"], flag="--train")
     if opts["epochs"] is not None:
-        train["epochs"] = opts["epochs"]
+        if "epochs" in train_flags:
+            # never let one silently hide the other (a malformed value would go unnoticed)
+            raise ParamError(f"--epochs {opts['epochs']} and --train epochs="
+                             f"{train_flags['epochs']} both given; use one of them")
+        train_flags["epochs"] = opts["epochs"]
+    train.update(train_flags)
     fractions = file_cfg.get("split_fractions", (0.6, 0.2, 0.2))
     config = RunConfig(
         method=pick("method", "vanilla"),

@@ -23,7 +23,7 @@ from .data import DatasetAdapter, SampleTable
 from .errors import FairbenchError
 from .loaders import Augment, BatchLoader, DeviceData
 from .params import params_to_dict
-from .runstore import config_hash, write_json
+from .runstore import config_hash, remove_stale_temporaries, temporary_path, write_json
 from .splits import Split
 from .trainer import EpochLog, FitResult, TrainConfig, Trainer, TrainHooks
 
@@ -53,6 +53,8 @@ class BackboneSpec:
     name: str
     params: dict[str, Any]
     weights: str | None = None
+    #: sha256 of the weights file (what identifies the initialisation; the path does not)
+    weights_sha256: str | None = None
 
 
 class RunContext:
@@ -234,7 +236,7 @@ class RunContext:
             "attribute": b.attribute,
             "image_size": b.image_size,
             "backbone": {"name": self.backbone.name, "params": self.backbone.params,
-                         "weights": self.backbone.weights},
+                         "weights": self.backbone.weights_sha256},
             "train": params_to_dict(self.train_config),
             "seed": self.seed,
         }
@@ -281,7 +283,8 @@ class RunContext:
             return model, meta
 
     def _train_vanilla(self, final: Path) -> None:
-        tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+        remove_stale_temporaries(final)
+        tmp = temporary_path(final)
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir(parents=True)
         try:

@@ -31,6 +31,7 @@ from .runstore import (
     RunWriter,
     config_hash,
     ensure_writable_dir,
+    file_sha256,
     is_finished,
     read_json,
     remove_stale_temporaries,
@@ -118,6 +119,9 @@ class Prepared:
     train: TrainConfig
     backbone: str
     image_size: int
+    #: sha256 of the local weights file: a run's identity follows the weights' content, so a
+    #: file replaced under the same path is a new run and a moved file is the same one
+    weights_sha256: str | None = None
 
 
 def prepare(config: RunConfig) -> Prepared:
@@ -130,13 +134,21 @@ def prepare(config: RunConfig) -> Prepared:
     backbone = config.backbone or dataset_cls.default_backbone
     check_backbone_name(backbone)  # raises with close matches (timm:/tv: names too)
     image_size = config.image_size or dataset_cls.default_image_size
-    if config.weights and not Path(config.weights).expanduser().is_file():
-        raise FairbenchError(f"weights file {config.weights!r} does not exist")
+    weights_sha256 = None
+    if config.weights:
+        weights_file = Path(config.weights).expanduser()
+        if not weights_file.is_file():
+            raise FairbenchError(f"weights file {config.weights!r} does not exist")
+        try:
+            weights_sha256 = file_sha256(weights_file)
+        except OSError as exc:
+            raise FairbenchError(f"weights file {config.weights!r} could not be read "
+                                 f"({exc.strerror or exc})") from None
     if image_size < 8:
         raise FairbenchError(f"--image-size {image_size} is too small; use at least 8")
     if config.seed < 0 or config.split_seed < 0:
         raise FairbenchError("seeds must be non-negative integers")
-    return Prepared(config, method, adapter, train, backbone, image_size)
+    return Prepared(config, method, adapter, train, backbone, image_size, weights_sha256)
 
 
 def load_data(p: Prepared, device: torch.device, runs_dir: Path) -> DataBundle:
@@ -178,7 +190,7 @@ def run_identity(p: Prepared, bundle: DataBundle) -> dict[str, Any]:
         "privileged": c.privileged,
         "backbone": p.backbone,
         "backbone_params": c.backbone_params,
-        "weights": c.weights,
+        "weights": p.weights_sha256,
         "image_size": p.image_size,
         "seed": c.seed,
         "split": bundle.split.sha256,
@@ -210,12 +222,13 @@ def run_experiment(config: RunConfig, *, keep_model: bool = False) -> RunResult:
         return RunResult(final_dir, read_json(final_dir / "config.json"),
                          read_json(final_dir / "metrics.json"), reused=True)
     final_dir.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(final_dir.parent, final_dir.name)
+    remove_stale_temporaries(final_dir)
     writer = RunWriter(final_dir)
     try:
         ctx = RunContext(
             bundle=bundle,
-            backbone=BackboneSpec(p.backbone, dict(config.backbone_params), config.weights),
+            backbone=BackboneSpec(p.backbone, dict(config.backbone_params), config.weights,
+                                  p.weights_sha256),
             train_config=p.train, device=device, seed=config.seed, run_dir=writer.path,
             runs_dir=runs_dir, privileged=config.privileged, progress=config.progress)
         seed_everything(config.seed)
@@ -261,6 +274,7 @@ def run_experiment(config: RunConfig, *, keep_model: bool = False) -> RunResult:
             "backbone": p.backbone,
             "backbone_params": config.backbone_params,
             "weights": config.weights,
+            "weights_sha256": p.weights_sha256,
             "image_size": p.image_size,
             "seed": config.seed,
             "split_seed": config.split_seed,
@@ -281,7 +295,15 @@ def run_experiment(config: RunConfig, *, keep_model: bool = False) -> RunResult:
             torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()},
                        writer.path / "weights.pt")
         write_json(writer.path / "config.json", record)
-        run_dir = writer.commit(replace=config.force)
+        if is_finished(final_dir) and not config.force:
+            # an identical run finished meanwhile (another process): keep it, drop ours
+            writer.abort()
+            log.info("an identical run finished meanwhile: %s", final_dir)
+            return RunResult(final_dir, read_json(final_dir / "config.json"),
+                             read_json(final_dir / "metrics.json"), reused=True)
+        # a directory under the final name without the run files is no result (a copy cut
+        # short, files deleted by hand): it is replaced, never needs --force
+        run_dir = writer.commit(replace=True)
     except BaseException:
         writer.abort()
         raise

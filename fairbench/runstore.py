@@ -15,16 +15,20 @@ A run directory holds
 
 A run is written into a hidden temporary directory and renamed into place when complete,
 so a directory that exists under its final name is a finished run; a killed run leaves only a
-temporary directory, which the next attempt removes.
+temporary directory, which the next attempt removes. Temporary names carry the host and the
+process id (``.<name>.tmp-<host>-<pid>``), so on a runs directory shared between machines a
+process only removes the temporaries of dead processes of its own host.
 """
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import math
 import os
 import shutil
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +41,15 @@ def config_hash(identity: dict[str, Any]) -> str:
     """sha256 of the canonical JSON of ``identity`` (what defines a run's result)."""
     blob = json.dumps(identity, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
+    """sha256 of a file's bytes (read in 4 MiB blocks)."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _clean(obj: Any) -> Any:
@@ -86,7 +99,7 @@ class RunWriter:
 
     def __init__(self, final_dir: Path) -> None:
         self.final_dir = final_dir
-        self.tmp_dir = final_dir.with_name(f".{final_dir.name}.tmp-{os.getpid()}")
+        self.tmp_dir = temporary_path(final_dir)
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
         self.tmp_dir.mkdir(parents=True)
 
@@ -110,14 +123,31 @@ class RunWriter:
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
 
 
-def remove_stale_temporaries(parent: Path, name: str) -> None:
-    """Remove temporary directories of ``name`` left by killed runs."""
+#: this machine's name as used in temporary names ("-" would be ambiguous there)
+HOST = socket.gethostname().replace("-", "_") or "host"
+
+
+def temporary_path(final: Path) -> Path:
+    """The hidden temporary sibling of ``final`` that this process writes before renaming."""
+    return final.with_name(f".{final.name}.tmp-{HOST}-{os.getpid()}")
+
+
+def remove_stale_temporaries(final: Path) -> None:
+    """Remove the temporaries of ``final`` left by killed processes of this host.
+
+    A temporary of a live process, or of another host (whose processes this one cannot see on
+    a shared filesystem), is left alone. Names without a host (``.tmp-<pid>``, written by
+    earlier versions) count as this host's."""
+    parent = final.parent
     if not parent.is_dir():
         return
-    for p in parent.glob(f".{name}.tmp-*"):
-        pid = p.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and _pid_alive(int(pid)) and int(pid) != os.getpid():
-            continue  # another live process is writing it
+    for p in parent.glob(f".{glob.escape(final.name)}.tmp-*"):
+        suffix = p.name.rpartition(".tmp-")[2]
+        host, _, pid = suffix.rpartition("-")
+        if not pid.isdigit():
+            continue
+        if (host or HOST) != HOST or int(pid) == os.getpid() or _pid_alive(int(pid)):
+            continue
         shutil.rmtree(p, ignore_errors=True)
 
 
@@ -126,6 +156,6 @@ def _pid_alive(pid: int) -> bool:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:
+    except OSError:  # e.g. EPERM: it exists
         return True
     return True

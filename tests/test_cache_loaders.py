@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from fairbench import cache as cache_mod
+from fairbench import runstore
 from fairbench.cache import cache_key, load_or_build
 from fairbench.data import ImageSpec, create_dataset
 from fairbench.loaders import Augment, BatchLoader, DeviceData, balanced_order
@@ -79,7 +80,7 @@ def test_killed_build_is_not_read_as_valid(tmp_path):
     entry = tmp_path / "images" / f"synthderm-16px-{key}"
     entry.parent.mkdir(parents=True)
     # a build killed half-way: a temporary directory with garbage and even a meta.json
-    stale = entry.with_name(f".{entry.name}.tmp-{cache_mod._HOST}-{_dead_pid()}")
+    stale = entry.with_name(f".{entry.name}.tmp-{runstore.HOST}-{_dead_pid()}")
     stale.mkdir()
     np.save(stale / "images.npy", np.full((len(t), 16, 16, 3), 7, np.uint8))
     (stale / "meta.json").write_text(json.dumps({"sample_ids": list(t.sample_ids)}))
@@ -257,6 +258,27 @@ def test_context_group_sampler_balanced(ctx):
     for b in gc:
         key = b.g.numpy() * 10 + b.y.numpy()
         assert len(set(np.bincount(key)[np.bincount(key) > 0].tolist())) == 1
+
+
+def test_context_group_samplers_leave_out_unknown_group(ctx, monkeypatch):
+    """Rows whose group is unknown (code -1) are not a third group: the group-balanced
+    samplers leave them out (and say so in the notes); shuffling keeps them."""
+    codes = ctx.table.attr(ctx.attribute).copy()
+    train = ctx.positions("train")
+    unknown = train[::5]
+    codes[unknown] = -1
+    original = ctx.table.attr
+    monkeypatch.setattr(ctx.table, "attr",
+                        lambda name: codes if name == ctx.attribute else original(name))
+    for sampler in ("group", "group_class"):
+        seen = np.concatenate([b.index.numpy() for b in
+                               ctx.loader("train", sampler=sampler, batch_size=8)])
+        assert not set(seen) & set(unknown)
+        assert (codes[seen] >= 0).all()
+    assert ctx.notes["sampler_dropped_missing_group"] == len(unknown)
+    shuffled = np.concatenate([b.index.numpy() for b in ctx.loader("train", drop_last=False)])
+    assert set(unknown) <= set(shuffled)
+    ctx.notes.pop("sampler_dropped_missing_group")
 
 
 def test_context_eval_loaders_plain_and_train_augmented(ctx):

@@ -230,6 +230,8 @@ BAD = {
     "mistyped train int": (["--train", "batch_size=1.5"], ["batch_size", "not a valid int"]),
     "unknown train key": (["--train", "epoch=3"], ["did you mean epochs"]),
     "out of range train": (["--train", "lr=-1"], ["out of range"]),
+    "epochs given twice": (["--train", "epochs=abc", "--epochs", "3"],
+                           ["--epochs 3", "epochs=abc", "use one"]),
     "malformed data param": (["--data-param", "n_samples"], ["malformed --data-param"]),
     "data param range": (["--data-param", "dark_fraction=1.5"], ["dark_fraction", "out of range"]),
     "bad device": (["--device", "tpu"], ["unknown device 'tpu'"]),
@@ -293,6 +295,7 @@ def test_missing_and_nonexistent_data_root(existing, tmp_path):
     ("method = 3\n", "method = 3 must be str"),
     ('plugins = "x.py"\n', "must be a list of paths"),
     ('epochs = "two"\n', "not a valid int"),
+    ("epochs = 2\n[train]\nepochs = 3\n", "sets epochs twice"),
 ])
 def test_bad_config_file(existing, tmp_path, content, fragment):
     before = snapshot(existing)

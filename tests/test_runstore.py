@@ -172,13 +172,20 @@ def test_run_writer(tmp_path):
 
 
 def test_remove_stale_temporaries(tmp_path):
-    dead = tmp_path / ".run.tmp-99999999"
-    live = tmp_path / f".run.tmp-{os.getppid()}"  # the parent process is alive
-    other = tmp_path / ".other.tmp-99999999"
-    for d in (dead, live, other):
+    from fairbench.runstore import HOST, temporary_path
+
+    final = tmp_path / "run"
+    dead = tmp_path / f".run.tmp-{HOST}-99999999"
+    live = tmp_path / f".run.tmp-{HOST}-{os.getppid()}"  # the parent process is alive
+    legacy_dead = tmp_path / ".run.tmp-99999999"  # earlier versions wrote no host
+    elsewhere = tmp_path / ".run.tmp-otherhost-99999999"  # maybe alive on its own machine
+    other = tmp_path / f".other.tmp-{HOST}-99999999"
+    for d in (dead, live, legacy_dead, elsewhere, other):
         d.mkdir()
-    remove_stale_temporaries(tmp_path, "run")
-    assert not dead.exists() and live.exists() and other.exists()
+    remove_stale_temporaries(final)
+    assert not dead.exists() and not legacy_dead.exists()
+    assert live.exists() and elsewhere.exists() and other.exists()
+    assert temporary_path(final).name == f".run.tmp-{HOST}-{os.getpid()}"
 
 
 class _Crash(Method):
@@ -294,6 +301,31 @@ def test_interrupted_run_dir_is_not_finished_and_is_redone(runs, make_tiny_confi
     assert not stale_own.exists()
 
 
+def test_unfinished_dir_under_final_name_is_replaced_without_force(runs, make_tiny_config):
+    """A directory under the run's final name that lacks the run files (a copy cut short,
+    files deleted by hand) is no result: the next run replaces it, no --force needed."""
+    first = run_experiment(make_tiny_config("posthoc_noop", runs))
+    (first.run_dir / "metrics.json").unlink()
+    (first.run_dir / "junk.txt").write_text("left over")
+    assert not is_finished(first.run_dir)
+    again = run_experiment(make_tiny_config("posthoc_noop", runs))
+    assert not again.reused and again.run_dir == first.run_dir
+    assert is_finished(again.run_dir) and not (again.run_dir / "junk.txt").exists()
+    assert not list(again.run_dir.parent.glob(".*"))
+
+
+def test_identical_run_finished_meanwhile_is_kept(runs, make_tiny_config, monkeypatch):
+    """Two processes on the same config: the one that finishes second keeps the first one's
+    result untouched and reports it as reused."""
+    done = run_experiment(make_tiny_config("posthoc_noop", runs))
+    before = snapshot(done.run_dir)
+    monkeypatch.setattr("fairbench.runner.is_finished",
+                        lambda d, calls=[]: calls.append(1) or len(calls) > 1)
+    again = run_experiment(make_tiny_config("posthoc_noop", runs))
+    assert again.reused and snapshot(done.run_dir) == before
+    assert not list(done.run_dir.parent.glob(".*"))
+
+
 def test_vanilla_trained_once_and_shared(runs, make_tiny_config, monkeypatch, tiny_run):
     calls = _count_fits(monkeypatch)
     vdirs = [d for d in (runs / "_vanilla").iterdir() if d.is_dir()]
@@ -343,3 +375,31 @@ def test_configured_privileged_group(runs, make_tiny_config, tiny_run):
     assert not result.reused
     assert result.config["privileged"] == "dark" and result.config["privileged_rule"] == "configured"
     assert result.metrics["meta"]["privileged"] == "dark"
+
+
+def test_weights_identity_is_the_file_content(tmp_path, make_tiny_config):
+    """Replacing the weights file under the same path gives a new run (and a new baseline);
+    the same bytes under another path are the same run."""
+    from fairbench.backbones import create_backbone
+    from fairbench.runstore import file_sha256
+
+    def save(path, seed):
+        torch.manual_seed(seed)
+        model = create_backbone("smallcnn", num_classes=3, image_size=16, width=8)
+        torch.save(model.state_dict(), path)
+
+    runs = tmp_path / "runs"
+    weights = tmp_path / "init.pt"
+    save(weights, 0)
+    config = dataclasses.replace(make_tiny_config("vanilla", runs), weights=str(weights))
+    first = run_experiment(config)
+    assert first.config["weights_sha256"] == file_sha256(weights)
+    assert first.config["identity"]["weights"] == file_sha256(weights)
+    save(weights, 1)  # other content, same path
+    second = run_experiment(config)
+    assert not second.reused and second.run_dir != first.run_dir
+    assert len([d for d in (runs / "_vanilla").iterdir() if d.is_dir()]) == 2
+    moved = tmp_path / "moved.pt"
+    weights.rename(moved)
+    third = run_experiment(dataclasses.replace(config, weights=str(moved)))
+    assert third.reused and third.run_dir == second.run_dir

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 
 import numpy as np
 import pandas as pd
@@ -115,6 +116,14 @@ def test_same_seed_same_split_and_hash_identifies_content(tmp_path):
     path = save_split(a, tmp_path / "deep" / "split.csv")
     assert hashlib.sha256(path.read_bytes()).hexdigest() == a.sha256
     assert not list(path.parent.glob(".*tmp"))
+    # saving the same split again leaves the file alone (read-only works, no rewrite)
+    os.utime(path, (1_000_000, 1_000_000))
+    path.chmod(0o444)
+    assert save_split(a, path) == path and path.stat().st_mtime == 1_000_000
+    path.chmod(0o644)
+    # another split under that name replaces it
+    save_split(c, path)
+    assert hashlib.sha256(path.read_bytes()).hexdigest() == c.sha256
 
 
 def test_load_round_trip_aliases_and_row_order(tmp_path):

@@ -33,6 +33,21 @@ def test_deterministic_from_seed():
     assert set(t3.sample_ids).isdisjoint(t1.sample_ids)  # ids carry the seed
 
 
+@pytest.mark.parametrize("chunk", [1, 37, 256, 600])
+def test_images_do_not_depend_on_chunk_size(chunk):
+    """The docstring promises it: an image depends on its row only, not on the rendering
+    chunk (pore noise is drawn in fixed blocks of images)."""
+    from fairbench.datasets.synthderm import SynthDermParams
+
+    p = SynthDermParams(n_samples=300)
+    df = build_metadata(p)
+    ref = np.zeros((300, SIZE, SIZE, 3), np.uint8)
+    render_into(df, p, SIZE, ref)
+    out = np.zeros_like(ref)
+    render_into(df, p, SIZE, out, chunk=chunk)
+    assert out.tobytes() == ref.tobytes()
+
+
 def test_table_contract():
     ds = create_dataset("synthderm", n_samples=300, n_classes=4)
     table = ds.build_table()
