@@ -270,17 +270,17 @@ def render_into(
         col = sk + c * (lesion[sl, None, None, :] - sk)
         col = col * (1.0 + 0.35 * c * tex[..., None])
         img = sk + alpha[..., None] * (col - sk)
-        has = marker[sl]
-        if has.any():  # an ink stroke at radius ~0.72 around the centre
-            ang = marker_angle[sl][:, None, None]
-            tilt = marker_tilt[sl][:, None, None]
+        inked = np.flatnonzero(marker[sl])
+        if len(inked):  # an ink stroke at radius ~0.72 around the centre (marked images only)
+            ang = marker_angle[sl][inked][:, None, None]
+            tilt = marker_tilt[sl][inked][:, None, None]
             mx, my = 0.72 * np.cos(ang), 0.72 * np.sin(ang)
             tx, ty = -np.sin(ang + tilt), np.cos(ang + tilt)
             rx, ry = xx - mx, yy - my
             along = np.clip(rx * tx + ry * ty, -0.22, 0.22)
             dist = np.hypot(rx - along * tx, ry - along * ty)
-            ink = np.clip((0.07 - dist) / edge + 0.5, 0.0, 1.0) * has[:, None, None]
-            img = img + ink[..., None] * (np.array([96, 48, 140], np.float32) - img)
+            ink = np.clip((0.07 - dist) / edge + 0.5, 0.0, 1.0)
+            img[inked] += ink[..., None] * (np.array([96, 48, 140], np.float32) - img[inked])
         shade = 1.0 + light_dir[sl, 0, None, None] * xx + light_dir[sl, 1, None, None] * yy
         img *= shade[..., None]
         img += _pore_noise(pore_seed, sl, img.shape[1:3])[..., None]
