@@ -145,6 +145,10 @@ def main(verbose: bool) -> None:
 @click.option("--plugin", "plugins", multiple=True, metavar="FILE.py", help="Load a local plugin file (repeatable).")
 @click.option("--save-weights", is_flag=True, default=None, help="Store the fitted model's weights in the run.")
 @click.option("--force", is_flag=True, help="Recompute even if an identical run is finished.")
+@click.option("--tracking", type=click.Choice(["mlflow"]), default=None,
+              help="Also log the finished run to MLflow (needs the mlflow extra).")
+@click.option("--tracking-uri", default=None, metavar="URI",
+              help="MLflow tracking URI. [default: file store RUNS_DIR/mlruns]")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def run(**opts: Any) -> None:
     """Run one method on one dataset and store the result in a run directory.
@@ -208,7 +212,11 @@ def run(**opts: Any) -> None:
         save_weights=bool(pick("save_weights", False)),
         force=bool(opts["force"]),
         progress=not opts["quiet"],
+        tracking=opts["tracking"],
+        tracking_uri=opts["tracking_uri"],
     )
+    if config.tracking_uri is not None and config.tracking is None:
+        raise ParamError("--tracking-uri needs --tracking mlflow")
     result = run_experiment(config)
     if result.reused:
         click.echo(f"identical run already finished (use --force to redo): {result.run_dir}")

@@ -50,10 +50,22 @@ def _seeds(value: str | None) -> list[int] | None:
 @click.command("sweep")
 @click.argument("suite_file", metavar="SUITE.toml", type=click.Path(dir_okay=False))
 @click.option("--dry-run", is_flag=True, help="List the runs and whether each is finished; run nothing.")
-@click.option("--executor", default="local", show_default=True,
-              help="Where runs execute: local (one by one, or one per GPU). ray: planned.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where runs execute: local (one by one, or one per GPU) or ray (a Ray "
+                   "cluster, or a local Ray instance without --address; needs the ray extra).")
 @click.option("--devices", default=None, metavar="LIST",
               help="Local executor: one worker per device, e.g. cuda:0,cuda:1. [default: every GPU if several]")
+@click.option("--address", default=None, metavar="ADDR",
+              help="Ray executor: the cluster (auto, HOST:6379 or ray://HOST:10001). "
+                   "[default: start a local Ray instance]")
+@click.option("--cpus-per-run", type=int, default=1, show_default=True,
+              help="Ray executor: CPUs (and torch threads) per CPU run.")
+@click.option("--num-cpus", type=int, default=None,
+              help="Ray executor without --address: CPUs of the local Ray instance. [default: all]")
+@click.option("--tracking", type=click.Choice(["mlflow"]), default=None,
+              help="Also log every finished run to MLflow (needs the mlflow extra).")
+@click.option("--tracking-uri", default=None, metavar="URI",
+              help="MLflow tracking URI. [default: file store RUNS_DIR/mlruns]")
 @click.option("--runs-dir", default=None, help="Where run directories go. [default: the suite's runs_dir]")
 @click.option("--data-root", "data_roots", multiple=True, metavar="[LABEL=]PATH",
               help="Data folder of the suite's datasets (repeatable; LABEL= picks one dataset).")
@@ -62,6 +74,8 @@ def _seeds(value: str | None) -> list[int] | None:
 @click.option("--plugin", "plugins", multiple=True, metavar="FILE.py", help="Load a local plugin file (repeatable).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def sweep_cmd(suite_file: str, dry_run: bool, executor: str, devices: str | None,
+              address: str | None, cpus_per_run: int, num_cpus: int | None,
+              tracking: str | None, tracking_uri: str | None,
               runs_dir: str | None, data_roots: tuple[str, ...], seeds: str | None,
               keep_going: bool, plugins: tuple[str, ...], quiet: bool) -> None:
     """Run every run of a benchmark suite that is not finished yet.
@@ -74,20 +88,34 @@ def sweep_cmd(suite_file: str, dry_run: bool, executor: str, devices: str | None
       fairbench sweep benchmarks/quick.toml --dry-run
       fairbench sweep benchmarks/quick.toml
       fairbench sweep benchmarks/suite_isic2019_resnet18.toml --data-root /data/isic2019
+      fairbench sweep benchmarks/quick.toml --executor ray --address auto
     """
     from .executors import get_executor
     from .suite import load_suite
     from .sweep import run_suite
 
+    from .suite import attach_run_options
+
     _load_plugins(plugins)
     suite = load_suite(suite_file, data_roots=_data_roots(data_roots), runs_dir=runs_dir,
                        seeds=_seeds(seeds), allow_missing_data=dry_run)
+    if tracking is not None:
+        from .tracking import check_tracking
+
+        check_tracking(tracking)
+    elif tracking_uri is not None:
+        raise FairbenchError("--tracking-uri needs --tracking mlflow")
+    attach_run_options(suite, plugins=plugins, tracking=tracking, tracking_uri=tracking_uri)
     options: dict[str, Any] = {}
     if devices:
         if executor != "local":
             raise FairbenchError("--devices applies to the local executor only")
         options["devices"] = [d.strip() for d in devices.split(",") if d.strip()]
-    runner = get_executor(executor, **options)
+    if executor == "ray":
+        options.update(address=address, cpus_per_run=cpus_per_run, num_cpus=num_cpus)
+    elif address is not None or num_cpus is not None:
+        raise FairbenchError("--address and --num-cpus apply to --executor ray only")
+    runner = get_executor(executor, **options) if not dry_run else None
     report = run_suite(suite, executor=runner, dry_run=dry_run, keep_going=keep_going,
                        progress=not quiet, echo=click.echo)
     if report.failed:

@@ -10,9 +10,8 @@ file lock whichever process gets there first.
 
 * :class:`LocalExecutor` runs tasks one by one in this process; with several devices (e.g.
   every visible GPU) it runs one worker process per device.
-* A Ray executor (``--executor ray``) is planned: implement :class:`Executor.run` with
-  ``ray.remote(num_gpus=1)(execute_task)`` and register it in :data:`EXECUTORS`; nothing else
-  in the sweep needs to change.
+* :class:`RayExecutor` (``--executor ray [--address ADDR]``) runs each task as a Ray task on a
+  cluster (or a local one it starts), see its docstring.
 """
 
 from __future__ import annotations
@@ -167,14 +166,159 @@ def _run_pool(tasks: Sequence[RunTask], devices: list[str]) -> Iterator[TaskOutc
         manager.shutdown()
 
 
+# -- Ray ---------------------------------------------------------------------------------------
+def baseline_groups(tasks: Sequence[RunTask],
+                    key: Any = None) -> list[tuple[RunTask | None, list[RunTask]]]:
+    """Tasks grouped by the vanilla baseline they share: ``(first, rest)`` per group, where
+    ``first`` trains the baseline (the group's vanilla run if it has one, else its first task)
+    and ``rest`` may start once it is done. ``key(task)`` gives the group (default: the
+    dataset, its options, data root, attribute, split settings, backbone, weights, image size,
+    training settings and seed of the task's config, which together decide the baseline)."""
+    import json
+
+    def default_key(t: RunTask) -> str:
+        c = t.config
+        return json.dumps([c.dataset, c.dataset_params, c.data_root, c.attribute, c.split_seed,
+                           list(c.split_fractions), c.split_file, c.backbone, c.backbone_params,
+                           c.weights, c.image_size, c.train, c.seed], sort_keys=True, default=str)
+
+    key = key or default_key
+    groups: dict[str, list[RunTask]] = {}
+    for t in tasks:
+        groups.setdefault(key(t), []).append(t)
+    out: list[tuple[RunTask | None, list[RunTask]]] = []
+    for members in groups.values():
+        first = next((t for t in members if t.config.method == "vanilla"), members[0])
+        out.append((first, [t for t in members if t is not first]))
+    return out
+
+
+def _ray_run(task: RunTask, device: str, threads: int, *after: Any) -> TaskOutcome:
+    """The body of one Ray task (``after``: outcomes of the tasks it waited for, unused)."""
+    import torch
+
+    torch.set_num_threads(max(1, threads))
+    outcome = execute_task(task, device)
+    outcome.exception = None  # exceptions may not pickle; the text and traceback travel
+    return outcome
+
+
+class RayExecutor(Executor):
+    """Runs each task as a Ray task: on the cluster at ``address`` (``auto``: the one this
+    machine belongs to; ``ray://host:10001``: Ray Client) or, without an address, on a local
+    Ray instance started here (``num_cpus``, default: every core).
+
+    * **Resources**: a run whose device is ``cuda`` (or ``auto`` on a cluster that has GPUs)
+      asks for ``num_gpus=1`` and runs on its GPU; otherwise ``cpus_per_run`` CPUs (default 1)
+      and as many torch threads.
+    * **Shared baseline**: tasks are grouped by the vanilla baseline they share; the group's
+      vanilla run (or its first run) is submitted first and the others of the group only once
+      it has finished, so a baseline is trained once, before the runs that need it, even when
+      many workers are free (``ctx.vanilla()``'s file lock also guards it).
+    * **Failures**: a worker process that dies mid-run (killed, out of memory) leaves only a
+      temporary directory, which never reads as finished; Ray retries the task up to
+      ``max_retries`` times and the retry removes the dead attempt's temporary directory. A
+      run that raises (bad input, a bug) is not retried: its error comes back as the outcome.
+    * **Results** land in the runs directory of each config, which must be one path that
+      every node sees (a shared filesystem) for the leaderboard and resume to work as locally.
+    """
+
+    name = "ray"
+
+    def __init__(self, address: str | None = None, *, num_cpus: int | None = None,
+                 cpus_per_run: int = 1, max_retries: int = 2,
+                 runtime_env: dict[str, Any] | None = None) -> None:
+        try:
+            import ray  # noqa: F401
+        except ImportError:
+            raise FairbenchError('the Ray executor needs Ray: pip install -e ".[ray]" '
+                                 '(or pip install "ray[default]"), then run the sweep again'
+                                 ) from None
+        if cpus_per_run < 1:
+            raise FairbenchError("--cpus-per-run must be at least 1")
+        self.address = address
+        self.num_cpus = num_cpus
+        self.cpus_per_run = cpus_per_run
+        self.max_retries = max_retries
+        self.runtime_env = runtime_env
+        self._started_here = False
+
+    def describe(self) -> str:
+        return f"ray ({self.address or 'local instance'})"
+
+    def _init(self) -> Any:
+        import ray
+
+        if not ray.is_initialized():
+            kwargs: dict[str, Any] = {"ignore_reinit_error": True, "log_to_driver": False,
+                                      "include_dashboard": False}
+            if self.runtime_env:
+                kwargs["runtime_env"] = self.runtime_env
+            try:
+                if self.address:
+                    ray.init(address=self.address, **kwargs)
+                else:
+                    ray.init(num_cpus=self.num_cpus, **kwargs)
+                    self._started_here = True
+            except (ConnectionError, RuntimeError, ValueError) as exc:
+                where = self.address or "a local instance"
+                raise FairbenchError(f"could not connect to Ray at {where} ({exc}); start the "
+                                     "cluster with 'ray start --head' or fix --address") from None
+        return ray
+
+    def _resources(self, task: RunTask, cluster_gpus: float) -> tuple[dict[str, Any], str]:
+        device = task.config.device
+        if device.startswith("cuda") or (device == "auto" and cluster_gpus >= 1):
+            return {"num_gpus": 1, "num_cpus": self.cpus_per_run}, "cuda"
+        return {"num_gpus": 0, "num_cpus": self.cpus_per_run}, "cpu"
+
+    def run(self, tasks: Sequence[RunTask]) -> Iterator[TaskOutcome]:
+        if not tasks:
+            return
+        ray = self._init()
+        cluster_gpus = float(ray.cluster_resources().get("GPU", 0))
+        remote = ray.remote(_ray_run)
+        pending: dict[Any, RunTask] = {}
+
+        def submit(task: RunTask, after: Sequence[Any] = ()) -> Any:
+            resources, device = self._resources(task, cluster_gpus)
+            ref = remote.options(max_retries=self.max_retries, **resources).remote(
+                task, device, self.cpus_per_run, *after)
+            pending[ref] = task
+            return ref
+
+        waiting: dict[Any, list[RunTask]] = {}
+        for first, rest in baseline_groups(tasks):
+            assert first is not None
+            ref = submit(first)
+            if rest:
+                waiting[ref] = rest
+        try:
+            while pending:
+                done, _ = ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    task = pending.pop(ref)
+                    try:
+                        outcome = ray.get(ref)
+                    except Exception as exc:  # noqa: BLE001 - retries exhausted, worker lost
+                        outcome = TaskOutcome(task, False, error=f"Ray task failed: "
+                                              f"{type(exc).__name__}: {str(exc)[:300]}")
+                    for other in waiting.pop(ref, []):
+                        submit(other)  # the baseline exists now (or failed: they report it)
+                    yield outcome
+        finally:
+            for ref in pending:
+                ray.cancel(ref, force=True)
+            if self._started_here:
+                ray.shutdown()
+                self._started_here = False
+
+
 #: executor name -> factory(**options)
-EXECUTORS: dict[str, Any] = {"local": LocalExecutor}
+EXECUTORS: dict[str, Any] = {"local": LocalExecutor, "ray": RayExecutor}
 
 
 def get_executor(name: str, **options: Any) -> Executor:
-    if name == "ray":
-        raise FairbenchError("the Ray executor is not available yet (planned for a later "
-                             "release); use --executor local")
     if name not in EXECUTORS:
         raise FairbenchError(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}")
     return EXECUTORS[name](**options)

@@ -106,8 +106,9 @@ def collect_runs(runs_dir: str | Path) -> list[RunRecord]:
     out = []
     for cfg in sorted(root.glob("*/*/*/config.json")):
         run = cfg.parent
-        if any(part.startswith((".", "_")) for part in run.relative_to(root).parts):
-            continue
+        parts = run.relative_to(root).parts
+        if parts[0] == "mlruns" or any(part.startswith((".", "_")) for part in parts):
+            continue  # MLflow's file store (--tracking mlflow) is no run
         if is_finished(run):
             out.append(read_run(run))
     return out

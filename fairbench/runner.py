@@ -69,6 +69,11 @@ class RunConfig:
     save_weights: bool = False
     force: bool = False
     progress: bool = True
+    #: local plugin files loaded before the run (so a worker process finds plugin methods)
+    plugins: tuple[str, ...] = ()
+    #: experiment tracking of the finished run: None or "mlflow" (see fairbench.tracking)
+    tracking: str | None = None
+    tracking_uri: str | None = None
 
 
 @dataclass
@@ -210,6 +215,15 @@ def run_experiment(config: RunConfig, *, keep_model: bool = False) -> RunResult:
     """Run ``config`` and store the result; a finished identical run is returned as it is
     (``reused=True``) unless ``config.force``."""
     started = time.perf_counter()
+    if config.plugins:
+        from .registry import load_plugin_file
+
+        for plugin in config.plugins:
+            load_plugin_file(plugin)  # once per process
+    if config.tracking is not None:
+        from .tracking import check_tracking
+
+        check_tracking(config.tracking)  # before any work: a missing extra is one clear line
     p = prepare(config)
     runs_dir = ensure_writable_dir(Path(config.runs_dir))
     device = resolve_device(config.device)
@@ -307,6 +321,15 @@ def run_experiment(config: RunConfig, *, keep_model: bool = False) -> RunResult:
     except BaseException:
         writer.abort()
         raise
+    if config.tracking == "mlflow":
+        from .tracking import log_run_mlflow
+
+        try:
+            log_run_mlflow(run_dir, record, metrics, tracking_uri=config.tracking_uri,
+                           runs_dir=runs_dir)
+        except Exception as exc:  # noqa: BLE001 - the run is saved; tracking is a copy
+            log.warning("the run is saved in %s, but logging it to MLflow failed (%s: %s); "
+                        "check --tracking-uri", run_dir, type(exc).__name__, exc)
     return RunResult(run_dir, record, metrics, reused=False,
                      model=model if keep_model else None, context=ctx if keep_model else None)
 

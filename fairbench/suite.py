@@ -6,6 +6,7 @@ seeds and the model-selection rule; parsed, checked and expanded into :class:`Ru
     name = "quick"
     seeds = 3                      # or a list, e.g. [0, 1, 2, 3, 4]; default 3 → 0, 1, 2
     runs_dir = "runs"              # relative to the working directory; --runs-dir overrides
+    plugins = ["my_method.py"]     # optional local plugin files (relative to the working dir)
     selection = { rule = "fair_within_eps", eps = 0.02, fairness = "EOdd" }
 
     [train]                        # shared by every method (so all share one vanilla model)
@@ -37,7 +38,7 @@ from __future__ import annotations
 
 import difflib
 import itertools
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,9 @@ class Suite:
     plugins: list[str] = field(default_factory=list)
     save_weights: bool = False
     description: str = ""
+    #: run options that do not change a run's identity (set from the sweep's command line)
+    tracking: str | None = None
+    tracking_uri: str | None = None
 
     def expand(self) -> list[PlannedConfig]:
         """Every run of the suite: datasets × backbones × methods × grid × seeds."""
@@ -142,7 +146,9 @@ class Suite:
                                 split_seed=d.split_seed, split_fractions=d.split_fractions,
                                 split_file=d.split_file, train=train, device=self.device,
                                 runs_dir=self.runs_dir, cache_dir=self.cache_dir,
-                                save_weights=self.save_weights, progress=False)
+                                save_weights=self.save_weights, progress=False,
+                                plugins=tuple(self.plugins), tracking=self.tracking,
+                                tracking_uri=self.tracking_uri)
                             out.append(PlannedConfig(cfg, d.label, m.label, setting,
                                                      {a: setting[a] for a in m.grid}))
         return out
@@ -327,9 +333,26 @@ def parse_suite(data: Mapping[str, Any], *, path: Path | None = None,
         name=name, path=path, seeds=seeds if seeds is not None else _seeds(data.get("seeds"), where),
         runs_dir=runs_dir or str(data.get("runs_dir", "runs")), cache_dir=data.get("cache_dir"),
         device=str(data.get("device", "auto")), train=train, rule=rule, datasets=datasets,
-        methods=methods, plugins=[str(p) for p in plugins],
+        methods=methods, plugins=[_plugin_path(p) for p in plugins],
         save_weights=bool(data.get("save_weights", False)),
         description=str(data.get("description", "")))
+
+
+def attach_run_options(suite: Suite, *, plugins: Sequence[str] = (), tracking: str | None = None,
+                       tracking_uri: str | None = None) -> None:
+    """Add the command line's plugin files and tracking to every run of ``suite`` (worker
+    processes load the plugins themselves)."""
+    for plugin in plugins:
+        path = _plugin_path(plugin)
+        if path not in suite.plugins:
+            suite.plugins.append(path)
+    suite.tracking, suite.tracking_uri = tracking, tracking_uri
+
+
+def _plugin_path(plugin: Any) -> str:
+    """A plugin path made absolute (relative ones from the working directory, like
+    ``runs_dir``), so worker processes started elsewhere load the same file."""
+    return str(Path(str(plugin)).expanduser().resolve())
 
 
 def check_suite(suite: Suite, *, allow_missing_data: bool = False) -> None:

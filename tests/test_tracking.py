@@ -1,0 +1,103 @@
+"""``--tracking mlflow``: a finished run's parameters, per-epoch metrics, final metrics and
+metrics JSON land in a local MLflow file store; a missing extra is one clear line."""
+
+from __future__ import annotations
+
+import builtins
+import dataclasses
+import json
+import os
+
+import pytest
+from click.testing import CliRunner
+
+from fairbench.cli import main
+from fairbench.runner import run_experiment
+from fairbench.tracking import epoch_metrics, flatten_numbers, mlflow_key
+
+
+def test_flatten_and_keys():
+    tree = {"test": {"F1": 0.5, "light": {"F1": 0.7}, "n": 3, "ok": True, "bad": float("nan"),
+                     "name": "x", "worst": {"F1": None}}}
+    assert flatten_numbers(tree) == {"test.F1": 0.5, "test.light.F1": 0.7, "test.n": 3.0}
+    assert mlflow_key("test.I-III (light).F1") == "test.I-III _light_.F1"  # MLflow: no ()
+    assert mlflow_key("a:b|c") == "a_b_c"
+
+
+def test_epoch_metrics_reads_the_training_log(tmp_path):
+    log = tmp_path / "train_log.csv"
+    log.write_text("stage,epoch,train_loss,val_F1,lr\nvanilla,1,0.9,0.5,0.01\n"
+                   "vanilla,2,0.7,,0.005\nretrain,1,0.6,0.55,nan\n")
+    got = epoch_metrics(log)
+    assert ("vanilla.train_loss", 0.9, 1) in got and ("vanilla.train_loss", 0.7, 2) in got
+    assert ("retrain.val_F1", 0.55, 1) in got
+    assert not [k for k, _, s in got if k == "vanilla.val_F1" and s == 2]  # empty cell skipped
+    assert not [k for k, _, _ in got if k == "retrain.lr"]  # NaN skipped
+    assert epoch_metrics(tmp_path / "missing.csv") == []
+
+
+def test_run_logged_to_local_file_store(tmp_path, make_tiny_config):
+    mlflow = pytest.importorskip("mlflow")
+    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    runs = tmp_path / "runs"
+    config = dataclasses.replace(make_tiny_config("vanilla", runs), tracking="mlflow")
+    result = run_experiment(config)
+    client = mlflow.MlflowClient(tracking_uri=(runs / "mlruns").resolve().as_uri())
+    experiment = client.get_experiment_by_name("fairbench-synthderm")
+    assert experiment is not None
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED" and run.info.run_name == result.run_dir.name
+    params = run.data.params
+    assert params["method"] == "vanilla" and params["seed"] == "0"
+    assert params["train.epochs"] == "1" and params["dataset.n_samples"] == "160"
+    assert params["split_sha256"] == result.config["identity"]["split"]
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert run.data.metrics["test.F1"] == pytest.approx(metrics["test"]["F1"])
+    assert run.data.metrics["test.EOdd"] == pytest.approx(metrics["test"]["EOdd"])
+    assert run.data.metrics["val.light.F1"] == pytest.approx(metrics["val"]["light"]["F1"])
+    history = client.get_metric_history(run.info.run_id, "vanilla.train_loss")
+    assert [m.step for m in history] == [1]
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"metrics.json", "config.json"} <= artifacts
+    # a reused run is not logged twice
+    again = run_experiment(config)
+    assert again.reused
+    assert len(client.search_runs([experiment.experiment_id])) == 1
+    # the leaderboard's run discovery ignores the mlruns folder
+    from fairbench.leaderboard import collect_runs
+
+    assert {r.path for r in collect_runs(runs)} == {result.run_dir}
+
+
+def test_tracking_failure_keeps_the_run(tmp_path, make_tiny_config, caplog):
+    pytest.importorskip("mlflow")
+    runs = tmp_path / "runs"
+    config = dataclasses.replace(make_tiny_config("vanilla", runs), tracking="mlflow",
+                                 tracking_uri="http://127.0.0.1:9")  # nothing listens there
+    os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] = "0"
+    os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] = "2"
+    try:
+        result = run_experiment(config)
+    finally:
+        del os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"], os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"]
+    assert (result.run_dir / "metrics.json").is_file()
+    assert "logging it to MLflow failed" in caplog.text
+
+
+def test_missing_mlflow_is_one_clear_line(tmp_path, monkeypatch):
+    real_import = builtins.__import__
+
+    def no_mlflow(name, *args, **kwargs):
+        if name == "mlflow" or name.startswith("mlflow."):
+            raise ImportError("No module named 'mlflow'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_mlflow)
+    r = CliRunner().invoke(main, ["run", "--runs-dir", str(tmp_path / "runs"), "--tracking",
+                                  "mlflow", "-q"])
+    assert r.exit_code == 2, r.output
+    assert "pip install" in r.output and "mlflow" in r.output
+    assert "Traceback" not in r.output and not (tmp_path / "runs").exists()
+    r = CliRunner().invoke(main, ["run", "--runs-dir", str(tmp_path / "runs"),
+                                  "--tracking-uri", "file:///x", "-q"])
+    assert r.exit_code == 2 and "--tracking-uri needs --tracking mlflow" in r.output
