@@ -146,5 +146,5 @@ def test_not_toml_and_missing_file(tmp_path):
     assert res.exit_code == 2 and "is not valid TOML" in res.output
     res = CliRunner().invoke(main, ["sweep", str(tmp_path / "none.toml")])
     assert res.exit_code == 2 and "does not exist" in res.output
-    res = CliRunner().invoke(main, ["sweep", str(write(tmp_path, GOOD)), "--executor", "ray"])
-    assert res.exit_code == 2 and "Ray executor is not available" in res.output
+    res = CliRunner().invoke(main, ["sweep", str(write(tmp_path, GOOD)), "--executor", "spark"])
+    assert res.exit_code == 2 and "'spark' is not one of 'local', 'ray'" in res.output
