@@ -585,3 +585,30 @@ def test_resnet_hessian_exact_is_a_clear_error(name):
                    "only the registered timm_vgg11 adapts it")
 def test_timm_vgg11_by_prefix_curvature():
     check_backbone_curvature("timm:vgg11", "ggn_mc")
+
+
+@pytest.mark.parametrize("estimator", ["ggn_mc", "ggn_exact"])
+def test_many_batches_equal_the_sum_of_single_batches(estimator):
+    """Curvature over many batches (freshly allocated inputs, as a loader gives them) is the
+    sum of per-batch calls: nothing BackPACK keeps between batches leaks into the next one
+    (a backward taken w.r.t. the input once left such a quantity behind and crashed)."""
+    from fairbench.backbones import create_backbone
+
+    torch.manual_seed(0)
+    model = create_backbone("smallcnn", num_classes=3, image_size=32, width=4).eval()
+    x, y = torch.randn(96, 3, 32, 32), torch.randint(0, 3, (96,))
+    batches = make_batches(x, y, [8] * 12)
+
+    def fresh():  # like a loader: each batch a new tensor, dropped after use
+        for b in batches:
+            yield Batch(x=b.x.clone(), y=b.y, g=None, index=b.index)
+
+    torch.manual_seed(1)
+    together = diagonal_curvature(model, fresh(), estimator=estimator)
+    single = {}
+    torch.manual_seed(1)
+    for b in fresh():
+        for k, v in diagonal_curvature(model, [b], estimator=estimator).items():
+            single[k] = single.get(k, 0) + v
+    for k in together:
+        assert torch.allclose(together[k], single[k], rtol=1e-4, atol=1e-7), k
