@@ -201,10 +201,14 @@ class RunContext:
         stage: str = "train",
     ) -> FitResult:
         """Train with the shared trainer: by default on the train part with the run's train
-        config, selecting the checkpoint on the val part."""
+        config, selecting the checkpoint on the val part. Without explicit loaders, the train
+        loader follows ``config`` (sampler, batch size, augmentation)."""
         config = config or self.train_config
+        # the default loaders follow the config given (its sampler, batch size, augmentation)
+        train = train or self.loader("train", sampler=config.sampler,
+                                     batch_size=config.batch_size, augment=config.augment)
         return self.trainer.fit(
-            model, train or self.loader("train"), val or self.loader("val"),
+            model, train, val or self.loader("val", batch_size=config.eval_batch_size),
             config=config, hooks=hooks, stage=stage)
 
     def evaluate(self, model: torch.nn.Module, part: Part = "val") -> dict[str, Any]:
