@@ -289,3 +289,24 @@ def test_context_eval_loaders_plain_and_train_augmented(ctx):
     assert train.augment is not None and train.order == "shuffle"
     assert _indices(ctx.loader("train")) == _indices(ctx.loader("train"))  # seeded per run
     assert _indices(ctx.loader("train")) != _indices(ctx.loader("train", seed_offset=1))
+
+
+def test_context_fit_default_loader_follows_the_given_config(ctx, monkeypatch):
+    """``ctx.fit(config=...)`` without loaders trains on a loader built from that config
+    (a method that changes the sampler need not build the loader itself)."""
+    import dataclasses
+
+    seen = {}
+
+    def capture(model, train, val, *, config, hooks=None, stage="train"):
+        seen.update(train=train, val=val)
+
+    monkeypatch.setattr(ctx.trainer, "fit", capture)
+    config = dataclasses.replace(ctx.train_config, sampler="group", batch_size=8, augment=False,
+                                 eval_batch_size=32)
+    ctx.fit(None, config=config)
+    assert seen["train"].order == "balanced" and seen["train"].batch_size == 8
+    assert seen["train"].augment is None and seen["val"].batch_size == 32
+    ctx.fit(None)
+    assert seen["train"].order == "shuffle"
+    assert seen["train"].batch_size == ctx.train_config.batch_size
