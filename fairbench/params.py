@@ -142,6 +142,15 @@ def coerce_value(name: str, raw: Any, tp: Any) -> Any:
     return raw
 
 
+
+def range_text(lo: float | None, hi: float | None, lo_exclusive: bool, hi_exclusive: bool) -> str:
+    """``[0, 1]``, ``(0, inf)``: an interval in the usual notation (an infinite end is open)."""
+    left = "(" if lo_exclusive or lo is None else "["
+    right = ")" if hi_exclusive or hi is None else "]"
+    lo_s = "-inf" if lo is None else f"{lo:g}"
+    hi_s = "inf" if hi is None else f"{hi:g}"
+    return f"{left}{lo_s}, {hi_s}{right}"
+
 def _check_range(name: str, value: Any, meta: Mapping[str, Any]) -> None:
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return
@@ -152,11 +161,8 @@ def _check_range(name: str, value: Any, meta: Mapping[str, Any]) -> None:
     below = lo is not None and (value <= lo if lo_x else value < lo)
     above = hi is not None and (value >= hi if hi_x else value > hi)
     if below or above:
-        left = "(" if lo_x else "["
-        right = ")" if hi_x else "]"
-        lo_s = "-inf" if lo is None else f"{lo:g}"
-        hi_s = "inf" if hi is None else f"{hi:g}"
-        raise ParamError(f"parameter {name}={value!r} is out of range {left}{lo_s}, {hi_s}{right}")
+        raise ParamError(f"parameter {name}={value!r} is out of range "
+                         f"{range_text(lo, hi, lo_x, hi_x)}")
 
 
 def build_params(cls: type[P], raw: Mapping[str, Any] | None = None, *, owner: str = "") -> P:
@@ -217,11 +223,9 @@ def describe_params(cls: type) -> list[tuple[str, str, Any, str]]:
         help_text = f.metadata.get("help", "")
         lo, hi = f.metadata.get("min"), f.metadata.get("max")
         if lo is not None or hi is not None:
-            left = "(" if f.metadata.get("min_exclusive") else "["
-            right = ")" if f.metadata.get("max_exclusive") else "]"
-            lo_s = "-inf" if lo is None else f"{lo:g}"
-            hi_s = "inf" if hi is None else f"{hi:g}"
-            help_text = f"{help_text} range {left}{lo_s}, {hi_s}{right}".strip()
+            rng = range_text(lo, hi, bool(f.metadata.get("min_exclusive")),
+                             bool(f.metadata.get("max_exclusive")))
+            help_text = f"{help_text} range {rng}".strip()
         rows.append((f.name, type_name(hints[f.name]), default, help_text))
     return rows
 

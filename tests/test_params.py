@@ -82,11 +82,11 @@ def test_mistyped_values(key, value, fragment):
 @pytest.mark.parametrize("key,value,fragment", [
     ("epochs", "0", "[1, 100]"),
     ("epochs", "101", "[1, 100]"),
-    ("lr", "0", "(0, inf]"),
-    ("lr", "-1", "(0, inf]"),
+    ("lr", "0", "(0, inf)"),
+    ("lr", "-1", "(0, inf)"),
     ("ratio", "1.0", "[0, 1)"),
     ("ratio", "-0.1", "[0, 1)"),
-    ("cap", "0", "[1, inf]"),
+    ("cap", "0", "[1, inf)"),
 ])
 def test_out_of_range(key, value, fragment):
     with pytest.raises(ParamError) as exc:
