@@ -68,7 +68,6 @@ does not reach get zero from it.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import shutil
@@ -621,16 +620,6 @@ def multi_exit_dir(ctx: RunContext, spec: ExitSpec, policy: Policy, taus: Sequen
     return ctx.runs_dir / "_me_vanilla" / key
 
 
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    with open(path, "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def training_evaluate(ctx: RunContext, taus: Sequence[float], policy: Policy) -> Any:
     """The trainer's ``evaluate`` hook of a multi-exit model: one pass through all exits on the
     validation loader, then the metrics of the τ (from ``taus``) that is best by the train
@@ -655,6 +644,7 @@ def trained_multi_exit(ctx: RunContext, spec: ExitSpec, *, policy: Policy = "A",
     policy at its best τ of ``taus``), trained once per (vanilla identity, exit spec) and cached
     under ``<runs_dir>/_me_vanilla/`` like the vanilla baseline; concurrent runs wait for one
     another. Returns the model (τ = the first of ``taus``) and the cache's meta."""
+    from .context import _file_lock
     from .runstore import remove_stale_temporaries, temporary_path, write_json
     from .trainer import EpochLog, Trainer, TrainHooks
 

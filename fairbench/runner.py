@@ -21,7 +21,7 @@ from . import __version__
 from .backbones import check_backbone_name
 from .cache import default_cache_dir, load_or_build
 from .context import BackboneSpec, DataBundle, RunContext
-from .data import ATTR_PREFIX, DatasetAdapter, get_dataset_class
+from .data import ATTR_PREFIX, DatasetAdapter, SampleTable, get_dataset_class
 from .errors import FairbenchError
 from .loaders import DeviceData
 from .method import Method, get_method_class
@@ -37,7 +37,7 @@ from .runstore import (
     remove_stale_temporaries,
     write_json,
 )
-from .splits import PARTS, check_split, load_split, make_split, save_split
+from .splits import PARTS, Split, check_split, load_split, make_split, save_split
 from .trainer import Predictions, TrainConfig
 
 log = logging.getLogger("fairbench")
@@ -156,7 +156,9 @@ def prepare(config: RunConfig) -> Prepared:
     return Prepared(config, method, adapter, train, backbone, image_size, weights_sha256)
 
 
-def load_data(p: Prepared, device: torch.device, runs_dir: Path) -> DataBundle:
+def resolve_split(p: Prepared) -> tuple[SampleTable, str, Split]:
+    """The sample table, the attribute in use and the checked split of ``p`` (no pixels);
+    shared by :func:`load_data` and the sweep's planning."""
     config = p.config
     table = p.adapter.build_table()
     attribute = config.attribute or table.default_attribute
@@ -174,6 +176,12 @@ def load_data(p: Prepared, device: torch.device, runs_dir: Path) -> DataBundle:
     else:
         split = make_split(table, seed=config.split_seed, fractions=config.split_fractions)
     check_split(split, table, attribute)
+    return table, attribute, split
+
+
+def load_data(p: Prepared, device: torch.device, runs_dir: Path) -> DataBundle:
+    config = p.config
+    table, attribute, split = resolve_split(p)
     split_file = save_split(split, runs_dir / "splits" / f"{config.dataset}-{split.sha256[:12]}.csv")
     cache_dir = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
     cached = load_or_build(p.adapter, table, p.image_size, cache_dir, progress=config.progress)

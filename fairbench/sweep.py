@@ -29,9 +29,8 @@ from typing import Any
 from .errors import DataError, FairbenchError
 from .executors import Executor, LocalExecutor, RunTask, TaskOutcome
 from .progress import progress_bar
-from .runner import prepare, run_dir_for, run_identity
+from .runner import prepare, resolve_split, run_dir_for, run_identity
 from .runstore import ensure_writable_dir, is_finished
-from .splits import check_split, load_split, make_split
 from .suite import PlannedConfig, Suite
 
 log = logging.getLogger("fairbench")
@@ -116,19 +115,7 @@ def plan(suite: Suite, *, allow_missing_data: bool = False) -> list[PlannedRun]:
 
 def _resolve_split(p: Any) -> SimpleNamespace:
     """What :func:`fairbench.runner.load_data` decides about the data, without the pixels."""
-    config = p.config
-    table = p.adapter.build_table()
-    attribute = config.attribute or table.default_attribute
-    if attribute is None:
-        raise FairbenchError(f"dataset {config.dataset!r} has no sensitive attribute")
-    table.check_attribute(attribute)
-    if len(table.group_names(attribute)) < 2:
-        raise FairbenchError(f"attribute {attribute!r} has a single group; fairness needs two")
-    if config.split_file:
-        split = load_split(config.split_file)
-    else:
-        split = make_split(table, seed=config.split_seed, fractions=config.split_fractions)
-    check_split(split, table, attribute)
+    table, attribute, split = resolve_split(p)
     return SimpleNamespace(table=table, attribute=attribute, split=split)
 
 

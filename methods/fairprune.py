@@ -268,9 +268,10 @@ class FairPrune(Method):
         assert best is not None
         return best
 
-    def _finetune(self, ctx: RunContext, model: nn.Module, params: FairPruneParams, rule: Any,
-                  masks: dict[str, torch.Tensor], score: float, info: dict[str, Any]
-                  ) -> tuple[float, dict[str, Any]]:
+    @staticmethod
+    def _finetune_setup(ctx: RunContext, params: FairPruneParams) -> tuple[TrainConfig, Any]:
+        """The fine-tuning config and its loader: group-balanced, unaugmented batches, an epoch
+        as long as twice the smaller group, constant learning rate, no weight decay."""
         config = TrainConfig(
             epochs=params.finetune_epochs, batch_size=params.finetune_batch_size,
             optimizer=params.finetune_optimizer, lr=params.finetune_lr, weight_decay=0.0,
@@ -282,6 +283,12 @@ class FairPrune(Method):
         train = ctx.loader("train", sampler="group", augment=False,
                            batch_size=params.finetune_batch_size, epoch_size=n_train,
                            seed_offset=200)
+        return config, train
+
+    def _finetune(self, ctx: RunContext, model: nn.Module, params: FairPruneParams, rule: Any,
+                  masks: dict[str, torch.Tensor], score: float, info: dict[str, Any]
+                  ) -> tuple[float, dict[str, Any]]:
+        config, train = self._finetune_setup(ctx, params)
         before = snapshot(model)
         hooks = TrainHooks(frozen=masks, score=rule,
                            evaluate=lambda m, _loader: ctx.evaluate(m, "val"))

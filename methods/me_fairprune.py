@@ -61,7 +61,7 @@ from fairbench.posthoc import (
     write_rows,
 )
 from fairbench.saliency import fair_saliency
-from fairbench.trainer import TrainConfig, TrainHooks
+from fairbench.trainer import TrainHooks
 
 from .fairprune import ROW_METRICS, FairPrune, FairPruneParams
 
@@ -187,17 +187,7 @@ class MeFairPrune(FairPrune):
                   ) -> tuple[float, dict[str, Any]]:
         """FairPrune's fine-tuning with the multi-exit loss; each epoch is scored at its best
         τ (kept in the checkpoint)."""
-        config = TrainConfig(
-            epochs=params.finetune_epochs, batch_size=params.finetune_batch_size,
-            optimizer=params.finetune_optimizer, lr=params.finetune_lr, weight_decay=0.0,
-            schedule="constant", sampler="group", augment=False, select="F1",
-            amp=ctx.train_config.amp, channels_last=ctx.train_config.channels_last,
-            eval_batch_size=ctx.train_config.eval_batch_size)
-        n_train = 2 * min(len(ctx.positions("train", [ctx.privileged])),
-                          len(ctx.positions("train", ctx.unprivileged)))
-        train = ctx.loader("train", sampler="group", augment=False,
-                           batch_size=params.finetune_batch_size, epoch_size=n_train,
-                           seed_offset=200)
+        config, train = self._finetune_setup(ctx, params)
         before = snapshot(model)
 
         def evaluate(m: nn.Module, _loader: Any) -> dict[str, Any]:
