@@ -107,6 +107,7 @@ class SynthDerm(DatasetAdapter):
             },
             default_attribute="skin_tone",
             has_masks=True,
+            mask_classes=["background", "lesion"],
         )
 
     def source_fingerprint(self, table: SampleTable) -> str:

@@ -102,10 +102,9 @@ def check_backbone_name(name: str) -> None:
         BACKBONES.get(name)
 
 
-def load_weights(model: Classifier, path: str | Path) -> None:
-    """Load a local state dict: a whole fairbench model, or a body-only (timm/torchvision)
-    checkpoint whose classifier keys do not match; reports what did not load."""
-    file = Path(path).expanduser()
+def read_state_dict(file: Path) -> dict[str, torch.Tensor]:
+    """The state dict in ``file`` (``torch.load(weights_only=True)``; a ``{"state_dict": ..}``
+    wrapper is unpacked); one clear error when it is missing or unreadable."""
     if not file.is_file():
         raise FairbenchError(f"weights file {str(file)!r} does not exist")
     try:
@@ -116,6 +115,14 @@ def load_weights(model: Classifier, path: str | Path) -> None:
         state = state["state_dict"]
     if not isinstance(state, dict):
         raise FairbenchError(f"weights file {str(file)!r} does not hold a state dict")
+    return state
+
+
+def load_weights(model: Classifier, path: str | Path) -> None:
+    """Load a local state dict: a whole fairbench model, or a body-only (timm/torchvision)
+    checkpoint whose classifier keys do not match; reports what did not load."""
+    file = Path(path).expanduser()
+    state = read_state_dict(file)
     own = model.state_dict()
     if set(state) <= set(own):
         target, prefix = model, ""

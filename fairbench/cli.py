@@ -21,7 +21,7 @@ from .errors import FairbenchError, ParamError
 EXIT_USAGE = 2
 
 CONFIG_KEYS = {
-    "method", "dataset", "data_root", "attribute", "privileged", "backbone", "weights",
+    "method", "task", "dataset", "data_root", "attribute", "privileged", "backbone", "weights",
     "image_size", "seed", "split_seed", "split_fractions", "split_file", "device", "runs_dir",
     "cache_dir", "save_weights", "params", "method_params", "dataset_params", "backbone_params",
     "train", "epochs", "plugins",
@@ -30,7 +30,7 @@ CONFIG_KEYS = {
 
 #: the type of every scalar key of a config file (``epochs`` is checked as a train setting)
 CONFIG_TYPES: dict[str, tuple[type, ...]] = {
-    **{k: (str,) for k in ("method", "dataset", "data_root", "attribute", "privileged",
+    **{k: (str,) for k in ("method", "task", "dataset", "data_root", "attribute", "privileged",
                            "backbone", "weights", "split_file", "device", "runs_dir",
                            "cache_dir")},
     **{k: (int,) for k in ("image_size", "seed", "split_seed")},
@@ -122,8 +122,12 @@ def main(verbose: bool) -> None:
 @main.command()
 @click.option("--method", "-m", default=None, help="Mitigation method (see `fairbench list methods`). [default: vanilla]")
 @click.option("--dataset", "-d", default=None, help="Dataset adapter. [default: synthderm]")
+@click.option("--task", type=click.Choice(["classification", "segmentation"]), default=None,
+              help="Task type. [default: the dataset's first task that the method supports]")
 @click.option("--data-root", default=None, help="Folder holding the dataset (not needed for synthderm).")
-@click.option("--backbone", "-b", default=None, help="Backbone name, timm:<model> or tv:<model>. [default: the dataset's]")
+@click.option("--backbone", "-b", default=None, help="Backbone name, timm:<model> or tv:<model>; for segmentation unet:<encoder>, e.g. unet:tu-resnet18. [default: the dataset's]")
+@click.option("--backbone-param", "backbone_params", multiple=True, metavar="KEY=VALUE",
+              help="Backbone option, e.g. width=16 or encoder_depth=3 (repeatable).")
 @click.option("--weights", default=None, help="Local weights file for the backbone (never downloaded).")
 @click.option("--seed", type=int, default=None, help="Training seed. [default: 0]")
 @click.option("--epochs", type=int, default=None, help="Training epochs (shortcut for --train epochs=N).")
@@ -158,6 +162,7 @@ def run(**opts: Any) -> None:
     An identical finished run is not recomputed (use --force). Examples:
       fairbench run --method vanilla
       fairbench run --method vanilla --seed 1 --train lr=0.01 --data-param dark_fraction=0.2
+      fairbench run --method apple --task segmentation   (a U-Net on synthderm's lesion masks)
     """
     from .params import parse_assignments
     from .report import run_summary
@@ -198,7 +203,9 @@ def run(**opts: Any) -> None:
         attribute=pick("attribute"),
         privileged=pick("privileged"),
         backbone=pick("backbone"),
-        backbone_params=dict(file_cfg.get("backbone_params", {})),
+        backbone_params={**dict(file_cfg.get("backbone_params", {})),
+                         **parse_assignments(opts["backbone_params"], flag="--backbone-param")},
+        task=pick("task"),
         weights=pick("weights"),
         image_size=pick("image_size"),
         seed=int(pick("seed", 0)),

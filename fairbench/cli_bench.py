@@ -197,24 +197,31 @@ def plot_group() -> None:
 @click.option("--rule", default=None, help="Selection rule (see `fairbench leaderboard --help`).")
 @click.option("--split", default=None, metavar="HASH", help="Only runs of this split.")
 @click.option("--runs-dir", default=None, help="Runs directory of a suite.")
-@click.option("--x", "x_metric", default="EOdd", show_default=True, help="Fairness metric (x axis).")
-@click.option("--y", "y_metric", default="F1", show_default=True, help="Utility metric (y axis).")
+@click.option("--x", "x_metric", default=None,
+              help="Fairness metric (x axis). [default: EOdd; gap.Dice for segmentation]")
+@click.option("--y", "y_metric", default=None,
+              help="Utility metric (y axis). [default: F1; Dice for segmentation]")
 def plot_tradeoff_cmd(source: str, out: str, rule: str | None, split: str | None,
-                      runs_dir: str | None, x_metric: str, y_metric: str) -> None:
-    """F1 against EOdd per method (mean ± std over seeds) with the Pareto front."""
+                      runs_dir: str | None, x_metric: str | None, y_metric: str | None) -> None:
+    """F1 against EOdd per method (mean ± std over seeds) with the Pareto front (Dice against
+    the Dice gap for segmentation tables)."""
     from .leaderboard import leaderboard
     from .metrics import higher_is_better
     from .plots import plot_tradeoff
 
     for m in (x_metric, y_metric):
         try:
-            higher_is_better(m)
+            if m is not None:
+                higher_is_better(m)
         except KeyError:
             raise FairbenchError(f"unknown metric {m!r}; use e.g. F1, AUC, EOdd, gap.F1") from None
     board = leaderboard(source, rule=rule, split=split, runs_dir=runs_dir)
     for i, table in enumerate(board.tables):
         target = out if len(board.tables) == 1 else f"{out}-{i + 1}"
-        for p in plot_tradeoff(table, target, x=x_metric, y=y_metric):
+        seg = table.task == "segmentation"
+        x = x_metric or ("gap.Dice" if seg else "EOdd")
+        y = y_metric or ("Dice" if seg else "F1")
+        for p in plot_tradeoff(table, target, x=x, y=y):
             click.echo(f"wrote {p}")
 
 

@@ -18,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from .backbones import Classifier, create_backbone
+from .backbones import create_backbone
 from .data import DatasetAdapter, SampleTable
 from .errors import FairbenchError
 from .loaders import Augment, BatchLoader, DeviceData
@@ -42,10 +42,17 @@ class DataBundle:
     attribute: str
     image_size: int
     positions: dict[str, np.ndarray]
+    #: "classification" or "segmentation"
+    task: str = "classification"
 
     @property
     def group_names(self) -> list[str]:
         return self.table.group_names(self.attribute)
+
+    @property
+    def mask_classes(self) -> list[str] | None:
+        """Mask class names (background first) of a segmentation run; None otherwise."""
+        return list(self.table.mask_classes) if self.task == "segmentation" else None
 
 
 @dataclass
@@ -84,9 +91,10 @@ class RunContext:
         self.progress = progress
         self.logger = logger or logging.getLogger("fairbench")
         self.log = EpochLog(run_dir / "train_log.csv")
-        self.trainer = Trainer(device, seed=seed, log=self.log, progress=progress)
+        self.trainer = Trainer(device, seed=seed, log=self.log, progress=progress,
+                               mask_classes=bundle.mask_classes)
         self._privileged_name = privileged
-        self._vanilla: Classifier | None = None
+        self._vanilla: torch.nn.Module | None = None
         self._vanilla_meta: dict[str, Any] | None = None
         self.notes: dict[str, Any] = {}
 
@@ -110,6 +118,20 @@ class RunContext:
     @property
     def n_classes(self) -> int:
         return self.table.n_classes
+
+    @property
+    def task(self) -> str:
+        """``"classification"`` or ``"segmentation"``."""
+        return self.bundle.task
+
+    @property
+    def mask_classes(self) -> list[str] | None:
+        return self.bundle.mask_classes
+
+    @property
+    def utility_metric(self) -> str:
+        """The task's main utility metric: macro-F1 (classification) or Dice (segmentation)."""
+        return "Dice" if self.task == "segmentation" else "F1"
 
     def positions(self, part: Part, groups: Sequence[int] | None = None) -> np.ndarray:
         """Row positions of ``part`` (restricted to ``groups`` codes if given; rows whose
@@ -181,14 +203,38 @@ class RunContext:
         return loader
 
     # -- models -----------------------------------------------------------------------------------
-    def new_model(self, *, seed_offset: int = 0, num_classes: int | None = None) -> Classifier:
-        """A freshly initialised backbone (seeded), on the device."""
+    def new_model(self, *, seed_offset: int = 0, num_classes: int | None = None) -> Any:
+        """A freshly initialised model (seeded), on the device: the backbone
+        (:class:`~fairbench.backbones.Classifier`) of a classification run, the segmentor
+        (:class:`~fairbench.segmentors.Segmentor`) of a segmentation run."""
         torch.manual_seed(self.seed * 7919 + seed_offset)
-        model = create_backbone(
-            self.backbone.name, num_classes=num_classes or self.n_classes,
-            image_size=self.bundle.image_size, weights=self.backbone.weights,
-            **self.backbone.params)
-        return self.trainer.prepare(model, self.train_config)  # type: ignore[return-value]
+        model = self._build_model(num_classes=num_classes, weights=self.backbone.weights)
+        return self.trainer.prepare(model, self.train_config)
+
+    def _build_model(self, *, num_classes: int | None = None,
+                     weights: str | None = None) -> torch.nn.Module:
+        if self.task == "segmentation":
+            from .segmentors import create_segmentor
+
+            assert self.mask_classes is not None
+            return create_segmentor(self.backbone.name, n_mask_classes=len(self.mask_classes),
+                                    image_size=self.bundle.image_size, weights=weights,
+                                    **self.backbone.params)
+        return create_backbone(self.backbone.name, num_classes=num_classes or self.n_classes,
+                               image_size=self.bundle.image_size, weights=weights,
+                               **self.backbone.params)
+
+    def task_loss(self, output: torch.Tensor, batch: Any, *,
+                  reduction: str = "mean") -> torch.Tensor:
+        """The task's supervised loss of ``output`` (logits) on ``batch``: cross-entropy
+        against ``batch.y``, or soft Dice + (B)CE against ``batch.mask`` for segmentation
+        (:func:`fairbench.segmentation.segmentation_loss`); ``reduction="none"`` gives one
+        value per sample."""
+        if self.task == "segmentation":
+            from .segmentation import segmentation_loss
+
+            return segmentation_loss(output, batch.mask, reduction=reduction)
+        return torch.nn.functional.cross_entropy(output.float(), batch.y, reduction=reduction)
 
     def fit(
         self,
@@ -220,7 +266,7 @@ class RunContext:
         from .metrics import evaluate_classification
         from .selection import apply_threshold, binary_threshold
 
-        if self.n_classes != 2:
+        if self.task == "segmentation" or self.n_classes != 2:
             return self.trainer.evaluate(model, self.loader(part), self.train_config)
         labels, codes = self.table.labels, self.table.attr(self.attribute)
         val = self.trainer.predict(model, self.loader("val"), self.train_config)
@@ -235,6 +281,8 @@ class RunContext:
     def vanilla_identity(self) -> dict[str, Any]:
         b = self.bundle
         return {
+            # classification identities keep their pre-segmentation form (and hashes)
+            **({"task": "segmentation"} if b.task == "segmentation" else {}),
             "dataset": b.adapter.config(),
             "split": b.split.sha256,
             "attribute": b.attribute,
@@ -249,8 +297,9 @@ class RunContext:
         key = config_hash(self.vanilla_identity())[:16]
         return self.runs_dir / "_vanilla" / key
 
-    def vanilla(self) -> Classifier:
-        """A copy of the vanilla baseline (the backbone trained with cross-entropy and the run's
+    def vanilla(self) -> Any:
+        """A copy of the vanilla baseline (the backbone trained with cross-entropy, or the
+        segmentor with Dice + cross-entropy, and the run's
         train config), trained once per (dataset config, split, attribute, backbone, train
         config, seed) and cached under ``<runs_dir>/_vanilla/``; concurrent runs wait for one
         another instead of training it twice."""
@@ -264,16 +313,14 @@ class RunContext:
         assert self._vanilla_meta is not None
         return self._vanilla_meta
 
-    def _load_or_train_vanilla(self) -> tuple[Classifier, dict[str, Any]]:
+    def _load_or_train_vanilla(self) -> tuple[torch.nn.Module, dict[str, Any]]:
         final = self.vanilla_dir()
         final.parent.mkdir(parents=True, exist_ok=True)
         with _file_lock(final.with_suffix(".lock")):
             if not (final / "meta.json").is_file():
                 self._train_vanilla(final)
             meta = json.loads((final / "meta.json").read_text())
-            model = create_backbone(
-                self.backbone.name, num_classes=self.n_classes,
-                image_size=self.bundle.image_size, **self.backbone.params)
+            model = self._build_model()
             state = torch.load(final / "model.pt", map_location="cpu", weights_only=True)
             model.load_state_dict(state)
             self.trainer.prepare(model, self.train_config)
@@ -294,7 +341,7 @@ class RunContext:
         try:
             model = self.new_model()
             trainer = Trainer(self.device, seed=self.seed, log=EpochLog(tmp / "train_log.csv"),
-                              progress=self.progress)
+                              progress=self.progress, mask_classes=self.mask_classes)
             result = trainer.fit(model, self.loader("train"), self.loader("val"),
                                  config=self.train_config, stage="vanilla")
             val = trainer.evaluate(model, self.loader("val"), self.train_config)
@@ -315,7 +362,8 @@ class RunContext:
     @property
     def privileged(self) -> int:
         """Code of the privileged group: as configured, else the group on which the vanilla
-        model has the higher validation macro-F1 (ties: the lower code)."""
+        model has the higher validation macro-F1 (Dice for segmentation; ties: the lower
+        code)."""
         names = self.group_names
         if self._privileged_name is not None:
             if self._privileged_name not in names:
@@ -325,12 +373,18 @@ class RunContext:
                 )
             return names.index(self._privileged_name)
         val = self.vanilla_meta()["val"]
-        scores = [val.get(n, {}).get("F1") for n in names]
+        scores = [val.get(n, {}).get(self.utility_metric) for n in names]
         scores = [s if s is not None else -1.0 for s in scores]
         code = int(np.argmax(scores))
         self._privileged_name = names[code]
-        self.notes["privileged_rule"] = "higher vanilla validation macro-F1"
+        self.notes["privileged_rule"] = self.privileged_rule
         return code
+
+    @property
+    def privileged_rule(self) -> str:
+        if self.task == "segmentation":
+            return "higher vanilla validation Dice"
+        return "higher vanilla validation macro-F1"
 
     @property
     def privileged_name(self) -> str:

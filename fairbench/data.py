@@ -10,6 +10,13 @@ attribute (int codes in ``[0, n_groups)``; ``-1`` marks a missing value) and an 
 
 Pixels come from :meth:`DatasetAdapter.fill_images`, which the tensor cache calls once per
 (dataset, image size, source fingerprint) to fill a uint8 ``(N, H, W, 3)`` array.
+
+Datasets with segmentation masks set ``has_masks=True`` and name the mask classes in
+``mask_classes`` (code 0 is the background: ``["background", "lesion"]`` for a binary mask,
+``["background", "rim", "cup"]`` for Harvard-FairSeg); ``fill_images`` then also fills a
+uint8 ``(N, H, W)`` array of mask codes in ``[0, len(mask_classes))``, aligned pixel for
+pixel with the image. A segmentation-only dataset still has a ``label`` column (one class
+for all rows is fine): splits stratify by it.
 """
 
 from __future__ import annotations
@@ -17,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -41,6 +48,8 @@ class SampleTable:
     task: str = "classification"
     default_attribute: str | None = None
     has_masks: bool = False
+    #: names of the mask codes (code 0 = background); used only when ``has_masks``
+    mask_classes: list[str] = field(default_factory=lambda: ["background", "foreground"])
 
     def __post_init__(self) -> None:
         self.df = self.df.reset_index(drop=True)
@@ -92,6 +101,11 @@ class SampleTable:
         if df["sample_id"].duplicated().any():
             dup = df.loc[df["sample_id"].duplicated(), "sample_id"].iloc[0]
             raise DataError(f"sample id {dup!r} occurs twice; sample ids must be unique")
+        if self.has_masks and (len(self.mask_classes) < 2 or len(set(self.mask_classes))
+                               != len(self.mask_classes)):
+            raise DataError(
+                f"mask_classes must name the background and at least one structure, each once; "
+                f"got {self.mask_classes}")
         labels = df["label"].to_numpy()
         if len(df) and (labels.min() < 0 or labels.max() >= len(self.classes)):
             raise DataError(
@@ -139,14 +153,16 @@ class DatasetAdapter:
     Class attributes:
         Params: dataclass of the adapter's options (``--data-param key=value``).
         requires_data_root: whether ``--data-root`` is needed (False for generated data).
-        default_image_size, default_backbone: what a run uses when not told otherwise.
-        tasks: the task types the dataset serves.
+        default_image_size, default_backbone, default_segmentor: what a run uses when not
+            told otherwise (the segmentor for segmentation runs).
+        tasks: the task types the dataset serves (``"segmentation"`` needs masks).
     """
 
     Params: ClassVar[type] = NoParams
     requires_data_root: ClassVar[bool] = True
     default_image_size: ClassVar[int] = 224
     default_backbone: ClassVar[str] = "resnet18"
+    default_segmentor: ClassVar[str] = "unet:tu-resnet10t"
     tasks: ClassVar[tuple[str, ...]] = ("classification",)
     registered_name: ClassVar[str] = ""
 

@@ -12,6 +12,11 @@ Markdown, CSV or LaTeX (booktabs).
   groups) and ``Diff`` (|group 1 − group 0|; max − min with more groups); columns precision,
   recall, F1 (macro), EOpp0, EOpp1, EOdd (between-group quantities, on the Avg row).
 * **Compact view**: one row per method: F1, AUC, worst-group F1, AUC gap, ECE gap, EOdd.
+* **Segmentation tables** (runs with ``task = segmentation``, never mixed with
+  classification): columns Dice and IoU per group, ``Avg`` and ``Diff``, with the equity-scaled
+  Dice of FairSeg (``ES_fairseg``) and of FairMedFM (``ES_fairmedfm``) on the Avg row; the
+  compact view shows Dice, IoU, worst-group Dice, Dice gap and both ES-Dice. Selection rules
+  use Dice for F1 and the Dice gap for EOdd (:func:`fairbench.selection.rule_for_task`).
 * **Marks**: the best value per column in bold (Avg rows and Diff rows ranked separately in
   the paper view), and † where a paired test against vanilla over seeds (Holm-corrected over
   the methods) gives p < alpha.
@@ -33,7 +38,15 @@ import pandas as pd
 from .errors import FairbenchError
 from .metrics import flatten, higher_is_better
 from .runstore import config_hash, is_finished, read_json
-from .selection import Candidate, Rule, Selection, parse_rule, select
+from .selection import (
+    Candidate,
+    Rule,
+    Selection,
+    is_segmentation_metric,
+    parse_rule,
+    rule_for_task,
+    select,
+)
 from .stats import Comparison, FriedmanResult, compare_to_reference, friedman
 
 UTILITY = ("precision", "recall", "F1")
@@ -43,6 +56,13 @@ COLUMN_TITLES = {"precision": "Precision", "recall": "Recall", "F1": "F1", "EOpp
                  "EOpp1": "EOpp1", "EOdd": "EOdd", "AUC": "AUC", "worst.F1": "Worst-group F1",
                  "gap.AUC": "AUC gap", "gap.ECE": "ECE gap"}
 COMPACT_KEYS = ("F1", "AUC", "worst.F1", "gap.AUC", "gap.ECE", "EOdd")
+SEG_UTILITY = ("Dice", "IoU")
+SEG_FAIRNESS = ("ES_fairseg.Dice", "ES_fairmedfm.Dice")
+SEG_COMPACT_KEYS = ("Dice", "IoU", "worst.Dice", "gap.Dice", "ES_fairseg.Dice",
+                    "ES_fairmedfm.Dice")
+COLUMN_TITLES.update({"worst.Dice": "Worst-group Dice", "gap.Dice": "Dice gap",
+                      "ES_fairseg.Dice": "ES-Dice (FairSeg)",
+                      "ES_fairmedfm.Dice": "ES-Dice (FairMedFM)"})
 VIEWS = ("paper", "compact")
 FORMATS = ("md", "csv", "latex")
 DAGGER = "†"
@@ -74,6 +94,10 @@ class RunRecord:
     @property
     def split(self) -> str:
         return str(self.config["split_sha256"])
+
+    @property
+    def task(self) -> str:
+        return str(self.config.get("task", "classification"))
 
     @property
     def groups(self) -> list[str]:
@@ -175,22 +199,35 @@ class Table:
     rule: str
     part: str
     reference: str | None
+    task: str = "classification"
 
     @property
     def title(self) -> str:
-        return (f"{self.dataset} ({self.attribute}), {self.backbone}, split {self.split[:12]}, "
-                f"{self.part}")
+        kind = " segmentation," if self.task == "segmentation" else ""
+        return (f"{self.dataset} ({self.attribute}),{kind} {self.backbone}, split "
+                f"{self.split[:12]}, {self.part}")
+
+    @property
+    def _utility(self) -> tuple[str, ...]:
+        return SEG_UTILITY if self.task == "segmentation" else UTILITY
+
+    @property
+    def _fairness(self) -> tuple[str, ...]:
+        return SEG_FAIRNESS if self.task == "segmentation" else FAIRNESS
 
     def row_keys(self, view: str) -> list[tuple[str, dict[str, str]]]:
         """(row name, {column: metric key}) of one method block in ``view``."""
         if view == "compact":
-            return [("", {k: k for k in COMPACT_KEYS})]
-        out = [(g, {m: f"{g}.{m}" for m in UTILITY}) for g in self.groups]
-        out.append(("Avg", {**{m: f"Avg.{m}" for m in UTILITY}, **{m: m for m in FAIRNESS}}))
-        out.append(("Diff", {m: f"Diff.{m}" for m in UTILITY}))
+            return [("", {k: k for k in self.columns(view)})]
+        utility, fairness = self._utility, self._fairness
+        out = [(g, {m: f"{g}.{m}" for m in utility}) for g in self.groups]
+        out.append(("Avg", {**{m: f"Avg.{m}" for m in utility}, **{m: m for m in fairness}}))
+        out.append(("Diff", {m: f"Diff.{m}" for m in utility}))
         return out
 
     def columns(self, view: str) -> list[str]:
+        if self.task == "segmentation":
+            return list(SEG_COMPACT_KEYS if view == "compact" else SEG_UTILITY + SEG_FAIRNESS)
         return list(COMPACT_KEYS) if view == "compact" else list(PAPER_COLUMNS)
 
     def best(self, view: str) -> set[tuple[str, str, str]]:
@@ -266,14 +303,16 @@ def build_tables(runs: Sequence[RunRecord], *, rule: Rule | str | None = None,
         if not runs:
             raise FairbenchError(f"no finished run in {where} uses a split starting with "
                                  f"{split!r}")
-    groups: dict[tuple[str, str, str], list[RunRecord]] = defaultdict(list)
+    groups: dict[tuple[str, str, str, str], list[RunRecord]] = defaultdict(list)
     for r in runs:
-        groups[(r.dataset_label, r.config["attribute"], r.config["backbone"])].append(r)
+        groups[(r.dataset_label, r.task, r.config["attribute"], r.config["backbone"])].append(r)
     dorder = {d: i for i, d in enumerate(dataset_order or [])}
     tables = []
-    for (dataset, attribute, backbone) in sorted(
+    for (dataset, task, attribute, backbone) in sorted(
             groups, key=lambda k: (dorder.get(k[0], len(dorder)), k)):
-        truns = groups[(dataset, attribute, backbone)]
+        truns = groups[(dataset, task, attribute, backbone)]
+        table_rule = rule_for_task(rule, task)
+        reference_rule = "best:metric=Dice" if task == "segmentation" else "best_f1"
         check_single_split(truns, where)
         by_label: dict[str, list[RunRecord]] = defaultdict(list)
         for r in truns:
@@ -287,16 +326,16 @@ def build_tables(runs: Sequence[RunRecord], *, rule: Rule | str | None = None,
         ref_candidate = None
         if reference_label is not None:
             cands = _candidates(by_label[reference_label])
-            sel = select([c for c, _ in cands], "best_f1")
+            sel = select([c for c, _ in cands], reference_rule)
             ref_candidate = sel.candidate
         for label in labels:
             cands = _candidates(by_label[label])
             if label == reference_label:
-                sel = select([c for c, _ in cands], "best_f1")
+                sel = select([c for c, _ in cands], reference_rule)
                 if len(cands) > 1:
                     sel.reason = f"reference: {sel.reason}"
             else:
-                sel = select([c for c, _ in cands], rule, reference=ref_candidate)
+                sel = select([c for c, _ in cands], table_rule, reference=ref_candidate)
             chosen = sel.candidate.payload
             settings = [c.params for c, _ in cands]
             varying = [k for k in settings[0] if any(json.dumps(p.get(k), sort_keys=True) !=
@@ -306,7 +345,7 @@ def build_tables(runs: Sequence[RunRecord], *, rule: Rule | str | None = None,
                             all_runs=list(by_label[label]), varying=varying)
             rows.append(row)
         table = Table(dataset, truns[0].config["dataset"], attribute, backbone, truns[0].split,
-                      truns[0].groups, rows, str(rule), part, reference_label)
+                      truns[0].groups, rows, str(table_rule), part, reference_label, task)
         _aggregate(table, test=test, alpha=alpha)
         tables.append(table)
     return tables
@@ -319,8 +358,8 @@ def _aggregate(table: Table, *, test: str, alpha: float) -> None:
             row.stats[key] = _mean_std(row.values(key).values())
     if table.reference is None:
         return
-    sig_keys = [k for k in keys if "." not in k or k.split(".", 1)[0] in ("Avg", "worst", "gap")
-                or k.startswith("Diff.")]
+    sig_keys = [k for k in keys if "." not in k or k.split(".", 1)[0] in (
+        "Avg", "worst", "gap", "ES_fairseg", "ES_fairmedfm") or k.startswith("Diff.")]
     for key in sig_keys:
         values = {row.label: row.values(key) for row in table.rows}
         for comp in compare_to_reference(values, table.reference, key, test=test, alpha=alpha):
@@ -462,6 +501,8 @@ class Leaderboard:
         """Seed-mean ``metric`` per table (rows) and method (columns) common to all tables."""
         data = {}
         for t in self.tables:
+            if (t.task == "segmentation") != is_segmentation_metric(metric):
+                continue  # a classification metric is not ranked over segmentation tables
             data[t.title] = {row.label: _mean_std(row.values(metric).values())[0]
                              for row in t.rows}
         df = pd.DataFrame.from_dict(data, orient="index")
@@ -579,6 +620,8 @@ def add_bootstrap(board: Leaderboard, *, keys: Sequence[str] = ("F1", "EOdd", "A
     from .stats import RunPredictions, bootstrap_runs
 
     for t in board.tables:
+        if t.task == "segmentation":
+            continue  # per-image Dice intervals are not computed yet (classification only)
         for row in t.rows:
             preds = [RunPredictions.read(r.path, part=t.part, config=r.config) for r in row.runs]
             for key in keys:

@@ -153,9 +153,9 @@ def plot_ablation(run_dirs: Sequence[str | Path], out: str | Path, *, part: str 
 
 
 def plot_groups(run_dir: str | Path, out: str | Path, *, part: str = "test",
-                metrics: Sequence[str] = ("precision", "recall", "F1", "accuracy", "AUC")
-                ) -> list[Path]:
-    """Per-group values of one run, one bar per group for each metric."""
+                metrics: Sequence[str] | None = None) -> list[Path]:
+    """Per-group values of one run, one bar per group for each metric (default: precision,
+    recall, F1, accuracy, AUC; for a segmentation run Dice and IoU, per structure too)."""
     run_dir = Path(run_dir)
     if not (run_dir / "metrics.json").is_file():
         raise FairbenchError(f"{str(run_dir)!r} is not a finished run directory")
@@ -163,6 +163,13 @@ def plot_groups(run_dir: str | Path, out: str | Path, *, part: str = "test",
     cfg = read_json(run_dir / "config.json")
     groups = m.get("meta", {}).get("groups") or cfg["groups"]
     pm = m[part]
+    segmentation = m.get("meta", {}).get("task") == "segmentation"
+    if metrics is None:
+        if segmentation:
+            metrics = [k for k, v in pm.items() if not isinstance(v, dict)
+                       and k.startswith(("Dice", "IoU"))]
+        else:
+            metrics = ("precision", "recall", "F1", "accuracy", "AUC")
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(metrics) * max(1, len(groups)) / 2, 3.6))
     width = 0.8 / (len(groups) + 1)
     xs = np.arange(len(metrics))
@@ -178,8 +185,10 @@ def plot_groups(run_dir: str | Path, out: str | Path, *, part: str = "test",
     ax.set_xticks(xs + width * len(groups) / 2, metrics)
     ax.set_ylabel(f"% ({part})")
     ax.set_ylim(0, 105)
+    summary = (f"ES-Dice (FairSeg) {pm.get('ES_fairseg', {}).get('Dice', float('nan')) * 100:.2f}%"
+               if segmentation else f"EOdd {pm.get('EOdd', float('nan')) * 100:.2f}%")
     ax.set_title(f"{cfg['method']} on {cfg['dataset']} by {cfg['attribute']} (seed {cfg['seed']})"
-                 f"; EOdd {pm.get('EOdd', float('nan')) * 100:.2f}%", fontsize=9)
+                 f"; {summary}", fontsize=9)
     ax.legend(fontsize=8, ncol=len(groups) + 1, loc="upper center", bbox_to_anchor=(0.5, -0.12))
     ax.grid(True, axis="y", alpha=0.3)
     return save(fig, out)

@@ -51,14 +51,15 @@ def preflight_curvature(ctx: RunContext, *, estimator: str, scope: str) -> None:
     diagonal_curvature(probe, loader, estimator=estimator, scope=scope)  # type: ignore[arg-type]
 
 
-def tolerance_rule(select_metric: str, f1_start: float, tolerance: float
-                   ) -> Callable[[dict[str, Any]], float]:
+def tolerance_rule(select_metric: str, f1_start: float, tolerance: float, *,
+                   utility: str = "F1") -> Callable[[dict[str, Any]], float]:
     """A higher-is-better score over validation part metrics: the oriented ``select_metric``
-    for candidates whose macro-F1 is at least ``f1_start - tolerance``; every other candidate
-    scores below all of those (``-1000 + F1``), so among them the best F1 wins."""
+    for candidates whose ``utility`` (macro-F1; Dice for segmentation) is at least
+    ``f1_start - tolerance``; every other candidate scores below all of those
+    (``-1000 + utility``), so among them the best utility wins."""
 
     def score(metrics: dict[str, Any]) -> float:
-        f1 = float(metrics["F1"])
+        f1 = float(metrics[utility])
         if f1 >= f1_start - tolerance - 1e-12:
             return selection_score(metrics, select_metric)
         return -1e3 + f1

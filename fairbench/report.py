@@ -1,5 +1,7 @@
 """The paper-style table of one run (FairQuantize Table 1 layout): rows per group, Avg and
-Diff; columns precision, recall, F1 and the fairness metrics EOpp0, EOpp1, EOdd."""
+Diff; columns precision, recall, F1 and the fairness metrics EOpp0, EOpp1, EOdd. Segmentation
+runs get the FairSeg layout: columns Dice and IoU (per structure when there are several),
+the equity-scaled Dice and IoU of both published definitions on the All row."""
 
 from __future__ import annotations
 
@@ -44,18 +46,64 @@ def paper_table(part_metrics: dict[str, Any], groups: list[str], *, title: str =
     return "\n".join(lines)
 
 
+ES_FAMILIES = ("ES_fairseg", "ES_fairmedfm")
+
+
+def segmentation_table(part_metrics: dict[str, Any], groups: list[str],
+                       mask_classes: list[str], *, title: str = "") -> str:
+    """Rows: each group, ``Avg``, ``Diff`` (|group1 − group0|, or max − min), ``All``; columns
+    Dice and IoU (and per structure), then on the All row the equity-scaled Dice of FairSeg
+    (``ES_fairseg``: Dice / (1 + Σ_g |Dice_g − Dice|)) and of FairMedFM (``ES_fairmedfm``:
+    Dice / (1 + std_g Dice_g)). Values in percent."""
+    base = ["Dice", "IoU"]
+    if len(mask_classes) > 2:
+        base += [f"{m}_{c}" for c in mask_classes[1:] for m in ("Dice", "IoU")]
+    es_cols = [f"{fam}.Dice" for fam in ES_FAMILIES]
+    name_w = max(8, *(len(g) + 1 for g in groups))
+    widths = [max(9, len(c) + 2) for c in (*base, *es_cols)]
+    header = "group".ljust(name_w) + "".join(
+        c.rjust(w) for c, w in zip((*base, *es_cols), widths))
+    lines = [title] if title else []
+    lines += [header, "-" * len(header)]
+    blank = "".join(" " * w for w in widths[len(base):])
+
+    def row(name: str, vals: dict[str, Any], tail: str) -> str:
+        return name.ljust(name_w) + "".join(
+            _fmt(vals.get(c), w) for c, w in zip(base, widths)) + tail
+
+    for g in groups:
+        lines.append(row(g, part_metrics.get(g, {}), blank))
+    lines.append(row("Avg", part_metrics.get("Avg", {}), blank))
+    lines.append(row("Diff", part_metrics.get("Diff", {}), blank))
+    es = "".join(_fmt(part_metrics.get(fam, {}).get("Dice"), w)
+                 for fam, w in zip(ES_FAMILIES, widths[len(base):]))
+    lines.append(row("All", part_metrics, es))
+    return "\n".join(lines)
+
+
 def run_summary(config: dict[str, Any], metrics: dict[str, Any], *, parts: tuple[str, ...] = ("test",)) -> str:
     groups = metrics.get("meta", {}).get("groups") or config.get("groups", [])
     head = (f"{config['method']} on {config['dataset']} ({config['attribute']}; privileged: "
             f"{config.get('privileged')}), backbone {config['backbone']}, seed {config['seed']}, "
             f"split {config['split_sha256'][:12]}")
+    meta = metrics.get("meta", {})
+    segmentation = meta.get("task") == "segmentation"
+    if segmentation:
+        head = head.replace(" on ", " (segmentation) on ", 1)
     out = [head]
     for part in parts:
         if part in metrics:
             out.append("")
-            out.append(paper_table(metrics[part], groups, title=f"[{part}] values in %"))
-    diff_sign = metrics.get("meta", {}).get("diff_sign")
-    if diff_sign:
+            title = f"[{part}] values in %"
+            out.append(segmentation_table(metrics[part], groups, meta.get("mask_classes", []),
+                                          title=title) if segmentation
+                       else paper_table(metrics[part], groups, title=title))
+    diff_sign = meta.get("diff_sign")
+    if segmentation:
+        out.append(f"\nDice and IoU per image, then averaged; Diff = |{diff_sign}|; "
+                   "ES_fairseg = Dice / (1 + sum of |group - overall|), ES_fairmedfm = "
+                   "Dice / (1 + std over groups).")
+    elif diff_sign:
         out.append(f"\nDiff = |{diff_sign}|; EOpp/EOdd: macro mean over classes of absolute "
                    "group gaps (signed twins in metrics.json).")
     return "\n".join(out)

@@ -25,7 +25,7 @@ from .data import ATTR_PREFIX, DatasetAdapter, SampleTable, get_dataset_class
 from .errors import FairbenchError
 from .loaders import DeviceData
 from .method import Method, get_method_class
-from .metrics import HIGHER_IS_BETTER, evaluate_classification
+from .metrics import HIGHER_IS_BETTER, evaluate_classification, evaluate_segmentation
 from .params import build_params, params_to_dict
 from .runstore import (
     RunWriter,
@@ -37,8 +37,9 @@ from .runstore import (
     remove_stale_temporaries,
     write_json,
 )
+from .segmentors import is_segmentor_name
 from .splits import PARTS, Split, check_split, load_split, make_split, save_split
-from .trainer import Predictions, TrainConfig
+from .trainer import Predictions, SegmentationScores, TrainConfig
 
 log = logging.getLogger("fairbench")
 
@@ -49,6 +50,8 @@ class RunConfig:
 
     method: str = "vanilla"
     method_params: dict[str, Any] = field(default_factory=dict)
+    #: "classification", "segmentation" or None (the dataset's first task the method serves)
+    task: str | None = None
     dataset: str = "synthderm"
     dataset_params: dict[str, Any] = field(default_factory=dict)
     data_root: str | None = None
@@ -127,18 +130,40 @@ class Prepared:
     #: sha256 of the local weights file: a run's identity follows the weights' content, so a
     #: file replaced under the same path is a new run and a moved file is the same one
     weights_sha256: str | None = None
+    task: str = "classification"
 
 
 def prepare(config: RunConfig) -> Prepared:
     """Check every part of ``config`` before any work; raises one clear error on bad input."""
     method_cls = get_method_class(config.method)
-    method = method_cls(dict(config.method_params))
     dataset_cls = get_dataset_class(config.dataset)
+    task = resolve_task(config, method_cls, dataset_cls)
+    method = method_cls(dict(config.method_params))
     adapter = dataset_cls(params=dict(config.dataset_params), data_root=config.data_root)
-    train = build_params(TrainConfig, config.train, owner="training (--train)")
-    backbone = config.backbone or dataset_cls.default_backbone
-    check_backbone_name(backbone)  # raises with close matches (timm:/tv: names too)
+    raw_train = dict(config.train)
+    if task == "segmentation":
+        # checkpoints of segmentation runs are picked by validation Dice unless told otherwise
+        raw_train.setdefault("select", "Dice")
+    train = build_params(TrainConfig, raw_train, owner="training (--train)")
+    check_select_for_task(train.select, task)
     image_size = config.image_size or dataset_cls.default_image_size
+    if task == "segmentation":
+        from .segmentors import check_segmentor_name, check_segmentor_size
+
+        backbone = config.backbone or dataset_cls.default_segmentor
+        if not is_segmentor_name(backbone):
+            raise FairbenchError(
+                f"backbone {backbone!r} is a classifier; a segmentation run needs a U-Net such "
+                f"as --backbone {dataset_cls.default_segmentor}")
+        check_segmentor_name(backbone)
+        check_segmentor_size(image_size, int(config.backbone_params.get("encoder_depth", 4)))
+    else:
+        backbone = config.backbone or dataset_cls.default_backbone
+        if is_segmentor_name(backbone):
+            raise FairbenchError(
+                f"backbone {backbone!r} is a segmentor; a classification run needs a classifier "
+                f"such as --backbone {dataset_cls.default_backbone} (or --task segmentation)")
+        check_backbone_name(backbone)  # raises with close matches (timm:/tv: names too)
     weights_sha256 = None
     if config.weights:
         weights_file = Path(config.weights).expanduser()
@@ -153,7 +178,48 @@ def prepare(config: RunConfig) -> Prepared:
         raise FairbenchError(f"--image-size {image_size} is too small; use at least 8")
     if config.seed < 0 or config.split_seed < 0:
         raise FairbenchError("seeds must be non-negative integers")
-    return Prepared(config, method, adapter, train, backbone, image_size, weights_sha256)
+    return Prepared(config, method, adapter, train, backbone, image_size, weights_sha256, task)
+
+
+TASKS = ("classification", "segmentation")
+
+
+def check_select_for_task(select: str, task: str) -> None:
+    """One clear error when the checkpoint metric belongs to the other task (``select=F1``
+    on a segmentation run), before any training."""
+    if select == "last":
+        return
+    base = select.split(".", 1)[1] if "." in select else select
+    segmentation_metric = base in ("Dice", "IoU") or base.startswith(("Dice_", "IoU_"))
+    if segmentation_metric != (task == "segmentation"):
+        example = "Dice, IoU or worst.Dice" if task == "segmentation" else "F1, AUC or worst.F1"
+        raise FairbenchError(f"--train select={select!r} is not a metric of a {task} run; "
+                             f"use e.g. {example} (or last)")
+
+
+def resolve_task(config: RunConfig, method_cls: type[Method],
+                 dataset_cls: type[DatasetAdapter]) -> str:
+    """The run's task: as configured, else the first of the dataset's tasks that the method
+    serves; one clear error when the method or the dataset cannot serve it."""
+    from .data import list_datasets
+    from .method import list_methods
+
+    method_name, dataset_name = config.method, config.dataset
+    if config.task is not None and config.task not in TASKS:
+        raise FairbenchError(f"unknown task {config.task!r}; use {' or '.join(TASKS)}")
+    task = config.task or next(
+        (t for t in dataset_cls.tasks if t in method_cls.tasks), dataset_cls.tasks[0])
+    if task not in dataset_cls.tasks:
+        able = [d for d in list_datasets() if task in get_dataset_class(d).tasks]
+        raise FairbenchError(
+            f"dataset {dataset_name!r} has no {task} task (it serves "
+            f"{', '.join(dataset_cls.tasks)}); datasets for {task}: {', '.join(able)}")
+    if task not in method_cls.tasks:
+        able = [m for m in list_methods() if task in get_method_class(m).tasks]
+        raise FairbenchError(
+            f"method {method_name!r} does not support {task}; methods for {task}: "
+            f"{', '.join(able)}")
+    return task
 
 
 def resolve_split(p: Prepared) -> tuple[SampleTable, str, Split]:
@@ -189,7 +255,10 @@ def load_data(p: Prepared, device: torch.device, runs_dir: Path) -> DataBundle:
     data = DeviceData(np.asarray(cached.images), table.labels, attrs, device,
                       masks=None if cached.masks is None else np.asarray(cached.masks))
     positions = {part: split.positions(table, part) for part in PARTS}
-    return DataBundle(p.adapter, table, split, split_file, data, attribute, p.image_size, positions)
+    if p.task == "segmentation" and cached.masks is None:
+        raise FairbenchError(f"dataset {config.dataset!r} produced no segmentation masks")
+    return DataBundle(p.adapter, table, split, split_file, data, attribute, p.image_size,
+                      positions, task=p.task)
 
 
 def run_identity(p: Prepared, bundle: DataBundle) -> dict[str, Any]:
@@ -197,6 +266,8 @@ def run_identity(p: Prepared, bundle: DataBundle) -> dict[str, Any]:
     c = p.config
     return {
         "method": c.method,
+        # classification identities keep their pre-segmentation form (and hashes)
+        **({"task": "segmentation"} if p.task == "segmentation" else {}),
         "method_params": params_to_dict(p.method.params),
         "dataset": p.adapter.config(),
         "attribute": bundle.attribute,
@@ -209,7 +280,8 @@ def run_identity(p: Prepared, bundle: DataBundle) -> dict[str, Any]:
         "split": bundle.split.sha256,
         "train": params_to_dict(p.train),
         # binary tasks: predictions use the validation-chosen threshold (multi-class: argmax)
-        **({"decision": "val_macro_f1_threshold"} if bundle.table.n_classes == 2 else {}),
+        **({"decision": "val_macro_f1_threshold"}
+           if bundle.table.n_classes == 2 and p.task == "classification" else {}),
     }
 
 
@@ -259,22 +331,34 @@ def run_experiment(config: RunConfig, *, keep_model: bool = False) -> RunResult:
         method_seconds = time.perf_counter() - t_method
         privileged = ctx.privileged_name  # resolves the default rule if the method did not
         metrics, frames = {}, []
-        preds = {part: ctx.trainer.predict(model, ctx.loader(part), p.train)
-                 for part in ("val", "test")}
-        # binary tasks: the decision threshold is chosen on validation only
-        threshold = _val_threshold(bundle, preds["val"])
-        for part in ("val", "test"):
-            metrics[part], frame = _score(bundle, preds[part], part, threshold)
-            frames.append(frame)
+        threshold = None
+        if p.task == "segmentation":
+            for part in ("val", "test"):
+                scores = ctx.trainer.predict_segmentation(model, ctx.loader(part), p.train)
+                metrics[part], frame = _score_segmentation(bundle, scores, part)
+                frames.append(frame)
+        else:
+            preds = {part: ctx.trainer.predict(model, ctx.loader(part), p.train)
+                     for part in ("val", "test")}
+            # binary tasks: the decision threshold is chosen on validation only
+            threshold = _val_threshold(bundle, preds["val"])
+            for part in ("val", "test"):
+                metrics[part], frame = _score(bundle, preds[part], part, threshold)
+                frames.append(frame)
         metrics["meta"] = {
+            "task": p.task,
+            **({"mask_classes": bundle.mask_classes} if p.task == "segmentation" else {}),
             "attribute": bundle.attribute,
             "groups": bundle.group_names,
             "privileged": privileged,
-            "higher_is_better": HIGHER_IS_BETTER,
+            "higher_is_better": HIGHER_IS_BETTER if p.task == "classification"
+            else _directions(metrics["test"]),
             "diff_sign": f"{bundle.group_names[1]} minus {bundle.group_names[0]}"
             if len(bundle.group_names) == 2 else "max minus min",
             "threshold": threshold,
-            "threshold_rule": THRESHOLD_RULE if threshold is not None else "argmax",
+            "threshold_rule": THRESHOLD_RULE if threshold is not None else
+            ("logit > 0 (binary mask) or argmax per pixel" if p.task == "segmentation"
+             else "argmax"),
         }
         record = {
             "identity": identity,
@@ -282,6 +366,7 @@ def run_experiment(config: RunConfig, *, keep_model: bool = False) -> RunResult:
             "method": config.method,
             "method_params": identity["method_params"],
             "method_kind": p.method.kind,
+            "task": p.task,
             "needs_attribute_at_inference": p.method.needs_attribute_at_inference,
             "dataset": config.dataset,
             "dataset_params": identity["dataset"]["params"],
@@ -289,9 +374,9 @@ def run_experiment(config: RunConfig, *, keep_model: bool = False) -> RunResult:
             "attribute": bundle.attribute,
             "groups": bundle.group_names,
             "privileged": privileged,
-            "privileged_rule": "configured" if config.privileged else
-            "higher vanilla validation macro-F1",
+            "privileged_rule": "configured" if config.privileged else ctx.privileged_rule,
             "classes": bundle.table.classes,
+            **({"mask_classes": bundle.mask_classes} if p.task == "segmentation" else {}),
             "threshold": threshold,
             "backbone": p.backbone,
             "backbone_params": config.backbone_params,
@@ -377,6 +462,39 @@ def _score(bundle: DataBundle, pred: Predictions, part: str,
         frame[ATTR_PREFIX + name] = table.attr(name)[rows]
     probs = pd.DataFrame(pred.probs, columns=[f"prob_{c}" for c in range(pred.probs.shape[1])])
     return metrics, pd.concat([frame.reset_index(drop=True), probs], axis=1)
+
+
+def _directions(part_metrics: dict[str, Any]) -> dict[str, bool | None]:
+    """Direction of every base metric of a part (the keys that are not sub-dicts)."""
+    from .metrics import higher_is_better
+
+    out: dict[str, bool | None] = {}
+    for key, value in part_metrics.items():
+        if not isinstance(value, dict) and key not in ("n", "n_missing_group"):
+            out[key] = higher_is_better(key)
+    return out
+
+
+def _score_segmentation(bundle: DataBundle, scores: SegmentationScores,
+                        part: str) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Metrics of one part and its per-image rows (Dice and IoU per foreground class)."""
+    table = bundle.table
+    rows = scores.index
+    classes = bundle.mask_classes
+    assert classes is not None
+    metrics = evaluate_segmentation(scores.dice, scores.iou, table.attr(bundle.attribute)[rows],
+                                    bundle.group_names, classes)
+    frame = pd.DataFrame({"sample_id": table.sample_ids[rows], "part": part,
+                          "Dice": scores.dice.mean(axis=1), "IoU": scores.iou.mean(axis=1)})
+    if len(classes) > 2:
+        for k, name in enumerate(classes[1:]):
+            frame[f"Dice_{name}"] = scores.dice[:, k]
+            frame[f"IoU_{name}"] = scores.iou[:, k]
+    if table.patient_ids is not None:
+        frame["patient_id"] = table.patient_ids[rows]
+    for name in table.attributes:
+        frame[ATTR_PREFIX + name] = table.attr(name)[rows]
+    return metrics, frame
 
 
 def replace(config: RunConfig, **changes: Any) -> RunConfig:

@@ -210,6 +210,32 @@ def parse_rule(spec: str | Mapping[str, Any] | Rule | None) -> Rule:
     return Rule(name, tuple(sorted(opts.items())))
 
 
+#: the segmentation counterpart of a classification default in a rule's options
+SEGMENTATION_EQUIVALENT = {"F1": "Dice", "AUC": "Dice", "EOdd": "gap.Dice"}
+
+
+def is_segmentation_metric(key: str) -> bool:
+    base = key.split(".", 1)[1] if "." in key else key
+    return base in ("Dice", "IoU") or base.startswith(("Dice_", "IoU_"))
+
+
+def rule_for_task(rule: Rule, task: str) -> Rule:
+    """``rule`` for a table of ``task``: for segmentation, a classification default (F1,
+    AUC, EOdd) becomes its segmentation counterpart (Dice, Dice, gap.Dice); an explicit
+    classification metric is one clear error."""
+    if task != "segmentation":
+        return rule
+    opts = {}
+    for k, v in rule.options:
+        if k != "eps" and not is_segmentation_metric(str(v)):
+            if v not in SEGMENTATION_EQUIVALENT:
+                raise ParamError(f"selection option {k}={v!r} is not a segmentation metric; "
+                                 "use e.g. Dice, IoU, gap.Dice or ES_fairseg.Dice")
+            v = SEGMENTATION_EQUIVALENT[v]
+        opts[k] = v
+    return Rule(rule.name, tuple(sorted(opts.items())))
+
+
 def _check_metric(key: str, what: str) -> None:
     try:
         direction = higher_is_better(key)

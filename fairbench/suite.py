@@ -18,6 +18,7 @@ seeds and the model-selection rule; parsed, checked and expanded into :class:`Ru
     backbones = ["smallcnn"]       # default: the dataset's default backbone
     image_size = 32                # optional; also attribute, privileged, data_root,
     params = { n_samples = 2000 }  #   split_seed, split_file, split_fractions, train = {...}
+    # task = "segmentation"        # optional; default: the dataset's first task per method
 
     [[methods]]
     name = "vanilla"
@@ -52,7 +53,8 @@ DEFAULT_SEEDS = 3
 
 TOP_KEYS = {"name", "description", "seeds", "runs_dir", "cache_dir", "device", "train",
             "selection", "datasets", "methods", "plugins", "save_weights"}
-DATASET_KEYS = {"name", "label", "params", "data_root", "attribute", "privileged", "backbones",
+DATASET_KEYS = {"name", "label", "task", "params", "data_root", "attribute", "privileged",
+                "backbones",
                 "backbone", "backbone_params", "weights", "image_size", "split_seed",
                 "split_file", "split_fractions", "train"}
 METHOD_KEYS = {"name", "label", "params", "grid", "datasets"}
@@ -74,6 +76,7 @@ class DatasetEntry:
     split_file: str | None
     split_fractions: tuple[float, float, float]
     train: dict[str, Any]
+    task: str | None = None
 
 
 @dataclass
@@ -139,6 +142,7 @@ class Suite:
                             train.update(d.train)
                             cfg = RunConfig(
                                 method=m.name, method_params=dict(setting), dataset=d.name,
+                                task=d.task,
                                 dataset_params=dict(d.params), data_root=d.data_root,
                                 attribute=d.attribute, privileged=d.privileged,
                                 backbone=backbone, backbone_params=dict(d.backbone_params),
@@ -275,7 +279,8 @@ def parse_suite(data: Mapping[str, Any], *, path: Path | None = None,
             weights=d.get("weights"), image_size=d.get("image_size"),
             split_seed=int(d.get("split_seed", 0)), split_file=d.get("split_file"),
             split_fractions=tuple(float(f) for f in fractions),  # type: ignore[arg-type]
-            train=_table(d.get("train"), "train", w)))
+            train=_table(d.get("train"), "train", w),
+            task=None if d.get("task") is None else str(d["task"])))
     labels = [d.label for d in datasets]
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:

@@ -3,7 +3,8 @@
 A method never copies this loop. It changes what the loop does through :class:`TrainHooks`:
 
 * ``loss(model, batch, state) -> Tensor``: the objective of one step (default: cross-entropy
-  of ``model(batch.x)``). It runs under autocast, on a batch already on the device.
+  of ``model(batch.x)``; for segmentation, soft Dice + (B)CE of the mask logits against
+  ``batch.mask``). It runs under autocast, on a batch already on the device.
 * ``aux``: extra modules (adversaries, perturbers...). An :class:`AuxModule` without a loss of
   its own is trained jointly with the model by the main optimizer; one with a loss gets its own
   optimizer and is stepped after the main step, ``steps`` times every ``every`` steps.
@@ -12,9 +13,11 @@ A method never copies this loop. It changes what the loop does through :class:`T
   values are restored, so momentum and weight decay cannot move them either.
 * ``on_step_end(state)`` and ``on_epoch_end(state)``: callbacks.
 * ``evaluate(model, loader) -> dict``: the validation metrics of an epoch (default: the part
-  metrics of :func:`fairbench.metrics.evaluate_classification`); ``select`` names the metric
-  (a flat key such as ``F1``, ``EOdd`` or ``worst.F1``) whose best value picks the checkpoint;
-  ``score(metrics) -> float`` (higher is better) replaces it with any rule over the metrics.
+  metrics of :func:`fairbench.metrics.evaluate_classification`, or of
+  :func:`fairbench.metrics.evaluate_segmentation` for a segmentation trainer); ``select``
+  names the metric (a flat key such as ``F1``, ``EOdd``, ``worst.F1`` or ``Dice``) whose best
+  value picks the checkpoint; ``score(metrics) -> float`` (higher is better) replaces it with
+  any rule over the metrics.
 
 The loop: seeded, bf16 autocast and channels-last on CUDA, SGD/Adam/AdamW with a step or
 cosine schedule, best-on-validation checkpoint, early stopping, a tqdm bar, and one row per
@@ -40,7 +43,14 @@ from torch import nn
 
 from .errors import ParamError
 from .loaders import Batch, BatchLoader
-from .metrics import evaluate_classification, flatten, higher_is_better, selection_score
+from .metrics import (
+    dice_iou_from_counts,
+    evaluate_classification,
+    evaluate_segmentation,
+    flatten,
+    higher_is_better,
+    selection_score,
+)
 from .params import param
 from .progress import progress_bar
 
@@ -139,8 +149,24 @@ class Predictions:
     index: np.ndarray
 
 
+@dataclass
+class SegmentationScores:
+    """Per-image Dice and IoU (N × foreground classes, float64) of the rows ``index``."""
+
+    dice: np.ndarray
+    iou: np.ndarray
+    index: np.ndarray
+
+
 def cross_entropy_loss(model: nn.Module, batch: Batch, state: StepState) -> torch.Tensor:
     return F.cross_entropy(model(batch.x), batch.y)
+
+
+def dice_ce_loss(model: nn.Module, batch: Batch, state: StepState) -> torch.Tensor:
+    from .segmentation import segmentation_loss
+
+    assert batch.mask is not None, "segmentation needs masks in the batch"
+    return segmentation_loss(model(batch.x), batch.mask)
 
 
 def make_optimizer(params: Any, name: str, lr: float, weight_decay: float,
@@ -161,6 +187,15 @@ def _lr_factor(config: TrainConfig, epoch_float: float) -> float:
     if config.schedule == "step":
         return config.gamma ** int(epoch_float // config.step_size)
     return 1.0
+
+
+def _selection_score(metrics: dict[str, Any], select: str, task: str) -> float:
+    try:
+        return selection_score(metrics, select)
+    except KeyError:
+        example = "Dice, IoU, worst.Dice" if task == "segmentation" else "F1, AUC, worst.F1"
+        raise ParamError(f"train select={select!r} is not a validation metric of this {task} "
+                         f"task; use e.g. {example} or last") from None
 
 
 class EpochLog:
@@ -186,14 +221,23 @@ class EpochLog:
 
 
 class Trainer:
-    """Runs :meth:`fit` and :meth:`predict` on ``device``; ``seed`` fixes every random draw."""
+    """Runs :meth:`fit` and :meth:`predict` on ``device``; ``seed`` fixes every random draw.
+
+    ``mask_classes`` (the mask class names, background first) makes it a segmentation
+    trainer: its default loss, evaluation and checkpoint metrics are those of segmentation.
+    """
 
     def __init__(self, device: torch.device, *, seed: int = 0, log: EpochLog | None = None,
-                 progress: bool = True) -> None:
+                 progress: bool = True, mask_classes: list[str] | None = None) -> None:
         self.device = torch.device(device)
         self.seed = seed
         self.log = log or EpochLog(None)
         self.progress = progress
+        self.mask_classes = list(mask_classes) if mask_classes else None
+
+    @property
+    def task(self) -> str:
+        return "segmentation" if self.mask_classes else "classification"
 
     # -- helpers -------------------------------------------------------------------------------
     def autocast(self, config: TrainConfig | None = None) -> Any:
@@ -225,16 +269,44 @@ class Trainer:
         model.train(was_training)
         return Predictions(torch.cat(probs).cpu().numpy(), torch.cat(index).cpu().numpy())
 
+    @torch.no_grad()
+    def predict_segmentation(self, model: nn.Module, loader: BatchLoader,
+                             config: TrainConfig | None = None) -> SegmentationScores:
+        """Per-image Dice and IoU of ``model``'s hard masks over ``loader`` (eval mode, no
+        attribute given to the model); counts are taken on the device, batch by batch."""
+        from .segmentation import hard_masks, overlap_counts_torch
+
+        assert self.mask_classes is not None, "predict_segmentation needs mask_classes"
+        self.prepare(model, config)
+        was_training = model.training
+        model.eval()
+        counts, index = [], []
+        with self.autocast(config):
+            for batch in loader:
+                if batch.mask is None:
+                    raise ValueError("the loader's data has no masks")
+                pred = hard_masks(model(batch.x))
+                counts.append(overlap_counts_torch(pred, batch.mask, len(self.mask_classes)))
+                index.append(batch.index)
+        model.train(was_training)
+        dice, iou = dice_iou_from_counts(torch.cat(counts).cpu().numpy())
+        return SegmentationScores(dice, iou, torch.cat(index).cpu().numpy())
+
     def evaluate(self, model: nn.Module, loader: BatchLoader,
                  config: TrainConfig | None = None) -> dict[str, Any]:
         """The part metrics of ``model`` on ``loader``'s rows, groups of its attribute."""
-        pred = self.predict(model, loader, config)
         data = loader.data
-        labels = data.labels.cpu().numpy()[pred.index]
         assert loader.attribute is not None, "evaluation needs the loader's attribute"
-        groups = data.attrs[loader.attribute].cpu().numpy()[pred.index]
-        names = getattr(loader, "group_names", None) or [str(i) for i in range(int(groups.max()) + 1)]
-        return evaluate_classification(labels, pred.probs, groups, names)
+        all_groups = data.attrs[loader.attribute].cpu().numpy()
+        names = getattr(loader, "group_names", None) or [
+            str(i) for i in range(int(all_groups.max()) + 1)]
+        if self.mask_classes is not None:
+            scores = self.predict_segmentation(model, loader, config)
+            return evaluate_segmentation(scores.dice, scores.iou, all_groups[scores.index],
+                                         names, self.mask_classes)
+        pred = self.predict(model, loader, config)
+        labels = data.labels.cpu().numpy()[pred.index]
+        return evaluate_classification(labels, pred.probs, all_groups[pred.index], names)
 
     # -- training ------------------------------------------------------------------------------
     def fit(
@@ -249,7 +321,7 @@ class Trainer:
     ) -> FitResult:
         """Train ``model`` in place; it ends with the weights of the best validation epoch."""
         hooks = hooks or TrainHooks()
-        loss_fn = hooks.loss or cross_entropy_loss
+        loss_fn = hooks.loss or (dice_ce_loss if self.mask_classes else cross_entropy_loss)
         start = time.perf_counter()
         torch.manual_seed(self.seed)
         self.prepare(model, config)
@@ -341,12 +413,13 @@ class Trainer:
                         metrics = evaluate(model, val)
                         state.metrics = metrics
                         flat = flatten(metrics)
-                        for key in ("F1", "accuracy", "AUC", "EOdd", "worst.F1"):
+                        for key in ("F1", "accuracy", "AUC", "EOdd", "worst.F1", "Dice", "IoU",
+                                    "worst.Dice", "gap.Dice", "ES_fairseg.Dice"):
                             if key in flat:
                                 row[f"val_{key}"] = flat[key]
                         if hooks.score is not None or select != "last":
                             score = (hooks.score(metrics) if hooks.score is not None
-                                     else selection_score(metrics, select))
+                                     else _selection_score(metrics, select, self.task))
                             # a NaN score never wins, and never blocks a later finite one
                             if best_score is None or (np.isfinite(score) and (
                                     not np.isfinite(best_score) or score > best_score)):
@@ -356,7 +429,7 @@ class Trainer:
                             else:
                                 since_best += 1
                         bar.set_postfix(loss=f"{row['train_loss']:.3f}",
-                                        val=f"{flat.get(select, flat.get('F1', float('nan'))):.3f}")
+                                        val=f"{flat.get(select, flat.get('F1', flat.get('Dice', float('nan')))):.3f}")
                     history.append(row)
                     self.log.write(row)
                     if hooks.on_epoch_end is not None:

@@ -32,6 +32,15 @@ code exists; the decisions below are fairbench's.
   teacher of the small group overfits its 471 samples), so the distillation target is
   little more than the noisy training labels.
 * The student needs no attribute at inference: the returned module is the plain backbone.
+* **Segmentation** (``--task segmentation``, issue 9): the same three steps with U-Net
+  segmentors. The supervised loss is the task's (soft Dice + BCE/CE against the masks, per
+  image) and the distillation term the pixel-wise τ²·KL between the group teacher's and the
+  student's per-pixel class distributions, averaged over pixels (the same
+  :func:`distillation_kl`; a one-channel binary output is read as the two classes
+  background/structure, softmax([0, z]) = [1 − σ(z), σ(z)], so the KL is that of the two
+  Bernoulli distributions). Teachers keep their best validation Dice on their group;
+  ``teacher_scope=head`` trains the decoder and segmentation head with the encoder frozen;
+  the student's checkpoint rule defaults to ``worst.Dice``. FIS works per image's loss.
 """
 
 from __future__ import annotations
@@ -44,7 +53,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from fairbench.context import RunContext
@@ -54,6 +62,7 @@ from fairbench.method import Method, register_method
 from fairbench.metrics.classification import macro_prf
 from fairbench.params import param
 from fairbench.posthoc import check_select_metric
+from fairbench.segmentation import as_class_logits
 from fairbench.trainer import StepState, TrainHooks
 
 from ._distill import distillation_kl, distillation_objective
@@ -73,8 +82,9 @@ class FairDiParams:
     teacher_lr: float = param(5e-4, help="teachers' learning rate", min=0.0, min_exclusive=True)
     student_epochs: int = param(5, help="student training epochs", min=1)
     student_lr: float = param(5e-4, help="student learning rate", min=0.0, min_exclusive=True)
-    select_metric: str = param("worst.F1", help="validation metric that picks the student's "
-                                                "checkpoint")
+    select_metric: str = param("auto", help="validation metric that picks the student's "
+                                            "checkpoint (auto = worst.F1, or worst.Dice for "
+                                            "segmentation)")
     min_teacher_samples: int = param(16, help="fewest training samples a group needs for a "
                                               "teacher", min=1)
     fis_c: float = param(0.5, help="FIS: weight c of the group term", min=0.0, max=1.0)
@@ -85,7 +95,8 @@ class FairDiParams:
     fis_group_batch: int = param(64, help="FIS: samples drawn per group each step", min=2)
 
     def validate(self) -> None:
-        check_select_metric(self.select_metric)
+        if self.select_metric != "auto":
+            check_select_metric(self.select_metric)
 
 
 # -- FIS (step 0 option) ------------------------------------------------------------------------
@@ -138,9 +149,9 @@ def fis_loss(ctx: RunContext, params: FairDiParams) -> Any:
                for a in range(ctx.n_groups) if len(ctx.positions("train", [a])) > 0}
 
     def loss(model: nn.Module, batch: Batch, state: StepState) -> torch.Tensor:
-        per_sample = F.cross_entropy(model(batch.x), batch.y, reduction="none").float()
+        per_sample = ctx.task_loss(model(batch.x), batch, reduction="none").float()
         with torch.no_grad():
-            drawn = {a: F.cross_entropy(model(b.x), b.y, reduction="none").float()
+            drawn = {a: ctx.task_loss(model(b.x), b, reduction="none").float()
                      for a, b in ((a, next(s)) for a, s in streams.items())}
             pooled = torch.cat(list(drawn.values()))
             delta = torch.zeros(ctx.n_groups + 1, device=per_sample.device)  # last: unknown
@@ -157,17 +168,22 @@ def fis_loss(ctx: RunContext, params: FairDiParams) -> Any:
 
 # -- teachers --------------------------------------------------------------------------------------
 class _HeadOnly(nn.Module):
-    """Trains only ``model.classifier``: the body has no gradient and stays in eval mode."""
+    """Trains only the head: a classifier's ``classifier`` (the ``body`` frozen) or a
+    segmentor's decoder and segmentation head (the ``encoder`` frozen). The frozen part has no
+    gradient and stays in eval mode."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         self.model = model
-        for p in model.body.parameters():
+        for p in self._frozen().parameters():
             p.requires_grad_(False)
+
+    def _frozen(self) -> nn.Module:
+        return self.model.encoder if hasattr(self.model, "encoder") else self.model.body
 
     def train(self, mode: bool = True) -> _HeadOnly:
         super().train(mode)
-        self.model.body.eval()
+        self._frozen().eval()
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -175,10 +191,14 @@ class _HeadOnly(nn.Module):
 
 
 def _group_f1(ctx: RunContext) -> Any:
-    """Validation evaluator of a teacher: macro-F1 (argmax) over the loader's samples."""
+    """Validation evaluator of a teacher: macro-F1 (argmax) over the loader's samples, or the
+    mean per-image Dice for segmentation."""
     labels = ctx.table.labels
 
     def evaluate(model: nn.Module, loader: BatchLoader) -> dict[str, Any]:
+        if ctx.task == "segmentation":
+            scores = ctx.trainer.predict_segmentation(model, loader, ctx.train_config)
+            return {"Dice": float(scores.dice.mean())}
         pred = ctx.trainer.predict(model, loader, ctx.train_config)
         return {"F1": macro_prf(labels[pred.index], pred.probs.argmax(1))[2]}
 
@@ -207,8 +227,8 @@ def train_teacher(ctx: RunContext, base: nn.Module, group: int,
     trained: nn.Module = _HeadOnly(teacher) if params.teacher_scope == "head" else teacher
     has_val = len(ctx.positions("val", [group])) > 0
     config = dataclasses.replace(ctx.train_config, epochs=params.teacher_epochs,
-                                 lr=params.teacher_lr, select="F1" if has_val else "last",
-                                 patience=0)
+                                 lr=params.teacher_lr,
+                                 select=ctx.utility_metric if has_val else "last", patience=0)
     train = ctx.loader("train", groups=[group], seed_offset=300 + group)
     val = ctx.loader("val", groups=[group]) if has_val else None
     result = ctx.trainer.fit(trained, train, val, config=config,
@@ -218,14 +238,15 @@ def train_teacher(ctx: RunContext, base: nn.Module, group: int,
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher, {"group": ctx.group_names[group], "train_samples": len(train.positions),
-                     "best_epoch": result.best_epoch, "val_F1": result.best_score}
+                     "best_epoch": result.best_epoch,
+                     f"val_{ctx.utility_metric}": result.best_score}
 
 
 def teacher_logits(teachers: list[nn.Module], x: torch.Tensor, g: torch.Tensor,
-                   num_classes: int) -> torch.Tensor:
+                   shape: tuple[int, ...]) -> torch.Tensor:
     """Row i = logits of the teacher of sample i's group (zeros where g_i < 0); each teacher
-    runs on its own group's rows only."""
-    out = torch.zeros(x.shape[0], num_classes, device=x.device)
+    runs on its own group's rows only. ``shape``: one sample's logits (C, or C×H×W)."""
+    out = torch.zeros(x.shape[0], *shape, device=x.device)
     with torch.no_grad():
         for a, teacher in enumerate(teachers):
             rows = (g == a).nonzero().squeeze(1)
@@ -241,6 +262,7 @@ class FairDi(Method):
 
     Params = FairDiParams
     kind = "in-training"
+    tasks = ("classification", "segmentation")
 
     def run(self, ctx: RunContext, params: FairDiParams) -> nn.Module:
         counts = check_groups(ctx, params)  # before any training
@@ -262,19 +284,24 @@ class FairDi(Method):
         student = copy.deepcopy(base)
         for p in student.parameters():
             p.requires_grad_(True)
-        n_classes = ctx.n_classes
+        segmentation = ctx.task == "segmentation"
 
         def loss(model: nn.Module, batch: Batch, state: StepState) -> torch.Tensor:
             logits = model(batch.x)
-            ce = F.cross_entropy(logits.float(), batch.y, reduction="none")
+            supervised = ctx.task_loss(logits, batch, reduction="none")
             g = batch.g if batch.g is not None else torch.full_like(batch.y, -1)
-            t = teacher_logits(teachers, batch.x, g, n_classes)
+            t = teacher_logits(teachers, batch.x, g, tuple(logits.shape[1:]))
+            if segmentation:  # per-pixel class logits (a binary map's one channel → two)
+                logits, t = as_class_logits(logits), as_class_logits(t)
             kd = distillation_kl(logits, t, params.temperature)
-            return distillation_objective(ce, kd, g >= 0, params.lam)
+            return distillation_objective(supervised, kd, g >= 0, params.lam)
 
         config = dataclasses.replace(ctx.train_config, epochs=params.student_epochs,
-                                     lr=params.student_lr, select="F1", patience=0)
+                                     lr=params.student_lr, select=ctx.utility_metric,
+                                     patience=0)
         metric = params.select_metric
+        if metric == "auto":
+            metric = f"worst.{ctx.utility_metric}"
         hooks = TrainHooks(loss=loss, evaluate=lambda m, _loader: ctx.evaluate(m, "val"),
                            score=lambda metrics: _score(metrics, metric))
         result = ctx.fit(student, hooks=hooks, config=config,

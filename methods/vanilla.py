@@ -11,10 +11,12 @@ from fairbench.params import NoParams
 
 @register_method("vanilla")
 class Vanilla(Method):
-    """No mitigation: cross-entropy training with the run's train config (the baseline)."""
+    """No mitigation: cross-entropy training with the run's train config (the baseline); for
+    segmentation, a U-Net trained with Dice + cross-entropy."""
 
     Params = NoParams
     kind = "baseline"
+    tasks = ("classification", "segmentation")
 
     def run(self, ctx: RunContext, params: NoParams) -> nn.Module:
         return ctx.vanilla()

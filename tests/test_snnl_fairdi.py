@@ -296,7 +296,7 @@ def test_teacher_routing() -> None:
 
     teachers = [Const(1.0), Const(2.0)]
     g = torch.tensor([1, 0, -1, 1, 1])
-    out = fd.teacher_logits(teachers, torch.zeros(5, 3, 4, 4), g, 3)  # type: ignore[arg-type]
+    out = fd.teacher_logits(teachers, torch.zeros(5, 3, 4, 4), g, (3,))  # type: ignore[arg-type]
     assert out[:, 0].tolist() == [2.0, 1.0, 0.0, 2.0, 2.0]
     assert teachers[0].rows == 1 and teachers[1].rows == 3
 

@@ -3,7 +3,9 @@
 
 :func:`evaluate_classification` computes everything a run stores for one split part: overall
 utility, the fairness family, per-group values (under the group's name), and ``Avg``,
-``Diff``, ``Diff_signed``, ``gap`` and ``worst`` per metric.
+``Diff``, ``Diff_signed``, ``gap`` and ``worst`` per metric. :func:`evaluate_segmentation`
+does the same for per-image Dice/IoU and adds the equity-scaled families ``ES_fairseg``,
+``ES_fairmedfm`` and ``skew``.
 """
 
 from __future__ import annotations
@@ -16,6 +18,12 @@ from .bootstrap import Interval, bootstrap_ci
 from .classification import accuracy, expected_calibration_error, macro_auc, macro_prf
 from .fairness import equalized_odds_family
 from .groups import disaggregate, summarise
+from .segmentation import (
+    dice_iou_from_counts,
+    evaluate_segmentation,
+    overlap_counts,
+    segmentation_metric_names,
+)
 
 #: direction of every base metric (None: signed, no direction)
 HIGHER_IS_BETTER: dict[str, bool | None] = {
@@ -31,28 +39,53 @@ HIGHER_IS_BETTER: dict[str, bool | None] = {
     "EOpp0_signed": None,
     "EOpp1_signed": None,
     "EOdd_signed": None,
+    "Dice": True,
+    "IoU": True,
     "n": None,
+}
+
+#: base-metric name prefixes whose metrics are all higher-is-better (per-class Dice_cup, IoU_rim)
+HIGHER_IS_BETTER_PREFIXES: tuple[str, ...] = ("Dice_", "IoU_")
+
+#: direction of ``<prefix>.<metric>`` keys whatever the base metric (equity-scaled families)
+PREFIX_DIRECTION: dict[str, bool | None] = {
+    "gap": False,
+    "Diff": False,
+    "Diff_signed": None,
+    "ES_fairseg": True,
+    "ES_fairmedfm": True,
+    "skew": False,
 }
 
 SUMMARY_KEYS = ("Avg", "gap", "worst", "Diff", "Diff_signed")
 
 
-def higher_is_better(key: str) -> bool | None:
-    """Direction of a flat metric key: ``F1``, ``gap.F1``, ``worst.AUC``, ``dark.F1``...
+def _base_direction(base: str) -> bool | None:
+    if base in HIGHER_IS_BETTER:
+        return HIGHER_IS_BETTER[base]
+    if base.startswith(HIGHER_IS_BETTER_PREFIXES):
+        return True
+    raise KeyError(f"unknown metric {base!r}")
 
-    ``gap.*`` and ``Diff.*`` are lower-is-better, ``Diff_signed.*`` has no direction, and
-    ``worst.*``, ``Avg.*`` and ``<group>.*`` follow their base metric.
+
+def higher_is_better(key: str) -> bool | None:
+    """Direction of a flat metric key: ``F1``, ``gap.F1``, ``worst.AUC``, ``dark.F1``,
+    ``Dice_cup``, ``ES_fairseg.Dice``...
+
+    ``gap.*``, ``Diff.*`` and ``skew.*`` are lower-is-better, ``Diff_signed.*`` has no
+    direction, ``ES_fairseg.*`` and ``ES_fairmedfm.*`` are higher-is-better, and ``worst.*``,
+    ``Avg.*`` and ``<group>.*`` follow their base metric (``None`` for an unknown one).
+    ``Dice_<class>`` and ``IoU_<class>`` are higher-is-better.
     """
     if "." in key:
         prefix, base = key.split(".", 1)
-        if prefix in ("gap", "Diff"):
-            return False
-        if prefix == "Diff_signed":
+        if prefix in PREFIX_DIRECTION:
+            return PREFIX_DIRECTION[prefix]
+        try:
+            return _base_direction(base)
+        except KeyError:
             return None
-        return HIGHER_IS_BETTER.get(base)
-    if key not in HIGHER_IS_BETTER:
-        raise KeyError(f"unknown metric {key!r}")
-    return HIGHER_IS_BETTER[key]
+    return _base_direction(key)
 
 
 def _utility(y: np.ndarray, probs: np.ndarray, pred: np.ndarray) -> dict[str, float]:
@@ -121,17 +154,23 @@ def selection_score(part_metrics: dict[str, Any], key: str) -> float:
 
 __all__ = [
     "HIGHER_IS_BETTER",
+    "HIGHER_IS_BETTER_PREFIXES",
+    "PREFIX_DIRECTION",
     "Interval",
     "accuracy",
     "bootstrap_ci",
+    "dice_iou_from_counts",
     "disaggregate",
     "equalized_odds_family",
     "evaluate_classification",
+    "evaluate_segmentation",
     "expected_calibration_error",
     "flatten",
     "higher_is_better",
     "macro_auc",
     "macro_prf",
+    "overlap_counts",
+    "segmentation_metric_names",
     "selection_score",
     "summarise",
 ]
