@@ -247,14 +247,17 @@ def list_cmd(kind: str, pattern: str, plugins: tuple[str, ...], details: bool) -
     if kind == "methods":
         for name in list_methods(pattern):
             cls = get_method_class(name)
-            click.echo(f"{name:16s} {cls.kind:12s} {cls.summary()}")
+            tasks = "cls+seg" if "segmentation" in cls.tasks else "cls"
+            click.echo(f"{name:16s} {cls.kind:12s} {tasks:8s} {cls.summary()}")
             if details:
                 _echo_params(describe_params(cls.Params))
     elif kind == "datasets":
         for name in list_datasets(pattern):
             cls = get_dataset_class(name)
             doc = (cls.__doc__ or "").strip().splitlines()
-            click.echo(f"{name:16s} {doc[0] if doc else ''}")
+            tasks = "+".join({"classification": "cls", "segmentation": "seg"}.get(t, t)
+                             for t in cls.tasks)
+            click.echo(f"{name:16s} {tasks:8s} {doc[0] if doc else ''}")
             if details:
                 _echo_params(describe_params(cls.Params))
     else:
@@ -265,6 +268,9 @@ def list_cmd(kind: str, pattern: str, plugins: tuple[str, ...], details: bool) -
         if pattern in ("*", "timm*", "tv*"):
             click.echo("timm:<name>      any timm model, e.g. timm:efficientnet_b0 (random init)")
             click.echo("tv:<name>        a torchvision ResNet or VGG, e.g. tv:resnet34 (random init)")
+        if pattern in ("*", "unet*"):
+            click.echo("unet:<encoder>   a U-Net segmentor (--task segmentation), e.g. "
+                       "unet:tu-resnet10t (default), unet:tu-resnet18, unet:resnet34")
     for kind_registry_errors in _plugin_errors():
         click.echo(f"warning: {kind_registry_errors}", err=True)
 

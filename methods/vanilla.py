@@ -11,8 +11,9 @@ from fairbench.params import NoParams
 
 @register_method("vanilla")
 class Vanilla(Method):
-    """No mitigation: cross-entropy training with the run's train config (the baseline); for
-    segmentation, a U-Net trained with Dice + cross-entropy."""
+    """No mitigation: the backbone trained with the run's train config (the baseline).
+
+    Classification: cross-entropy. Segmentation: a U-Net trained with soft Dice + BCE/CE."""
 
     Params = NoParams
     kind = "baseline"
