@@ -42,7 +42,7 @@ def test_check_method(name: str, tmp_path: Path) -> None:
 @pytest.mark.parametrize("name,params", [
     ("mfd", {"features": "pooled", "sampler": "shuffle"}),
     ("adv_conf", {"adv_layers": 2, "adv_steps": 2, "adv_lr": 1e-3, "warmup_epochs": 1}),
-    ("adv_rev", {"per_class": False, "input": "features"}),
+    ("adv_rev", {"per_class": False, "input": "logits"}),
     ("resampling", {"by": "group"}),
     ("groupdro", {"groups": "group_class", "adjustment": 1.0, "sampler": "group"}),
 ])
