@@ -75,6 +75,7 @@ class AppleParams:
     disc_steps: int = param(1, help="discriminator steps per perturber step", min=1, max=10)
     perturb_skips: bool = param(False, help="also perturb a U-Net's skip connections")
     epochs: int = param(0, help="perturber epochs (0 = the run's train epochs)", min=0)
+    lr: float = param(0.0, help="perturber learning rate (0 = the run's train lr)", min=0.0)
     sampler: Literal["shuffle", "group", "group_class"] = param(
         "group", help="training batches: shuffled or balanced per group / group x class")
     select_metric: str = param("auto", help="fairness metric picking the checkpoint "
@@ -259,7 +260,7 @@ class Apple(Method):
             return ce
 
         config = replace(ctx.train_config, epochs=params.epochs or ctx.train_config.epochs,
-                         sampler=params.sampler)
+                         lr=params.lr or ctx.train_config.lr, sampler=params.sampler)
         hooks = TrainHooks(
             loss=generator_loss,
             aux=[AuxModule(disc, loss=disc_loss, lr=config.lr * params.disc_lr_ratio,
