@@ -357,3 +357,34 @@ def test_cli(tmp_path):
     assert "4 samples, 1 classes" in res.stdout
     assert "note: age read as days in 1 of 4 files" in res.stdout
     assert "attribute race (default): Asian 1, Black 1, White 1, missing 1" in res.stdout
+
+
+def test_segmentation_run_end_to_end_with_rim_and_cup(tmp_path):
+    """A 3-class (background, rim, cup) run through the CLI: per-structure Dice in the
+    metrics, the predictions and the printed table."""
+    import json
+
+    import pandas as pd
+
+    rows = [(i % 3, i % 2, i % 2, i % 3, i % 5, 40 + i) for i in range(60)]
+    root = make_root(tmp_path, n=60, rows=rows)
+    runs = tmp_path / "runs"
+    res = cli("run", "--dataset", "fairseg", "--data-root", str(root), "--attribute", "gender",
+              "--image-size", "16", "--backbone-param", "decoder_width=16", "--train",
+              "epochs=1", "--train", "batch_size=8", "--runs-dir", str(runs), "--cache-dir",
+              str(tmp_path / "cache"), "-q")
+    assert res.exit_code == 0, res.output
+    assert "Dice_rim" in res.stdout and "Dice_cup" in res.stdout and "ES_fairseg" in res.stdout
+    run_dir = next(runs.glob("fairseg/vanilla/*"))
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    test = metrics["test"]
+    assert metrics["meta"]["mask_classes"] == ["background", "rim", "cup"]
+    assert test["Dice"] == pytest.approx((test["Dice_rim"] + test["Dice_cup"]) / 2)
+    for group in ("Female", "Male"):
+        assert {"Dice_rim", "IoU_cup"} <= set(test[group])
+    preds = pd.read_csv(run_dir / "predictions.csv")
+    assert {"Dice_rim", "Dice_cup", "IoU_rim", "IoU_cup"} <= set(preds.columns)
+    # a classification-only method on this dataset is one clear line
+    res = cli("run", "--dataset", "fairseg", "--data-root", str(root), "--method",
+              "fairprune", "--runs-dir", str(runs))
+    assert res.exit_code == 2 and "does not support segmentation" in res.output
