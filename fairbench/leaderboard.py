@@ -613,18 +613,24 @@ def leaderboard(source: str | Path, *, rule: str | None = None, part: str = "tes
     return board
 
 
+#: what a bootstrap key of a classification table stands for in a segmentation table
+SEGMENTATION_CI_KEYS = {"F1": "Dice", "EOdd": "ES_fairseg.Dice", "Avg.F1": "Avg.Dice"}
+
+
 def add_bootstrap(board: Leaderboard, *, keys: Sequence[str] = ("F1", "EOdd", "Avg.F1"),
                   n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> None:
     """Bootstrap intervals of the seed-mean of ``keys`` for every row (see
-    :func:`fairbench.stats.bootstrap_runs`)."""
-    from .stats import RunPredictions, bootstrap_runs
+    :func:`fairbench.stats.bootstrap_runs`); segmentation tables take the counterparts in
+    :data:`SEGMENTATION_CI_KEYS` (Dice, ES_fairseg.Dice, Avg.Dice), resampling images."""
+    from .stats import RunPredictions, SegmentationPredictions, bootstrap_runs
 
     for t in board.tables:
-        if t.task == "segmentation":
-            continue  # per-image Dice intervals are not computed yet (classification only)
+        segmentation = t.task == "segmentation"
+        reader = SegmentationPredictions if segmentation else RunPredictions
+        table_keys = [SEGMENTATION_CI_KEYS.get(k, k) for k in keys] if segmentation else keys
         for row in t.rows:
-            preds = [RunPredictions.read(r.path, part=t.part, config=r.config) for r in row.runs]
-            for key in keys:
+            preds = [reader.read(r.path, part=t.part, config=r.config) for r in row.runs]
+            for key in table_keys:
                 iv = bootstrap_runs(preds, key, n_resamples=n_resamples, confidence=confidence,
                                     seed=seed)
                 row.ci[key] = (iv.low, iv.high)

@@ -6,7 +6,8 @@ average ranks (and the Nemenyi critical difference) across datasets.
   run's ``predictions.csv``, resampling patients (``patient_id``) when the dataset has them,
   else images. For several seeds of one setting (same split, so the same test samples) every
   resample draws one set of patients and averages the metric over the seeds, which gives the
-  interval of the seed-mean. Seeded: the same seed gives the same interval.
+  interval of the seed-mean. Seeded: the same seed gives the same interval. Segmentation runs
+  resample their images' Dice and IoU (:class:`SegmentationPredictions`).
 * **Paired test** (:func:`paired_test`): over seeds, pairing a method's run with vanilla's run
   of the same seed; ``ttest`` (:func:`scipy.stats.ttest_rel`, the default: with 3–5 seeds the
   exact Wilcoxon test cannot reach p < 0.05, its smallest two-sided p with 5 pairs is 0.0625)
@@ -31,7 +32,14 @@ import numpy as np
 import pandas as pd
 
 from .errors import FairbenchError
-from .metrics import Interval, bootstrap_ci, evaluate_classification, flatten, higher_is_better
+from .metrics import (
+    Interval,
+    bootstrap_ci,
+    evaluate_classification,
+    evaluate_segmentation,
+    flatten,
+    higher_is_better,
+)
 
 # Nemenyi: studentized range statistic / sqrt(2), two-tailed (Demšar 2006, Table 5)
 _Q05 = [1.960, 2.343, 2.569, 2.728, 2.850, 2.949, 3.031, 3.102, 3.164, 3.219, 3.268, 3.313,
@@ -294,12 +302,58 @@ class RunPredictions:
         return float(value)
 
 
+@dataclass
+class SegmentationPredictions:
+    """The per-image Dice and IoU (N × structures) of one segmentation run, for resampling."""
+
+    sample_id: np.ndarray
+    dice: np.ndarray
+    iou: np.ndarray
+    groups: np.ndarray
+    names: list[str]
+    mask_classes: list[str]
+    clusters: np.ndarray | None
+
+    @classmethod
+    def read(cls, run_dir: str | Path, *, part: str = "test",
+             config: Mapping[str, Any] | None = None) -> SegmentationPredictions:
+        import json
+
+        run_dir = Path(run_dir)
+        config = config or json.loads((run_dir / "config.json").read_text())
+        df = pd.read_csv(run_dir / "predictions.csv", dtype={"sample_id": str, "patient_id": str})
+        df = df[df["part"] == part].sort_values("sample_id", kind="stable")
+        if df.empty:
+            raise FairbenchError(f"{str(run_dir)!r} has no {part} predictions")
+        classes = list(config["mask_classes"])
+        suffixes = [""] if len(classes) == 2 else [f"_{c}" for c in classes[1:]]
+        try:
+            dice = df[[f"Dice{x}" for x in suffixes]].to_numpy(dtype=float)
+            iou = df[[f"IoU{x}" for x in suffixes]].to_numpy(dtype=float)
+            groups = df[f"attr_{config['attribute']}"].to_numpy(dtype=np.int64)
+        except KeyError as exc:
+            raise FairbenchError(f"{str(run_dir)!r}: predictions.csv lacks {exc}") from None
+        clusters = df["patient_id"].to_numpy() if "patient_id" in df.columns else None
+        return cls(df["sample_id"].to_numpy(), dice, iou, groups, list(config["groups"]),
+                   classes, clusters)
+
+    def metric(self, key: str, idx: np.ndarray | None = None) -> float:
+        sel = slice(None) if idx is None else idx
+        flat = flatten(evaluate_segmentation(self.dice[sel], self.iou[sel], self.groups[sel],
+                                             self.names, self.mask_classes))
+        value = flat.get(key)
+        if value is None:
+            raise FairbenchError(f"unknown metric {key!r} for the bootstrap")
+        return float(value)
+
+
 def _fast_key(key: str) -> bool:
     base = key.rsplit(".", 1)[-1]
     return base in _PRED_METRICS or key in _EO
 
 
-def bootstrap_runs(runs: Sequence[RunPredictions], key: str, *, n_resamples: int = 1000,
+def bootstrap_runs(runs: Sequence[RunPredictions] | Sequence[SegmentationPredictions], key: str,
+                   *, n_resamples: int = 1000,
                    confidence: float = 0.95, seed: int = 0) -> Interval:
     """Bootstrap interval of the seed-mean of ``key`` over the runs' shared test samples,
     resampling patients where known (see the module docstring)."""

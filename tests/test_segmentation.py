@@ -271,3 +271,23 @@ def test_leaderboard_keeps_segmentation_in_its_own_table(tmp_path):
                                     str(tmp_path / "trade")])
     assert out.exit_code == 0, out.output
     assert len(list(tmp_path.glob("trade-*.png"))) == 2
+
+
+def test_bootstrap_intervals_of_a_segmentation_table(tmp_path):
+    from fairbench.leaderboard import leaderboard
+    from fairbench.stats import SegmentationPredictions
+
+    runs, cache = tmp_path / "runs", tmp_path / "c"
+    results = [run_experiment(tiny_run_config("vanilla", runs, task="segmentation", seed=s,
+                                              cache_dir=cache)) for s in (0, 1)]
+    # the resampled statistic on all samples is the stored metric (independent reading)
+    preds = SegmentationPredictions.read(results[0].run_dir)
+    assert preds.metric("Dice") == pytest.approx(results[0].metrics["test"]["Dice"])
+    assert preds.metric("dark.IoU") == pytest.approx(results[0].metrics["test"]["dark"]["IoU"])
+    board = leaderboard(runs, ci=True, n_resamples=200)
+    row = board.tables[0].rows[0]
+    for key in ("Dice", "ES_fairseg.Dice", "Avg.Dice"):
+        lo, hi = row.ci[key]
+        mean = row.stats[key][0]
+        assert lo <= mean + 1e-9 and mean - 1e-9 <= hi and hi - lo > 0, key
+    assert "[" in board.render("md", "paper")
