@@ -612,3 +612,39 @@ def test_many_batches_equal_the_sum_of_single_batches(estimator):
             single[k] = single.get(k, 0) + v
     for k in together:
         assert torch.allclose(together[k], single[k], rtol=1e-4, atol=1e-7), k
+
+
+# -- the few-positions Conv2d path ------------------------------------------------------------
+@pytest.mark.parametrize("v, positions", [(1, 1), (1, 2), (3, 4), (2, 9)])
+def test_few_positions_conv_diagonal_equals_backpacks(v, positions):
+    from backpack.utils.conv import extract_weight_diagonal
+
+    from fairbench.saliency import conv_weight_diag_few_positions
+
+    torch.manual_seed(positions)
+    conv = torch.nn.Conv2d(3, 4, 2)
+    n, k = 5, 3 * 2 * 2
+    unfolded = torch.randn(n, k, positions, dtype=torch.float64)
+    sqrt_ggn = torch.randn(v, n, 4, positions, 1, dtype=torch.float64)  # V × N × M × H × W
+    ours = conv_weight_diag_few_positions(unfolded, sqrt_ggn, conv.weight.shape)
+    ref = extract_weight_diagonal(conv, unfolded, sqrt_ggn, sum_batch=True)
+    assert torch.allclose(ours, ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("estimator", ["ggn_exact", "ggn_mc"])
+def test_few_positions_path_leaves_the_curvature_unchanged(monkeypatch, estimator):
+    import fairbench.saliency as S
+    from fairbench.backbones import create_backbone
+
+    torch.manual_seed(0)
+    model = create_backbone("resnet18", num_classes=3, image_size=32).eval()
+    batches = [Batch(x=torch.randn(4, 3, 32, 32), y=torch.randint(0, 3, (4,)), g=None,
+                     index=torch.arange(4))]
+    results = []
+    for few in (0, S.FEW_POSITIONS):  # 0: BackPACK's own extension for every layer
+        monkeypatch.setattr(S, "FEW_POSITIONS", few)
+        torch.manual_seed(1)  # the same MC labels
+        results.append(S.diagonal_curvature(model, batches, estimator=estimator))
+    assert results[0].keys() == results[1].keys()
+    for name in results[0]:
+        assert torch.allclose(results[0][name], results[1][name], rtol=1e-4, atol=1e-9), name
