@@ -1,0 +1,69 @@
+"""The few-positions Conv2d path of :mod:`fairbench.saliency` against BackPACK's own extension:
+diagonal-curvature time relative to one forward+backward of the same batches, timed
+alternately in one process (best of ``--repeats``), so a loaded machine slows every column
+alike.
+
+    python benchmarks/bench_few_positions.py --backbones resnet18 vgg11 --estimators ggn_mc
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbones", nargs="+", default=["resnet18", "vgg11", "smallcnn"])
+    parser.add_argument("--estimators", nargs="+", default=["ggn_mc", "ggn_exact"])
+    parser.add_argument("--thresholds", nargs="+", type=int, default=[0, 4],
+                        help="FEW_POSITIONS values (0 = BackPACK's extension everywhere)")
+    parser.add_argument("--image-size", type=int, default=32)
+    parser.add_argument("--classes", type=int, default=5)
+    parser.add_argument("--n", type=int, default=128, help="images per timing")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    torch.set_num_threads(args.threads)
+
+    import fairbench.saliency as S
+    from fairbench.backbones import create_backbone
+    from fairbench.loaders import Batch
+
+    size, bs = args.image_size, args.batch_size
+    for name in args.backbones:
+        torch.manual_seed(0)
+        model = create_backbone(name, num_classes=args.classes, image_size=size).eval()
+        batches = [Batch(x=torch.randn(bs, 3, size, size),
+                         y=torch.randint(0, args.classes, (bs,)), g=None, index=torch.arange(bs))
+                   for _ in range(max(1, args.n // bs))]
+
+        def fwd_bwd() -> float:
+            t = time.perf_counter()
+            for b in batches:
+                model.zero_grad()
+                F.cross_entropy(model(b.x), b.y).backward()
+            return time.perf_counter() - t
+
+        for est in args.estimators:
+            times: dict[object, list[float]] = {"fb": [], **{k: [] for k in args.thresholds}}
+            for _ in range(args.repeats):
+                times["fb"].append(fwd_bwd())
+                for k in args.thresholds:
+                    S.FEW_POSITIONS = k
+                    t = time.perf_counter()
+                    S.diagonal_curvature(model, batches, estimator=est)
+                    times[k].append(time.perf_counter() - t)
+            fb = min(times["fb"])
+            cells = ", ".join(f"threshold {k}: {min(times[k]) / fb:.2f}x" for k in args.thresholds)
+            print(f"{name} {est} ({size} px, {args.threads} thread(s), fwd+bwd {fb:.2f} s): {cells}")
+
+
+if __name__ == "__main__":
+    main()
