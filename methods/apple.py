@@ -58,10 +58,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from fairbench.context import RunContext
-from fairbench.errors import FairbenchError
+from fairbench.errors import FairbenchError, ParamError
 from fairbench.method import Method, register_method
 from fairbench.params import param
 from fairbench.posthoc import check_select_metric, tolerance_rule, within_tolerance
+from fairbench.selection import is_segmentation_metric
 from fairbench.trainer import AuxModule, StepState, TrainHooks
 
 
@@ -233,6 +234,10 @@ class Apple(Method):
         if select == "auto":
             select = "gap.Dice" if segmentation else "EOdd"
         check_select_metric(select)
+        if is_segmentation_metric(select) != segmentation:
+            raise ParamError(f"apple select_metric={select!r} is not a metric of a {ctx.task} "
+                             "run; use e.g. " + ("gap.Dice or ES_fairseg.Dice" if segmentation
+                                                 else "EOdd, EOpp1 or gap.F1"))
         base = ctx.vanilla()
         base_state = {k: v.detach().clone() for k, v in base.state_dict().items()}
         torch.manual_seed(ctx.seed * 7919 + 31)

@@ -212,6 +212,8 @@ def test_segmentation_bad_input_is_one_line(tmp_path, monkeypatch):
     assert "has no segmentation task" in msg and "synthderm" in msg
     msg = _cli_error(tmp_path, ["--method", "vanilla", *TINY_SEG, "--train", "select=F1"])
     assert "select='F1'" in msg and "Dice" in msg
+    msg = _cli_error(tmp_path, ["--method", "apple", *TINY_SEG, "-p", "select_metric=EOdd"])
+    assert "select_metric='EOdd'" in msg and "gap.Dice" in msg
     assert not any((tmp_path / "runs").glob("synthderm/*/*/config.json"))
 
 
