@@ -100,11 +100,12 @@ def conv_weight_diag_few_positions(unfolded: torch.Tensor, sqrt_ggn: torch.Tenso
     which is, per pair l ≤ l' (counted twice when l ≠ l'), one (M × V·N) @ (V·N × K)
     product. It costs L(L+1) GEMM FLOPs per (v,n,m,k) against BackPACK's 2L + 1, but needs
     no V·N·M·K tensor, whose memory traffic dominates: for the last stages of a ResNet or
-    VGG on small images it is much faster. Measured on one CPU thread, 32 px, 5 classes
-    (``FEW_POSITIONS`` 0 → 4, time relative to a forward+backward): ResNet-18 ``ggn_mc``
-    5.7× → 2.1× (threshold 2: 2.6×, 9: 2.2×, 16: 2.5×, 64: 8.5×), ``ggn_exact``
-    24.8× → 4.0×; VGG-11 ``ggn_mc`` 3.5× → 2.8×, ``ggn_exact`` 12.6× → 7.8×. Exact up to
-    float rounding (tested against BackPACK's ``extract_weight_diagonal``)."""
+    VGG on small images it is much faster. Measured with ``benchmarks/bench_few_positions.py``
+    on one idle CPU thread, 32 px, 5 classes (``FEW_POSITIONS`` 0 → 4, time relative to a
+    forward+backward): ResNet-18 ``ggn_mc`` 5.5× → 1.9×, ``ggn_exact`` 28.0× → 4.3×; VGG-11
+    ``ggn_mc`` 3.6× → 2.9×; smallcnn unchanged (2.9×). Thresholds on ResNet-18 (loaded
+    machine): 2 → 2.6×, 4 → 2.1×, 9 → 2.2×, 16 → 2.5×, 64 → 8.5×. Exact up to float rounding
+    (tested against BackPACK's ``extract_weight_diagonal``)."""
     v, n, m = sqrt_ggn.shape[:3]
     s = sqrt_ggn.reshape(v, n, m, -1)
     positions = s.shape[-1]
