@@ -36,13 +36,12 @@ import numpy as np
 import pandas as pd
 
 from .errors import FairbenchError
-from .metrics import flatten, higher_is_better
+from .metrics import flatten, higher_is_better, is_segmentation_metric
 from .runstore import config_hash, is_finished, read_json
 from .selection import (
     Candidate,
     Rule,
     Selection,
-    is_segmentation_metric,
     parse_rule,
     rule_for_task,
     select,

@@ -166,8 +166,9 @@ def plot_groups(run_dir: str | Path, out: str | Path, *, part: str = "test",
     segmentation = m.get("meta", {}).get("task") == "segmentation"
     if metrics is None:
         if segmentation:
-            metrics = [k for k, v in pm.items() if not isinstance(v, dict)
-                       and k.startswith(("Dice", "IoU"))]
+            from .metrics import segmentation_metric_names
+
+            metrics = segmentation_metric_names(m["meta"].get("mask_classes", []))
         else:
             metrics = ("precision", "recall", "F1", "accuracy", "AUC")
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(metrics) * max(1, len(groups)) / 2, 3.6))

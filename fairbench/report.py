@@ -55,9 +55,9 @@ def segmentation_table(part_metrics: dict[str, Any], groups: list[str],
     Dice and IoU (and per structure), then on the All row the equity-scaled Dice of FairSeg
     (``ES_fairseg``: Dice / (1 + Σ_g |Dice_g − Dice|)) and of FairMedFM (``ES_fairmedfm``:
     Dice / (1 + std_g Dice_g)). Values in percent."""
-    base = ["Dice", "IoU"]
-    if len(mask_classes) > 2:
-        base += [f"{m}_{c}" for c in mask_classes[1:] for m in ("Dice", "IoU")]
+    from .metrics import segmentation_metric_names
+
+    base = segmentation_metric_names(mask_classes)
     es_cols = [f"{fam}.Dice" for fam in ES_FAMILIES]
     name_w = max(8, *(len(g) + 1 for g in groups))
     widths = [max(9, len(c) + 2) for c in (*base, *es_cols)]

@@ -187,11 +187,11 @@ TASKS = ("classification", "segmentation")
 def check_select_for_task(select: str, task: str) -> None:
     """One clear error when the checkpoint metric belongs to the other task (``select=F1``
     on a segmentation run), before any training."""
+    from .metrics import is_segmentation_metric
+
     if select == "last":
         return
-    base = select.split(".", 1)[1] if "." in select else select
-    segmentation_metric = base in ("Dice", "IoU") or base.startswith(("Dice_", "IoU_"))
-    if segmentation_metric != (task == "segmentation"):
+    if is_segmentation_metric(select) != (task == "segmentation"):
         example = "Dice, IoU or worst.Dice" if task == "segmentation" else "F1, AUC or worst.F1"
         raise FairbenchError(f"--train select={select!r} is not a metric of a {task} run; "
                              f"use e.g. {example} (or last)")

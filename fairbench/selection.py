@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from .errors import FairbenchError, ParamError
-from .metrics import higher_is_better
+from .metrics import higher_is_better, is_segmentation_metric
 
 DEFAULT_RULE = "fair_within_eps"
 
@@ -212,11 +212,6 @@ def parse_rule(spec: str | Mapping[str, Any] | Rule | None) -> Rule:
 
 #: the segmentation counterpart of a classification default in a rule's options
 SEGMENTATION_EQUIVALENT = {"F1": "Dice", "AUC": "Dice", "EOdd": "gap.Dice"}
-
-
-def is_segmentation_metric(key: str) -> bool:
-    base = key.split(".", 1)[1] if "." in key else key
-    return base in ("Dice", "IoU") or base.startswith(("Dice_", "IoU_"))
 
 
 def rule_for_task(rule: Rule, task: str) -> Rule:

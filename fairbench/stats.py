@@ -257,6 +257,25 @@ def prediction_metrics(y: np.ndarray, pred: np.ndarray, groups: np.ndarray,
     return out
 
 
+def _read_part(run_dir: str | Path, part: str, config: Mapping[str, Any] | None
+               ) -> tuple[pd.DataFrame, Mapping[str, Any], np.ndarray, np.ndarray | None]:
+    """The ``part`` rows of a run's ``predictions.csv`` (sorted by sample id), its config, the
+    group codes of its attribute and the patient ids (clusters) where known."""
+    import json
+
+    run_dir = Path(run_dir)
+    config = config or json.loads((run_dir / "config.json").read_text())
+    df = pd.read_csv(run_dir / "predictions.csv", dtype={"sample_id": str, "patient_id": str})
+    df = df[df["part"] == part].sort_values("sample_id", kind="stable")
+    if df.empty:
+        raise FairbenchError(f"{str(run_dir)!r} has no {part} predictions")
+    col = f"attr_{config['attribute']}"
+    if col not in df.columns:
+        raise FairbenchError(f"{str(run_dir)!r}: predictions.csv lacks column {col!r}")
+    clusters = df["patient_id"].to_numpy() if "patient_id" in df.columns else None
+    return df, config, df[col].to_numpy(dtype=np.int64), clusters
+
+
 @dataclass
 class RunPredictions:
     """The test (or val) predictions of one run, as arrays, for resampling."""
@@ -272,22 +291,11 @@ class RunPredictions:
     @classmethod
     def read(cls, run_dir: str | Path, *, part: str = "test",
              config: Mapping[str, Any] | None = None) -> RunPredictions:
-        import json
-
-        run_dir = Path(run_dir)
-        config = config or json.loads((run_dir / "config.json").read_text())
-        df = pd.read_csv(run_dir / "predictions.csv", dtype={"sample_id": str, "patient_id": str})
-        df = df[df["part"] == part].sort_values("sample_id", kind="stable")
-        if df.empty:
-            raise FairbenchError(f"{str(run_dir)!r} has no {part} predictions")
-        col = f"attr_{config['attribute']}"
-        if col not in df.columns:
-            raise FairbenchError(f"{str(run_dir)!r}: predictions.csv lacks column {col!r}")
+        df, config, groups, clusters = _read_part(run_dir, part, config)
         probs = df[[c for c in df.columns if c.startswith("prob_")]].to_numpy(dtype=float)
-        clusters = df["patient_id"].to_numpy() if "patient_id" in df.columns else None
         return cls(df["sample_id"].to_numpy(), df["label"].to_numpy(dtype=np.int64),
-                   df["pred"].to_numpy(dtype=np.int64), probs,
-                   df[col].to_numpy(dtype=np.int64), list(config["groups"]), clusters)
+                   df["pred"].to_numpy(dtype=np.int64), probs, groups,
+                   list(config["groups"]), clusters)
 
     def metric(self, key: str, idx: np.ndarray | None = None) -> float:
         sel = slice(None) if idx is None else idx
@@ -317,23 +325,14 @@ class SegmentationPredictions:
     @classmethod
     def read(cls, run_dir: str | Path, *, part: str = "test",
              config: Mapping[str, Any] | None = None) -> SegmentationPredictions:
-        import json
-
-        run_dir = Path(run_dir)
-        config = config or json.loads((run_dir / "config.json").read_text())
-        df = pd.read_csv(run_dir / "predictions.csv", dtype={"sample_id": str, "patient_id": str})
-        df = df[df["part"] == part].sort_values("sample_id", kind="stable")
-        if df.empty:
-            raise FairbenchError(f"{str(run_dir)!r} has no {part} predictions")
+        df, config, groups, clusters = _read_part(run_dir, part, config)
         classes = list(config["mask_classes"])
         suffixes = [""] if len(classes) == 2 else [f"_{c}" for c in classes[1:]]
         try:
             dice = df[[f"Dice{x}" for x in suffixes]].to_numpy(dtype=float)
             iou = df[[f"IoU{x}" for x in suffixes]].to_numpy(dtype=float)
-            groups = df[f"attr_{config['attribute']}"].to_numpy(dtype=np.int64)
         except KeyError as exc:
             raise FairbenchError(f"{str(run_dir)!r}: predictions.csv lacks {exc}") from None
-        clusters = df["patient_id"].to_numpy() if "patient_id" in df.columns else None
         return cls(df["sample_id"].to_numpy(), dice, iou, groups, list(config["groups"]),
                    classes, clusters)
 

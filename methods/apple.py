@@ -60,10 +60,12 @@ from torch import nn
 from fairbench.context import RunContext
 from fairbench.errors import FairbenchError, ParamError
 from fairbench.method import Method, register_method
+from fairbench.metrics import is_segmentation_metric
 from fairbench.params import param
 from fairbench.posthoc import check_select_metric, tolerance_rule, within_tolerance
-from fairbench.selection import is_segmentation_metric
 from fairbench.trainer import AuxModule, StepState, TrainHooks
+
+from ._inprocessing import require_groups
 
 
 @dataclass
@@ -142,9 +144,11 @@ class PerturbedModel(nn.Module):
     discriminator) and ``last_offsets`` the perturbations ``G(f)``."""
 
     def __init__(self, base: nn.Module, perturbers: dict[int, nn.Module],
-                 segmentation: bool) -> None:
+                 segmentation: bool, latent_width: int) -> None:
         super().__init__()
         self.base = base
+        #: channels (or features) of the perturbed latents together: the discriminator's input
+        self.latent_width = latent_width
         for p in self.base.parameters():
             p.requires_grad_(False)
         self.perturbers = nn.ModuleDict({str(k): m for k, m in perturbers.items()})
@@ -201,7 +205,7 @@ def build_perturbed(ctx: RunContext, base: nn.Module, params: AppleParams) -> Pe
         hidden = params.hidden or width
         perturbers[k] = (MapPerturber(width, hidden) if segmentation
                          else VectorPerturber(width, hidden))
-    return PerturbedModel(base, perturbers, segmentation).to(ctx.device)
+    return PerturbedModel(base, perturbers, segmentation, sum(shapes.values())).to(ctx.device)
 
 
 def adversary_terms(logits: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor,
@@ -226,9 +230,7 @@ class Apple(Method):
     tasks = ("classification", "segmentation")
 
     def run(self, ctx: RunContext, params: AppleParams) -> nn.Module:
-        if ctx.n_groups < 2:
-            raise FairbenchError(f"apple needs an attribute with at least 2 groups; "
-                                 f"{ctx.attribute!r} has {ctx.n_groups}")
+        require_groups(ctx, self.name)
         segmentation = ctx.task == "segmentation"
         select = params.select_metric
         if select == "auto":
@@ -242,9 +244,7 @@ class Apple(Method):
         base_state = {k: v.detach().clone() for k, v in base.state_dict().items()}
         torch.manual_seed(ctx.seed * 7919 + 31)
         model = build_perturbed(ctx, base, params)
-        n_latent = sum(int(m.net[-1].out_channels if isinstance(m, MapPerturber)
-                           else m.net[-1].out_features) for m in model.perturbers.values())
-        disc = Discriminator(n_latent, params.disc_hidden, ctx.n_groups).to(ctx.device)
+        disc = Discriminator(model.latent_width, params.disc_hidden, ctx.n_groups).to(ctx.device)
         start_perturbers = copy.deepcopy(model.perturbers.state_dict())
 
         utility = ctx.utility_metric

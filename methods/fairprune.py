@@ -171,6 +171,22 @@ class FairPrune(Method):
         model = ctx.vanilla()
         f1_start = ctx.evaluate(model, "val")["F1"]
         rule = tolerance_rule(params.select_metric, f1_start, params.f1_tolerance)
+        score, masks, info = self._prune(ctx, model, params, rule)
+        ctx.notes["fairprune"] = {
+            **info, "beta_grid": list(params.beta_grid) or [params.beta], "mode": params.mode,
+            "ranking": params.ranking,
+            "estimator": params.estimator, "within_f1_tolerance": within_tolerance(score),
+            "vanilla_val_F1": f1_start,
+            "realized_ratio_per_tensor": {n: round(float(m.float().mean()), 6)
+                                          for n, m in masks.items()},
+        }
+        return model
+
+    def _prune(self, ctx: RunContext, model: nn.Module, params: FairPruneParams, rule: Any
+               ) -> tuple[float, dict[str, torch.Tensor], dict[str, Any]]:
+        """Prune ``model`` in place by ``params.mode`` (and fine-tune with the masks kept if
+        asked); writes ``prune.csv``; returns the validation score, the masks and the info
+        for the notes. Shared with ME-FairPrune, which overrides the steps it calls."""
         rows: list[dict[str, Any]] = []
         if params.mode == "oneshot":
             best = self._oneshot(ctx, model, params, rule, rows)
@@ -181,15 +197,7 @@ class FairPrune(Method):
         if params.finetune_epochs > 0:
             score, info = self._finetune(ctx, model, params, rule, masks, score, info)
         write_rows(ctx.run_dir / "prune.csv", rows)
-        ctx.notes["fairprune"] = {
-            **info, "beta_grid": list(params.beta_grid) or [params.beta], "mode": params.mode,
-            "ranking": params.ranking,
-            "estimator": params.estimator, "within_f1_tolerance": within_tolerance(score),
-            "vanilla_val_F1": f1_start,
-            "realized_ratio_per_tensor": {n: round(float(m.float().mean()), 6)
-                                          for n, m in masks.items()},
-        }
-        return model
+        return score, masks, info
 
     # -- modes ----------------------------------------------------------------------------------
     def _curvature_scores(self, ctx: RunContext, model: nn.Module, params: FairPruneParams,

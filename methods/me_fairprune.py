@@ -127,16 +127,7 @@ class MeFairPrune(FairPrune):
         self._policy = params.policy
         model, (index, logits), f1_ref, rule = _start(ctx, params, spec)
         start = best_tau(sweep_tau(ctx, index, logits, self._taus, params.policy, rule))
-        rows: list[dict[str, Any]] = []
-        if params.mode == "oneshot":
-            best = self._oneshot(ctx, model, params, rule, rows)
-        else:
-            best = self._iterative(ctx, model, params, rule, rows)
-        score, state, masks, info = best
-        model.load_state_dict(state)
-        if params.finetune_epochs > 0:
-            score, info = self._finetune(ctx, model, params, rule, masks, score, info)
-        write_rows(ctx.run_dir / "prune.csv", rows)
+        score, masks, info = self._prune(ctx, model, params, rule)
         ctx.notes["me_fairprune"] = {
             **info, "beta_grid": list(params.beta_grid) or [params.beta], "mode": params.mode,
             "ranking": params.ranking, "estimator": params.estimator,

@@ -68,6 +68,13 @@ def _base_direction(base: str) -> bool | None:
     raise KeyError(f"unknown metric {base!r}")
 
 
+def is_segmentation_metric(key: str) -> bool:
+    """Whether a flat key is a segmentation metric: its base (after any ``prefix.``) is
+    ``Dice``, ``IoU``, ``Dice_<class>`` or ``IoU_<class>``."""
+    base = key.split(".", 1)[1] if "." in key else key
+    return base in ("Dice", "IoU") or base.startswith(HIGHER_IS_BETTER_PREFIXES)
+
+
 def higher_is_better(key: str) -> bool | None:
     """Direction of a flat metric key: ``F1``, ``gap.F1``, ``worst.AUC``, ``dark.F1``,
     ``Dice_cup``, ``ES_fairseg.Dice``...
@@ -167,6 +174,7 @@ __all__ = [
     "expected_calibration_error",
     "flatten",
     "higher_is_better",
+    "is_segmentation_metric",
     "macro_auc",
     "macro_prf",
     "overlap_counts",
