@@ -65,8 +65,10 @@ def cli(*args: str):
 
 
 def assert_cli_error(result, *fragments: str) -> str:
-    """Exit code 2 and exactly one ``error:`` line on stderr containing ``fragments``."""
+    """Exit code 2, no traceback, and exactly one ``error:`` line on stderr containing
+    ``fragments`` (the shared check of every test's bad-input paths; notes may go to stdout)."""
     assert result.exit_code == 2, (result.exit_code, result.output)
+    assert "Traceback" not in result.output, result.output
     lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
     for frag in fragments:

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from dataset_helpers import assert_cli_error
 from fairbench.methods.fairprune import prune_masks
 
 from fairbench.cli import main
@@ -275,14 +276,6 @@ def test_iterative_mode_nested_rounds(runs, tiny_cache):
 
 
 # -- bad input ---------------------------------------------------------------------------------
-def assert_clean_error(result, *fragments: str) -> str:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for frag in fragments:
-        assert frag in lines[0], (frag, lines[0])
-    return lines[0]
 
 
 PARAM_ERRORS = {
@@ -305,14 +298,14 @@ PARAM_ERRORS = {
 def test_bad_params_fail_before_any_work(case, tmp_path):
     params, fragments = PARAM_ERRORS[case]
     result = invoke(tmp_path / "runs", tmp_path / "cache", {**FAST, **params})
-    assert_clean_error(result, *fragments)
+    assert_cli_error(result, *fragments)
     assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()
 
 
 def test_hessian_exact_with_batchnorm_backbone(tmp_path, tiny_cache):
     runs = tmp_path / "runs"
     result = invoke(runs, tiny_cache, {**FAST, "estimator": "hessian_exact"})
-    assert_clean_error(result, "hessian_exact", "BatchNorm")
+    assert_cli_error(result, "hessian_exact", "BatchNorm")
     assert not (runs / "_vanilla").exists(), "must fail before the vanilla model is trained"
 
 

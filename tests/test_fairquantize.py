@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from dataset_helpers import assert_cli_error
 from fairbench.methods.fairquantize import pow2_quantize
 
 from fairbench.cli import main
@@ -324,14 +325,6 @@ def test_cli_ablation_every_step_for_several_betas(runs, tiny_cache):
 
 
 # -- bad input ---------------------------------------------------------------------------------
-def assert_clean_error(result, *fragments: str) -> str:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for frag in fragments:
-        assert frag in lines[0], (frag, lines[0])
-    return lines[0]
 
 
 PARAM_ERRORS = {
@@ -351,14 +344,14 @@ PARAM_ERRORS = {
 def test_bad_params_fail_before_any_work(case, tmp_path):
     params, fragments = PARAM_ERRORS[case]
     result = invoke(tmp_path / "runs", tmp_path / "cache", params)
-    assert_clean_error(result, *fragments)
+    assert_cli_error(result, *fragments)
     assert not (tmp_path / "runs").exists() and not (tmp_path / "cache").exists()
 
 
 def test_hessian_exact_with_batchnorm_backbone(tmp_path, tiny_cache):
     runs = tmp_path / "runs"
     result = invoke(runs, tiny_cache, {**FAST, "estimator": "hessian_exact"})
-    line = assert_clean_error(result, "hessian_exact", "BatchNorm")
+    line = assert_cli_error(result, "hessian_exact", "BatchNorm")
     assert "ggn_exact" in line  # names a way out
     assert not (runs / "_vanilla").exists(), "must fail before the vanilla model is trained"
     assert not list((runs / "synthderm").rglob("metrics.json"))
@@ -371,7 +364,7 @@ def test_backbone_backpack_cannot_handle(tmp_path, tiny_cache):
     runs = tmp_path / "runs"
     result = invoke(runs, tiny_cache, {**FAST, "estimator": "ggn_mc"},
                     "--backbone", "timm:resnet10t")
-    assert_clean_error(result, "ggn_mc", "BackPACK", "AvgPool2d", "fisher")
+    assert_cli_error(result, "ggn_mc", "BackPACK", "AvgPool2d", "fisher")
     assert not (runs / "_vanilla").exists()
 
 
@@ -393,7 +386,7 @@ def test_group_without_training_samples(tmp_path, tiny_cache):
             fh.writelines(f"{i},{p}\n" for i in ids)
     runs = tmp_path / "runs"
     result = invoke(runs, tiny_cache, FAST, "--split-file", str(path))
-    assert_clean_error(result, "dark", "no training samples")
+    assert_cli_error(result, "dark", "no training samples")
     assert not (runs / "_vanilla").exists()
 
 

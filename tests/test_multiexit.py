@@ -17,6 +17,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from click.testing import CliRunner
+from dataset_helpers import assert_cli_error
 
 from fairbench.backbones import create_backbone
 from fairbench.cli import main
@@ -54,14 +55,6 @@ def invoke(method: str, runs: Path, cache: Path, params: dict[str, str], *extra:
                                      "--cache-dir", str(cache), *as_args(params), *extra])
 
 
-def assert_clean_error(result, *fragments: str) -> str:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for frag in fragments:
-        assert frag in lines[0], (frag, lines[0])
-    return lines[0]
 
 
 def logits_from_probs(rows: list[list[list[float]]]) -> torch.Tensor:
@@ -303,7 +296,7 @@ def test_bad_input_one_line_before_training(case, tmp_path, tiny_cache):
     method, params, extra, fragments = BAD[case]
     runs = tmp_path / "runs"
     result = invoke(method, runs, tiny_cache, params, *extra)
-    assert_clean_error(result, *fragments)
+    assert_cli_error(result, *fragments)
     assert not (runs / "_me_vanilla").exists() and not (runs / "_vanilla").exists()
 
 

@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import torch
 from click.testing import CliRunner
+from dataset_helpers import assert_cli_error
 
 from fairbench.cli import main
 from fairbench.errors import FairbenchError, UnknownNameError
@@ -190,10 +191,7 @@ def test_apple_starts_at_the_base_model_and_leaves_it_untouched(tmp_path, task):
 def _cli_error(tmp_path, args):
     out = CliRunner().invoke(main, ["run", *args, "--runs-dir", str(tmp_path / "runs"),
                                     "--cache-dir", str(tmp_path / "cache")])
-    assert out.exit_code == 2, out.output
-    lines = [ln for ln in out.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and "Traceback" not in out.output, out.output
-    return lines[0]
+    return assert_cli_error(out)
 
 
 def test_segmentation_bad_input_is_one_line(tmp_path, monkeypatch):

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from dataset_helpers import assert_cli_error
 from fairbench.methods._distill import distillation_kl, distillation_objective
 from fairbench.methods._snnl import snnl_per_channel
 from torch import nn
@@ -43,13 +44,6 @@ def invoke(method: str, runs: Path, cache: Path, params: dict[str, str], *extra:
                                      "--cache-dir", str(cache), *args, *extra])
 
 
-def assert_clean_error(result: Any, *fragments: str) -> None:
-    assert result.exit_code == 2, result.output
-    assert "Traceback" not in result.output
-    lines = [ln for ln in result.output.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
-    for frag in fragments:
-        assert frag in lines[0], (frag, lines[0])
 
 
 # -- SNNL -----------------------------------------------------------------------------------------
@@ -364,7 +358,7 @@ def test_fairdi_fis_base_runs(tmp_path: Path, tiny_cache: Path) -> None:
 ])
 def test_bad_input_one_line_exit_2(method: str, params: dict[str, str], fragments: list[str],
                                    tmp_path: Path, tiny_cache: Path) -> None:
-    assert_clean_error(invoke(method, tmp_path, tiny_cache, params), *fragments)
+    assert_cli_error(invoke(method, tmp_path, tiny_cache, params), *fragments)
     assert not (tmp_path / "_vanilla").exists()  # failed before the baseline was trained
 
 
