@@ -22,9 +22,9 @@ from .backbones import create_backbone
 from .data import DatasetAdapter, SampleTable
 from .errors import FairbenchError
 from .loaders import Augment, BatchLoader, DeviceData
-from .params import params_to_dict
 from .runstore import config_hash, remove_stale_temporaries, temporary_path, write_json
 from .splits import Split
+from .timing import PhaseTimer
 from .trainer import EpochLog, FitResult, TrainConfig, Trainer, TrainHooks
 
 Part = Literal["train", "val", "test"]
@@ -80,6 +80,7 @@ class RunContext:
         privileged: str | None = None,
         progress: bool = True,
         logger: logging.Logger | None = None,
+        timer: PhaseTimer | None = None,
     ) -> None:
         self.bundle = bundle
         self.backbone = backbone
@@ -97,6 +98,7 @@ class RunContext:
         self._vanilla: torch.nn.Module | None = None
         self._vanilla_meta: dict[str, Any] | None = None
         self.notes: dict[str, Any] = {}
+        self.timer = timer or PhaseTimer(device)
 
     # -- data -------------------------------------------------------------------------------------
     @property
@@ -253,9 +255,15 @@ class RunContext:
         # the default loaders follow the config given (its sampler, batch size, augmentation)
         train = train or self.loader("train", sampler=config.sampler,
                                      batch_size=config.batch_size, augment=config.augment)
-        return self.trainer.fit(
-            model, train, val or self.loader("val", batch_size=config.eval_batch_size),
-            config=config, hooks=hooks, stage=stage)
+        with self.phase("train"):
+            return self.trainer.fit(
+                model, train, val or self.loader("val", batch_size=config.eval_batch_size),
+                config=config, hooks=hooks, stage=stage)
+
+    def phase(self, name: str) -> contextlib.AbstractContextManager[None]:
+        """``with ctx.phase("name"):`` charges the block's wall time to ``name`` in the run's
+        ``seconds.phases`` (exclusive of phases nested in it; see :mod:`fairbench.timing`)."""
+        return self.timer.phase(name)
 
     def evaluate(self, model: torch.nn.Module, part: Part = "val") -> dict[str, Any]:
         """Part metrics of ``model`` under the decision rule of the run's final metrics
@@ -289,7 +297,7 @@ class RunContext:
             "image_size": b.image_size,
             "backbone": {"name": self.backbone.name, "params": self.backbone.params,
                          "weights": self.backbone.weights_sha256},
-            "train": params_to_dict(self.train_config),
+            "train": self.train_config.identity(),
             "seed": self.seed,
         }
 
@@ -304,7 +312,8 @@ class RunContext:
         config, seed) and cached under ``<runs_dir>/_vanilla/``; concurrent runs wait for one
         another instead of training it twice."""
         if self._vanilla is None:
-            self._vanilla, self._vanilla_meta = self._load_or_train_vanilla()
+            with self.phase("vanilla"):
+                self._vanilla, self._vanilla_meta = self._load_or_train_vanilla()
         return copy.deepcopy(self._vanilla)
 
     def vanilla_meta(self) -> dict[str, Any]:

@@ -1,7 +1,9 @@
 """Batches from the tensor cache, with augmentation on the device.
 
 :class:`DeviceData` holds one dataset's uint8 images, labels and attributes as tensors, on the
-accelerator when they fit (else in pinned host memory, copied per batch without blocking).
+accelerator when they fit in half its free memory. Otherwise the images stay in host memory:
+each batch is gathered into a pinned buffer and copied on a side CUDA stream one batch ahead
+of the model, so the copy overlaps the model's work instead of stalling it.
 :class:`BatchLoader` iterates over a subset of rows in sequential, shuffled or balanced order
 (equal counts per stratum in every batch, e.g. per group or per group × class), and turns the
 uint8 NHWC rows into normalised float NCHW batches; random crops and flips are one gather on
@@ -52,6 +54,7 @@ class DeviceData:
         masks: np.ndarray | None = None,
         *,
         max_device_fraction: float = 0.5,
+        keep_on_host: bool = False,
     ) -> None:
         self.device = device
         nbytes = images.nbytes + (masks.nbytes if masks is not None else 0)
@@ -59,13 +62,15 @@ class DeviceData:
         if device.type == "cuda":
             free, _ = torch.cuda.mem_get_info(device)
             on_device = nbytes <= max_device_fraction * free
-        self.on_device = on_device
-        target = device if on_device else torch.device("cpu")
+        self.on_device = on_device and not keep_on_host
+        self.pinned = device.type == "cuda" and not self.on_device
+        target = device if self.on_device else torch.device("cpu")
+        # host-resident data: batches are gathered into pinned buffers and copied on a side
+        # stream, one batch ahead of the model (BatchLoader)
+        self.copy_stream = torch.cuda.Stream(device) if self.pinned else None
 
         def put(a: np.ndarray) -> torch.Tensor:
             t = torch.from_numpy(np.array(a, copy=True))  # off the read-only memmap
-            if target.type == "cpu" and device.type != "cpu":
-                t = t.pin_memory()
             return t.to(target)
 
         self.images = put(images)
@@ -76,12 +81,55 @@ class DeviceData:
         self.mean = torch.tensor(MEAN, device=device).view(1, 3, 1, 1) * 255.0
         self.std = torch.tensor(STD, device=device).view(1, 3, 1, 1) * 255.0
 
+    def stage(self, positions: np.ndarray) -> Staged:
+        """Rows ``positions`` of host-resident images (and masks) gathered into one buffer
+        (pinned on CUDA) and, on CUDA, copied to the device on :attr:`copy_stream` without
+        waiting; :meth:`Staged.ready` hands them over to the current stream."""
+        index = torch.from_numpy(np.asarray(positions, dtype=np.int64))
+
+        def gather(src: torch.Tensor) -> torch.Tensor:
+            buf = torch.empty((len(index), *src.shape[1:]), dtype=src.dtype,
+                              pin_memory=self.pinned)
+            return torch.index_select(src, 0, index, out=buf)
+
+        u8 = gather(self.images)
+        mask = gather(self.masks) if self.masks is not None else None
+        if self.copy_stream is None:
+            return Staged(u8.to(self.device), None if mask is None else mask.to(self.device))
+        with torch.cuda.stream(self.copy_stream):
+            u8 = u8.to(self.device, non_blocking=True)
+            mask = mask.to(self.device, non_blocking=True) if mask is not None else None
+            done = torch.cuda.Event()
+            done.record(self.copy_stream)
+        return Staged(u8, mask, done)
+
     @property
     def image_size(self) -> int:
         return int(self.images.shape[1])
 
     def __len__(self) -> int:
         return int(self.images.shape[0])
+
+
+@dataclass
+class Staged:
+    """One batch's uint8 images (and masks) on their way to the device (see
+    :meth:`DeviceData.stage`)."""
+
+    images: torch.Tensor
+    masks: torch.Tensor | None
+    copied: torch.cuda.Event | None = None
+
+    def ready(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The tensors, usable on the current stream (it waits for their copy; the caching
+        allocator is told they are used there, so their memory is not reused too early)."""
+        if self.copied is not None:
+            current = torch.cuda.current_stream(self.images.device)
+            current.wait_event(self.copied)
+            self.images.record_stream(current)
+            if self.masks is not None:
+                self.masks.record_stream(current)
+        return self.images, self.masks
 
 
 @dataclass(frozen=True)
@@ -195,18 +243,26 @@ class BatchLoader:
         if self.augment is not None and self._aug_gen is None:
             self._aug_gen = torch.Generator(device=dev)
             self._aug_gen.manual_seed(int(self.seed) * 1_000_003 + 17)
-        for pos in batches:
-            yield self._make_batch(torch.from_numpy(pos).to(dev, non_blocking=True))
+        if self.data.on_device:
+            for pos in batches:
+                index = torch.from_numpy(pos).to(dev, non_blocking=True)
+                u8 = self.data.images[index]
+                mask = self.data.masks[index] if self.data.masks is not None else None
+                yield self._make_batch(index, u8, mask)
+            return
+        # host-resident data: the next batch is gathered and its copy started before this
+        # one is handed to the model, so the copy overlaps the model's work (CUDA)
+        staged = self.data.stage(batches[0]) if batches else None
+        for i, pos in enumerate(batches):
+            assert staged is not None
+            current = staged
+            staged = self.data.stage(batches[i + 1]) if i + 1 < len(batches) else None
+            u8, mask = current.ready()
+            yield self._make_batch(torch.from_numpy(pos).to(dev, non_blocking=True), u8, mask)
 
-    def _make_batch(self, index: torch.Tensor) -> Batch:
+    def _make_batch(self, index: torch.Tensor, u8: torch.Tensor,
+                    mask: torch.Tensor | None) -> Batch:
         data = self.data
-        src_index = index if data.on_device else index.cpu()
-        u8 = data.images[src_index]
-        mask = data.masks[src_index] if data.masks is not None else None
-        if not data.on_device:
-            u8 = u8.to(data.device, non_blocking=True)
-            if mask is not None:
-                mask = mask.to(data.device, non_blocking=True)
         if self.augment is not None:
             u8, mask = self._augment(u8, mask)
         x = u8.permute(0, 3, 1, 2).float()  # NHWC storage: channels-last strides for free

@@ -38,6 +38,7 @@ from .runstore import (
     write_json,
 )
 from .segmentors import is_segmentor_name
+from .timing import PhaseTimer
 from .splits import PARTS, Split, check_split, load_split, make_split, save_split
 from .trainer import Predictions, SegmentationScores, TrainConfig
 
@@ -278,7 +279,7 @@ def run_identity(p: Prepared, bundle: DataBundle) -> dict[str, Any]:
         "image_size": p.image_size,
         "seed": c.seed,
         "split": bundle.split.sha256,
-        "train": params_to_dict(p.train),
+        "train": p.train.identity(),
         # binary tasks: predictions use the validation-chosen threshold (multi-class: argmax)
         **({"decision": "val_macro_f1_threshold"}
            if bundle.table.n_classes == 2 and p.task == "classification" else {}),
@@ -289,6 +290,29 @@ def run_dir_for(runs_dir: Path, identity: dict[str, Any]) -> Path:
     digest = config_hash(identity)[:10]
     name = f"{identity['backbone'].replace(':', '_')}-s{identity['seed']}-{digest}"
     return runs_dir / identity["dataset"]["name"] / identity["method"] / name
+
+
+def final_metrics(ctx: RunContext, p: Prepared, model: torch.nn.Module
+                  ) -> tuple[dict[str, Any], list[pd.DataFrame], float | None]:
+    """Validation and test metrics of the final model, their per-sample rows, and the binary
+    decision threshold (chosen on validation only; None otherwise)."""
+    bundle = ctx.bundle
+    metrics: dict[str, Any] = {}
+    frames = []
+    threshold = None
+    if p.task == "segmentation":
+        for part in ("val", "test"):
+            scores = ctx.trainer.predict_segmentation(model, ctx.loader(part), p.train)
+            metrics[part], frame = _score_segmentation(bundle, scores, part)
+            frames.append(frame)
+    else:
+        preds = {part: ctx.trainer.predict(model, ctx.loader(part), p.train)
+                 for part in ("val", "test")}
+        threshold = _val_threshold(bundle, preds["val"])
+        for part in ("val", "test"):
+            metrics[part], frame = _score(bundle, preds[part], part, threshold)
+            frames.append(frame)
+    return metrics, frames, threshold
 
 
 def run_experiment(config: RunConfig, *, keep_model: bool = False) -> RunResult:
@@ -308,7 +332,9 @@ def run_experiment(config: RunConfig, *, keep_model: bool = False) -> RunResult:
     runs_dir = ensure_writable_dir(Path(config.runs_dir))
     device = resolve_device(config.device)
     seed_everything(config.seed)
-    bundle = load_data(p, device, runs_dir)
+    timer = PhaseTimer(device)
+    with timer.phase("data"):
+        bundle = load_data(p, device, runs_dir)
     identity = run_identity(p, bundle)
     final_dir = run_dir_for(runs_dir, identity)
     if is_finished(final_dir) and not config.force:
@@ -324,27 +350,16 @@ def run_experiment(config: RunConfig, *, keep_model: bool = False) -> RunResult:
             backbone=BackboneSpec(p.backbone, dict(config.backbone_params), config.weights,
                                   p.weights_sha256),
             train_config=p.train, device=device, seed=config.seed, run_dir=writer.path,
-            runs_dir=runs_dir, privileged=config.privileged, progress=config.progress)
+            runs_dir=runs_dir, privileged=config.privileged, progress=config.progress,
+            timer=timer)
         seed_everything(config.seed)
         t_method = time.perf_counter()
-        model = p.method.run(ctx, p.method.params)
+        with timer.phase("other"):
+            model = p.method.run(ctx, p.method.params)
+            privileged = ctx.privileged_name  # resolves the default rule if the method did not
         method_seconds = time.perf_counter() - t_method
-        privileged = ctx.privileged_name  # resolves the default rule if the method did not
-        metrics, frames = {}, []
-        threshold = None
-        if p.task == "segmentation":
-            for part in ("val", "test"):
-                scores = ctx.trainer.predict_segmentation(model, ctx.loader(part), p.train)
-                metrics[part], frame = _score_segmentation(bundle, scores, part)
-                frames.append(frame)
-        else:
-            preds = {part: ctx.trainer.predict(model, ctx.loader(part), p.train)
-                     for part in ("val", "test")}
-            # binary tasks: the decision threshold is chosen on validation only
-            threshold = _val_threshold(bundle, preds["val"])
-            for part in ("val", "test"):
-                metrics[part], frame = _score(bundle, preds[part], part, threshold)
-                frames.append(frame)
+        with timer.phase("evaluate"):
+            metrics, frames, threshold = final_metrics(ctx, p, model)
         metrics["meta"] = {
             "task": p.task,
             **({"mask_classes": bundle.mask_classes} if p.task == "segmentation" else {}),
@@ -393,8 +408,11 @@ def run_experiment(config: RunConfig, *, keep_model: bool = False) -> RunResult:
             "versions": package_versions(),
             "command": " ".join(sys.argv),
             "notes": ctx.notes,
+            # phases: exclusive wall time of data, vanilla, train, curvature, other and
+            # evaluate (fairbench.timing); writing the files is not in them
             "seconds": {"method": round(method_seconds, 3),
-                        "total": round(time.perf_counter() - started, 3)},
+                        "total": round(time.perf_counter() - started, 3),
+                        "phases": timer.rounded()},
         }
         pd.concat(frames).to_csv(writer.path / "predictions.csv", index=False)
         write_json(writer.path / "metrics.json", metrics)

@@ -23,6 +23,13 @@ total is :math:`\\frac1B\\sum_n c_n` for per-sample contributions :math:`c_n` an
 size :math:`B`. Both groups' score sets have the same size, so their totals are on the same
 scale.
 
+Memory: the exact GGN back-propagates one column per class, so at 114 classes and 224 px a
+batch of 32 can need tens of GiB. When a backward pass runs out of memory (CUDA's
+``OutOfMemoryError`` or the CPU allocator's error), the batch is split in halves, and the
+smaller size is kept for the rest of the pass, down to one sample. Each piece is weighted by
+its size, so the result is the same sum (up to float rounding) and the method's score batch
+size, which sets the scale, does not change.
+
 Scored tensors (``scope``): ``"all"`` is every ``weight`` of Conv, Linear and BatchNorm
 modules, as released; ``"conv_linear"`` drops BatchNorm. Other parameters (biases, BN shifts)
 are not scored and do not require gradients during the computation, which saves time.
@@ -36,6 +43,7 @@ unprivileged set.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import re
 import warnings
@@ -60,6 +68,9 @@ ESTIMATORS: tuple[str, ...] = ("ggn_exact", "ggn_mc", "hessian_exact", "fisher")
 
 _SAVED_AS = {"ggn_exact": "diag_ggn_exact", "ggn_mc": "diag_ggn_mc", "hessian_exact": "diag_h",
              "fisher": "sum_grad_squared"}
+
+
+log = logging.getLogger(__name__)
 
 
 class CurvatureError(FairbenchError):
@@ -151,6 +162,25 @@ def _extension(estimator: str, mc_samples: int) -> object:
     raise ValueError(f"unknown estimator {estimator!r}; use one of {', '.join(ESTIMATORS)}")
 
 
+def _backpack_step(model: nn.Module, loss_fn: nn.Module, ext: object, x: torch.Tensor,
+                   y: torch.Tensor) -> None:
+    """One forward and backward pass of the batch-mean loss with the extension active."""
+    from backpack import backpack
+
+    with backpack(ext):
+        loss = loss_fn(model(x), y)
+        loss.backward()
+
+
+def _is_out_of_memory(exc: BaseException) -> bool:
+    """An allocator failure (CUDA's ``OutOfMemoryError`` or the CPU allocator's error)."""
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and any(
+        words in text for words in ("out of memory", "not enough memory", "can't allocate memory"))
+
+
 def _raised_in_backpack(exc: BaseException) -> bool:
     tb = exc.__traceback__
     while tb is not None and tb.tb_next is not None:
@@ -187,7 +217,7 @@ def diagonal_curvature(
 ) -> dict[str, torch.Tensor]:
     """Diagonal curvature of the cross-entropy loss of ``model`` over ``batches``, per scored
     parameter name (names as in ``model.named_parameters()``). ``model`` is not modified."""
-    from backpack import backpack, extend
+    from backpack import extend
 
     ext = _extension(estimator, mc_samples)
     work = copy.deepcopy(model).float().eval()
@@ -208,41 +238,64 @@ def diagonal_curvature(
     loss_fn = extend(nn.CrossEntropyLoss())
     attr = _SAVED_AS[estimator]
     acc = {name: torch.zeros_like(p) for name, p in targets.items()}
+
+    def clear() -> None:
+        for p in params:
+            if hasattr(p, attr):
+                delattr(p, attr)
+            p.grad = None
+
+    def accumulate(x: torch.Tensor, y: torch.Tensor, weight: float) -> None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _backpack_step(ext_model, loss_fn, ext, x, y)
+        except NotImplementedError as exc:
+            raise CurvatureError(_unsupported_message(estimator, str(exc))) from None
+        except AssertionError as exc:  # BackPACK asserts on layer settings it cannot handle
+            if not _raised_in_backpack(exc):
+                raise
+            raise CurvatureError(_unsupported_message(estimator, str(exc))) from None
+        for p in params:
+            value = getattr(p, attr)
+            if estimator == "fisher":
+                value = value * int(x.shape[0])  # (1/m) Σ g_n² from Σ (g_n / m)²
+            acc[target_ids[id(p)]].add_(value.detach(), alpha=weight)
+        clear()
+
     nominal: int | None = None
+    micro: int | None = None  # samples per backward pass once the memory ran out
     with progress_bar(total=total, desc=desc, unit="batch", enabled=progress) as bar:
         for batch in batches:
             # (a backward pass taken w.r.t. the input alone would skip the unused parameter
             # gradients, ~5% faster, but BackPACK then keeps a backpropagated quantity for the
             # input that is never consumed and collides with a later batch's: not done)
             x = batch.x.float().contiguous()
+            y = batch.y
             b = int(x.shape[0])
             nominal = nominal or b
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    with backpack(ext):
-                        loss = loss_fn(ext_model(x), batch.y)
-                        loss.backward()
-            except NotImplementedError as exc:
-                raise CurvatureError(_unsupported_message(estimator, str(exc))) from None
-            except AssertionError as exc:  # BackPACK asserts on layer settings it cannot handle
-                if not _raised_in_backpack(exc):
-                    raise
-                raise CurvatureError(_unsupported_message(estimator, str(exc))) from None
-            except RuntimeError as exc:
-                if "out of memory" in str(exc).lower():
-                    raise CurvatureError(
-                        f"out of memory computing {estimator} on batches of {b}; lower the "
-                        "score batch size (score_batch_size) or use ggn_mc") from None
-                raise
-            weight = b / nominal
-            for p in params:
-                value = getattr(p, attr)
-                if estimator == "fisher":
-                    value = value * b  # (1/b) Σ g_n² from Σ (g_n / b)²
-                acc[target_ids[id(p)]].add_(value.detach(), alpha=weight)
-                delattr(p, attr)
-                p.grad = None
+            start = 0
+            while start < b:
+                m = min(micro or b, b - start)
+                try:
+                    accumulate(x[start:start + m], y[start:start + m], m / nominal)
+                except Exception as exc:
+                    if not _is_out_of_memory(exc):
+                        raise
+                    clear()
+                    ext = _extension(estimator, mc_samples)  # drop half-backpropagated state
+                    if x.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    if m == 1:
+                        raise CurvatureError(
+                            f"out of memory computing {estimator} for a single sample; use "
+                            "ggn_mc, a smaller image size or a device with more memory"
+                        ) from None
+                    micro = m // 2
+                    log.warning("%s: out of memory on %d samples at once; going on in "
+                                "micro-batches of %d (same result)", estimator, m, micro)
+                    continue
+                start += m
             bar.update(1)
     if nominal is None:
         raise FairbenchError("curvature was asked for over an empty set of samples")
@@ -299,9 +352,10 @@ def group_curvature(
     for label, positions in (("unprivileged", pos_u), ("privileged", pos_p)):
         loader = ctx.loader(positions=positions, batch_size=batch_size, sampler="sequential",
                             augment=False, drop_last=False)
-        out.append(diagonal_curvature(
-            model, loader, estimator=estimator, scope=scope, progress=ctx.progress,
-            desc=f"{estimator} ({label})", total=len(loader)))
+        with ctx.phase("curvature"):
+            out.append(diagonal_curvature(
+                model, loader, estimator=estimator, scope=scope, progress=ctx.progress,
+                desc=f"{estimator} ({label})", total=len(loader)))
     return GroupCurvature(out[0], out[1], len(pos_u))
 
 

@@ -222,6 +222,46 @@ def test_augmentation_keeps_shapes_and_moves_masks_with_images():
     assert torch.equal(again.x, ab.x)
 
 
+
+@pytest.mark.parametrize("order, augment", [("sequential", None), ("shuffle", Augment(2)),
+                                            ("balanced", Augment(1))])
+def test_host_resident_data_gives_the_same_batches(order, augment):
+    """Images kept in host memory (gathered per batch, one batch ahead; on CUDA into pinned
+    buffers copied on a side stream) give exactly the batches of on-device images."""
+    rng = np.random.default_rng(3)
+    n, size = 70, 8
+    images = rng.integers(0, 256, (n, size, size, 3), dtype=np.uint8)
+    masks = rng.integers(0, 3, (n, size, size), dtype=np.uint8)
+    labels, groups = rng.integers(0, 3, n), (rng.random(n) < 0.3).astype(int)
+    cpu = torch.device("cpu")
+    kept = {False: DeviceData(images, labels, {"g": groups}, cpu, masks=masks),
+            True: DeviceData(images, labels, {"g": groups}, cpu, masks=masks, keep_on_host=True)}
+    assert kept[False].on_device and not kept[True].on_device and not kept[True].pinned
+    pos = np.arange(5, 68)
+    strata = groups[pos] if order == "balanced" else None
+    epochs = {}
+    for host, data in kept.items():
+        loader = BatchLoader(data, pos, batch_size=16, attribute="g", order=order,
+                             strata=strata, augment=augment, seed=4)
+        epochs[host] = [list(loader) for _ in range(2)]
+    for epoch_dev, epoch_host in zip(epochs[False], epochs[True]):
+        assert len(epoch_dev) == len(epoch_host) > 1
+        for a, b in zip(epoch_dev, epoch_host):
+            assert torch.equal(a.index, b.index) and torch.equal(a.x, b.x)
+            assert torch.equal(a.mask, b.mask) and torch.equal(a.y, b.y)
+            assert torch.equal(a.g, b.g)
+
+
+def test_host_resident_staging_gathers_the_rows_asked_for():
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (12, 4, 4, 3), dtype=np.uint8)
+    data = DeviceData(images, np.zeros(12, int), {"g": np.zeros(12, int)},
+                      torch.device("cpu"), keep_on_host=True)
+    u8, mask = data.stage(np.array([7, 2, 2, 11])).ready()
+    assert mask is None and torch.equal(u8, torch.from_numpy(images[[7, 2, 2, 11]]))
+    empty = BatchLoader(data, np.array([], dtype=np.int64), batch_size=4, attribute="g")
+    assert list(empty) == []
+
 # -- loaders of a run context -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ctx(tmp_path_factory, make_tiny_config):

@@ -286,6 +286,21 @@ def test_cli_end_to_end_records_privileged_group(spied):
     assert summary["steps"] == 3 and summary["selected"]["step"] == 3  # final step only
 
 
+
+def test_run_records_its_wall_time_by_phase(spied):
+    from fairbench.report import run_summary
+
+    config = json.loads((spied["run_dir"] / "config.json").read_text())
+    seconds = config["seconds"]
+    phases = seconds["phases"]
+    assert set(phases) == {"data", "vanilla", "train", "curvature", "other", "evaluate"}
+    assert all(v >= 0 for v in phases.values())
+    # exclusive phases: they add up to (nearly all of) the run's wall time, never more
+    assert 0.5 * seconds["total"] <= sum(phases.values()) <= seconds["total"] + 0.01
+    assert phases["train"] > 0 and phases["curvature"] > 0
+    metrics = json.loads((spied["run_dir"] / "metrics.json").read_text())
+    assert "by phase (s): data" in run_summary(config, metrics)
+
 def test_cli_selection_as_released(runs, tiny_cache):
     root = runs / "released"
     params = {**FAST, "selection": "as_released", "retrain_epochs": "0", "scope": "conv_linear"}

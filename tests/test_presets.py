@@ -38,3 +38,15 @@ def test_preset_values_match_the_paper_reference() -> None:
     for name, (_, _, ratio, beta) in PRESETS.items():
         raw = tomllib.loads((BENCH / name).read_text())
         assert raw["params"]["target_ratio"] == ratio and raw["params"]["beta"] == beta
+
+
+def test_synthetic_fitzpatrick_size_preset_trains_as_the_paper_preset(tmp_path: Path) -> None:
+    """The end-to-end timing config is the Fitzpatrick-17k preset on synthderm at its size:
+    the same backbone, image size, training and method settings."""
+    paper = _read_config(str(BENCH / "fairquantize_fitzpatrick17k_vgg11.toml"))
+    synth = _read_config(str(BENCH / "fairquantize_synthfitz_vgg11.toml"))
+    for key in ("method", "backbone", "image_size", "split_fractions", "train", "params"):
+        assert synth[key] == paper[key], key
+    assert synth["dataset"] == "synthderm"
+    adapter = create_dataset("synthderm", **synth["dataset_params"])
+    assert adapter.params.n_samples == 16577

@@ -648,3 +648,58 @@ def test_few_positions_path_leaves_the_curvature_unchanged(monkeypatch, estimato
     assert results[0].keys() == results[1].keys()
     for name in results[0]:
         assert torch.allclose(results[0][name], results[1][name], rtol=1e-4, atol=1e-9), name
+
+
+# -- micro-batches when the memory runs out --------------------------------------------------------
+def _oom_above(monkeypatch, limit: int, error: BaseException) -> list[int]:
+    """Make every backward pass on more than ``limit`` samples fail as the allocator would;
+    returns the sizes of the passes tried."""
+    import fairbench.saliency as S
+
+    tried: list[int] = []
+    real = S._backpack_step
+
+    def step(model, loss_fn, ext, x, y):
+        tried.append(int(x.shape[0]))
+        if x.shape[0] > limit:
+            real(model, loss_fn, ext, x, y)  # a pass whose results must be dropped
+            raise error
+        real(model, loss_fn, ext, x, y)
+
+    monkeypatch.setattr(S, "_backpack_step", step)
+    return tried
+
+
+@pytest.mark.parametrize("estimator", ["ggn_exact", "fisher", "hessian_exact"])
+@pytest.mark.parametrize("error", [torch.OutOfMemoryError("CUDA out of memory. Tried to allocate"),
+                                   RuntimeError("DefaultCPUAllocator: not enough memory")])
+def test_out_of_memory_goes_on_in_micro_batches_with_the_same_result(monkeypatch, estimator,
+                                                                     error):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 6 * 6, 5))
+    x, y = torch.randn(23, 3, 8, 8), torch.randint(0, 5, (23,))
+    batches = make_batches(x, y, [8, 8, 7])
+    whole = diagonal_curvature(model, batches, estimator=estimator)
+    tried = _oom_above(monkeypatch, 3, error)
+    split = diagonal_curvature(model, batches, estimator=estimator)
+    # 8 fails, 4 fails, then 2 per pass for the rest (the smaller size is kept)
+    assert tried[:3] == [8, 4, 2] and max(tried[3:]) == 2 and sum(t for t in tried if t <= 3) == 23
+    for k in whole:
+        assert torch.allclose(whole[k], split[k], rtol=1e-5, atol=1e-8), k
+
+
+def test_out_of_memory_for_one_sample_is_a_clear_error(monkeypatch):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    x, y = torch.randn(4, 3, 2, 2), torch.randint(0, 3, (4,))
+    _oom_above(monkeypatch, 0, torch.OutOfMemoryError("CUDA out of memory"))
+    with pytest.raises(CurvatureError, match="single sample; use ggn_mc"):
+        diagonal_curvature(model, make_batches(x, y, [4]), estimator="ggn_exact")
+
+
+def test_other_runtime_errors_are_not_taken_for_out_of_memory(monkeypatch):
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    x, y = torch.randn(4, 3, 2, 2), torch.randint(0, 3, (4,))
+    tried = _oom_above(monkeypatch, 0, RuntimeError("shape mismatch"))
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        diagonal_curvature(model, make_batches(x, y, [4]), estimator="ggn_exact")
+    assert tried == [4]

@@ -272,3 +272,57 @@ def test_predict_and_evaluate(data):
     metrics = trainer.evaluate(m, val)
     assert {"F1", "EOdd", "light", "dark"} <= set(metrics)
     assert metrics["n"] == 32
+
+
+# -- torch.compile -------------------------------------------------------------------------------
+@pytest.fixture
+def eager_compile(monkeypatch):
+    """torch.compile through dynamo with the eager backend: the compile path without a C++
+    toolchain, in seconds."""
+    import fairbench.trainer as T
+
+    monkeypatch.setattr(T, "COMPILE_BACKEND", "aot_eager")
+    torch._dynamo.reset()
+    yield
+    torch._dynamo.reset()
+
+
+def test_compile_trains_the_same_model_and_logs_its_time(data, eager_compile):
+    plain = model()
+    Trainer(CPU, seed=0, progress=False).fit(plain, *loaders(data), config=config())
+    compiled = model()
+    log = EpochLog(None)
+    Trainer(CPU, seed=0, progress=False, log=log).fit(compiled, *loaders(data),
+                                                     config=config(compile=True))
+    assert type(compiled).__name__ != "OptimizedModule"  # the module itself is not replaced
+    for k, v in plain.state_dict().items():
+        assert torch.allclose(v.float(), compiled.state_dict()[k].float(), rtol=1e-3, atol=1e-5), k
+    assert log.rows[0]["compile_seconds"] > 0 and "compile_seconds" not in log.rows[1]
+    copy.deepcopy(compiled)  # what curvature passes and checkpoints do
+
+
+def test_compile_keeps_frozen_entries_and_method_losses(data, eager_compile):
+    m = model()
+    w = dict(m.named_parameters())["body.0.weight"]
+    mask = torch.rand(w.shape, generator=torch.Generator().manual_seed(0)) < 0.5
+    before = w.detach().clone()
+    seen = []
+
+    def loss(mdl, batch, st):  # a method's loss reaching a sub-module through the wrapper
+        seen.append(type(mdl).__name__)
+        return F.cross_entropy(mdl.classifier(mdl.features(batch.x)), batch.y)
+
+    Trainer(CPU, seed=0, progress=False).fit(
+        m, *loaders(data), config=config(compile=True),
+        hooks=TrainHooks(loss=loss, frozen={"body.0.weight": mask}))
+    assert seen[0] == "OptimizedModule"
+    assert torch.equal(w.detach()[mask], before[mask])
+    assert not torch.equal(w.detach()[~mask], before[~mask])
+
+
+def test_compile_enters_identities_only_when_on():
+    off = build_params(TrainConfig, {})
+    on = build_params(TrainConfig, {"compile": True})
+    assert "compile" not in off.identity()
+    assert on.identity()["compile"] is True
+    assert {k: v for k, v in on.identity().items() if k != "compile"} == off.identity()
