@@ -18,6 +18,9 @@ batches (the figure is per 1,000 images either way; the table says how many were
 baseline is timed again on exactly those batches, alternating with the estimator
 ``--repeats`` times (best of each kept), so that load from other processes on a shared
 machine hits both sides of the ratio alike.
+When a batch does not fit in memory (the exact GGN at 114 classes), diagonal_curvature goes on
+in micro-batches; the table gives the samples per backward pass it settled on and, on CUDA,
+the peak memory allocated.
 Goal (issue 3): ``ggn_mc`` ≤ 3× a forward+backward. On CUDA the defaults become the 224 px
 presets of ``reference/measurements.md`` (batch 128, 114 classes). Examples::
 
@@ -29,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
 import os
 import platform
@@ -103,6 +107,20 @@ def setup_seconds(model: torch.nn.Module, estimator: str, scope: str,
         pass
     sync(device)
     return time.perf_counter() - t
+
+
+class MicroBatchLog(logging.Handler):
+    """Records the micro-batch size that diagonal_curvature fell back to after running out of
+    memory (its warning's last argument)."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.smallest: int | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "micro-batches" in record.msg and record.args:
+            size = int(record.args[-1])  # type: ignore[index]
+            self.smallest = size if self.smallest is None else min(self.smallest, size)
 
 
 def reason_of(exc: BaseException) -> str:
@@ -182,6 +200,10 @@ def main() -> None:
             print(f"{name} ({classes} classes): fwd+bwd {base_per_k:.2f} s / 1000 img", flush=True)
             for est in args.estimators:
                 row = {"backbone": name, "classes": classes, "estimator": est}
+                micro = MicroBatchLog()
+                logging.getLogger("fairbench.saliency").addHandler(micro)
+                if cuda:
+                    torch.cuda.reset_peak_memory_stats(device)
                 try:
                     setup = setup_seconds(model, est, args.scope, device)
                     t_one = curvature(model, batches[:1], est, args.scope, device)  # warm-up
@@ -205,6 +227,10 @@ def main() -> None:
                     row.update(status=f"unsupported ({reason_of(exc)})")
                     if cuda:
                         torch.cuda.empty_cache()
+                logging.getLogger("fairbench.saliency").removeHandler(micro)
+                row["micro_batch"] = micro.smallest or bs
+                if cuda:
+                    row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
                 rows.append(row)
                 status = (f"{row['relative']:.1f}× ({row['s_per_1000']:.2f} s / 1000 img)"
                           if row["status"] == "ok" else row["status"])
@@ -214,16 +240,20 @@ def main() -> None:
                 torch.cuda.empty_cache()
 
     print("\n| backbone | classes | estimator | s per 1,000 img | × fwd+bwd | images timed | "
-          "setup s (copy+extend) | fwd+bwd s / 1,000 img (paired) |")
-    print("|---|---:|---|---:|---:|---:|---:|---:|")
+          "setup s (copy+extend) | fwd+bwd s / 1,000 img (paired) | samples per backward | "
+          "peak GiB |")
+    print("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|")
     for r in rows:
+        micro = str(r.get("micro_batch", ""))
+        peak = f"{r['peak_gib']:.1f}" if "peak_gib" in r else ""
         if r["status"] != "ok":
-            print(f"| {r['backbone']} | {r['classes']} | {r['estimator']} | {r['status']} | | | | |")
+            print(f"| {r['backbone']} | {r['classes']} | {r['estimator']} | {r['status']} | | | | "
+                  f"| {micro} | {peak} |")
             continue
         setup = f"{r['setup_s']:.2f}" if "setup_s" in r else ""
         paired = f"{r['base_s_per_1000']:.2f}" if "base_s_per_1000" in r else ""
         print(f"| {r['backbone']} | {r['classes']} | {r['estimator']} | {r['s_per_1000']:.2f} | "
-              f"{r['relative']:.2f} | {r['images']} | {setup} | {paired} |")
+              f"{r['relative']:.2f} | {r['images']} | {setup} | {paired} | {micro} | {peak} |")
     mc = [r for r in rows if r["estimator"] == "ggn_mc" and r["status"] == "ok"]
     if mc:
         worst = max(r["relative"] for r in mc)

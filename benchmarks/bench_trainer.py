@@ -215,7 +215,12 @@ def main() -> None:
                     help="skip the informational fit-with-validation row")
     ap.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     ap.add_argument("--compile", action="store_true",
-                    help="torch.compile the model on both sides (compile time reported)")
+                    help="torch.compile on both sides: the bare loop's model, and the "
+                         "trainer's own TrainConfig.compile (compile time reported)")
+    ap.add_argument("--keep-on-host", action="store_true",
+                    help="the trainer's images stay in host memory (pinned, copied one batch "
+                         "ahead on a side stream), as for a dataset too big for the GPU; the "
+                         "bare loop keeps its images on the device")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads")
     ap.add_argument("--profile", action="store_true",
                     help="print a torch.profiler table of one trainer epoch")
@@ -238,8 +243,9 @@ def main() -> None:
     augment = not args.no_augment
     shift = max(1, size // 8)  # as RunContext.loader
     cfg = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, augment=augment,
-                      select="last", eval_batch_size=args.eval_batch_size)
-    data = DeviceData(images_np, labels_np, attrs_np, device)
+                      select="last", eval_batch_size=args.eval_batch_size,
+                      compile=args.compile)
+    data = DeviceData(images_np, labels_np, attrs_np, device, keep_on_host=args.keep_on_host)
     attribute = next(iter(attrs_np))
     channels_last = device.type == "cuda" and cfg.channels_last
     positions = np.arange(n)
@@ -263,12 +269,12 @@ def main() -> None:
     tr_model = copy.deepcopy(base)
     trainer = Trainer(device, seed=0, progress=False)
     trainer.prepare(tr_model, cfg)
-    bare = BareLoop(data.images, data.labels, bare_model, device, cfg.batch_size, augment,
+    bare_images = data.images if data.on_device else torch.from_numpy(images_np).to(device)
+    bare = BareLoop(bare_images, data.labels, bare_model, device, cfg.batch_size, augment,
                     cfg.lr, cfg.weight_decay, shift)
     compile_s: dict[str, float] = {}
     if args.compile:
         bare.model = torch.compile(bare.model)  # type: ignore[assignment]
-        tr_model = torch.compile(tr_model)  # type: ignore[assignment]
 
     per_epoch = (n // cfg.batch_size) * cfg.batch_size if n > cfg.batch_size else n
     print(f"device: {device} ({torch.cuda.get_device_name(device) if device.type == 'cuda' else platform.processor() or platform.machine()}), "
@@ -276,7 +282,8 @@ def main() -> None:
     print(f"backbone {args.backbone}, {size} px, {n} images ({args.data}), {args.classes} classes, "
           f"batch {cfg.batch_size}, augment {'on' if augment else 'off'}, "
           f"{'bf16 autocast + channels-last' if device.type == 'cuda' else 'fp32 NCHW'}"
-          f"{', torch.compile' if args.compile else ''}")
+          f"{', torch.compile' if args.compile else ''}"
+          f"{'; trainer images in host memory' if not data.on_device else ''}")
     print(f"load average: {' '.join(f'{x:.2f}' for x in os.getloadavg())}; "
           f"{args.warmup} warm-up epoch(s), {args.repeats} × {args.epochs} timed epochs per side\n")
 

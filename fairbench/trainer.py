@@ -19,7 +19,8 @@ A method never copies this loop. It changes what the loop does through :class:`T
   value picks the checkpoint; ``score(metrics) -> float`` (higher is better) replaces it with
   any rule over the metrics.
 
-The loop: seeded, bf16 autocast and channels-last on CUDA, SGD/Adam/AdamW with a step or
+The loop: seeded, bf16 autocast and channels-last on CUDA, optional ``torch.compile``
+(``TrainConfig.compile``), SGD/Adam/AdamW with a step or
 cosine schedule, best-on-validation checkpoint, early stopping, a tqdm bar, and one row per
 epoch in the run's training log.
 """
@@ -79,8 +80,9 @@ class TrainConfig:
     channels_last: bool = param(True, help="channels-last memory format on CUDA")
     grad_clip: float = param(0.0, help="gradient-norm clipping (0 = off)", min=0.0)
     eval_batch_size: int = param(256, help="batch size of prediction", min=1)
-    compile: bool = param(False, help="torch.compile the training forward pass (worth it on "
-                                      "CUDA for long runs; the compile time is logged)")
+    compile: bool = param(False, help="torch.compile the model's forward pass in training and "
+                                      "prediction (worth it for long runs; the first training "
+                                      "step's time, compilation included, is logged)")
 
     def identity(self) -> dict[str, Any]:
         """The settings that define a result, for run and vanilla identities: every field,
@@ -286,9 +288,10 @@ class Trainer:
         was_training = model.training
         model.eval()
         probs, index = [], []
+        forward = _compiled(model) if config is not None and config.compile else model
         with self.autocast(config):
             for batch in loader:
-                logits = model(batch.x)
+                logits = forward(batch.x)
                 probs.append(torch.softmax(logits.float(), dim=1))
                 index.append(batch.index)
         model.train(was_training)
@@ -306,11 +309,12 @@ class Trainer:
         was_training = model.training
         model.eval()
         counts, index = [], []
+        forward = _compiled(model) if config is not None and config.compile else model
         with self.autocast(config):
             for batch in loader:
                 if batch.mask is None:
                     raise ValueError("the loader's data has no masks")
-                pred = hard_masks(model(batch.x))
+                pred = hard_masks(forward(batch.x))
                 counts.append(overlap_counts_torch(pred, batch.mask, len(self.mask_classes)))
                 index.append(batch.index)
         model.train(was_training)
@@ -376,8 +380,8 @@ class Trainer:
                     for a in separate]
         base_lrs = [[g["lr"] for g in o.param_groups] for o in [optimizer, *aux_opts]]
 
-        # torch.compile wraps the model for the loss functions only: the module itself (its
-        # state dict, its eval-mode predictions, deep copies of it) is left as it is
+        # torch.compile wraps the model for the loss functions (and predict): the module
+        # itself (its state dict, deep copies of it, hooks' access to it) is left as it is
         forward_model = _compiled(model) if config.compile else model
         compile_seconds: float | None = None
 

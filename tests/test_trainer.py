@@ -299,6 +299,11 @@ def test_compile_trains_the_same_model_and_logs_its_time(data, eager_compile):
         assert torch.allclose(v.float(), compiled.state_dict()[k].float(), rtol=1e-3, atol=1e-5), k
     assert log.rows[0]["compile_seconds"] > 0 and "compile_seconds" not in log.rows[1]
     copy.deepcopy(compiled)  # what curvature passes and checkpoints do
+    _, val = loaders(data)
+    eager = Trainer(CPU, progress=False).predict(compiled, val, config())
+    fast = Trainer(CPU, progress=False).predict(compiled, val, config(compile=True))
+    assert np.allclose(eager.probs, fast.probs, atol=1e-5)
+    assert np.array_equal(eager.index, fast.index)
 
 
 def test_compile_keeps_frozen_entries_and_method_losses(data, eager_compile):
