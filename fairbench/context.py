@@ -24,6 +24,7 @@ from .errors import FairbenchError
 from .loaders import Augment, BatchLoader, DeviceData
 from .runstore import config_hash, remove_stale_temporaries, temporary_path, write_json
 from .splits import Split
+from .saliency import PassSize
 from .timing import PhaseTimer
 from .trainer import EpochLog, FitResult, TrainConfig, Trainer, TrainHooks
 
@@ -99,6 +100,8 @@ class RunContext:
         self._vanilla_meta: dict[str, Any] | None = None
         self.notes: dict[str, Any] = {}
         self.timer = timer or PhaseTimer(device)
+        #: samples per curvature backward pass that fit in memory (saliency.group_curvature)
+        self.curvature_pass_size = PassSize()
 
     # -- data -------------------------------------------------------------------------------------
     @property

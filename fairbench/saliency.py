@@ -26,9 +26,10 @@ scale.
 Memory: the exact GGN back-propagates one column per class, so at 114 classes and 224 px a
 batch of 32 can need tens of GiB. When a backward pass runs out of memory (CUDA's
 ``OutOfMemoryError`` or the CPU allocator's error), the batch is split in halves, and the
-smaller size is kept for the rest of the pass, down to one sample. Each piece is weighted by
-its size, so the result is the same sum (up to float rounding) and the method's score batch
-size, which sets the scale, does not change.
+smaller size is kept for the rest of the pass, down to one sample; a run keeps it for its later
+passes too (``RunContext.curvature_pass_size``) and records it in its notes. Each piece is
+weighted by its size, so the result is the same sum (up to float rounding) and the method's
+score batch size, which sets the scale, does not change.
 
 Scored tensors (``scope``): ``"all"`` is every ``weight`` of Conv, Linear and BatchNorm
 modules, as released; ``"conv_linear"`` drops BatchNorm. Other parameters (biases, BN shifts)
@@ -204,6 +205,15 @@ def _unsupported_message(estimator: str, backpack_message: str) -> str:
     return f"estimator {estimator} is not supported by BackPACK {what}; {hint}"
 
 
+@dataclass
+class PassSize:
+    """Samples per backward pass that fit in memory, carried from one
+    :func:`diagonal_curvature` call to the next (``None``: whole batches), so that only the
+    first call of a run pays for finding it."""
+
+    samples: int | None = None
+
+
 def diagonal_curvature(
     model: nn.Module,
     batches: Iterable[Batch],
@@ -214,9 +224,11 @@ def diagonal_curvature(
     progress: bool = False,
     desc: str = "curvature",
     total: int | None = None,
+    pass_size: PassSize | None = None,
 ) -> dict[str, torch.Tensor]:
     """Diagonal curvature of the cross-entropy loss of ``model`` over ``batches``, per scored
-    parameter name (names as in ``model.named_parameters()``). ``model`` is not modified."""
+    parameter name (names as in ``model.named_parameters()``). ``model`` is not modified.
+    ``pass_size``, if given, starts from its size and keeps the size that fitted."""
     from backpack import extend
 
     ext = _extension(estimator, mc_samples)
@@ -264,7 +276,8 @@ def diagonal_curvature(
         clear()
 
     nominal: int | None = None
-    micro: int | None = None  # samples per backward pass once the memory ran out
+    # samples per backward pass once the memory ran out (None: whole batches)
+    micro: int | None = pass_size.samples if pass_size is not None else None
     with progress_bar(total=total, desc=desc, unit="batch", enabled=progress) as bar:
         for batch in batches:
             # (a backward pass taken w.r.t. the input alone would skip the unused parameter
@@ -292,6 +305,8 @@ def diagonal_curvature(
                             "ggn_mc, a smaller image size or a device with more memory"
                         ) from None
                     micro = m // 2
+                    if pass_size is not None:
+                        pass_size.samples = micro
                     log.warning("%s: out of memory on %d samples at once; going on in "
                                 "micro-batches of %d (same result)", estimator, m, micro)
                     continue
@@ -355,7 +370,10 @@ def group_curvature(
         with ctx.phase("curvature"):
             out.append(diagonal_curvature(
                 model, loader, estimator=estimator, scope=scope, progress=ctx.progress,
-                desc=f"{estimator} ({label})", total=len(loader)))
+                desc=f"{estimator} ({label})", total=len(loader),
+                pass_size=ctx.curvature_pass_size))
+    if ctx.curvature_pass_size.samples is not None:  # recorded in config.json
+        ctx.notes["curvature_samples_per_pass"] = ctx.curvature_pass_size.samples
     return GroupCurvature(out[0], out[1], len(pos_u))
 
 

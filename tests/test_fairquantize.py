@@ -299,7 +299,7 @@ def test_run_records_its_wall_time_by_phase(spied):
     assert 0.5 * seconds["total"] <= sum(phases.values()) <= seconds["total"] + 0.01
     assert phases["train"] > 0 and phases["curvature"] > 0
     metrics = json.loads((spied["run_dir"] / "metrics.json").read_text())
-    assert "by phase (s): data" in run_summary(config, metrics)
+    assert "; by phase (s): " in run_summary(config, metrics)  # phases under 0.05 s omitted
 
 def test_cli_selection_as_released(runs, tiny_cache):
     root = runs / "released"
@@ -413,3 +413,26 @@ def test_check_method_conformance(tmp_path):
         "estimator": "fisher", "score_samples": 8, "score_batch_size": 8,
         "target_ratio": 0.1, "step": 0.1, "retrain_epochs": 1})
     assert {"val", "test", "meta"} <= set(metrics)
+
+
+def test_curvature_out_of_memory_is_survived_and_recorded(runs, tiny_cache, monkeypatch):
+    """A run whose curvature passes do not fit in memory at the score batch size goes on in
+    smaller passes (found once, kept for every later step) and records the size in its notes."""
+    import fairbench.saliency as S
+
+    tried: list[int] = []
+    real = S._backpack_step
+
+    def step(model, loss_fn, ext, x, y):
+        tried.append(int(x.shape[0]))
+        if x.shape[0] > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 40.00 GiB")
+        real(model, loss_fn, ext, x, y)
+
+    monkeypatch.setattr(S, "_backpack_step", step)
+    root = runs / "oom"
+    result = invoke(root, tiny_cache, {**FAST, "estimator": "ggn_exact", "score_batch_size": "8"})
+    assert result.exit_code == 0, result.output
+    config = json.loads((the_run_dir(root) / "config.json").read_text())
+    assert config["notes"]["curvature_samples_per_pass"] == 2
+    assert tried.count(8) == 1 and tried.count(4) == 1  # found once, for the whole run

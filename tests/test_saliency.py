@@ -703,3 +703,20 @@ def test_other_runtime_errors_are_not_taken_for_out_of_memory(monkeypatch):
     with pytest.raises(RuntimeError, match="shape mismatch"):
         diagonal_curvature(model, make_batches(x, y, [4]), estimator="ggn_exact")
     assert tried == [4]
+
+
+def test_the_size_that_fitted_is_kept_for_the_next_call(monkeypatch):
+    from fairbench.saliency import PassSize
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))
+    x, y = torch.randn(16, 3, 2, 2), torch.randint(0, 3, (16,))
+    tried = _oom_above(monkeypatch, 5, torch.OutOfMemoryError("CUDA out of memory"))
+    size = PassSize()
+    first = diagonal_curvature(model, make_batches(x, y, [8, 8]), pass_size=size)
+    assert size.samples == 4 and tried[:2] == [8, 4]
+    tried.clear()
+    second = diagonal_curvature(model, make_batches(x, y, [8, 8]), pass_size=size)
+    assert tried == [4, 4, 4, 4]  # no failed attempt at 8 this time
+    for k in first:
+        assert torch.allclose(first[k], second[k])
