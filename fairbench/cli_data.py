@@ -125,6 +125,7 @@ def prepare_cmd(dataset: str, data_root: str | None, data_params: tuple[str, ...
     from .cache import cache_key, load_or_build
 
     adapter = _adapter(dataset, data_root, data_params, plugins)
+    adapter.cache_dir = _cache_dir(cache_dir)
     size = _image_size(adapter, image_size)
     table = adapter.build_table()
     if attribute:
@@ -161,6 +162,7 @@ def info_cmd(dataset: str, data_root: str | None, data_params: tuple[str, ...],
     from .cache import cache_key
 
     adapter = _adapter(dataset, data_root, data_params, plugins)
+    adapter.cache_dir = _cache_dir(cache_dir)
     size = _image_size(adapter, image_size)
     table = adapter.build_table()
     if attribute:

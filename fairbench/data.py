@@ -171,6 +171,9 @@ class DatasetAdapter:
             params = build_params(self.Params, params or {}, owner=f"dataset {self.name}")
         self.params = params
         self.data_root = Path(data_root).expanduser() if data_root else None
+        #: the cache folder of this run or command (None: the default, $FAIRBENCH_CACHE or
+        #: ~/.cache/fairbench); an adapter may keep what it derives from its files there
+        self.cache_dir: Path | None = None
         if self.requires_data_root:
             if self.data_root is None:
                 raise DataError(

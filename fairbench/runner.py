@@ -141,6 +141,7 @@ def prepare(config: RunConfig) -> Prepared:
     task = resolve_task(config, method_cls, dataset_cls)
     method = method_cls(dict(config.method_params))
     adapter = dataset_cls(params=dict(config.dataset_params), data_root=config.data_root)
+    adapter.cache_dir = Path(config.cache_dir).expanduser() if config.cache_dir else None
     raw_train = dict(config.train)
     if task == "segmentation":
         # checkpoints of segmentation runs are picked by validation Dice unless told otherwise

@@ -17,6 +17,14 @@ from fairbench.data import create_dataset, get_dataset_class
 from fairbench.errors import DataError
 from fairbench.splits import check_split, make_split
 
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    """Each test its own default cache folder (the header cache lives there)."""
+    monkeypatch.setenv("FAIRBENCH_CACHE", str(tmp_path / "default-cache"))
+
+
 H, W = 48, 64  # non-square, as a test of the centre crop (the release's images are 200×200)
 R_DISC, R_CUP = 10.0, 5.0
 
@@ -86,6 +94,69 @@ def make_root(tmp_path: Path, n: int = 10, rows=ROWS, name: str = "fairseg") -> 
 
 
 # -- the table ------------------------------------------------------------------------------
+def _counting_reads(monkeypatch) -> list[str]:
+    import fairbench.datasets.fairseg as F
+
+    opened: list[str] = []
+    real = F.read_header
+
+    def spy(path, rel):
+        opened.append(Path(path).name)
+        return real(path, rel)
+
+    monkeypatch.setattr(F, "read_header", spy)
+    return opened
+
+
+def test_header_cache_opens_only_new_or_changed_files(tmp_path, monkeypatch):
+    import os
+
+    root = make_root(tmp_path)
+    opened = _counting_reads(monkeypatch)
+    first = create_dataset("fairseg", root).build_table()
+    assert len(opened) == 10
+    cached = list((tmp_path / "default-cache" / "tables").glob("fairseg-*.json"))
+    assert len(cached) == 1
+    opened.clear()
+    again = create_dataset("fairseg", root).build_table()
+    assert opened == []  # nothing re-read
+    assert again.df.equals(first.df)  # same codes, same ages (NaN and days included)
+    assert create_dataset("fairseg", root, age_threshold=50).build_table().attr(
+        "age").tolist() == [0, 1, 1, 1, 1, -1, 1, 0, 1, -1]  # the threshold applies afterwards
+    # a changed file (same size: only its stamp tells) and a new one are read, the rest not
+    changed = root / "Training" / "data_00002.npz"
+    stat = changed.stat()
+    save_npz(changed, 2, compressed=False, **dict(zip(KEYS, (0, 1, 1, 1, 1, 60.0))))
+    os.utime(changed, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))
+    save_npz(root / "Test" / "data_00011.npz", 11)
+    opened.clear()
+    t = create_dataset("fairseg", root).build_table()
+    assert sorted(opened) == ["data_00002.npz", "data_00011.npz"]
+    assert t.attr("race").tolist()[1] == 0 and len(t) == 11
+    # a damaged cache file is ignored (the files are read again) and rewritten
+    cached[0].write_text("{not json")
+    opened.clear()
+    create_dataset("fairseg", root).build_table()
+    assert len(opened) == 11
+    opened.clear()
+    create_dataset("fairseg", root).build_table()
+    assert opened == []
+
+
+def test_header_cache_follows_the_cache_dir_and_survives_a_read_only_one(tmp_path,
+                                                                         monkeypatch):
+    root = make_root(tmp_path, n=3)
+    ds = create_dataset("fairseg", root)
+    ds.cache_dir = tmp_path / "run-cache"
+    ds.build_table()
+    assert list((tmp_path / "run-cache" / "tables").glob("fairseg-*.json"))
+    blocked = tmp_path / "not-a-dir"
+    blocked.write_text("a file where the cache folder would be")
+    ds = create_dataset("fairseg", root)
+    ds.cache_dir = blocked
+    assert len(ds.build_table()) == 3  # no cache written, no error
+
+
 def test_table_ids_attributes_and_ages(tmp_path):
     root = make_root(tmp_path)
     ds = create_dataset("fairseg", root)
