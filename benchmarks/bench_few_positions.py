@@ -1,7 +1,13 @@
-"""The few-positions Conv2d path of :mod:`fairbench.saliency` against BackPACK's own extension:
-diagonal-curvature time relative to one forward+backward of the same batches, timed
-alternately in one process (best of ``--repeats``), so a loaded machine slows every column
-alike.
+"""fairbench's Conv2d weight-diagonal paths in :mod:`fairbench.saliency` against BackPACK's
+own extension: diagonal-curvature time relative to one forward+backward of the same batches,
+timed alternately in one process (best of ``--repeats``), so a loaded machine slows every
+column alike. Modes:
+
+* ``backpack``: BackPACK's extension for every convolution (whole-batch ``JᵀS`` product);
+* ``few``: the few-positions GEMMs for convolutions with at most ``--few-positions`` output
+  positions, BackPACK's product for the others;
+* ``chunked``: BackPACK's product formed in cache-sized blocks for every convolution;
+* ``fairbench``: few-positions, else chunked (what fairbench uses).
 
     python benchmarks/bench_few_positions.py --backbones resnet18 vgg11 --estimators ggn_mc
 """
@@ -16,12 +22,18 @@ import torch
 import torch.nn.functional as F
 
 
+#: mode → (few-positions path on, chunked path on)
+MODES = {"backpack": (False, False), "few": (True, False), "chunked": (False, True),
+         "fairbench": (True, True)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbones", nargs="+", default=["resnet18", "vgg11", "smallcnn"])
     parser.add_argument("--estimators", nargs="+", default=["ggn_mc", "ggn_exact"])
-    parser.add_argument("--thresholds", nargs="+", type=int, default=[0, 4],
-                        help="FEW_POSITIONS values (0 = BackPACK's extension everywhere)")
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES))
+    parser.add_argument("--few-positions", type=int, default=None,
+                        help="threshold of the few-positions path [saliency.FEW_POSITIONS]")
     parser.add_argument("--image-size", type=int, default=32)
     parser.add_argument("--classes", type=int, default=5)
     parser.add_argument("--n", type=int, default=128, help="images per timing")
@@ -36,6 +48,8 @@ def main() -> None:
     from fairbench.backbones import create_backbone
     from fairbench.loaders import Batch
 
+    few_threshold = args.few_positions if args.few_positions is not None else S.FEW_POSITIONS
+    chunk_bytes = dict(S.CHUNK_BYTES)
     size, bs = args.image_size, args.batch_size
     for name in args.backbones:
         torch.manual_seed(0)
@@ -52,16 +66,18 @@ def main() -> None:
             return time.perf_counter() - t
 
         for est in args.estimators:
-            times: dict[object, list[float]] = {"fb": [], **{k: [] for k in args.thresholds}}
+            times: dict[str, list[float]] = {"fb": [], **{k: [] for k in args.modes}}
             for _ in range(args.repeats):
                 times["fb"].append(fwd_bwd())
-                for k in args.thresholds:
-                    S.FEW_POSITIONS = k
+                for mode in args.modes:
+                    few, chunked = MODES[mode]
+                    S.FEW_POSITIONS = few_threshold if few else 0
+                    S.CHUNK_BYTES = chunk_bytes if chunked else {}
                     t = time.perf_counter()
                     S.diagonal_curvature(model, batches, estimator=est)
-                    times[k].append(time.perf_counter() - t)
+                    times[mode].append(time.perf_counter() - t)
             fb = min(times["fb"])
-            cells = ", ".join(f"threshold {k}: {min(times[k]) / fb:.2f}x" for k in args.thresholds)
+            cells = ", ".join(f"{mode} {min(times[mode]) / fb:.2f}x" for mode in args.modes)
             print(f"{name} {est} ({size} px, {args.threads} thread(s), fwd+bwd {fb:.2f} s): {cells}")
 
 

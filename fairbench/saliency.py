@@ -132,21 +132,59 @@ def conv_weight_diag_few_positions(unfolded: torch.Tensor, sqrt_ggn: torch.Tenso
     return out.reshape(weight_shape)
 
 
-def _few_positions_conv2d() -> object:
-    """BackPACK's DiagGGN Conv2d extension with :func:`conv_weight_diag_few_positions` for
-    layers with at most :data:`FEW_POSITIONS` output positions (groups 1)."""
+#: bytes of the ``(JᵀS)`` block that :func:`conv_weight_diag_chunked` forms at once, per device
+#: type (CPU: cache-sized blocks measured fastest; CUDA: bounded memory, few launches). 0 turns
+#: the chunked path off (BackPACK's whole-batch product).
+CHUNK_BYTES: dict[str, int] = {"cpu": 4 << 20, "cuda": 256 << 20}
+
+
+def conv_weight_diag_chunked(unfolded: torch.Tensor, sqrt_ggn: torch.Tensor,
+                             weight_shape: torch.Size, chunk_bytes: int) -> torch.Tensor:
+    """BackPACK's product for a Conv2d weight diagonal (groups 1), formed block by block.
+
+    BackPACK forms ``(JᵀS)[v,n,m,k] = Σ_l S[v,n,m,l]·U[n,k,l]`` for the whole batch at once
+    and sums its squares: V·N·M·K numbers, 34 GB for ResNet-18's last stage at 224 px with 114
+    classes and 32 images. Here the same sum is taken over blocks of samples (and of the V
+    columns when one sample's block is too big) of at most ``chunk_bytes``, so the memory is
+    bounded and, on a CPU, a block stays in cache: 1.2-3× faster than the whole-batch product
+    on smallcnn's and ResNet-18's convolutions with 16 to 256 positions (one thread, batch 32;
+    2.4-3.1× for the deepest smallcnn layer). Exact up to float rounding."""
+    v, n, m = sqrt_ggn.shape[:3]
+    s = sqrt_ggn.reshape(v, n, m, -1)
+    k = unfolded.shape[1]
+    per_column = m * k * s.element_size()  # one (v, n) pair
+    cols = max(1, chunk_bytes // per_column)
+    n_step = max(1, min(n, cols // v))
+    v_step = min(v, cols)  # several columns of one sample when a whole sample is too big
+    out = torch.zeros(m, k, device=s.device, dtype=s.dtype)
+    for a in range(0, n, n_step):
+        u = unfolded[a:a + n_step]
+        for b in range(0, v, v_step):
+            js = torch.einsum("nkl,vnml->vnmk", u, s[b:b + v_step, a:a + n_step])
+            out += js.pow_(2).sum((0, 1))
+    return out.reshape(weight_shape)
+
+
+def _conv2d_weight_diagonal() -> object:
+    """BackPACK's DiagGGN Conv2d extension, with the weight diagonal of a groups-1 convolution
+    taken by :func:`conv_weight_diag_few_positions` (at most :data:`FEW_POSITIONS` output
+    positions) or :func:`conv_weight_diag_chunked` (more)."""
     from backpack.extensions.secondorder.diag_ggn.conv2d import DiagGGNConv2d
     from backpack.utils import conv as conv_utils
 
-    class FewPositionsDiagGGNConv2d(DiagGGNConv2d):
+    class FairbenchDiagGGNConv2d(DiagGGNConv2d):
         def weight(self, ext, module, grad_inp, grad_out, backproped):  # type: ignore[no-untyped-def]
             positions = backproped[0, 0, 0].numel()
-            if module.groups != 1 or positions > FEW_POSITIONS:
+            few = positions <= FEW_POSITIONS
+            chunk = CHUNK_BYTES.get(backproped.device.type, 0)
+            if module.groups != 1 or not (few or chunk):
                 return super().weight(ext, module, grad_inp, grad_out, backproped)
             unfolded = conv_utils.unfold_input(module, module.input0)
-            return conv_weight_diag_few_positions(unfolded, backproped, module.weight.shape)
+            if few:
+                return conv_weight_diag_few_positions(unfolded, backproped, module.weight.shape)
+            return conv_weight_diag_chunked(unfolded, backproped, module.weight.shape, chunk)
 
-    return FewPositionsDiagGGNConv2d()
+    return FairbenchDiagGGNConv2d()
 
 
 def _extension(estimator: str, mc_samples: int) -> object:
@@ -154,7 +192,7 @@ def _extension(estimator: str, mc_samples: int) -> object:
 
     if estimator in ("ggn_exact", "ggn_mc"):
         ext = DiagGGNExact() if estimator == "ggn_exact" else DiagGGNMC(mc_samples=mc_samples)
-        ext.set_module_extension(nn.Conv2d, _few_positions_conv2d(), overwrite=True)
+        ext.set_module_extension(nn.Conv2d, _conv2d_weight_diagonal(), overwrite=True)
         return ext
     if estimator == "hessian_exact":
         return DiagHessian()

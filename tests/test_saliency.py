@@ -631,23 +631,48 @@ def test_few_positions_conv_diagonal_equals_backpacks(v, positions):
     assert torch.allclose(ours, ref, rtol=1e-12, atol=1e-12)
 
 
+@pytest.mark.parametrize("v, n, chunk_bytes", [
+    (1, 6, 1 << 30),   # one block: the whole batch
+    (3, 6, 2 * 8 * 12 * 4 * 3),  # blocks of 2 samples × all 3 columns
+    (5, 4, 2 * 8 * 12 * 4),  # one sample is too big: blocks of 2 columns
+    (2, 3, 1),  # the smallest blocks: one column of one sample
+])
+def test_chunked_conv_diagonal_equals_backpacks(v, n, chunk_bytes):
+    from backpack.utils.conv import extract_weight_diagonal
+
+    from fairbench.saliency import conv_weight_diag_chunked
+
+    torch.manual_seed(v * 10 + n)
+    conv = torch.nn.Conv2d(3, 8, 2)  # M = 8 output channels, K = 12
+    unfolded = torch.randn(n, 12, 9)
+    sqrt_ggn = torch.randn(v, n, 8, 3, 3)  # V × N × M × H × W, 9 positions
+    ours = conv_weight_diag_chunked(unfolded, sqrt_ggn, conv.weight.shape, chunk_bytes)
+    ref = extract_weight_diagonal(conv, unfolded, sqrt_ggn, sum_batch=True)
+    assert torch.allclose(ours, ref, rtol=1e-5, atol=1e-5)
+
+
 @pytest.mark.parametrize("estimator", ["ggn_exact", "ggn_mc"])
-def test_few_positions_path_leaves_the_curvature_unchanged(monkeypatch, estimator):
+@pytest.mark.parametrize("name, size", [("resnet18", 32), ("smallcnn", 16)])
+def test_fairbench_conv_paths_leave_the_curvature_unchanged(monkeypatch, estimator, name, size):
+    """The few-positions and chunked weight diagonals give BackPACK's own result on whole
+    models (ResNet-18 at 32 px has convolutions with 1 to 256 positions)."""
     import fairbench.saliency as S
     from fairbench.backbones import create_backbone
 
     torch.manual_seed(0)
-    model = create_backbone("resnet18", num_classes=3, image_size=32).eval()
-    batches = [Batch(x=torch.randn(4, 3, 32, 32), y=torch.randint(0, 3, (4,)), g=None,
+    model = create_backbone(name, num_classes=3, image_size=size).eval()
+    batches = [Batch(x=torch.randn(4, 3, size, size), y=torch.randint(0, 3, (4,)), g=None,
                      index=torch.arange(4))]
     results = []
-    for few in (0, S.FEW_POSITIONS):  # 0: BackPACK's own extension for every layer
+    # BackPACK's own extension for every layer; then fairbench's paths, with small blocks
+    for few, chunks in ((0, {}), (S.FEW_POSITIONS, {"cpu": 64 << 10})):
         monkeypatch.setattr(S, "FEW_POSITIONS", few)
+        monkeypatch.setattr(S, "CHUNK_BYTES", chunks)
         torch.manual_seed(1)  # the same MC labels
         results.append(S.diagonal_curvature(model, batches, estimator=estimator))
     assert results[0].keys() == results[1].keys()
-    for name in results[0]:
-        assert torch.allclose(results[0][name], results[1][name], rtol=1e-4, atol=1e-9), name
+    for key in results[0]:
+        assert torch.allclose(results[0][key], results[1][key], rtol=1e-4, atol=1e-9), key
 
 
 # -- micro-batches when the memory runs out --------------------------------------------------------
