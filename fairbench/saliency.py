@@ -116,7 +116,9 @@ def conv_weight_diag_few_positions(unfolded: torch.Tensor, sqrt_ggn: torch.Tenso
     on one idle CPU thread, 32 px, 5 classes (``FEW_POSITIONS`` 0 → 4, time relative to a
     forward+backward): ResNet-18 ``ggn_mc`` 5.5× → 1.9×, ``ggn_exact`` 28.0× → 4.3×; VGG-11
     ``ggn_mc`` 3.6× → 2.9×; smallcnn unchanged (2.9×). Thresholds on ResNet-18 (loaded
-    machine): 2 → 2.6×, 4 → 2.1×, 9 → 2.2×, 16 → 2.5×, 64 → 8.5×. Exact up to float rounding
+    machine): 2 → 2.6×, 4 → 2.1×, 9 → 2.2×, 16 → 2.5×, 64 → 8.5×. Per layer, against the
+    blocked product of :func:`conv_weight_diag_chunked` (one thread, batch 32): 3-4× faster
+    at 1 to 4 positions, 6× slower at 16, hence the threshold. Exact up to float rounding
     (tested against BackPACK's ``extract_weight_diagonal``)."""
     v, n, m = sqrt_ggn.shape[:3]
     s = sqrt_ggn.reshape(v, n, m, -1)
