@@ -23,8 +23,8 @@ from .data import DatasetAdapter, SampleTable
 from .errors import FairbenchError
 from .loaders import Augment, BatchLoader, DeviceData
 from .runstore import config_hash, remove_stale_temporaries, temporary_path, write_json
-from .splits import Split
 from .saliency import PassSize
+from .splits import Split
 from .timing import PhaseTimer
 from .trainer import EpochLog, FitResult, TrainConfig, Trainer, TrainHooks
 

@@ -38,8 +38,8 @@ from .runstore import (
     write_json,
 )
 from .segmentors import is_segmentor_name
-from .timing import PhaseTimer
 from .splits import PARTS, Split, check_split, load_split, make_split, save_split
+from .timing import PhaseTimer
 from .trainer import Predictions, SegmentationScores, TrainConfig
 
 log = logging.getLogger("fairbench")

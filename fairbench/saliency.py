@@ -332,7 +332,7 @@ def diagonal_curvature(
                 m = min(micro or b, b - start)
                 try:
                     accumulate(x[start:start + m], y[start:start + m], m / nominal)
-                except Exception as exc:
+                except RuntimeError as exc:  # torch.OutOfMemoryError is one
                     if not _is_out_of_memory(exc):
                         raise
                     clear()

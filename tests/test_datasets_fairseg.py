@@ -18,7 +18,6 @@ from fairbench.errors import DataError
 from fairbench.splits import check_split, make_split
 
 
-
 @pytest.fixture(autouse=True)
 def _own_cache(tmp_path, monkeypatch):
     """Each test its own default cache folder (the header cache lives there)."""

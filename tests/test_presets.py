@@ -3,10 +3,14 @@ method parameters, dataset options and train settings all pass fairbench's own c
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 
 import pytest
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: setup.cfg installs tomli there
+    import tomli as tomllib  # type: ignore[no-redef]
 
 from fairbench.cli import _read_config
 from fairbench.data import create_dataset
