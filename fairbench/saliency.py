@@ -316,8 +316,7 @@ def diagonal_curvature(
         clear()
 
     nominal: int | None = None
-    # samples per backward pass once the memory ran out (None: whole batches)
-    micro: int | None = pass_size.samples if pass_size is not None else None
+    size = pass_size if pass_size is not None else PassSize()  # shrinks when memory runs out
     with progress_bar(total=total, desc=desc, unit="batch", enabled=progress) as bar:
         for batch in batches:
             # (a backward pass taken w.r.t. the input alone would skip the unused parameter
@@ -329,7 +328,7 @@ def diagonal_curvature(
             nominal = nominal or b
             start = 0
             while start < b:
-                m = min(micro or b, b - start)
+                m = min(size.samples or b, b - start)
                 try:
                     accumulate(x[start:start + m], y[start:start + m], m / nominal)
                 except RuntimeError as exc:  # torch.OutOfMemoryError is one
@@ -344,11 +343,9 @@ def diagonal_curvature(
                             f"out of memory computing {estimator} for a single sample; use "
                             "ggn_mc, a smaller image size or a device with more memory"
                         ) from None
-                    micro = m // 2
-                    if pass_size is not None:
-                        pass_size.samples = micro
+                    size.samples = m // 2
                     log.warning("%s: out of memory on %d samples at once; going on in "
-                                "micro-batches of %d (same result)", estimator, m, micro)
+                                "micro-batches of %d (same result)", estimator, m, size.samples)
                     continue
                 start += m
             bar.update(1)

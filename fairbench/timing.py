@@ -29,6 +29,13 @@ from contextlib import contextmanager
 import torch
 
 
+def synchronize(device: torch.device | None) -> None:
+    """Wait for the work queued on a CUDA ``device`` (nothing to wait for elsewhere), so a
+    wall-clock reading covers it."""
+    if device is not None and device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 class PhaseTimer:
     """Exclusive wall time per phase (see the module docstring)."""
 
@@ -37,19 +44,15 @@ class PhaseTimer:
         self.seconds: dict[str, float] = {}
         self._stack: list[list[float]] = []  # per open phase: [start, time in nested phases]
 
-    def _sync(self) -> None:
-        if self.device is not None and self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
-        self._sync()
+        synchronize(self.device)
         frame = [time.perf_counter(), 0.0]
         self._stack.append(frame)
         try:
             yield
         finally:
-            self._sync()
+            synchronize(self.device)
             self._stack.pop()
             elapsed = time.perf_counter() - frame[0]
             self.seconds[name] = self.seconds.get(name, 0.0) + elapsed - frame[1]

@@ -54,6 +54,7 @@ from .metrics import (
 )
 from .params import param, params_to_dict
 from .progress import progress_bar
+from .timing import synchronize
 
 
 @dataclass
@@ -275,10 +276,6 @@ class Trainer:
             model.to(memory_format=torch.channels_last)
         return model
 
-    def _sync(self) -> None:
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-
     # -- prediction ----------------------------------------------------------------------------
     @torch.no_grad()
     def predict(self, model: nn.Module, loader: BatchLoader,
@@ -413,7 +410,7 @@ class Trainer:
                         state.step, state.cache = step, {}
                         first_compiled = config.compile and compile_seconds is None
                         if first_compiled:
-                            self._sync()
+                            synchronize(self.device)
                             t_compile = time.perf_counter()
                         with self.autocast(config):
                             loss = loss_fn(forward_model, batch, state)
@@ -423,7 +420,7 @@ class Trainer:
                             nn.utils.clip_grad_norm_(trainable, config.grad_clip)
                         optimizer.step()
                         if first_compiled:
-                            self._sync()
+                            synchronize(self.device)
                             compile_seconds = time.perf_counter() - t_compile
                         if frozen:
                             with torch.no_grad():
