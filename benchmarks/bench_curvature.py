@@ -1,4 +1,4 @@
-"""Diagonal-curvature cost: each estimator of :func:`fairbench.saliency.diagonal_curvature`
+"""Diagonal-curvature cost: each estimator of :func:`fairbench.training.curvature.diagonal_curvature`
 per 1,000 images, relative to one plain forward+backward pass over the same images.
 
 For every backbone and estimator (``ggn_exact``, ``ggn_mc``, ``hessian_exact``, ``fisher``)
@@ -55,7 +55,7 @@ def sync(device: torch.device) -> None:
 
 def make_batches(n: int, batch_size: int, size: int, classes: int, device: torch.device,
                  seed: int = 0) -> list:
-    from fairbench.loaders import Batch
+    from fairbench.data.loaders import Batch
 
     g = torch.Generator().manual_seed(seed)
     out = []
@@ -81,7 +81,7 @@ def fwd_bwd(model: torch.nn.Module, batches: list, device: torch.device) -> floa
 
 def curvature(model: torch.nn.Module, batches: list, estimator: str, scope: str,
               device: torch.device) -> float:
-    from fairbench.saliency import diagonal_curvature
+    from fairbench.training.curvature import diagonal_curvature
 
     sync(device)
     t = time.perf_counter()
@@ -94,8 +94,8 @@ def setup_seconds(model: torch.nn.Module, estimator: str, scope: str,
                   device: torch.device) -> float:
     """The per-call setup (model copy + BackPACK extend): a call over no batches, which does
     the setup and then stops with 'empty set of samples'."""
-    from fairbench.errors import FairbenchError
-    from fairbench.saliency import CurvatureError, diagonal_curvature
+    from fairbench.core.errors import CurvatureError, FairbenchError
+    from fairbench.training.curvature import diagonal_curvature
 
     sync(device)
     t = time.perf_counter()
@@ -163,9 +163,9 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
 
-    from fairbench.backbones import create_backbone
-
     import backpack
+
+    from fairbench.models.backbones import create_backbone
 
     print(f"device: {device} ({torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine()}), "
           f"torch {torch.__version__}, BackPACK {getattr(backpack, '__version__', '?')}, "
@@ -201,7 +201,7 @@ def main() -> None:
             for est in args.estimators:
                 row = {"backbone": name, "classes": classes, "estimator": est}
                 micro = MicroBatchLog()
-                logging.getLogger("fairbench.saliency").addHandler(micro)
+                logging.getLogger("fairbench.training.curvature").addHandler(micro)
                 if cuda:
                     torch.cuda.reset_peak_memory_stats(device)
                 try:
@@ -227,7 +227,7 @@ def main() -> None:
                     row.update(status=f"unsupported ({reason_of(exc)})")
                     if cuda:
                         torch.cuda.empty_cache()
-                logging.getLogger("fairbench.saliency").removeHandler(micro)
+                logging.getLogger("fairbench.training.curvature").removeHandler(micro)
                 row["micro_batch"] = micro.smallest or bs
                 if cuda:
                     row["peak_gib"] = torch.cuda.max_memory_allocated(device) / 2**30

@@ -3,7 +3,7 @@
 Writes ``--n`` synthetic photos of ``--width``×``--height`` (smooth skin-like shading, a
 lesion, fine texture and sensor noise, JPEG quality 90, so their size and decode cost are
 those of real dermoscopy photos) to a temporary folder, then times
-:func:`fairbench.images.decode_files_into` into a memory-mapped array:
+:func:`fairbench.data.images.decode_files_into` into a memory-mapped array:
 
 * serial (one core), with and without Pillow's JPEG draft mode, at each target size;
 * all usable cores, with worker processes and with threads (draft mode on).
@@ -55,7 +55,7 @@ def make_photos(folder: Path, n: int, width: int, height: int, seed: int = 0,
 
 
 def timed(paths: list[Path], size: int, folder: Path, **kw: object) -> tuple[float, np.ndarray]:
-    from fairbench.images import decode_files_into
+    from fairbench.data.images import decode_files_into
 
     out = np.lib.format.open_memmap(folder / f"out-{size}.npy", mode="w+", dtype=np.uint8,
                                     shape=(len(paths), size, size, 3))
@@ -71,7 +71,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def main() -> None:
-    from fairbench.images import usable_cpus
+    from fairbench.data.images import usable_cpus
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=200, help="number of photos")

@@ -1,4 +1,4 @@
-"""fairbench's Conv2d weight-diagonal paths in :mod:`fairbench.saliency` against BackPACK's
+"""fairbench's Conv2d weight-diagonal paths in :mod:`fairbench.training.curvature` against BackPACK's
 own extension: diagonal-curvature time relative to one forward+backward of the same batches,
 timed alternately in one process (best of ``--repeats``), so a loaded machine slows every
 column alike. Modes:
@@ -20,7 +20,6 @@ import warnings
 
 import torch
 import torch.nn.functional as F
-
 
 #: mode → (few-positions path on, chunked path on)
 MODES = {"backpack": (False, False), "few": (True, False), "chunked": (False, True),
@@ -44,9 +43,9 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     torch.set_num_threads(args.threads)
 
-    import fairbench.saliency as S
-    from fairbench.backbones import create_backbone
-    from fairbench.loaders import Batch
+    import fairbench.training.curvature as S
+    from fairbench.data.loaders import Batch
+    from fairbench.models.backbones import create_backbone
 
     few_threshold = args.few_positions if args.few_positions is not None else S.FEW_POSITIONS
     chunk_bytes = dict(S.CHUNK_BYTES)

@@ -2,12 +2,12 @@
 
 Both sides train the same architecture from the same initial weights on the same uint8 images
 already in memory (on the GPU for CUDA), with the same batch size, optimizer (Adam, as the
-default :class:`~fairbench.trainer.TrainConfig`) and, by default, the same on-device
+default :class:`~fairbench.training.trainer.TrainConfig`) and, by default, the same on-device
 augmentation cost (a random shift and two flips as one gather):
 
-* **trainer**: :class:`fairbench.trainer.Trainer` ``.fit`` over a
-  :class:`fairbench.loaders.BatchLoader` (shuffled, ``drop_last``, augmented, channels-last on
-  CUDA), built as :meth:`fairbench.context.RunContext.loader` builds it, ``val=None`` (no
+* **trainer**: :class:`fairbench.training.trainer.Trainer` ``.fit`` over a
+  :class:`fairbench.data.loaders.BatchLoader` (shuffled, ``drop_last``, augmented, channels-last on
+  CUDA), built as :meth:`fairbench.run.context.RunContext.loader` builds it, ``val=None`` (no
   per-epoch validation, so both sides do the same work). A second, informational row runs
   ``fit`` with a validation loader as ``RunContext.fit`` does (validation metrics and the
   best-checkpoint copy every epoch).
@@ -70,8 +70,9 @@ def load_images(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, dict[
     (built once under $FAIRBENCH_CACHE) or random pixels (same cost to train on)."""
     n, size, classes = args.n_samples, args.image_size, args.classes
     if args.data == "synthderm" and classes <= 8:
-        from fairbench.cache import load_or_build
         from fairbench.datasets.synthderm import SynthDerm
+
+        from fairbench.data.cache import load_or_build
 
         adapter = SynthDerm(params={"n_samples": n, "n_classes": classes})
         table = adapter.build_table()
@@ -88,7 +89,7 @@ def load_images(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, dict[
 
 
 def make_model(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
-    from fairbench.backbones import create_backbone
+    from fairbench.models.backbones import create_backbone
 
     torch.manual_seed(0)
     model = create_backbone(args.backbone, num_classes=args.classes, image_size=args.image_size)
@@ -103,7 +104,7 @@ class BareLoop:
     def __init__(self, images: torch.Tensor, labels: torch.Tensor, model: torch.nn.Module,
                  device: torch.device, batch_size: int, augment: bool, lr: float,
                  weight_decay: float, shift: int) -> None:
-        from fairbench.loaders import MEAN, STD
+        from fairbench.data.loaders import MEAN, STD
 
         self.cuda = device.type == "cuda"
         self.device = device
@@ -234,8 +235,8 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from fairbench.loaders import Augment, BatchLoader, DeviceData
-    from fairbench.trainer import Trainer, TrainConfig
+    from fairbench.data.loaders import Augment, BatchLoader, DeviceData
+    from fairbench.training.trainer import TrainConfig, Trainer
 
     device = resolve_device(args.device)
     images_np, labels_np, attrs_np = load_images(args)

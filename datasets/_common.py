@@ -16,8 +16,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fairbench.data import DatasetAdapter
-from fairbench.errors import DataError, ParamError
+from fairbench.core.errors import DataError, ParamError
+from fairbench.data.dataset import DatasetAdapter
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 MISSING_STRINGS = frozenset({"", "unknown", "nan", "na", "n/a", "none", "null", "?"})

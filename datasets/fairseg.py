@@ -63,10 +63,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fairbench.data import DatasetAdapter, ImageSpec, SampleTable, register_dataset
-from fairbench.errors import DataError
-from fairbench.images import usable_cpus
-from fairbench.params import param
+from fairbench.core.errors import DataError
+from fairbench.core.params import param
+from fairbench.data.dataset import DatasetAdapter, ImageSpec, SampleTable, register_dataset
+from fairbench.data.images import usable_cpus
 
 from . import _common as C
 
@@ -265,7 +265,7 @@ class HeaderCache:
     cache is ignored (the files are read)."""
 
     def __init__(self, root: Path, cache_dir: Path | None = None) -> None:
-        from fairbench.cache import default_cache_dir
+        from fairbench.data.cache import default_cache_dir
 
         digest = hashlib.sha256(str(root).encode()).hexdigest()[:16]
         self.root = root
@@ -508,7 +508,7 @@ def read_pixels(path: str, rel: str) -> tuple[np.ndarray, np.ndarray]:
 
 def square_resize(img: np.ndarray, mask: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray]:
     """Shorter side to ``size``, centre square cropped (the crop box is resized directly, as
-    :func:`fairbench.images.load_square_rgb` does): bilinear for the image, nearest for the
+    :func:`fairbench.data.images.load_square_rgb` does): bilinear for the image, nearest for the
     mask, with the same box."""
     from PIL import Image
 

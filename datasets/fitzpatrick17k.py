@@ -41,9 +41,9 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from fairbench.data import DatasetAdapter, SampleTable, register_dataset
-from fairbench.errors import DataError
-from fairbench.params import param
+from fairbench.core.errors import DataError
+from fairbench.core.params import param
+from fairbench.data.dataset import DatasetAdapter, SampleTable, register_dataset
 
 from . import _common as C
 

@@ -41,9 +41,9 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from fairbench.data import DatasetAdapter, ImageSpec, SampleTable, register_dataset
-from fairbench.errors import ParamError
-from fairbench.params import param
+from fairbench.core.errors import ParamError
+from fairbench.core.params import param
+from fairbench.data.dataset import DatasetAdapter, ImageSpec, SampleTable, register_dataset
 
 # Fitzpatrick I..VI base skin colours (RGB)
 SKIN_RGB = np.array(

@@ -1,3 +1,152 @@
-"""fairbench: a benchmark suite for bias-mitigation methods on medical images."""
+"""fairbench: a benchmark suite for bias-mitigation methods on medical images.
 
-__version__ = "0.1.0"
+The names below are the stable public API: plugins and scripts import them from ``fairbench``
+and never from the sub-packages, whose layout may change. They are loaded on first use, so
+``import fairbench`` (and the command line's ``--help``) does not import torch.
+
+::
+
+    from fairbench import Method, TrainHooks, param, register_method
+
+    @dataclass
+    class SmoothParams:
+        smoothing: float = param(0.1, min=0.0, max=1.0, help="label smoothing")
+
+    @register_method("smoothed")
+    class Smoothed(Method):
+        '''Cross-entropy with label smoothing, through the shared trainer.'''
+        Params = SmoothParams
+
+        def run(self, ctx, params):
+            model = ctx.new_model()
+            loss = lambda model, batch, state: F.cross_entropy(
+                model(batch.x), batch.y, label_smoothing=params.smoothing)
+            ctx.fit(model, hooks=TrainHooks(loss=loss))
+            return model
+
+Sub-packages, in the order data flows through a run (each imports only those before it):
+``core`` (errors, registries, parameters, files) and ``metrics`` at the bottom, then ``data``,
+``models``, ``training``, ``run``, ``bench`` and ``cli``. Built-in methods and dataset
+adapters live in ``fairbench.methods`` and ``fairbench.datasets``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from fairbench.core.version import __version__
+
+#: public name -> module that defines it
+_API: dict[str, str] = {
+    # errors
+    "FairbenchError": "fairbench.core.errors",
+    "ParamError": "fairbench.core.errors",
+    "DataError": "fairbench.core.errors",
+    "PluginError": "fairbench.core.errors",
+    "UnknownNameError": "fairbench.core.errors",
+    # typed parameters
+    "param": "fairbench.core.params",
+    "NoParams": "fairbench.core.params",
+    # datasets
+    "DatasetAdapter": "fairbench.data.dataset",
+    "SampleTable": "fairbench.data.dataset",
+    "ImageSpec": "fairbench.data.dataset",
+    "register_dataset": "fairbench.data.dataset",
+    "create_dataset": "fairbench.data.dataset",
+    "list_datasets": "fairbench.data.dataset",
+    "get_dataset_class": "fairbench.data.dataset",
+    "Batch": "fairbench.data.loaders",
+    "BatchLoader": "fairbench.data.loaders",
+    # backbones
+    "Classifier": "fairbench.models.backbones",
+    "register_backbone": "fairbench.models.backbones",
+    "create_backbone": "fairbench.models.backbones",
+    "list_backbones": "fairbench.models.backbones",
+    # training
+    "TrainConfig": "fairbench.training.trainer",
+    "TrainHooks": "fairbench.training.trainer",
+    "StepState": "fairbench.training.trainer",
+    "AuxModule": "fairbench.training.trainer",
+    "diagonal_curvature": "fairbench.training.curvature",
+    "fair_saliency": "fairbench.training.curvature",
+    # methods and runs
+    "Method": "fairbench.run.method",
+    "register_method": "fairbench.run.method",
+    "create_method": "fairbench.run.method",
+    "list_methods": "fairbench.run.method",
+    "get_method_class": "fairbench.run.method",
+    "RunContext": "fairbench.run.context",
+    "group_curvature": "fairbench.run.posthoc",
+    "RunConfig": "fairbench.run.runner",
+    "RunResult": "fairbench.run.runner",
+    "run_experiment": "fairbench.run.runner",
+    # many runs
+    "load_suite": "fairbench.bench.suite",
+    "run_suite": "fairbench.bench.sweep",
+    "leaderboard": "fairbench.bench.leaderboard",
+    # metrics
+    "evaluate_classification": "fairbench.metrics",
+    "higher_is_better": "fairbench.metrics",
+    # conformance kit
+    "check_method": "fairbench.testing",
+}
+
+__all__ = ["__version__", *_API]
+
+
+def __getattr__(name: str) -> Any:
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'fairbench' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later lookups skip this function
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
+
+
+if TYPE_CHECKING:  # what static tools see; the same names as _API
+    from fairbench.bench.leaderboard import leaderboard
+    from fairbench.bench.suite import load_suite
+    from fairbench.bench.sweep import run_suite
+    from fairbench.core.errors import (
+        DataError,
+        FairbenchError,
+        ParamError,
+        PluginError,
+        UnknownNameError,
+    )
+    from fairbench.core.params import NoParams, param
+    from fairbench.data.dataset import (
+        DatasetAdapter,
+        ImageSpec,
+        SampleTable,
+        create_dataset,
+        get_dataset_class,
+        list_datasets,
+        register_dataset,
+    )
+    from fairbench.data.loaders import Batch, BatchLoader
+    from fairbench.metrics import evaluate_classification, higher_is_better
+    from fairbench.models.backbones import (
+        Classifier,
+        create_backbone,
+        list_backbones,
+        register_backbone,
+    )
+    from fairbench.run.context import RunContext
+    from fairbench.run.method import (
+        Method,
+        create_method,
+        get_method_class,
+        list_methods,
+        register_method,
+    )
+    from fairbench.run.posthoc import group_curvature
+    from fairbench.run.runner import RunConfig, RunResult, run_experiment
+    from fairbench.testing import check_method
+    from fairbench.training.curvature import diagonal_curvature, fair_saliency
+    from fairbench.training.trainer import AuxModule, StepState, TrainConfig, TrainHooks

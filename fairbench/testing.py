@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .method import Method
+from fairbench.run.method import Method
 
 TINY_DATA = {"n_samples": 160, "n_classes": 3, "images_per_patient": 1.0, "dark_fraction": 0.4}
 TINY_TRAIN = {"epochs": 1, "batch_size": 16, "eval_batch_size": 64}
@@ -43,7 +43,7 @@ def tiny_run_config(method: str, runs_dir: Path, *, params: dict[str, Any] | Non
                     seed: int = 0, train: dict[str, Any] | None = None,
                     cache_dir: Path | None = None, data: dict[str, Any] | None = None,
                     task: str = "classification") -> Any:
-    from .runner import RunConfig
+    from fairbench.run.runner import RunConfig
 
     segmentation = task == "segmentation"
     return RunConfig(
@@ -69,8 +69,8 @@ def check_method(
 
     Returns the metrics of the first run. ``workdir`` defaults to a temporary directory.
     """
-    from .method import METHODS, get_method_class
-    from .runner import run_experiment
+    from fairbench.run.method import METHODS, get_method_class
+    from fairbench.run.runner import run_experiment
 
     if isinstance(method_cls, str):
         method_cls = get_method_class(method_cls)

@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fairbench.context import RunContext
-from fairbench.errors import FairbenchError
-from fairbench.loaders import BatchLoader
-from fairbench.trainer import TrainConfig
+from fairbench.core.errors import FairbenchError
+from fairbench.data.loaders import BatchLoader
+from fairbench.run.context import RunContext
+from fairbench.training.trainer import TrainConfig
 
 Sampler = Literal["shuffle", "group", "class", "group_class"]
 

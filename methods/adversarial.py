@@ -73,11 +73,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fairbench.context import RunContext
-from fairbench.loaders import Batch
-from fairbench.method import Method, register_method
-from fairbench.params import param
-from fairbench.trainer import AuxModule, StepState, TrainHooks
+from fairbench.core.params import param
+from fairbench.data.loaders import Batch
+from fairbench.run.context import RunContext
+from fairbench.run.method import Method, register_method
+from fairbench.training.trainer import AuxModule, StepState, TrainHooks
 
 from ._inprocessing import (
     confusion_loss,

@@ -9,7 +9,7 @@ losses) and are fairbench's where the paper is silent.
 * **Base model**: the cached vanilla model of the run (``ctx.vanilla()``), frozen: no
   gradient, always in eval mode (BatchNorm statistics included), so its weights are
   bit-identical after training (tested).
-* **Latent**: for a U-Net (:class:`~fairbench.segmentors.Segmentor`) the bottleneck, the
+* **Latent**: for a U-Net (:class:`~fairbench.models.segmentors.Segmentor`) the bottleneck, the
   deepest feature map of ``encode(x)``; with ``perturb_skips=true`` also every skip feature
   map (one perturber each; the input image that smp passes as the first "feature" is never
   perturbed). For a classifier the pooled embedding ``features(x)`` before the head (the
@@ -57,13 +57,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fairbench.context import RunContext
-from fairbench.errors import FairbenchError, ParamError
-from fairbench.method import Method, register_method
+from fairbench.core.errors import FairbenchError, ParamError
+from fairbench.core.params import param
 from fairbench.metrics import is_segmentation_metric
-from fairbench.params import param
-from fairbench.posthoc import check_select_metric, tolerance_rule, within_tolerance
-from fairbench.trainer import AuxModule, StepState, TrainHooks
+from fairbench.run.context import RunContext
+from fairbench.run.method import Method, register_method
+from fairbench.run.posthoc import check_select_metric, tolerance_rule, within_tolerance
+from fairbench.training.trainer import AuxModule, StepState, TrainHooks
 
 from ._inprocessing import require_groups
 

@@ -55,15 +55,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from fairbench.context import RunContext
-from fairbench.errors import FairbenchError
-from fairbench.loaders import Batch, BatchLoader
-from fairbench.method import Method, register_method
+from fairbench.core.errors import FairbenchError
+from fairbench.core.params import param
+from fairbench.data.loaders import Batch, BatchLoader
 from fairbench.metrics.classification import macro_prf
-from fairbench.params import param
-from fairbench.posthoc import check_select_metric
-from fairbench.segmentation import as_class_logits
-from fairbench.trainer import StepState, TrainHooks
+from fairbench.run.context import RunContext
+from fairbench.run.method import Method, register_method
+from fairbench.run.posthoc import check_select_metric
+from fairbench.training.segmentation import as_class_logits
+from fairbench.training.trainer import StepState, TrainHooks
 
 from ._distill import distillation_kl, distillation_objective
 

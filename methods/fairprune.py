@@ -11,7 +11,7 @@ No official code exists; this follows the reconstruction in
   BatchNorm) of the cross-entropy on the balanced score set of group g (the whole smaller group
   plus an equal-size seeded draw of the larger, from the training split, no augmentation),
   summed over batches so both groups are on the same scale. This is
-  :func:`fairbench.saliency.fair_saliency` with :math:`\\Delta\\theta=-\\theta`.
+  :func:`fairbench.training.curvature.fair_saliency` with :math:`\\Delta\\theta=-\\theta`.
 * **Fair score** :math:`S_u-\\beta S_p`; the **lowest**-scored weights (those that
   matter to the privileged group more than to the unprivileged one) are set to zero and masked.
 * **Scope**: the ``weight`` of every conv and linear module (biases and BatchNorm are not
@@ -56,13 +56,14 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from fairbench.context import RunContext
-from fairbench.errors import ParamError
-from fairbench.method import Method, register_method
+from fairbench.core.errors import ParamError
+from fairbench.core.params import param
 from fairbench.metrics import flatten
-from fairbench.params import param
-from fairbench.posthoc import (
+from fairbench.run.context import RunContext
+from fairbench.run.method import Method, register_method
+from fairbench.run.posthoc import (
     check_select_metric,
+    group_curvature,
     preflight_curvature,
     recalibrate_batchnorm,
     snapshot,
@@ -70,8 +71,8 @@ from fairbench.posthoc import (
     within_tolerance,
     write_rows,
 )
-from fairbench.saliency import fair_saliency, group_curvature, select_lowest
-from fairbench.trainer import TrainConfig, TrainHooks
+from fairbench.training.curvature import fair_saliency, select_lowest
+from fairbench.training.trainer import TrainConfig, TrainHooks
 
 ROW_METRICS = ("F1", "precision", "recall", "accuracy", "EOpp0", "EOpp1", "EOdd", "worst.F1")
 

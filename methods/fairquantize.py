@@ -14,7 +14,7 @@ Faithful to the paper, with the decisions of fairbench issue 3 where the release
   :math:`\\Delta\\theta=Q(\\theta)-\\theta`, where :math:`h_g` is the diagonal curvature
   (``estimator``, default the exact GGN diagonal as released) of the cross-entropy on the
   balanced score set of group g (unprivileged u, privileged p), computed by
-  :mod:`fairbench.saliency` with the model in eval mode and summed over batches.
+  :mod:`fairbench.training.curvature` with the model in eval mode and summed over batches.
 * **Scored tensors**: every ``weight`` of conv, linear and BatchNorm modules (as released), or
   conv and linear only (``scope=conv_linear``).
 * **Schedule**: ratios :math:`r_t=\\min(\\text{target}, t\\,q)` for :math:`t=1,2,\\dots`; at step t,
@@ -57,27 +57,27 @@ from typing import Any, Literal
 import torch
 from torch import nn
 
-from fairbench.context import RunContext
-from fairbench.errors import ParamError
-from fairbench.method import Method, register_method
+from fairbench.core.errors import ParamError
+from fairbench.core.params import param
 from fairbench.metrics import flatten
-from fairbench.params import param
-from fairbench.posthoc import (
+from fairbench.run.context import RunContext
+from fairbench.run.method import Method, register_method
+from fairbench.run.posthoc import (
     check_select_metric,
+    group_curvature,
     preflight_curvature,
     snapshot,
     tolerance_rule,
     within_tolerance,
     write_rows,
 )
-from fairbench.saliency import (
+from fairbench.training.curvature import (
     fair_saliency,
-    group_curvature,
     scored_parameters,
     select_as_released,
     select_lowest,
 )
-from fairbench.trainer import TrainConfig, TrainHooks
+from fairbench.training.trainer import TrainConfig, TrainHooks
 
 STEP_METRICS = ("F1", "precision", "recall", "accuracy", "EOpp0", "EOpp1", "EOdd", "worst.F1")
 

@@ -1,7 +1,7 @@
 """``me_vanilla`` and ``me_fairprune``: the fair multi-exit framework (Chiu et al., MICCAI 2023)
 without and with FairPrune (fairbench issue 8).
 
-The multi-exit model (:mod:`fairbench.multiexit`: heads after each stage, Σ w_k·CE_k through the
+The multi-exit model (:mod:`fairbench.models.multiexit`: heads after each stage, Σ w_k·CE_k through the
 shared trainer, batched exit policy A/B) is trained once per (dataset, split, attribute,
 backbone, train config, seed, exit architecture, τ grid and policy of checkpoint selection) and
 cached under ``<runs_dir>/_me_vanilla/`` like the vanilla baseline; both methods start from it.
@@ -9,7 +9,7 @@ cached under ``<runs_dir>/_me_vanilla/`` like the vanilla baseline; both methods
 **Selection, validation only** (both methods, so the leaderboard separates the effect of the
 exits from that of the pruning): the reference is the validation macro-F1 of the multi-exit
 model's **final exit** (the network as an ordinary classifier); a candidate is scored by
-:func:`fairbench.posthoc.tolerance_rule`: best validation ``select_metric`` (EOdd) among
+:func:`fairbench.run.posthoc.tolerance_rule`: best validation ``select_metric`` (EOdd) among
 candidates whose validation macro-F1 under the exit policy is within ``f1_tolerance`` of the
 reference, else the best F1. ``me_vanilla``'s candidates are the thresholds τ of ``tau_grid``
 (or the given ``tau``); ``me_fairprune``'s are (β, ratio, τ).
@@ -35,33 +35,33 @@ from typing import Any
 import torch
 from torch import nn
 
-from fairbench.context import RunContext
-from fairbench.method import Method, register_method
 from fairbench.metrics import flatten
-from fairbench.multiexit import (
+from fairbench.models.multiexit import resolve_exit_spec
+from fairbench.run.context import RunContext
+from fairbench.run.method import Method, register_method
+from fairbench.run.multiexit import (
     MultiExitParams,
     best_tau,
     check_stages,
     exit_logits,
-    exit_loss,
     exit_notes,
     group_multi_exit_curvature,
     part_metrics,
     probe_curvature,
-    resolve_exit_spec,
     sweep_tau,
     trained_multi_exit,
     validate_exit_params,
 )
-from fairbench.posthoc import (
+from fairbench.run.posthoc import (
     preflight_curvature,
     snapshot,
     tolerance_rule,
     within_tolerance,
     write_rows,
 )
-from fairbench.saliency import fair_saliency
-from fairbench.trainer import TrainHooks
+from fairbench.training.curvature import fair_saliency
+from fairbench.training.multiexit import exit_loss
+from fairbench.training.trainer import TrainHooks
 
 from .fairprune import ROW_METRICS, FairPrune, FairPruneParams
 

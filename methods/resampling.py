@@ -4,7 +4,7 @@ A fresh backbone is trained with plain cross-entropy and the run's train config,
 every training batch holds equal counts of each stratum (``by``): group × class (default) or
 group only. Strata are walked in fresh seeded permutations, small ones repeated, so the
 expected loss is :math:`\\frac1{|S|}\\sum_s \\mathbb E[\\mathrm{CE}\\mid s]` instead of the
-empirical mean (:func:`fairbench.loaders.balanced_order`). An epoch keeps the number of batches
+empirical mean (:func:`fairbench.data.loaders.balanced_order`). An epoch keeps the number of batches
 of the unbalanced one. Rows of unknown group (g = −1) cannot be balanced against the groups
 and are left out (counted in the run's notes). Nothing else changes, so the difference from
 ``vanilla`` is the sampling alone; the model needs no sensitive attribute at inference.
@@ -17,9 +17,9 @@ from typing import Literal
 
 from torch import nn
 
-from fairbench.context import RunContext
-from fairbench.method import Method, register_method
-from fairbench.params import param
+from fairbench.core.params import param
+from fairbench.run.context import RunContext
+from fairbench.run.method import Method, register_method
 
 from ._inprocessing import require_groups, train_setup
 

@@ -61,12 +61,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fairbench.context import RunContext
-from fairbench.errors import FairbenchError, ParamError
-from fairbench.method import Method, register_method
+from fairbench.core.errors import FairbenchError, ParamError
+from fairbench.core.params import param
 from fairbench.metrics import flatten
-from fairbench.params import param
-from fairbench.posthoc import (
+from fairbench.run.context import RunContext
+from fairbench.run.method import Method, register_method
+from fairbench.run.posthoc import (
     check_select_metric,
     recalibrate_batchnorm,
     snapshot,
@@ -74,8 +74,8 @@ from fairbench.posthoc import (
     within_tolerance,
     write_rows,
 )
-from fairbench.saliency import select_lowest
-from fairbench.trainer import TrainHooks
+from fairbench.training.curvature import select_lowest
+from fairbench.training.trainer import TrainHooks
 
 from ._snnl import snnl_per_channel
 

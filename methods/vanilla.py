@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from torch import nn
 
-from fairbench.context import RunContext
-from fairbench.method import Method, register_method
-from fairbench.params import NoParams
+from fairbench.core.params import NoParams
+from fairbench.run.context import RunContext
+from fairbench.run.method import Method, register_method
 
 
 @register_method("vanilla")

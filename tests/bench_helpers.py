@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fairbench.core.files import config_hash, write_json
 from fairbench.metrics import HIGHER_IS_BETTER, evaluate_classification
-from fairbench.runner import run_dir_for
-from fairbench.runstore import config_hash, write_json
+from fairbench.run.runner import run_dir_for
 
 GROUPS = ["light", "dark"]
 

@@ -36,15 +36,13 @@ def _torch_threads():
 @pytest.fixture
 def fresh_registries():
     """Restore METHODS, DATASETS and BACKBONES to their state before the test."""
-    from fairbench.backbones import BACKBONES
-    from fairbench.data import DATASETS
-    from fairbench.data import _import_builtins as import_datasets
-    from fairbench.method import METHODS
-    from fairbench.method import _import_builtins as import_methods
+    from fairbench.data.dataset import DATASETS
+    from fairbench.models.backbones import BACKBONES
+    from fairbench.run.method import METHODS
 
-    import_methods()
-    import_datasets()
     registries = (METHODS, DATASETS, BACKBONES)
+    for registry in registries:
+        registry.names()  # built-ins and entry points loaded before the snapshot
     saved = [(dict(r._entries), dict(r.plugin_errors), r._entry_points_loaded) for r in registries]
     yield registries
     for reg, (entries, errors, loaded) in zip(registries, saved):
@@ -76,7 +74,7 @@ def tiny_run(tmp_path_factory, make_tiny_config):
     """A finished tiny vanilla run (``RunResult`` with ``model`` and ``context`` kept)."""
     import dataclasses
 
-    from fairbench.runner import run_experiment
+    from fairbench.run.runner import run_experiment
 
     runs = tmp_path_factory.mktemp("tiny_runs")
     config = dataclasses.replace(make_tiny_config("vanilla", runs), save_weights=True)

@@ -59,7 +59,7 @@ def cli(*args: str):
     """Run ``fairbench *args``; returns click's Result (exit_code, stdout, stderr)."""
     from click.testing import CliRunner
 
-    from fairbench.cli import main
+    from fairbench.cli.main import main
 
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 

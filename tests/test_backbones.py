@@ -7,8 +7,8 @@ import socket
 import pytest
 import torch
 
-from fairbench.backbones import Classifier, create_backbone
-from fairbench.errors import FairbenchError, ParamError, UnknownNameError
+from fairbench.core.errors import FairbenchError, ParamError, UnknownNameError
+from fairbench.models.backbones import Classifier, create_backbone
 
 
 @pytest.fixture(autouse=True)

@@ -13,11 +13,10 @@ import numpy as np
 import pytest
 import torch
 
-from fairbench import cache as cache_mod
-from fairbench import runstore
-from fairbench.cache import cache_key, load_or_build
-from fairbench.data import ImageSpec, create_dataset
-from fairbench.loaders import Augment, BatchLoader, DeviceData, balanced_order
+from fairbench.core import files
+from fairbench.data.cache import cache_key, load_or_build
+from fairbench.data.dataset import ImageSpec, create_dataset
+from fairbench.data.loaders import Augment, BatchLoader, DeviceData, balanced_order
 
 SMALL = {"n_samples": 120, "n_classes": 3, "images_per_patient": 1.0}
 
@@ -80,7 +79,7 @@ def test_killed_build_is_not_read_as_valid(tmp_path):
     entry = tmp_path / "images" / f"synthderm-16px-{key}"
     entry.parent.mkdir(parents=True)
     # a build killed half-way: a temporary directory with garbage and even a meta.json
-    stale = entry.with_name(f".{entry.name}.tmp-{runstore.HOST}-{_dead_pid()}")
+    stale = entry.with_name(f".{entry.name}.tmp-{files.HOST}-{_dead_pid()}")
     stale.mkdir()
     np.save(stale / "images.npy", np.full((len(t), 16, 16, 3), 7, np.uint8))
     (stale / "meta.json").write_text(json.dumps({"sample_ids": list(t.sample_ids)}))
@@ -265,8 +264,8 @@ def test_host_resident_staging_gathers_the_rows_asked_for():
 # -- loaders of a run context -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ctx(tmp_path_factory, make_tiny_config):
-    from fairbench.context import BackboneSpec, RunContext
-    from fairbench.runner import load_data, prepare
+    from fairbench.run.context import BackboneSpec, RunContext
+    from fairbench.run.runner import load_data, prepare
 
     runs = tmp_path_factory.mktemp("ctx_runs")
     p = prepare(make_tiny_config("vanilla", runs))

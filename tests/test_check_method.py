@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from fairbench.method import METHODS, Method
+from fairbench.run.method import METHODS, Method
 from fairbench.testing import check_method
 
 

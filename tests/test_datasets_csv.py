@@ -10,10 +10,10 @@ import pandas as pd
 import pytest
 from dataset_helpers import assert_cli_error, cli, make_jpegs
 
-from fairbench.cache import load_or_build
-from fairbench.data import create_dataset
-from fairbench.errors import DataError, ParamError
-from fairbench.splits import check_split, make_split
+from fairbench.core.errors import DataError, ParamError
+from fairbench.data.cache import load_or_build
+from fairbench.data.dataset import create_dataset
+from fairbench.data.splits import check_split, make_split
 
 N = 48
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from dataset_helpers import assert_cli_error, cli
 
-from fairbench.cache import load_or_build
-from fairbench.data import create_dataset, get_dataset_class
-from fairbench.errors import DataError
-from fairbench.splits import check_split, make_split
+from fairbench.core.errors import DataError
+from fairbench.data.cache import load_or_build
+from fairbench.data.dataset import create_dataset, get_dataset_class
+from fairbench.data.splits import check_split, make_split
 
 
 @pytest.fixture(autouse=True)

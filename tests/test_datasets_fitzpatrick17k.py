@@ -20,10 +20,10 @@ from dataset_helpers import (
     requires_shared,
 )
 
-from fairbench.cache import load_or_build
-from fairbench.data import create_dataset
-from fairbench.errors import DataError, ParamError, UnknownNameError
-from fairbench.splits import check_split, make_split
+from fairbench.core.errors import DataError, ParamError, UnknownNameError
+from fairbench.data.cache import load_or_build
+from fairbench.data.dataset import create_dataset
+from fairbench.data.splits import check_split, make_split
 
 FULL = SHARED / "fitzpatrick17k" / "fitzpatrick17k.csv"
 EXCERPT = FIXTURES / "fitzpatrick17k" / "fitzpatrick17k.csv"

@@ -19,10 +19,10 @@ from dataset_helpers import (
     requires_shared,
 )
 
-from fairbench.cache import load_or_build
-from fairbench.data import create_dataset
-from fairbench.errors import DataError, ParamError
-from fairbench.splits import check_split, make_split
+from fairbench.core.errors import DataError, ParamError
+from fairbench.data.cache import load_or_build
+from fairbench.data.dataset import create_dataset
+from fairbench.data.splits import check_split, make_split
 
 GT = "ISIC_2019_Training_GroundTruth.csv"
 META = "ISIC_2019_Training_Metadata.csv"

@@ -20,8 +20,8 @@ from click.testing import CliRunner
 from dataset_helpers import assert_cli_error
 from fairbench.methods.fairprune import prune_masks
 
-from fairbench.cli import main
-from fairbench.context import RunContext
+from fairbench.cli.main import main
+from fairbench.run.context import RunContext
 
 TINY = ["--backbone", "smallcnn", "--image-size", "16", "--epochs", "1",
         "--data-param", "n_samples=160", "--data-param", "n_classes=3",

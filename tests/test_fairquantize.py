@@ -22,8 +22,8 @@ from click.testing import CliRunner
 from dataset_helpers import assert_cli_error
 from fairbench.methods.fairquantize import pow2_quantize
 
-from fairbench.cli import main
-from fairbench.context import RunContext
+from fairbench.cli.main import main
+from fairbench.run.context import RunContext
 
 TINY = ["--backbone", "smallcnn", "--image-size", "16", "--epochs", "1",
         "--data-param", "n_samples=160", "--data-param", "n_classes=3",
@@ -194,7 +194,7 @@ def test_schedule_realized_fraction_per_layer(spied):
     assert len(fits) == 3 and len(spied["start"]) == 3  # ratios 0.1, 0.2, 0.25
     names = list(fits[0][0])
     # scope=all: the weight of every conv, linear and BatchNorm module of smallcnn, no bias
-    from fairbench.backbones import create_backbone
+    from fairbench.models.backbones import create_backbone
 
     model = create_backbone("smallcnn", num_classes=3, image_size=16, width=8)
     kinds = (torch.nn.Conv2d, torch.nn.Linear, torch.nn.BatchNorm2d)
@@ -288,7 +288,7 @@ def test_cli_end_to_end_records_privileged_group(spied):
 
 
 def test_run_records_its_wall_time_by_phase(spied):
-    from fairbench.report import run_summary
+    from fairbench.run.report import run_summary
 
     config = json.loads((spied["run_dir"] / "config.json").read_text())
     seconds = config["seconds"]
@@ -384,8 +384,8 @@ def test_backbone_backpack_cannot_handle(tmp_path, tiny_cache):
 
 
 def test_group_without_training_samples(tmp_path, tiny_cache):
-    from fairbench.data import create_dataset
-    from fairbench.splits import make_split
+    from fairbench.data.dataset import create_dataset
+    from fairbench.data.splits import make_split
 
     table = create_dataset("synthderm", n_samples=160, n_classes=3,
                            images_per_patient=1.0).build_table()
@@ -418,7 +418,7 @@ def test_check_method_conformance(tmp_path):
 def test_curvature_out_of_memory_is_survived_and_recorded(runs, tiny_cache, monkeypatch):
     """A run whose curvature passes do not fit in memory at the score batch size goes on in
     smaller passes (found once, kept for every later step) and records the size in its notes."""
-    import fairbench.saliency as S
+    import fairbench.training.curvature as S
 
     tried: list[int] = []
     real = S._backpack_step

@@ -19,23 +19,21 @@ import torch.nn.functional as F
 from click.testing import CliRunner
 from dataset_helpers import assert_cli_error
 
-from fairbench.backbones import create_backbone
-from fairbench.cli import main
-from fairbench.loaders import Batch
-from fairbench.multiexit import (
+from fairbench.cli.main import main
+from fairbench.data.loaders import Batch
+from fairbench.models.backbones import create_backbone
+from fairbench.models.multiexit import (
     KNOWN_STAGES,
     MultiExit,
-    MultiExitParams,
     exit_costs,
-    exit_loss,
     exit_policy,
     exit_report,
-    multi_exit_curvature,
     multi_exit_loss,
-    per_exit_curvature,
     pooled_size,
     resolve_exit_spec,
 )
+from fairbench.run.multiexit import MultiExitParams
+from fairbench.training.multiexit import exit_loss, multi_exit_curvature, per_exit_curvature
 
 TINY = ["--backbone", "smallcnn", "--image-size", "16", "--epochs", "1",
         "--data-param", "n_samples=160", "--data-param", "n_classes=3",

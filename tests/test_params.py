@@ -7,8 +7,8 @@ from typing import Literal, Optional
 
 import pytest
 
-from fairbench.errors import FairbenchError, ParamError, UnknownNameError
-from fairbench.params import (
+from fairbench.core.errors import FairbenchError, ParamError, UnknownNameError
+from fairbench.core.params import (
     NoParams,
     build_params,
     coerce_value,
@@ -17,7 +17,7 @@ from fairbench.params import (
     params_to_dict,
     parse_assignments,
 )
-from fairbench.trainer import TrainConfig
+from fairbench.training.trainer import TrainConfig
 
 
 @dataclass

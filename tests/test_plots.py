@@ -11,10 +11,8 @@ import pytest
 from bench_helpers import make_board, make_run
 from click.testing import CliRunner
 
-from fairbench.cli import main
-from fairbench.errors import FairbenchError
-from fairbench.leaderboard import leaderboard
-from fairbench.plots import (
+from fairbench.bench.leaderboard import leaderboard
+from fairbench.bench.plots import (
     _pareto_min_x_max_y,
     plot_ablation,
     plot_cd,
@@ -22,6 +20,8 @@ from fairbench.plots import (
     plot_tradeoff,
     read_ablation,
 )
+from fairbench.cli.main import main
+from fairbench.core.errors import FairbenchError
 
 STEP_METRICS = ("F1", "precision", "recall", "accuracy", "EOpp0", "EOpp1", "EOdd", "worst.F1")
 

@@ -12,11 +12,11 @@ try:
 except ModuleNotFoundError:  # Python 3.10: setup.cfg installs tomli there
     import tomli as tomllib  # type: ignore[no-redef]
 
-from fairbench.cli import _read_config
-from fairbench.data import create_dataset
-from fairbench.method import create_method
-from fairbench.params import build_params
-from fairbench.trainer import TrainConfig
+from fairbench.cli.main import _read_config
+from fairbench.core.params import build_params
+from fairbench.data.dataset import create_dataset
+from fairbench.run.method import create_method
+from fairbench.training.trainer import TrainConfig
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 PRESETS = {

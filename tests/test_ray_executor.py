@@ -14,12 +14,12 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from fairbench.cli import main
-from fairbench.executors import LocalExecutor, RayExecutor, RunTask, baseline_groups
-from fairbench.runner import RunConfig
-from fairbench.runstore import is_finished
-from fairbench.suite import load_suite
-from fairbench.sweep import run_suite
+from fairbench.bench.executors import LocalExecutor, RayExecutor, RunTask, baseline_groups
+from fairbench.bench.suite import load_suite
+from fairbench.bench.sweep import run_suite
+from fairbench.cli.main import main
+from fairbench.run.runner import RunConfig
+from fairbench.run.store import is_finished
 
 PLUGIN = '''
 """Test plugin: a post-hoc method whose first attempt kills its own worker process."""
@@ -28,8 +28,7 @@ import signal
 from dataclasses import dataclass
 from pathlib import Path
 
-from fairbench.method import Method, register_method
-from fairbench.params import param
+from fairbench import Method, param, register_method
 
 
 @dataclass

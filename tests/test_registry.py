@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from fairbench.backbones import create_backbone, list_backbones
-from fairbench.cli import main
-from fairbench.data import create_dataset, get_dataset_class, list_datasets
-from fairbench.errors import FairbenchError, PluginError, UnknownNameError
-from fairbench.method import METHODS, Method, create_method, get_method_class, list_methods
-from fairbench.registry import Registry, load_plugin_file
+from fairbench.cli.main import main
+from fairbench.core.errors import FairbenchError, PluginError, UnknownNameError
+from fairbench.core.registry import Registry, load_plugin_file
+from fairbench.data.dataset import create_dataset, get_dataset_class, list_datasets
+from fairbench.models.backbones import create_backbone, list_backbones
+from fairbench.run.method import METHODS, Method, create_method, get_method_class, list_methods
 
 
 # -- the Registry class ------------------------------------------------------------------------
@@ -146,7 +146,7 @@ def test_entry_point_plugins_load_and_broken_one_is_reported(fake_entry_points):
 def test_entry_point_module_registers_method(fake_entry_points, fresh_registries):
     eps, root = fake_entry_points
     _write(root / "fbtest_ep_methods.py", """
-        from fairbench.method import Method, register_method
+        from fairbench import Method, register_method
 
         @register_method("epmethod")
         class EpMethod(Method):
@@ -173,8 +173,8 @@ def test_entry_point_module_registers_method(fake_entry_points, fresh_registries
 
 # -- local plugin files --------------------------------------------------------------------------
 GOOD_PLUGIN = """
-    from fairbench.method import Method, register_method
-    from fairbench.params import param
+    from fairbench import Method, register_method
+    from fairbench import param
     from dataclasses import dataclass
 
     @dataclass

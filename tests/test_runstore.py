@@ -14,18 +14,13 @@ import pandas as pd
 import pytest
 import torch
 
-from fairbench.backbones import create_backbone
-from fairbench.method import METHODS, Method
+from fairbench.core.files import read_json, remove_stale_temporaries, write_json
 from fairbench.metrics import evaluate_classification
-from fairbench.runner import run_experiment
-from fairbench.runstore import (
-    RunWriter,
-    is_finished,
-    read_json,
-    remove_stale_temporaries,
-    write_json,
-)
-from fairbench.trainer import Trainer
+from fairbench.models.backbones import create_backbone
+from fairbench.run.method import METHODS, Method
+from fairbench.run.runner import run_experiment
+from fairbench.run.store import RunWriter, is_finished
+from fairbench.training.trainer import Trainer
 
 
 def snapshot(root):
@@ -172,7 +167,7 @@ def test_run_writer(tmp_path):
 
 
 def test_remove_stale_temporaries(tmp_path):
-    from fairbench.runstore import HOST, temporary_path
+    from fairbench.core.files import HOST, temporary_path
 
     final = tmp_path / "run"
     dead = tmp_path / f".run.tmp-{HOST}-99999999"
@@ -274,7 +269,7 @@ def test_crash_leaves_nothing_and_keeps_finished_runs(runs, make_tiny_config):
 def test_interrupted_run_dir_is_not_finished_and_is_redone(runs, make_tiny_config, tiny_run):
     from click.testing import CliRunner
 
-    from fairbench.cli import main
+    from fairbench.cli.main import main
 
     name = "smallcnn-s0-deadbeef00"
     parent = runs / "synthderm" / "posthoc_noop"
@@ -319,7 +314,7 @@ def test_identical_run_finished_meanwhile_is_kept(runs, make_tiny_config, monkey
     result untouched and reports it as reused."""
     done = run_experiment(make_tiny_config("posthoc_noop", runs))
     before = snapshot(done.run_dir)
-    monkeypatch.setattr("fairbench.runner.is_finished",
+    monkeypatch.setattr("fairbench.run.runner.is_finished",
                         lambda d, calls=[]: calls.append(1) or len(calls) > 1)
     again = run_experiment(make_tiny_config("posthoc_noop", runs))
     assert again.reused and snapshot(done.run_dir) == before
@@ -380,8 +375,8 @@ def test_configured_privileged_group(runs, make_tiny_config, tiny_run):
 def test_weights_identity_is_the_file_content(tmp_path, make_tiny_config):
     """Replacing the weights file under the same path gives a new run (and a new baseline);
     the same bytes under another path are the same run."""
-    from fairbench.backbones import create_backbone
-    from fairbench.runstore import file_sha256
+    from fairbench.core.files import file_sha256
+    from fairbench.models.backbones import create_backbone
 
     def save(path, seed):
         torch.manual_seed(seed)

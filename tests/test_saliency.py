@@ -1,4 +1,4 @@
-"""``fairbench.saliency``: selection rules against brute force, the fair score by hand, the
+"""``fairbench.training.curvature``: selection rules against brute force, the fair score by hand, the
 scored tensors, and every curvature estimator against an independent computation (a closed
 form for a linear-softmax model, ``torch.func`` Jacobians/Hessians and per-sample gradient
 loops for a small conv net), plus the paper backbones (VGG-11 and ResNet-18 from timm and
@@ -17,10 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fairbench.errors import FairbenchError
-from fairbench.loaders import Batch
-from fairbench.saliency import (
-    CurvatureError,
+from fairbench.core.errors import CurvatureError, FairbenchError
+from fairbench.data.loaders import Batch
+from fairbench.training.curvature import (
     diagonal_curvature,
     fair_saliency,
     scored_parameters,
@@ -184,7 +183,7 @@ class FakeContext:
 
 
 def test_balanced_score_sets():
-    from fairbench.saliency import balanced_score_sets
+    from fairbench.run.posthoc import balanced_score_sets
 
     rng = np.random.default_rng(0)
     codes = rng.choice([0, 1, -1], size=200, p=[0.7, 0.2, 0.1])  # -1: attribute missing
@@ -512,7 +511,7 @@ def _free_backbones():
 
 
 def paper_backbone(name: str) -> nn.Module:
-    from fairbench.backbones import create_backbone
+    from fairbench.models.backbones import create_backbone
 
     if name not in _BACKBONES:
         torch.manual_seed(0)
@@ -592,7 +591,7 @@ def test_many_batches_equal_the_sum_of_single_batches(estimator):
     """Curvature over many batches (freshly allocated inputs, as a loader gives them) is the
     sum of per-batch calls: nothing BackPACK keeps between batches leaks into the next one
     (a backward taken w.r.t. the input once left such a quantity behind and crashed)."""
-    from fairbench.backbones import create_backbone
+    from fairbench.models.backbones import create_backbone
 
     torch.manual_seed(0)
     model = create_backbone("smallcnn", num_classes=3, image_size=32, width=4).eval()
@@ -619,7 +618,7 @@ def test_many_batches_equal_the_sum_of_single_batches(estimator):
 def test_few_positions_conv_diagonal_equals_backpacks(v, positions):
     from backpack.utils.conv import extract_weight_diagonal
 
-    from fairbench.saliency import conv_weight_diag_few_positions
+    from fairbench.training.curvature import conv_weight_diag_few_positions
 
     torch.manual_seed(positions)
     conv = torch.nn.Conv2d(3, 4, 2)
@@ -640,7 +639,7 @@ def test_few_positions_conv_diagonal_equals_backpacks(v, positions):
 def test_chunked_conv_diagonal_equals_backpacks(v, n, chunk_bytes):
     from backpack.utils.conv import extract_weight_diagonal
 
-    from fairbench.saliency import conv_weight_diag_chunked
+    from fairbench.training.curvature import conv_weight_diag_chunked
 
     torch.manual_seed(v * 10 + n)
     conv = torch.nn.Conv2d(3, 8, 2)  # M = 8 output channels, K = 12
@@ -656,8 +655,8 @@ def test_chunked_conv_diagonal_equals_backpacks(v, n, chunk_bytes):
 def test_fairbench_conv_paths_leave_the_curvature_unchanged(monkeypatch, estimator, name, size):
     """The few-positions and chunked weight diagonals give BackPACK's own result on whole
     models (ResNet-18 at 32 px has convolutions with 1 to 256 positions)."""
-    import fairbench.saliency as S
-    from fairbench.backbones import create_backbone
+    import fairbench.training.curvature as S
+    from fairbench.models.backbones import create_backbone
 
     torch.manual_seed(0)
     model = create_backbone(name, num_classes=3, image_size=size).eval()
@@ -679,7 +678,7 @@ def test_fairbench_conv_paths_leave_the_curvature_unchanged(monkeypatch, estimat
 def _oom_above(monkeypatch, limit: int, error: BaseException) -> list[int]:
     """Make every backward pass on more than ``limit`` samples fail as the allocator would;
     returns the sizes of the passes tried."""
-    import fairbench.saliency as S
+    import fairbench.training.curvature as S
 
     tried: list[int] = []
     real = S._backpack_step
@@ -731,7 +730,7 @@ def test_other_runtime_errors_are_not_taken_for_out_of_memory(monkeypatch):
 
 
 def test_the_size_that_fitted_is_kept_for_the_next_call(monkeypatch):
-    from fairbench.saliency import PassSize
+    from fairbench.training.curvature import PassSize
 
     torch.manual_seed(0)
     model = nn.Sequential(nn.Flatten(), nn.Linear(12, 3))

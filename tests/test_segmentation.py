@@ -12,19 +12,19 @@ import torch
 from click.testing import CliRunner
 from dataset_helpers import assert_cli_error
 
-from fairbench.cli import main
-from fairbench.errors import FairbenchError, UnknownNameError
+from fairbench.cli.main import main
+from fairbench.core.errors import FairbenchError, UnknownNameError
 from fairbench.metrics import overlap_counts
-from fairbench.runner import run_experiment
-from fairbench.segmentation import (
+from fairbench.models.segmentors import Segmentor, create_segmentor
+from fairbench.run.runner import run_experiment
+from fairbench.testing import check_method, tiny_run_config
+from fairbench.training.segmentation import (
     class_log_probs,
     hard_masks,
     overlap_counts_torch,
     segmentation_loss,
     soft_dice_loss,
 )
-from fairbench.segmentors import Segmentor, create_segmentor
-from fairbench.testing import check_method, tiny_run_config
 
 TINY_SEG = ["--dataset", "synthderm", "--task", "segmentation", "--image-size", "16",
             "--data-param", "n_samples=160", "--data-param", "n_classes=3",
@@ -140,7 +140,7 @@ def test_vanilla_segmentation_run_records_per_group_dice(tmp_path):
 
 
 def test_classification_identity_has_no_task_key(tmp_path):
-    from fairbench.runner import prepare
+    from fairbench.run.runner import prepare
 
     p = prepare(tiny_run_config("vanilla", tmp_path, cache_dir=tmp_path / "c"))
     assert p.task == "classification" and p.train.select == "F1"
@@ -150,7 +150,7 @@ def test_classification_identity_has_no_task_key(tmp_path):
 
 
 def test_default_task_follows_the_dataset_and_the_method(tmp_path):
-    from fairbench.runner import RunConfig, prepare
+    from fairbench.run.runner import RunConfig, prepare
 
     assert prepare(RunConfig(method="vanilla")).task == "classification"
     p = prepare(RunConfig(method="vanilla", task="segmentation"))
@@ -225,7 +225,7 @@ def test_fairdi_segmentation_conformance(tmp_path):
 def test_pixelwise_distillation_of_a_binary_map_is_the_bernoulli_kl():
     from fairbench.methods._distill import distillation_kl
 
-    from fairbench.segmentation import as_class_logits
+    from fairbench.training.segmentation import as_class_logits
 
     torch.manual_seed(0)
     s, t = torch.randn(2, 1, 4, 4), torch.randn(2, 1, 4, 4)
@@ -241,7 +241,7 @@ def test_pixelwise_distillation_of_a_binary_map_is_the_bernoulli_kl():
 
 # -- leaderboard ----------------------------------------------------------------------------
 def test_leaderboard_keeps_segmentation_in_its_own_table(tmp_path):
-    from fairbench.leaderboard import leaderboard
+    from fairbench.bench.leaderboard import leaderboard
 
     runs, cache = tmp_path / "runs", tmp_path / "c"
     for method in ("vanilla", "apple"):
@@ -274,8 +274,8 @@ def test_leaderboard_keeps_segmentation_in_its_own_table(tmp_path):
 
 
 def test_bootstrap_intervals_of_a_segmentation_table(tmp_path):
-    from fairbench.leaderboard import leaderboard
-    from fairbench.stats import SegmentationPredictions
+    from fairbench.bench.leaderboard import leaderboard
+    from fairbench.bench.stats import SegmentationPredictions
 
     runs, cache = tmp_path / "runs", tmp_path / "c"
     results = [run_experiment(tiny_run_config("vanilla", runs, task="segmentation", seed=s,

@@ -8,15 +8,9 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-from fairbench.errors import FairbenchError
-from fairbench.selection import (
-    Candidate,
-    apply_threshold,
-    binary_threshold,
-    pareto_front,
-    parse_rule,
-    select,
-)
+from fairbench.bench.selection import Candidate, pareto_front, parse_rule, select
+from fairbench.core.errors import FairbenchError
+from fairbench.metrics.decision import apply_threshold, binary_threshold
 
 
 def cand(key, f1, eodd, light, dark, auc=0.8):
@@ -137,7 +131,7 @@ def test_binary_threshold_prefers_half_on_ties():
 
 def test_binary_run_stores_val_threshold(tmp_path, monkeypatch):
     monkeypatch.setenv("FAIRBENCH_NO_PROGRESS", "1")
-    from fairbench.runner import RunConfig, run_experiment
+    from fairbench.run.runner import RunConfig, run_experiment
 
     res = run_experiment(RunConfig(
         method="vanilla", dataset_params={"n_samples": 200, "n_classes": 2}, image_size=16,

@@ -25,12 +25,12 @@ from fairbench.methods._distill import distillation_kl, distillation_objective
 from fairbench.methods._snnl import snnl_per_channel
 from torch import nn
 
-from fairbench.backbones import Classifier, create_backbone
-from fairbench.cli import main
-from fairbench.params import build_params
-from fairbench.runner import run_experiment
+from fairbench.cli.main import main
+from fairbench.core.params import build_params
+from fairbench.models.backbones import Classifier, create_backbone
+from fairbench.run.runner import run_experiment
 from fairbench.testing import check_method, tiny_run_config
-from fairbench.trainer import EpochLog, Trainer
+from fairbench.training.trainer import EpochLog, Trainer
 
 TINY = ["--backbone", "smallcnn", "--image-size", "16", "--epochs", "1",
         "--data-param", "n_samples=160", "--data-param", "n_classes=3",

@@ -10,9 +10,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fairbench.data import SampleTable, create_dataset
-from fairbench.errors import DataError
-from fairbench.splits import (
+from fairbench.core.errors import DataError
+from fairbench.data.dataset import SampleTable, create_dataset
+from fairbench.data.splits import (
     PARTS,
     check_split,
     from_parts,
@@ -192,7 +192,7 @@ def test_bad_fractions():
 def test_run_seed_does_not_change_split(tmp_path, make_tiny_config):
     import torch
 
-    from fairbench.runner import load_data, prepare
+    from fairbench.run.runner import load_data, prepare
 
     runs = tmp_path / "runs"
     hashes = {}
@@ -210,7 +210,7 @@ def test_run_seed_does_not_change_split(tmp_path, make_tiny_config):
 def test_user_split_file_missing_group_fails_in_run(tmp_path, make_tiny_config):
     import torch
 
-    from fairbench.runner import load_data, prepare
+    from fairbench.run.runner import load_data, prepare
 
     cfg = make_tiny_config("vanilla", tmp_path / "runs")
     table = prepare(cfg).adapter.build_table()

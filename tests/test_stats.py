@@ -11,9 +11,7 @@ import pytest
 from bench_helpers import make_run
 from scipy import stats as sps
 
-from fairbench.errors import FairbenchError
-from fairbench.metrics import evaluate_classification, flatten
-from fairbench.stats import (
+from fairbench.bench.stats import (
     RunPredictions,
     average_ranks,
     bootstrap_runs,
@@ -24,6 +22,8 @@ from fairbench.stats import (
     paired_test,
     prediction_metrics,
 )
+from fairbench.core.errors import FairbenchError
+from fairbench.metrics import evaluate_classification, flatten
 
 
 def test_paired_tests_match_scipy():

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 from fairbench.datasets.synthderm import PROTOTYPES, build_metadata, render_into
 
-from fairbench.data import ImageSpec, create_dataset
-from fairbench.errors import ParamError
+from fairbench.core.errors import ParamError
+from fairbench.data.dataset import ImageSpec, create_dataset
 
 SIZE = 16
 

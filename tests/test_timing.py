@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from fairbench.report import time_line
-from fairbench.timing import PhaseTimer
+from fairbench.core.timing import PhaseTimer
+from fairbench.run.report import time_line
 
 
 def test_nested_phases_are_exclusive_and_add_up():

@@ -11,9 +11,9 @@ import os
 import pytest
 from click.testing import CliRunner
 
-from fairbench.cli import main
-from fairbench.runner import run_experiment
-from fairbench.tracking import epoch_metrics, flatten_numbers, mlflow_key
+from fairbench.cli.main import main
+from fairbench.run.runner import run_experiment
+from fairbench.run.tracking import epoch_metrics, flatten_numbers, mlflow_key
 
 
 def test_flatten_and_keys():
@@ -64,7 +64,7 @@ def test_run_logged_to_local_file_store(tmp_path, make_tiny_config):
     assert again.reused
     assert len(client.search_runs([experiment.experiment_id])) == 1
     # the leaderboard's run discovery ignores the mlruns folder
-    from fairbench.leaderboard import collect_runs
+    from fairbench.bench.leaderboard import collect_runs
 
     assert {r.path for r in collect_runs(runs)} == {result.run_dir}
 

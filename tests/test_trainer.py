@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fairbench.backbones import create_backbone
-from fairbench.loaders import Augment, BatchLoader, DeviceData
-from fairbench.params import build_params
-from fairbench.trainer import AuxModule, EpochLog, TrainConfig, Trainer, TrainHooks
+from fairbench.core.params import build_params
+from fairbench.data.loaders import Augment, BatchLoader, DeviceData
+from fairbench.models.backbones import create_backbone
+from fairbench.training.trainer import AuxModule, EpochLog, TrainConfig, Trainer, TrainHooks
 
 CPU = torch.device("cpu")
 
@@ -279,7 +279,7 @@ def test_predict_and_evaluate(data):
 def eager_compile(monkeypatch):
     """torch.compile through dynamo with the eager backend: the compile path without a C++
     toolchain, in seconds."""
-    import fairbench.trainer as T
+    import fairbench.training.trainer as T
 
     monkeypatch.setattr(T, "COMPILE_BACKEND", "aot_eager")
     torch._dynamo.reset()

@@ -5,7 +5,10 @@
 utility, the fairness family, per-group values (under the group's name), and ``Avg``,
 ``Diff``, ``Diff_signed``, ``gap`` and ``worst`` per metric. :func:`evaluate_segmentation`
 does the same for per-image Dice/IoU and adds the equity-scaled families ``ES_fairseg``,
-``ES_fairmedfm`` and ``skew``.
+``ES_fairmedfm`` and ``skew``. :mod:`.decision` holds the decision rule every part is scored
+under (a binary task's threshold, chosen on validation).
+
+May import: ``fairbench.core`` only (metrics sit at the bottom, beside it).
 """
 
 from __future__ import annotations

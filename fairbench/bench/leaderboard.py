@@ -1,0 +1,630 @@
+"""Leaderboards from run directories: the paper layout and a compact view, as a DataFrame,
+Markdown, CSV or LaTeX (booktabs).
+
+* **Tables**: one per (dataset, attribute, backbone). All runs of a table must share one split
+  hash; a runs directory mixing splits is refused with an error naming them (pick one with
+  ``split=``/``--split``).
+* **Rows**: for each method, the parameter setting picked by a validation-only selection rule
+  (:mod:`fairbench.bench.selection`; default ``fair_within_eps``); the rule and its reason are
+  recorded with the row. Values are the *test* metrics of that setting, mean ± std (sample
+  std, ddof 1) over its seeds, in percent.
+* **Paper view** (FairQuantize Table 1): per method, one row per group, ``Avg`` (mean over
+  groups) and ``Diff`` (|group 1 − group 0|; max − min with more groups); columns precision,
+  recall, F1 (macro), EOpp0, EOpp1, EOdd (between-group quantities, on the Avg row).
+* **Compact view**: one row per method: F1, AUC, worst-group F1, AUC gap, ECE gap, EOdd.
+* **Segmentation tables** (runs with ``task = segmentation``, never mixed with
+  classification): columns Dice and IoU per group, ``Avg`` and ``Diff``, with the equity-scaled
+  Dice of FairSeg (``ES_fairseg``) and of FairMedFM (``ES_fairmedfm``) on the Avg row; the
+  compact view shows Dice, IoU, worst-group Dice, Dice gap and both ES-Dice. Selection rules
+  use Dice for F1 and the Dice gap for EOdd (:func:`fairbench.bench.selection.rule_for_task`).
+* **Marks**: the best value per column in bold (Avg rows and Diff rows ranked separately in
+  the paper view), and † where a paired test against vanilla over seeds (Holm-corrected over
+  the methods) gives p < alpha.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from fairbench.bench.selection import Candidate, Rule, Selection, parse_rule, rule_for_task, select
+from fairbench.bench.stats import Comparison, FriedmanResult, compare_to_reference, friedman
+from fairbench.core.errors import FairbenchError
+from fairbench.core.files import config_hash, read_json
+from fairbench.metrics import flatten, higher_is_better, is_segmentation_metric
+from fairbench.run.store import is_finished
+
+UTILITY = ("precision", "recall", "F1")
+FAIRNESS = ("EOpp0", "EOpp1", "EOdd")
+PAPER_COLUMNS = UTILITY + FAIRNESS
+COLUMN_TITLES = {"precision": "Precision", "recall": "Recall", "F1": "F1", "EOpp0": "EOpp0",
+                 "EOpp1": "EOpp1", "EOdd": "EOdd", "AUC": "AUC", "worst.F1": "Worst-group F1",
+                 "gap.AUC": "AUC gap", "gap.ECE": "ECE gap"}
+COMPACT_KEYS = ("F1", "AUC", "worst.F1", "gap.AUC", "gap.ECE", "EOdd")
+SEG_UTILITY = ("Dice", "IoU")
+SEG_FAIRNESS = ("ES_fairseg.Dice", "ES_fairmedfm.Dice")
+SEG_COMPACT_KEYS = ("Dice", "IoU", "worst.Dice", "gap.Dice", "ES_fairseg.Dice",
+                    "ES_fairmedfm.Dice")
+COLUMN_TITLES.update({"worst.Dice": "Worst-group Dice", "gap.Dice": "Dice gap",
+                      "ES_fairseg.Dice": "ES-Dice (FairSeg)",
+                      "ES_fairmedfm.Dice": "ES-Dice (FairMedFM)"})
+VIEWS = ("paper", "compact")
+FORMATS = ("md", "csv", "latex")
+DAGGER = "†"
+
+
+# -- runs ---------------------------------------------------------------------------------------
+@dataclass
+class RunRecord:
+    """A finished run directory, read."""
+
+    path: Path
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    label: str = ""       # the method's label in the leaderboard (suite label or method name)
+    dataset_label: str = ""
+
+    def __post_init__(self) -> None:
+        self.label = self.label or self.config["method"]
+        self.dataset_label = self.dataset_label or self.config["dataset"]
+
+    @property
+    def identity(self) -> dict[str, Any]:
+        return self.config.get("identity", {})
+
+    @property
+    def seed(self) -> int:
+        return int(self.config["seed"])
+
+    @property
+    def split(self) -> str:
+        return str(self.config["split_sha256"])
+
+    @property
+    def task(self) -> str:
+        return str(self.config.get("task", "classification"))
+
+    @property
+    def groups(self) -> list[str]:
+        return list(self.metrics.get("meta", {}).get("groups") or self.config["groups"])
+
+    @property
+    def setting_key(self) -> str:
+        """The run's identity without its seed: one key per parameter setting."""
+        ident = {k: v for k, v in self.identity.items() if k != "seed"}
+        return config_hash(ident)[:12]
+
+    def flat(self, part: str) -> dict[str, float]:
+        return {k: (float("nan") if v is None else v)
+                for k, v in flatten(self.metrics.get(part, {})).items()
+                if v is None or isinstance(v, (int, float))}
+
+
+def read_run(path: str | Path, **labels: str) -> RunRecord:
+    path = Path(path)
+    return RunRecord(path, read_json(path / "config.json"), read_json(path / "metrics.json"),
+                     **labels)
+
+
+def collect_runs(runs_dir: str | Path) -> list[RunRecord]:
+    """Every finished run under ``runs_dir`` (``<dataset>/<method>/<run>``); temporary
+    directories of interrupted runs, the vanilla cache and split files are skipped."""
+    root = Path(runs_dir).expanduser()
+    if not root.is_dir():
+        raise FairbenchError(f"runs directory {str(root)!r} does not exist")
+    out = []
+    for cfg in sorted(root.glob("*/*/*/config.json")):
+        run = cfg.parent
+        parts = run.relative_to(root).parts
+        if parts[0] == "mlruns" or any(part.startswith((".", "_")) for part in parts):
+            continue  # MLflow's file store (--tracking mlflow) is no run
+        if is_finished(run):
+            out.append(read_run(run))
+    return out
+
+
+# -- tables -------------------------------------------------------------------------------------
+@dataclass
+class MethodRow:
+    label: str
+    method: str
+    selection: Selection
+    runs: list[RunRecord]                      # the selected setting, one run per seed
+    n_settings: int
+    stats: dict[str, tuple[float, float]] = field(default_factory=dict)   # key -> (mean, std)
+    tests: dict[str, Comparison] = field(default_factory=dict)
+    ci: dict[str, tuple[float, float]] = field(default_factory=dict)
+    all_runs: list[RunRecord] = field(default_factory=list)   # every setting of the method
+    varying: list[str] = field(default_factory=list)  # parameters that differ between settings
+
+    def params_text(self) -> str:
+        """The chosen values of the parameters that vary over the method's grid, and the
+        fixed ones that differ from the method's defaults."""
+        params = self.params
+        shown = {k: params[k] for k in self.varying if k in params}
+        try:
+            from fairbench.core.params import build_params, params_to_dict
+            from fairbench.run.method import get_method_class
+
+            defaults = params_to_dict(build_params(get_method_class(self.method).Params, {}))
+            fixed = {k: v for k, v in params.items()
+                     if k not in shown and k in defaults and defaults[k] != v}
+        except Exception:  # noqa: BLE001 - a method no longer registered: show everything
+            fixed = {k: v for k, v in params.items() if k not in shown}
+        text = ", ".join(f"{k}={v}" for k, v in shown.items())
+        if self.n_settings > 1:
+            text = (text or "settings") + f" (chosen of {self.n_settings} settings)"
+        if fixed:
+            text += ("; " if text else "") + "fixed " + ", ".join(f"{k}={v}" for k, v in fixed.items())
+        return text or "defaults"
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.runs[0].config.get("method_params", {}))
+
+    @property
+    def seeds(self) -> list[int]:
+        return sorted(r.seed for r in self.runs)
+
+    def values(self, key: str) -> dict[int, float]:
+        return {r.seed: float(r.flat(self.part).get(key, float("nan"))) for r in self.runs}
+
+    part: str = "test"
+
+
+@dataclass
+class Table:
+    dataset: str
+    dataset_name: str
+    attribute: str
+    backbone: str
+    split: str
+    groups: list[str]
+    rows: list[MethodRow]
+    rule: str
+    part: str
+    reference: str | None
+    task: str = "classification"
+
+    @property
+    def title(self) -> str:
+        kind = " segmentation," if self.task == "segmentation" else ""
+        return (f"{self.dataset} ({self.attribute}),{kind} {self.backbone}, split "
+                f"{self.split[:12]}, {self.part}")
+
+    @property
+    def _utility(self) -> tuple[str, ...]:
+        return SEG_UTILITY if self.task == "segmentation" else UTILITY
+
+    @property
+    def _fairness(self) -> tuple[str, ...]:
+        return SEG_FAIRNESS if self.task == "segmentation" else FAIRNESS
+
+    def row_keys(self, view: str) -> list[tuple[str, dict[str, str]]]:
+        """(row name, {column: metric key}) of one method block in ``view``."""
+        if view == "compact":
+            return [("", {k: k for k in self.columns(view)})]
+        utility, fairness = self._utility, self._fairness
+        out = [(g, {m: f"{g}.{m}" for m in utility}) for g in self.groups]
+        out.append(("Avg", {**{m: f"Avg.{m}" for m in utility}, **{m: m for m in fairness}}))
+        out.append(("Diff", {m: f"Diff.{m}" for m in utility}))
+        return out
+
+    def columns(self, view: str) -> list[str]:
+        if self.task == "segmentation":
+            return list(SEG_COMPACT_KEYS if view == "compact" else SEG_UTILITY + SEG_FAIRNESS)
+        return list(COMPACT_KEYS) if view == "compact" else list(PAPER_COLUMNS)
+
+    def best(self, view: str) -> set[tuple[str, str, str]]:
+        """(method label, row name, column) of the best mean per column (ties: all)."""
+        out = set()
+        for row_name, cols in self.row_keys(view):
+            if row_name in self.groups:
+                continue
+            for col, key in cols.items():
+                direction = higher_is_better(key)
+                if direction is None:
+                    continue
+                means = {r.label: r.stats.get(key, (math.nan, math.nan))[0] for r in self.rows}
+                finite = {k: v for k, v in means.items() if math.isfinite(v)}
+                if len(finite) < 2:
+                    continue
+                target = max(finite.values()) if direction else min(finite.values())
+                out.update((k, row_name, col) for k, v in finite.items()
+                           if abs(v - target) <= 1e-12)
+        return out
+
+
+def _mean_std(values: Iterable[float]) -> tuple[float, float]:
+    v = np.array([x for x in values if x is not None and math.isfinite(x)], dtype=float)
+    if len(v) == 0:
+        return math.nan, math.nan
+    return float(v.mean()), float(v.std(ddof=1)) if len(v) > 1 else math.nan
+
+
+def _candidates(runs: Sequence[RunRecord]) -> list[tuple[Candidate, list[RunRecord]]]:
+    by_setting: dict[str, list[RunRecord]] = defaultdict(list)
+    for r in runs:
+        by_setting[r.setting_key].append(r)
+    out = []
+    for key in sorted(by_setting):
+        rs = sorted(by_setting[key], key=lambda r: r.seed)
+        flats = [r.flat("val") for r in rs]
+        keys = set().union(*flats)
+        val = {k: _mean_std(f.get(k, math.nan) for f in flats)[0] for k in keys}
+        out.append((Candidate(key, dict(rs[0].config.get("method_params", {})), val,
+                              rs[0].groups, len(rs), rs), rs))
+    return out
+
+
+def check_single_split(runs: Sequence[RunRecord], where: str) -> None:
+    """Refuse runs of one table that use different splits, naming the hashes."""
+    by_split: dict[str, list[RunRecord]] = defaultdict(list)
+    for r in runs:
+        by_split[r.split].append(r)
+    if len(by_split) > 1:
+        parts = [f"{h[:12]} ({len(rs)} runs, e.g. {rs[0].path})"
+                 for h, rs in sorted(by_split.items(), key=lambda kv: -len(kv[1]))]
+        r0 = runs[0]
+        raise FairbenchError(
+            f"{where} holds runs of {len(by_split)} different splits for {r0.dataset_label} "
+            f"({r0.config['attribute']}, {r0.config['backbone']}): {'; '.join(parts)}; a "
+            "leaderboard never mixes splits: pick one with --split HASH or use separate runs "
+            "directories")
+
+
+def build_tables(runs: Sequence[RunRecord], *, rule: Rule | str | None = None,
+                 part: str = "test", split: str | None = None, test: str = "ttest",
+                 alpha: float = 0.05, where: str = "the runs",
+                 method_order: Sequence[str] | None = None,
+                 dataset_order: Sequence[str] | None = None) -> list[Table]:
+    """Group ``runs`` into tables, select one setting per method, aggregate over seeds and
+    test every method against vanilla (see the module docstring)."""
+    rule = parse_rule(rule)
+    if part not in ("val", "test"):
+        raise FairbenchError(f"part must be val or test, not {part!r}")
+    if split:
+        runs = [r for r in runs if r.split.startswith(split)]
+        if not runs:
+            raise FairbenchError(f"no finished run in {where} uses a split starting with "
+                                 f"{split!r}")
+    groups: dict[tuple[str, str, str, str], list[RunRecord]] = defaultdict(list)
+    for r in runs:
+        groups[(r.dataset_label, r.task, r.config["attribute"], r.config["backbone"])].append(r)
+    dorder = {d: i for i, d in enumerate(dataset_order or [])}
+    tables = []
+    for (dataset, task, attribute, backbone) in sorted(
+            groups, key=lambda k: (dorder.get(k[0], len(dorder)), k)):
+        truns = groups[(dataset, task, attribute, backbone)]
+        table_rule = rule_for_task(rule, task)
+        reference_rule = "best:metric=Dice" if task == "segmentation" else "best_f1"
+        check_single_split(truns, where)
+        by_label: dict[str, list[RunRecord]] = defaultdict(list)
+        for r in truns:
+            by_label[r.label].append(r)
+        order = list(method_order or [])
+        labels = sorted(by_label, key=lambda m: (order.index(m) if m in order else len(order),
+                                                 m != "vanilla", m))
+        reference_label = next((m for m in labels if by_label[m][0].config["method"] ==
+                                "vanilla"), None)
+        rows: list[MethodRow] = []
+        ref_candidate = None
+        if reference_label is not None:
+            cands = _candidates(by_label[reference_label])
+            sel = select([c for c, _ in cands], reference_rule)
+            ref_candidate = sel.candidate
+        for label in labels:
+            cands = _candidates(by_label[label])
+            if label == reference_label:
+                sel = select([c for c, _ in cands], reference_rule)
+                if len(cands) > 1:
+                    sel.reason = f"reference: {sel.reason}"
+            else:
+                sel = select([c for c, _ in cands], table_rule, reference=ref_candidate)
+            chosen = sel.candidate.payload
+            settings = [c.params for c, _ in cands]
+            varying = [k for k in settings[0] if any(json.dumps(p.get(k), sort_keys=True) !=
+                                                     json.dumps(settings[0].get(k), sort_keys=True)
+                                                     for p in settings[1:])]
+            row = MethodRow(label, chosen[0].config["method"], sel, chosen, len(cands), part=part,
+                            all_runs=list(by_label[label]), varying=varying)
+            rows.append(row)
+        table = Table(dataset, truns[0].config["dataset"], attribute, backbone, truns[0].split,
+                      truns[0].groups, rows, str(table_rule), part, reference_label, task)
+        _aggregate(table, test=test, alpha=alpha)
+        tables.append(table)
+    return tables
+
+
+def _aggregate(table: Table, *, test: str, alpha: float) -> None:
+    keys = sorted({k for view in VIEWS for _, cols in table.row_keys(view) for k in cols.values()})
+    for row in table.rows:
+        for key in keys:
+            row.stats[key] = _mean_std(row.values(key).values())
+    if table.reference is None:
+        return
+    sig_keys = [k for k in keys if "." not in k or k.split(".", 1)[0] in (
+        "Avg", "worst", "gap", "ES_fairseg", "ES_fairmedfm") or k.startswith("Diff.")]
+    for key in sig_keys:
+        values = {row.label: row.values(key) for row in table.rows}
+        for comp in compare_to_reference(values, table.reference, key, test=test, alpha=alpha):
+            next(r for r in table.rows if r.label == comp.method).tests[key] = comp
+
+
+# -- the leaderboard ------------------------------------------------------------------------
+@dataclass
+class Leaderboard:
+    tables: list[Table]
+    source: str
+    rule: str
+    test: str = "ttest"
+    alpha: float = 0.05
+    missing: int = 0          # runs of the suite that are not finished
+    ci_confidence: float | None = None
+
+    # -- DataFrame API ----------------------------------------------------------------------
+    def to_frame(self, view: str = "paper") -> pd.DataFrame:
+        """Tidy numbers (fractions, not percent): one row per method × table row, ``<col>``
+        (mean), ``<col>_std``, ``<col>_p_holm`` and, with CIs, ``<col>_ci_low/high``."""
+        _check_view(view)
+        records = []
+        for t in self.tables:
+            for row in t.rows:
+                for row_name, cols in t.row_keys(view):
+                    rec: dict[str, Any] = {
+                        "dataset": t.dataset, "attribute": t.attribute, "backbone": t.backbone,
+                        "split": t.split, "part": t.part, "method": row.label}
+                    if view == "paper":
+                        rec["row"] = row_name
+                    for col in t.columns(view):
+                        key = cols.get(col)
+                        mean, std = row.stats.get(key, (math.nan, math.nan)) if key else \
+                            (math.nan, math.nan)
+                        rec[col], rec[f"{col}_std"] = mean, std
+                        comp = row.tests.get(key) if key else None
+                        rec[f"{col}_p_holm"] = comp.p_holm if comp else math.nan
+                        if key in row.ci:
+                            rec[f"{col}_ci_low"], rec[f"{col}_ci_high"] = row.ci[key]
+                    rec.update(n_seeds=len(row.runs), seeds=" ".join(map(str, row.seeds)),
+                               n_settings=row.n_settings,
+                               params=json.dumps(row.params, sort_keys=True),
+                               rule=row.selection.rule, selected_because=row.selection.reason)
+                    records.append(rec)
+        return pd.DataFrame.from_records(records)
+
+    # -- text formats ---------------------------------------------------------------------------
+    def render(self, fmt: str = "md", view: str = "paper") -> str:
+        _check_view(view)
+        if fmt == "md":
+            return self.to_markdown(view)
+        if fmt == "csv":
+            return self.to_frame(view).to_csv(index=False)
+        if fmt == "latex":
+            return self.to_latex(view)
+        raise FairbenchError(f"unknown format {fmt!r}; use md, csv or latex")
+
+    def _cells(self, t: Table, view: str, bold: Any, sig: Any) -> list[tuple[str, str, list[str]]]:
+        best = t.best(view)
+        out = []
+        for row in t.rows:
+            for i, (row_name, cols) in enumerate(t.row_keys(view)):
+                cells = []
+                for col in t.columns(view):
+                    key = cols.get(col)
+                    if key is None:
+                        cells.append("")
+                        continue
+                    mean, std = row.stats.get(key, (math.nan, math.nan))
+                    text = _fmt(mean, std)
+                    if key in row.ci:
+                        lo, hi = row.ci[key]
+                        text += f" [{lo * 100:.2f}, {hi * 100:.2f}]"
+                    if (row.label, row_name, col) in best:
+                        text = bold(text)
+                    comp = row.tests.get(key)
+                    if comp is not None and comp.significant:
+                        text = sig(text)
+                    cells.append(text)
+                out.append((row.label if i == 0 else "", row_name, cells))
+        return out
+
+    def to_markdown(self, view: str = "paper") -> str:
+        out = []
+        for t in self.tables:
+            cols = [COLUMN_TITLES.get(c, c) for c in t.columns(view)]
+            head = ["Method"] + (["Group"] if view == "paper" else []) + cols
+            out.append(f"### {t.title}\n")
+            out.append("| " + " | ".join(head) + " |")
+            out.append("|" + "|".join([":--"] * (2 if view == "paper" else 1)
+                                      + ["--:"] * len(cols)) + "|")
+            for label, row_name, cells in self._cells(t, view, lambda s: f"**{s}**",
+                                                      lambda s: s + DAGGER):
+                first = [_md_escape(label)] + ([row_name] if view == "paper" else [])
+                out.append("| " + " | ".join(first + cells) + " |")
+            out.append("")
+            out.extend(self._notes(t))
+            out.append("")
+        out.extend(self._friedman_lines())
+        return "\n".join(out).rstrip() + "\n"
+
+    def _notes(self, t: Table) -> list[str]:
+        lines = [f"Values in %, mean ± std over seeds ({t.part}); best per column in bold; "
+                 f"{DAGGER}: paired {self.test} vs vanilla over seeds, Holm-corrected, "
+                 f"p < {self.alpha:g}." if t.reference else
+                 f"Values in %, mean ± std over seeds ({t.part}); best per column in bold; no "
+                 "vanilla run, so no significance marks."]
+        if self.ci_confidence:
+            lines.append(f"[low, high]: {self.ci_confidence:.0%} bootstrap interval of the "
+                         "seed-mean over test samples (patients where known).")
+        lines.append(f"Selection (validation only), rule {t.rule}:")
+        for row in t.rows:
+            lines.append(f"- {row.label}: {row.params_text()}; seeds "
+                         f"{', '.join(map(str, row.seeds))}; {row.selection.reason}")
+        return lines
+
+    def _friedman_lines(self) -> list[str]:
+        res = self.friedman()
+        if isinstance(res, str):
+            return [f"Friedman test: {res}"] if len(self.tables) > 1 else []
+        ranks = ", ".join(f"{m} {r:.2f}" for m, r in sorted(res.avg_ranks.items(),
+                                                            key=lambda kv: kv[1]))
+        return [(f"Friedman test over {res.n_datasets} tables ({res.metric}): "
+                 f"chi2 = {res.statistic:.3f}, p = {res.pvalue:.4f}; average ranks (1 = best): "
+                 f"{ranks}; Nemenyi CD (alpha {res.alpha:g}) = {res.cd:.3f}")]
+
+    def friedman(self, metric: str = "F1", alpha: float = 0.05) -> FriedmanResult | str:
+        """Friedman test across tables (datasets) on the seed-mean ``metric``; a string
+        saying why when it cannot run (fewer than 2 tables or 3 common methods)."""
+        scores = self.scores(metric)
+        if scores.shape[0] < 2:
+            return "needs at least 2 datasets"
+        if scores.shape[1] < 3:
+            return "needs at least 3 methods present on every dataset"
+        return friedman(scores, metric=metric, alpha=alpha)
+
+    def scores(self, metric: str = "F1") -> pd.DataFrame:
+        """Seed-mean ``metric`` per table (rows) and method (columns) common to all tables."""
+        data = {}
+        for t in self.tables:
+            if (t.task == "segmentation") != is_segmentation_metric(metric):
+                continue  # a classification metric is not ranked over segmentation tables
+            data[t.title] = {row.label: _mean_std(row.values(metric).values())[0]
+                             for row in t.rows}
+        df = pd.DataFrame.from_dict(data, orient="index")
+        return df.dropna(axis=1)
+
+    def to_latex(self, view: str = "paper") -> str:
+        out = ["% requires \\usepackage{booktabs}"]
+        for t in self.tables:
+            ncols = len(t.columns(view))
+            lead = "ll" if view == "paper" else "l"
+            cols = [COLUMN_TITLES.get(c, c) for c in t.columns(view)]
+            head = ["Method"] + (["Group"] if view == "paper" else []) + cols
+            out += ["\\begin{table}[t]", "\\centering", "\\small",
+                    (f"\\caption{{{_tex(t.title)}. Values in \\%, mean $\\pm$ std over seeds; "
+                     f"best per column in bold; $^\\dagger$: paired {_tex(self.test)} vs "
+                     f"vanilla, Holm-corrected, $p<{self.alpha:g}$. Selection rule: "
+                     f"{_tex(t.rule)}.}}"),
+                    f"\\label{{tab:{_label(t)}-{view}}}",
+                    f"\\begin{{tabular}}{{{lead}{'r' * ncols}}}", "\\toprule",
+                    " & ".join(_tex(h) for h in head) + " \\\\", "\\midrule"]
+            first = True
+            for label, row_name, cells in self._cells(
+                    t, view, lambda s: f"\\textbf{{{s}}}", lambda s: s + "$^\\dagger$"):
+                if label and not first and view == "paper":
+                    out.append("\\midrule")
+                first = False
+                cells = [c.replace(" ± ", " $\\pm$ ").replace(DAGGER, "$^\\dagger$")
+                         for c in cells]
+                lead_cells = [_tex(label)] + ([_tex(row_name)] if view == "paper" else [])
+                out.append(" & ".join(lead_cells + cells) + " \\\\")
+            out += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
+        return "\n".join(out)
+
+
+def _check_view(view: str) -> None:
+    if view not in VIEWS:
+        raise FairbenchError(f"unknown view {view!r}; use paper or compact")
+
+
+def _fmt(mean: float, std: float) -> str:
+    if not math.isfinite(mean):
+        return "–"
+    if not math.isfinite(std):
+        return f"{mean * 100:.2f}"
+    return f"{mean * 100:.2f} ± {std * 100:.2f}"
+
+
+def _md_escape(text: str) -> str:
+    return text.replace("|", "\\|").replace("_", "\\_")
+
+
+_TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+        "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
+
+
+def _tex(text: str) -> str:
+    return "".join(_TEX.get(ch, ch) for ch in str(text)).replace("±", "$\\pm$")
+
+
+def _label(t: Table) -> str:
+    raw = f"{t.dataset}-{t.attribute}-{t.backbone}"
+    return "".join(ch if ch.isalnum() or ch in "-:" else "-" for ch in raw)
+
+
+# -- entry points ----------------------------------------------------------------------------
+def leaderboard(source: str | Path, *, rule: str | None = None, part: str = "test",
+                split: str | None = None, test: str = "ttest", alpha: float = 0.05,
+                runs_dir: str | None = None, data_roots: dict[str, str] | None = None,
+                ci: bool = False, n_resamples: int = 1000, confidence: float = 0.95,
+                seed: int = 0) -> Leaderboard:
+    """The leaderboard of a suite file (only its runs; its rule unless ``rule``) or of every
+    finished run under a runs directory."""
+    if test not in ("ttest", "wilcoxon"):
+        raise FairbenchError(f"unknown paired test {test!r}; use ttest or wilcoxon")
+    if not 0 < alpha < 1:
+        raise FairbenchError(f"alpha must be between 0 and 1, not {alpha}")
+    src = Path(source).expanduser()
+    if src.is_file():
+        from fairbench.bench.suite import load_suite
+        from fairbench.bench.sweep import plan
+
+        suite = load_suite(src, runs_dir=runs_dir, data_roots=data_roots)
+        planned = plan(suite)
+        runs = [read_run(p.run_dir, label=p.planned.method, dataset_label=p.planned.dataset)
+                for p in planned if p.finished and p.run_dir is not None]
+        missing = sum(not p.finished for p in planned)
+        if not runs:
+            raise FairbenchError(f"no finished run of suite {str(src)!r} in "
+                                 f"{suite.runs_dir!r}; run `fairbench sweep {source}` first")
+        chosen = parse_rule(rule) if rule else suite.rule
+        tables = build_tables(runs, rule=chosen, part=part, split=split, test=test,
+                              alpha=alpha, where=f"suite {str(src)!r}",
+                              method_order=[m.label for m in suite.methods],
+                              dataset_order=[d.label for d in suite.datasets])
+        board = Leaderboard(tables, str(src), str(chosen), test, alpha, missing)
+    elif src.is_dir():
+        runs = collect_runs(src)
+        if not runs:
+            raise FairbenchError(f"no finished run under {str(src)!r}")
+        chosen = parse_rule(rule)
+        tables = build_tables(runs, rule=chosen, part=part, split=split, test=test,
+                              alpha=alpha, where=f"runs directory {str(src)!r}")
+        board = Leaderboard(tables, str(src), str(chosen), test, alpha)
+    else:
+        raise FairbenchError(f"{str(source)!r} is neither a suite file nor a runs directory")
+    if ci:
+        add_bootstrap(board, n_resamples=n_resamples, confidence=confidence, seed=seed)
+    return board
+
+
+#: what a bootstrap key of a classification table stands for in a segmentation table
+SEGMENTATION_CI_KEYS = {"F1": "Dice", "EOdd": "ES_fairseg.Dice", "Avg.F1": "Avg.Dice"}
+
+
+def add_bootstrap(board: Leaderboard, *, keys: Sequence[str] = ("F1", "EOdd", "Avg.F1"),
+                  n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> None:
+    """Bootstrap intervals of the seed-mean of ``keys`` for every row (see
+    :func:`fairbench.bench.stats.bootstrap_runs`); segmentation tables take the counterparts in
+    :data:`SEGMENTATION_CI_KEYS` (Dice, ES_fairseg.Dice, Avg.Dice), resampling images."""
+    from fairbench.bench.stats import RunPredictions, SegmentationPredictions, bootstrap_runs
+
+    for t in board.tables:
+        segmentation = t.task == "segmentation"
+        reader = SegmentationPredictions if segmentation else RunPredictions
+        table_keys = [SEGMENTATION_CI_KEYS.get(k, k) for k in keys] if segmentation else keys
+        for row in t.rows:
+            preds = [reader.read(r.path, part=t.part, config=r.config) for r in row.runs]
+            for key in table_keys:
+                iv = bootstrap_runs(preds, key, n_resamples=n_resamples, confidence=confidence,
+                                    seed=seed)
+                row.ci[key] = (iv.low, iv.high)
+    board.ci_confidence = confidence

@@ -1,0 +1,277 @@
+"""``fairbench sweep``, ``fairbench leaderboard`` and ``fairbench plot``: benchmark suites,
+their tables and figures. Registered on the main group in :mod:`fairbench.cli`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fairbench.core.errors import FairbenchError
+
+
+def _load_plugins(plugins: tuple[str, ...] | list[str]) -> None:
+    from fairbench.core.registry import load_plugin_file
+
+    for path in plugins:
+        load_plugin_file(path)
+
+
+def _data_roots(items: tuple[str, ...]) -> dict[str, str] | None:
+    """``--data-root PATH`` (every dataset that needs files) or ``--data-root LABEL=PATH``."""
+    if not items:
+        return None
+    out: dict[str, str] = {}
+    for item in items:
+        label, sep, path = item.partition("=")
+        if sep and label and "/" not in label:
+            out[label.strip()] = path.strip()
+        else:
+            out["*"] = item
+    return out
+
+
+def _seeds(value: str | None) -> list[int] | None:
+    if value is None:
+        return None
+    try:
+        if "," in value:
+            seeds = [int(s) for s in value.split(",") if s.strip()]
+        else:
+            seeds = list(range(int(value)))
+    except ValueError:
+        raise FairbenchError(f"--seeds {value!r} must be a count (e.g. 5) or a list (0,1,2)") from None
+    if not seeds or any(s < 0 for s in seeds):
+        raise FairbenchError(f"--seeds {value!r} must give at least one non-negative seed")
+    return seeds
+
+
+@click.command("sweep")
+@click.argument("suite_file", metavar="SUITE.toml", type=click.Path(dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="List the runs and whether each is finished; run nothing.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="Where runs execute: local (one by one, or one per GPU) or ray (a Ray "
+                   "cluster, or a local Ray instance without --address; needs the ray extra).")
+@click.option("--devices", default=None, metavar="LIST",
+              help="Local executor: one worker per device, e.g. cuda:0,cuda:1. [default: every GPU if several]")
+@click.option("--address", default=None, metavar="ADDR",
+              help="Ray executor: the cluster (auto, HOST:6379 or ray://HOST:10001). "
+                   "[default: start a local Ray instance]")
+@click.option("--cpus-per-run", type=int, default=1, show_default=True,
+              help="Ray executor: CPUs (and torch threads) per CPU run.")
+@click.option("--num-cpus", type=int, default=None,
+              help="Ray executor without --address: CPUs of the local Ray instance. [default: all]")
+@click.option("--tracking", type=click.Choice(["mlflow"]), default=None,
+              help="Also log every finished run to MLflow (needs the mlflow extra).")
+@click.option("--tracking-uri", default=None, metavar="URI",
+              help="MLflow tracking URI. [default: file store RUNS_DIR/mlruns]")
+@click.option("--runs-dir", default=None, help="Where run directories go. [default: the suite's runs_dir]")
+@click.option("--data-root", "data_roots", multiple=True, metavar="[LABEL=]PATH",
+              help="Data folder of the suite's datasets (repeatable; LABEL= picks one dataset).")
+@click.option("--seeds", default=None, metavar="N|LIST", help="Override the suite's seeds: a count or 0,1,2.")
+@click.option("--keep-going", is_flag=True, help="Run the other runs when one fails.")
+@click.option("--plugin", "plugins", multiple=True, metavar="FILE.py", help="Load a local plugin file (repeatable).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
+def sweep_cmd(suite_file: str, dry_run: bool, executor: str, devices: str | None,
+              address: str | None, cpus_per_run: int, num_cpus: int | None,
+              tracking: str | None, tracking_uri: str | None,
+              runs_dir: str | None, data_roots: tuple[str, ...], seeds: str | None,
+              keep_going: bool, plugins: tuple[str, ...], quiet: bool) -> None:
+    """Run every run of a benchmark suite that is not finished yet.
+
+    \b
+    The suite's grid (datasets x backbones x methods x parameter grid x seeds) is expanded
+    and checked first; finished runs with the same resolved configuration are skipped, so a
+    killed sweep resumes and an edited suite only runs what changed. One vanilla model is
+    trained per (dataset, split, backbone, seed) and shared by every method.
+      fairbench sweep benchmarks/quick.toml --dry-run
+      fairbench sweep benchmarks/quick.toml
+      fairbench sweep benchmarks/suite_isic2019_resnet18.toml --data-root /data/isic2019
+      fairbench sweep benchmarks/quick.toml --executor ray --address auto
+    """
+    from fairbench.bench.executors import get_executor
+    from fairbench.bench.suite import attach_run_options, load_suite
+    from fairbench.bench.sweep import run_suite
+
+    _load_plugins(plugins)
+    suite = load_suite(suite_file, data_roots=_data_roots(data_roots), runs_dir=runs_dir,
+                       seeds=_seeds(seeds), allow_missing_data=dry_run)
+    if tracking is not None:
+        from fairbench.run.tracking import check_tracking
+
+        check_tracking(tracking)
+    elif tracking_uri is not None:
+        raise FairbenchError("--tracking-uri needs --tracking mlflow")
+    attach_run_options(suite, plugins=plugins, tracking=tracking, tracking_uri=tracking_uri)
+    options: dict[str, Any] = {}
+    if devices:
+        if executor != "local":
+            raise FairbenchError("--devices applies to the local executor only")
+        options["devices"] = [d.strip() for d in devices.split(",") if d.strip()]
+    if executor == "ray":
+        options.update(address=address, cpus_per_run=cpus_per_run, num_cpus=num_cpus)
+    elif address is not None or num_cpus is not None:
+        raise FairbenchError("--address and --num-cpus apply to --executor ray only")
+    runner = get_executor(executor, **options) if not dry_run else None
+    report = run_suite(suite, executor=runner, dry_run=dry_run, keep_going=keep_going,
+                       progress=not quiet, echo=click.echo)
+    if report.failed:
+        first = report.failed[0]
+        if first.traceback and click.get_current_context().find_root().params.get("verbose"):
+            click.echo(first.traceback, err=True)
+        click.echo(f"error: {len(report.failed)} run(s) failed (first: {first.task.label}: "
+                   f"{first.error}); finished runs are kept, run the sweep again to resume",
+                   err=True)
+        raise SystemExit(1)
+
+
+@click.command("leaderboard")
+@click.argument("source", metavar="SUITE_OR_RUNS_DIR", type=click.Path())
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "latex"]), default="md",
+              show_default=True, help="Output format.")
+@click.option("--view", type=click.Choice(["paper", "compact"]), default="paper", show_default=True,
+              help="paper: rows per group, Avg, Diff; compact: one row per method.")
+@click.option("--rule", default=None, metavar="RULE[:k=v,...]",
+              help="Selection rule over each method's grid (validation only): best_f1, best_auc, "
+                   "best:metric=X, worst_group, minimax_pareto, dto, fair_within_eps[:eps=0.02,"
+                   "fairness=EOdd]. [default: the suite's, else fair_within_eps]")
+@click.option("--part", type=click.Choice(["test", "val"]), default="test", show_default=True,
+              help="Which part's metrics fill the table (selection always uses val).")
+@click.option("--split", default=None, metavar="HASH", help="Only runs whose split hash starts with HASH.")
+@click.option("--test", "test_name", type=click.Choice(["ttest", "wilcoxon"]), default="ttest",
+              show_default=True, help="Paired test against vanilla over seeds (Holm-corrected).")
+@click.option("--alpha", type=float, default=0.05, show_default=True, help="Significance level.")
+@click.option("--ci", is_flag=True, help="Add bootstrap intervals over test samples (patients where known).")
+@click.option("--n-boot", type=int, default=1000, show_default=True, help="Bootstrap resamples.")
+@click.option("--runs-dir", default=None, help="Runs directory of a suite. [default: the suite's]")
+@click.option("--data-root", "data_roots", multiple=True, metavar="[LABEL=]PATH",
+              help="Data folder of the suite's datasets (to resolve its runs).")
+@click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
+@click.option("--plugin", "plugins", multiple=True, metavar="FILE.py", help="Load a local plugin file (repeatable).")
+def leaderboard_cmd(source: str, fmt: str, view: str, rule: str | None, part: str,
+                    split: str | None, test_name: str, alpha: float, ci: bool, n_boot: int,
+                    runs_dir: str | None, data_roots: tuple[str, ...], out: str | None,
+                    plugins: tuple[str, ...]) -> None:
+    """Leaderboard of a suite's runs (or of every run in a runs directory).
+
+    \b
+    Each method's row is the parameter setting picked on validation by the selection rule;
+    values are test metrics, mean ± std over seeds, best per column in bold, † where a paired
+    test against vanilla (Holm-corrected) is significant. Runs of different splits are never
+    mixed. Examples:
+      fairbench leaderboard benchmarks/quick.toml
+      fairbench leaderboard runs --view compact --format latex --out table.tex
+    """
+    from fairbench.bench.leaderboard import leaderboard
+
+    _load_plugins(plugins)
+    if n_boot < 10:
+        raise FairbenchError("--n-boot must be at least 10")
+    board = leaderboard(source, rule=rule, part=part, split=split, test=test_name, alpha=alpha,
+                        runs_dir=runs_dir, data_roots=_data_roots(data_roots), ci=ci,
+                        n_resamples=n_boot)
+    text = board.render(fmt, view)
+    if board.missing:
+        click.echo(f"note: {board.missing} run(s) of the suite are not finished and are left out",
+                   err=True)
+    if out:
+        Path(out).expanduser().parent.mkdir(parents=True, exist_ok=True)
+        Path(out).expanduser().write_text(text)
+        click.echo(f"wrote {out}")
+    else:
+        click.echo(text, nl=False)
+
+
+@click.group("plot")
+def plot_group() -> None:
+    """Figures (PNG and PDF): tradeoff, ablation, groups, cd."""
+
+
+@plot_group.command("tradeoff")
+@click.argument("source", metavar="SUITE_OR_RUNS_DIR", type=click.Path())
+@click.option("--out", default="plots/tradeoff", show_default=True,
+              help="Output path without extension (one file pair per table: <out>-<n>).")
+@click.option("--rule", default=None, help="Selection rule (see `fairbench leaderboard --help`).")
+@click.option("--split", default=None, metavar="HASH", help="Only runs of this split.")
+@click.option("--runs-dir", default=None, help="Runs directory of a suite.")
+@click.option("--x", "x_metric", default=None,
+              help="Fairness metric (x axis). [default: EOdd; gap.Dice for segmentation]")
+@click.option("--y", "y_metric", default=None,
+              help="Utility metric (y axis). [default: F1; Dice for segmentation]")
+def plot_tradeoff_cmd(source: str, out: str, rule: str | None, split: str | None,
+                      runs_dir: str | None, x_metric: str | None, y_metric: str | None) -> None:
+    """F1 against EOdd per method (mean ± std over seeds) with the Pareto front (Dice against
+    the Dice gap for segmentation tables)."""
+    from fairbench.bench.leaderboard import leaderboard
+    from fairbench.bench.plots import plot_tradeoff
+    from fairbench.metrics import higher_is_better
+
+    for m in (x_metric, y_metric):
+        try:
+            if m is not None:
+                higher_is_better(m)
+        except KeyError:
+            raise FairbenchError(f"unknown metric {m!r}; use e.g. F1, AUC, EOdd, gap.F1") from None
+    board = leaderboard(source, rule=rule, split=split, runs_dir=runs_dir)
+    for i, table in enumerate(board.tables):
+        target = out if len(board.tables) == 1 else f"{out}-{i + 1}"
+        seg = table.task == "segmentation"
+        x = x_metric or ("gap.Dice" if seg else "EOdd")
+        y = y_metric or ("Dice" if seg else "F1")
+        for p in plot_tradeoff(table, target, x=x, y=y):
+            click.echo(f"wrote {p}")
+
+
+@plot_group.command("ablation")
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--out", default="plots/ablation", show_default=True, help="Output path without extension.")
+@click.option("--part", type=click.Choice(["test", "val"]), default="test", show_default=True)
+@click.option("--x", "x_axis", type=click.Choice(["target_ratio", "realized_ratio"]),
+              default="target_ratio", show_default=True)
+def plot_ablation_cmd(run_dirs: tuple[str, ...], out: str, part: str, x_axis: str) -> None:
+    """FairQuantize: precision and EOdd against the quantization ratio, one line per β."""
+    from fairbench.bench.plots import plot_ablation
+
+    for p in plot_ablation(run_dirs, out, part=part, x=x_axis):
+        click.echo(f"wrote {p}")
+
+
+@plot_group.command("groups")
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--out", default="plots/groups", show_default=True, help="Output path without extension.")
+@click.option("--part", type=click.Choice(["test", "val"]), default="test", show_default=True)
+def plot_groups_cmd(run_dir: str, out: str, part: str) -> None:
+    """Per-group bar chart of one run."""
+    from fairbench.bench.plots import plot_groups
+
+    for p in plot_groups(run_dir, out, part=part):
+        click.echo(f"wrote {p}")
+
+
+@plot_group.command("cd")
+@click.argument("source", metavar="SUITE_OR_RUNS_DIR", type=click.Path())
+@click.option("--metric", default="F1", show_default=True, help="Metric to rank methods by.")
+@click.option("--alpha", type=click.Choice(["0.05", "0.1"]), default="0.05", show_default=True)
+@click.option("--out", default="plots/cd", show_default=True, help="Output path without extension.")
+@click.option("--rule", default=None, help="Selection rule.")
+@click.option("--runs-dir", default=None, help="Runs directory of a suite.")
+def plot_cd_cmd(source: str, metric: str, alpha: str, out: str, rule: str | None,
+                runs_dir: str | None) -> None:
+    """Critical-difference diagram: Friedman test and average ranks across datasets."""
+    from fairbench.bench.leaderboard import leaderboard
+    from fairbench.bench.plots import plot_cd
+
+    board = leaderboard(source, rule=rule, runs_dir=runs_dir)
+    res = board.friedman(metric, float(alpha))
+    if isinstance(res, str):
+        raise FairbenchError(f"cannot draw a critical-difference plot: the Friedman test {res} "
+                             f"(this source has {len(board.tables)} table(s))")
+    title = (f"{metric}: Friedman chi2 = {res.statistic:.2f}, p = {res.pvalue:.3g}, "
+             f"{res.n_datasets} datasets")
+    for p in plot_cd(res.avg_ranks, res.cd, out, title=title):
+        click.echo(f"wrote {p}")
+    click.echo(title)
+
+
+BENCH_COMMANDS = {"sweep": sweep_cmd, "leaderboard": leaderboard_cmd, "plot": plot_group}

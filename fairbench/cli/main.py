@@ -1,0 +1,325 @@
+"""The ``fairbench`` command line.
+
+Every user error (unknown names, malformed parameters, bad files, missing data) prints one
+line ``error: ...`` and exits with code 2, without a traceback and without touching results
+already written.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from fairbench.cli.bench import BENCH_COMMANDS
+from fairbench.cli.data import data_group
+from fairbench.core.errors import FairbenchError, ParamError
+
+EXIT_USAGE = 2
+
+CONFIG_KEYS = {
+    "method", "task", "dataset", "data_root", "attribute", "privileged", "backbone", "weights",
+    "image_size", "seed", "split_seed", "split_fractions", "split_file", "device", "runs_dir",
+    "cache_dir", "save_weights", "params", "method_params", "dataset_params", "backbone_params",
+    "train", "epochs", "plugins",
+}
+
+
+#: the type of every scalar key of a config file (``epochs`` is checked as a train setting)
+CONFIG_TYPES: dict[str, tuple[type, ...]] = {
+    **{k: (str,) for k in ("method", "task", "dataset", "data_root", "attribute", "privileged",
+                           "backbone", "weights", "split_file", "device", "runs_dir",
+                           "cache_dir")},
+    **{k: (int,) for k in ("image_size", "seed", "split_seed")},
+    "save_weights": (bool,),
+    "split_fractions": (list,),
+    "plugins": (list,),
+}
+
+
+class FairbenchGroup(click.Group):
+    """Turns :class:`FairbenchError` into one line on stderr and exit code 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FairbenchError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(EXIT_USAGE)
+        except KeyboardInterrupt:
+            click.echo("interrupted; finished runs are kept, the unfinished one was discarded",
+                       err=True)
+            ctx.exit(130)
+
+
+def _load_plugins(plugins: tuple[str, ...] | list[str]) -> None:
+    from fairbench.core.registry import load_plugin_file
+
+    for path in plugins:
+        load_plugin_file(path)
+
+
+def _read_config(path: str | None) -> dict[str, Any]:
+    if not path:
+        return {}
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    file = Path(path).expanduser()
+    if not file.is_file():
+        raise FairbenchError(f"config file {str(file)!r} does not exist")
+    try:
+        data = tomllib.loads(file.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise FairbenchError(f"config file {str(file)!r} is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - CONFIG_KEYS)
+    if unknown:
+        import difflib
+
+        close = difflib.get_close_matches(unknown[0], sorted(CONFIG_KEYS), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise FairbenchError(f"config file {str(file)!r} has unknown key {unknown[0]!r}{hint}")
+    for key in ("params", "method_params", "dataset_params", "backbone_params", "train"):
+        if key in data and not isinstance(data[key], dict):
+            raise FairbenchError(f"config file {str(file)!r}: [{key}] must be a table")
+    for key, kinds in CONFIG_TYPES.items():
+        value = data.get(key)
+        if value is None:
+            continue
+        ok = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+        if ok and isinstance(value, list):
+            elem = (int, float) if key == "split_fractions" else (str,)
+            ok = all(isinstance(v, elem) and not isinstance(v, bool) for v in value)
+        if not ok:
+            want = {"split_fractions": "a list of three numbers", "plugins": "a list of paths"
+                    }.get(key, " or ".join(k.__name__ for k in kinds))
+            raise FairbenchError(
+                f"config file {str(file)!r}: {key} = {value!r} must be {want}")
+    return data
+
+
+@click.group(cls=FairbenchGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="fairbench")
+@click.option("-v", "--verbose", is_flag=True, help="Log what happens (INFO level).")
+def main(verbose: bool) -> None:
+    """fairbench: every bias-mitigation method on identical, hashed splits, with one trainer
+    and one metrics module.
+
+    \b
+    Start with:
+      fairbench run --method fairquantize     (built-in synthetic dataset, CPU-sized)
+      fairbench list methods                  (what can run)
+      fairbench show runs/synthderm/vanilla/<run>
+    """
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(levelname)s %(message)s")
+
+
+@main.command()
+@click.option("--method", "-m", default=None, help="Mitigation method (see `fairbench list methods`). [default: vanilla]")
+@click.option("--dataset", "-d", default=None, help="Dataset adapter. [default: synthderm]")
+@click.option("--task", type=click.Choice(["classification", "segmentation"]), default=None,
+              help="Task type. [default: the dataset's first task that the method supports]")
+@click.option("--data-root", default=None, help="Folder holding the dataset (not needed for synthderm).")
+@click.option("--backbone", "-b", default=None, help="Backbone name, timm:<model> or tv:<model>; for segmentation unet:<encoder>, e.g. unet:tu-resnet18. [default: the dataset's]")
+@click.option("--backbone-param", "backbone_params", multiple=True, metavar="KEY=VALUE",
+              help="Backbone option, e.g. width=16 or encoder_depth=3 (repeatable).")
+@click.option("--weights", default=None, help="Local weights file for the backbone (never downloaded).")
+@click.option("--seed", type=int, default=None, help="Training seed. [default: 0]")
+@click.option("--epochs", type=int, default=None, help="Training epochs (shortcut for --train epochs=N).")
+@click.option("--device", default=None, help="auto, cpu or cuda. [default: auto]")
+@click.option("--param", "-p", "params", multiple=True, metavar="KEY=VALUE",
+              help="Method parameter, checked against the method's typed parameters (repeatable).")
+@click.option("--data-param", "data_params", multiple=True, metavar="KEY=VALUE",
+              help="Dataset option, e.g. n_samples=2000 (repeatable).")
+@click.option("--train", "train_params", multiple=True, metavar="KEY=VALUE",
+              help="Training setting, e.g. lr=0.01 or optimizer=sgd (repeatable).")
+@click.option("--attribute", default=None, help="Sensitive attribute. [default: the dataset's]")
+@click.option("--privileged", default=None, help="Privileged group name. [default: the group the vanilla model serves better on val]")
+@click.option("--image-size", type=int, default=None, help="Image side in pixels. [default: the dataset's]")
+@click.option("--split-file", default=None, help="CSV of sample_id,part to use instead of the seeded split.")
+@click.option("--split-seed", type=int, default=None, help="Seed of the generated split. [default: 0]")
+@click.option("--config", "config_file", default=None, help="TOML file with any of these settings; flags win.")
+@click.option("--runs-dir", default=None, help="Where run directories go. [default: ./runs]")
+@click.option("--cache-dir", default=None, help="Tensor cache folder. [default: $FAIRBENCH_CACHE or ~/.cache/fairbench]")
+@click.option("--plugin", "plugins", multiple=True, metavar="FILE.py", help="Load a local plugin file (repeatable).")
+@click.option("--save-weights", is_flag=True, default=None, help="Store the fitted model's weights in the run.")
+@click.option("--force", is_flag=True, help="Recompute even if an identical run is finished.")
+@click.option("--tracking", type=click.Choice(["mlflow"]), default=None,
+              help="Also log the finished run to MLflow (needs the mlflow extra).")
+@click.option("--tracking-uri", default=None, metavar="URI",
+              help="MLflow tracking URI. [default: file store RUNS_DIR/mlruns]")
+@click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+def run(**opts: Any) -> None:
+    """Run one method on one dataset and store the result in a run directory.
+
+    \b
+    The run directory holds config.json, metrics.json, predictions.csv and train_log.csv.
+    An identical finished run is not recomputed (use --force). Examples:
+      fairbench run --method vanilla
+      fairbench run --method vanilla --seed 1 --train lr=0.01 --data-param dark_fraction=0.2
+      fairbench run --method apple --task segmentation   (a U-Net on synthderm's lesion masks)
+    """
+    from fairbench.core.params import parse_assignments
+    from fairbench.run.report import run_summary
+    from fairbench.run.runner import RunConfig, run_experiment
+
+    file_cfg = _read_config(opts["config_file"])
+    _load_plugins(list(file_cfg.get("plugins", [])) + list(opts["plugins"]))
+
+    def pick(key: str, default: Any = None) -> Any:
+        return opts.get(key) if opts.get(key) is not None else file_cfg.get(key, default)
+
+    method_params = dict(file_cfg.get("method_params", {}))
+    method_params.update(file_cfg.get("params", {}))
+    method_params.update(parse_assignments(opts["params"], flag="--param"))
+    dataset_params = dict(file_cfg.get("dataset_params", {}))
+    dataset_params.update(parse_assignments(opts["data_params"], flag="--data-param"))
+    train = dict(file_cfg.get("train", {}))
+    if "epochs" in file_cfg:
+        if "epochs" in train:
+            raise ParamError("the config file sets epochs twice (epochs and train.epochs); "
+                             "keep one of them")
+        train["epochs"] = file_cfg["epochs"]
+    train_flags = parse_assignments(opts["train_params"], flag="--train")
+    if opts["epochs"] is not None:
+        if "epochs" in train_flags:
+            # never let one silently hide the other (a malformed value would go unnoticed)
+            raise ParamError(f"--epochs {opts['epochs']} and --train epochs="
+                             f"{train_flags['epochs']} both given; use one of them")
+        train_flags["epochs"] = opts["epochs"]
+    train.update(train_flags)
+    fractions = file_cfg.get("split_fractions", (0.6, 0.2, 0.2))
+    config = RunConfig(
+        method=pick("method", "vanilla"),
+        method_params=method_params,
+        dataset=pick("dataset", "synthderm"),
+        dataset_params=dataset_params,
+        data_root=pick("data_root"),
+        attribute=pick("attribute"),
+        privileged=pick("privileged"),
+        backbone=pick("backbone"),
+        backbone_params={**dict(file_cfg.get("backbone_params", {})),
+                         **parse_assignments(opts["backbone_params"], flag="--backbone-param")},
+        task=pick("task"),
+        weights=pick("weights"),
+        image_size=pick("image_size"),
+        seed=int(pick("seed", 0)),
+        split_seed=int(pick("split_seed", 0)),
+        split_fractions=tuple(fractions),  # type: ignore[arg-type]
+        split_file=pick("split_file"),
+        train=train,
+        device=pick("device", "auto"),
+        runs_dir=pick("runs_dir", "runs"),
+        cache_dir=pick("cache_dir"),
+        save_weights=bool(pick("save_weights", False)),
+        force=bool(opts["force"]),
+        progress=not opts["quiet"],
+        tracking=opts["tracking"],
+        tracking_uri=opts["tracking_uri"],
+    )
+    if config.tracking_uri is not None and config.tracking is None:
+        raise ParamError("--tracking-uri needs --tracking mlflow")
+    result = run_experiment(config)
+    if result.reused:
+        click.echo(f"identical run already finished (use --force to redo): {result.run_dir}")
+    click.echo(run_summary(result.config, result.metrics))
+    click.echo(f"\nrun directory: {result.run_dir}")
+
+
+@main.command("list")
+@click.argument("kind", type=click.Choice(["methods", "datasets", "backbones"]))
+@click.argument("pattern", required=False, default="*")
+@click.option("--plugin", "plugins", multiple=True, metavar="FILE.py", help="Load a local plugin file first.")
+@click.option("--verbose", "-v", "details", is_flag=True, help="Show parameters and defaults.")
+def list_cmd(kind: str, pattern: str, plugins: tuple[str, ...], details: bool) -> None:
+    """List registered methods, datasets or backbones matching PATTERN (wildcards: 'fair*')."""
+    from fairbench.core.params import describe_params
+    from fairbench.data.dataset import get_dataset_class, list_datasets
+    from fairbench.models.backbones import BACKBONES
+    from fairbench.run.method import get_method_class, list_methods
+
+    _load_plugins(plugins)
+    if kind == "methods":
+        for name in list_methods(pattern):
+            cls = get_method_class(name)
+            tasks = "cls+seg" if "segmentation" in cls.tasks else "cls"
+            click.echo(f"{name:16s} {cls.kind:12s} {tasks:8s} {cls.summary()}")
+            if details:
+                _echo_params(describe_params(cls.Params))
+    elif kind == "datasets":
+        for name in list_datasets(pattern):
+            cls = get_dataset_class(name)
+            doc = (cls.__doc__ or "").strip().splitlines()
+            tasks = "+".join({"classification": "cls", "segmentation": "seg"}.get(t, t)
+                             for t in cls.tasks)
+            click.echo(f"{name:16s} {tasks:8s} {doc[0] if doc else ''}")
+            if details:
+                _echo_params(describe_params(cls.Params))
+    else:
+        for name in BACKBONES.list(pattern):
+            factory = BACKBONES.get(name)
+            doc = (factory.__doc__ or "").strip().splitlines()
+            click.echo(f"{name:16s} {doc[0] if doc else ''}")
+        if pattern in ("*", "timm*", "tv*"):
+            click.echo("timm:<name>      any timm model, e.g. timm:efficientnet_b0 (random init)")
+            click.echo("tv:<name>        a torchvision ResNet or VGG, e.g. tv:resnet34 (random init)")
+        if pattern in ("*", "unet*"):
+            click.echo("unet:<encoder>   a U-Net segmentor (--task segmentation), e.g. "
+                       "unet:tu-resnet10t (default), unet:tu-resnet18, unet:resnet34")
+    for kind_registry_errors in _plugin_errors():
+        click.echo(f"warning: {kind_registry_errors}", err=True)
+
+
+def _echo_params(rows: list[tuple[str, str, Any, str]]) -> None:
+    if not rows:
+        click.echo("    (no parameters)")
+    for name, type_name, default, help_text in rows:
+        click.echo(f"    {name}={default!s:<10} {type_name:10s} {help_text}")
+
+
+def _plugin_errors() -> list[str]:
+    from fairbench.data.dataset import DATASETS
+    from fairbench.models.backbones import BACKBONES
+    from fairbench.run.method import METHODS
+
+    return [msg for reg in (METHODS, DATASETS, BACKBONES) for msg in reg.plugin_errors.values()]
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.option("--part", type=click.Choice(["val", "test", "both"]), default="test", show_default=True)
+def show(run_dir: str, part: str) -> None:
+    """Print the paper-style table of a finished run directory."""
+    from fairbench.core.files import read_json
+    from fairbench.run.report import run_summary
+    from fairbench.run.store import is_finished
+
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise FairbenchError(f"run directory {run_dir!r} does not exist")
+    if not is_finished(path):
+        raise FairbenchError(
+            f"{run_dir!r} is not a finished run directory (it lacks config.json, metrics.json "
+            "or predictions.csv)")
+    parts = ("val", "test") if part == "both" else (part,)
+    click.echo(run_summary(read_json(path / "config.json"), read_json(path / "metrics.json"),
+                           parts=parts))
+
+
+main.add_command(data_group, "data")
+for _name, _command in BENCH_COMMANDS.items():  # sweep, leaderboard, plot (cli_bench.py)
+    main.add_command(_command, _name)
+
+
+def entry() -> None:  # pragma: no cover
+    main(prog_name="fairbench")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
+

@@ -1,0 +1,6 @@
+"""Networks a run trains: classification backbones and their registry (:mod:`.backbones`),
+U-Net segmentors with ``encode``/``decode`` (:mod:`.segmentors`) and the multi-exit wrapper
+with its exit policy and compute report (:mod:`.multiexit`). Nothing here trains or reads data
+beyond shapes.
+
+May import: ``fairbench.core``, ``fairbench.metrics`` and ``fairbench.data``."""

@@ -1,0 +1,124 @@
+"""The paper-style table of one run (FairQuantize Table 1 layout): rows per group, Avg and
+Diff; columns precision, recall, F1 and the fairness metrics EOpp0, EOpp1, EOdd. Segmentation
+runs get the FairSeg layout: columns Dice and IoU (per structure when there are several),
+the equity-scaled Dice and IoU of both published definitions on the All row."""
+
+from __future__ import annotations
+
+from typing import Any
+
+UTILITY = ("precision", "recall", "F1")
+FAIRNESS = ("EOpp0", "EOpp1", "EOdd")
+
+
+def _fmt(value: Any, width: int = 9) -> str:
+    if value is None:
+        return "-".rjust(width)
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        return str(value).rjust(width)
+    if v != v:  # nan
+        return "-".rjust(width)
+    return f"{v * 100:.2f}".rjust(width)
+
+
+def paper_table(part_metrics: dict[str, Any], groups: list[str], *, title: str = "") -> str:
+    """Rows: each group, ``Avg`` (mean over groups), ``Diff`` (|group1 − group0|) and ``All``
+    (every sample). Values in percent; fairness columns are filled on the Avg row (they are
+    between-group quantities) and repeated for All."""
+    name_w = max(8, *(len(g) + 1 for g in groups))
+    header = "group".ljust(name_w) + "".join(c.rjust(9) for c in (*UTILITY, *FAIRNESS))
+    lines = [title] if title else []
+    lines += [header, "-" * len(header)]
+    for g in groups:
+        vals = part_metrics.get(g, {})
+        lines.append(g.ljust(name_w) + "".join(_fmt(vals.get(c)) for c in UTILITY)
+                     + " " * 9 * len(FAIRNESS))
+    avg = part_metrics.get("Avg", {})
+    lines.append("Avg".ljust(name_w) + "".join(_fmt(avg.get(c)) for c in UTILITY)
+                 + "".join(_fmt(part_metrics.get(c)) for c in FAIRNESS))
+    diff = part_metrics.get("Diff", {})
+    lines.append("Diff".ljust(name_w) + "".join(_fmt(diff.get(c)) for c in UTILITY)
+                 + " " * 9 * len(FAIRNESS))
+    lines.append("All".ljust(name_w) + "".join(_fmt(part_metrics.get(c)) for c in UTILITY)
+                 + "".join(_fmt(part_metrics.get(c)) for c in FAIRNESS))
+    return "\n".join(lines)
+
+
+ES_FAMILIES = ("ES_fairseg", "ES_fairmedfm")
+
+
+def segmentation_table(part_metrics: dict[str, Any], groups: list[str],
+                       mask_classes: list[str], *, title: str = "") -> str:
+    """Rows: each group, ``Avg``, ``Diff`` (|group1 − group0|, or max − min), ``All``; columns
+    Dice and IoU (and per structure), then on the All row the equity-scaled Dice of FairSeg
+    (``ES_fairseg``: Dice / (1 + Σ_g |Dice_g − Dice|)) and of FairMedFM (``ES_fairmedfm``:
+    Dice / (1 + std_g Dice_g)). Values in percent."""
+    from fairbench.metrics import segmentation_metric_names
+
+    base = segmentation_metric_names(mask_classes)
+    es_cols = [f"{fam}.Dice" for fam in ES_FAMILIES]
+    name_w = max(8, *(len(g) + 1 for g in groups))
+    widths = [max(9, len(c) + 2) for c in (*base, *es_cols)]
+    header = "group".ljust(name_w) + "".join(
+        c.rjust(w) for c, w in zip((*base, *es_cols), widths))
+    lines = [title] if title else []
+    lines += [header, "-" * len(header)]
+    blank = "".join(" " * w for w in widths[len(base):])
+
+    def row(name: str, vals: dict[str, Any], tail: str) -> str:
+        return name.ljust(name_w) + "".join(
+            _fmt(vals.get(c), w) for c, w in zip(base, widths)) + tail
+
+    for g in groups:
+        lines.append(row(g, part_metrics.get(g, {}), blank))
+    lines.append(row("Avg", part_metrics.get("Avg", {}), blank))
+    lines.append(row("Diff", part_metrics.get("Diff", {}), blank))
+    es = "".join(_fmt(part_metrics.get(fam, {}).get("Dice"), w)
+                 for fam, w in zip(ES_FAMILIES, widths[len(base):]))
+    lines.append(row("All", part_metrics, es))
+    return "\n".join(lines)
+
+
+def run_summary(config: dict[str, Any], metrics: dict[str, Any], *, parts: tuple[str, ...] = ("test",)) -> str:
+    groups = metrics.get("meta", {}).get("groups") or config.get("groups", [])
+    head = (f"{config['method']} on {config['dataset']} ({config['attribute']}; privileged: "
+            f"{config.get('privileged')}), backbone {config['backbone']}, seed {config['seed']}, "
+            f"split {config['split_sha256'][:12]}")
+    meta = metrics.get("meta", {})
+    segmentation = meta.get("task") == "segmentation"
+    if segmentation:
+        head = head.replace(" on ", " (segmentation) on ", 1)
+    out = [head]
+    for part in parts:
+        if part in metrics:
+            out.append("")
+            title = f"[{part}] values in %"
+            out.append(segmentation_table(metrics[part], groups, meta.get("mask_classes", []),
+                                          title=title) if segmentation
+                       else paper_table(metrics[part], groups, title=title))
+    diff_sign = meta.get("diff_sign")
+    if segmentation:
+        out.append(f"\nDice and IoU per image, then averaged; Diff = |{diff_sign}|; "
+                   "ES_fairseg = Dice / (1 + sum of |group - overall|), ES_fairmedfm = "
+                   "Dice / (1 + std over groups).")
+    elif diff_sign:
+        out.append(f"\nDiff = |{diff_sign}|; EOpp/EOdd: macro mean over classes of absolute "
+                   "group gaps (signed twins in metrics.json).")
+    timing = time_line(config.get("seconds", {}), config.get("device"))
+    if timing:
+        out.append(timing)
+    return "\n".join(out)
+
+
+def time_line(seconds: dict[str, Any], device: str | None = None) -> str:
+    """``wall 81.2 s on cpu: data 1.0, vanilla 40.1, train 30.2, ...`` from a run's
+    ``seconds`` record (runs made before phases were recorded give the total only)."""
+    total = seconds.get("total")
+    if total is None:
+        return ""
+    where = f" on {device}" if device else ""
+    phases = seconds.get("phases") or {}
+    detail = ", ".join(f"{name} {value:.1f}" for name, value in phases.items() if value >= 0.05)
+    return f"wall {total:.1f} s{where}" + (f"; by phase (s): {detail}" if detail else "")

@@ -1,0 +1,519 @@
+"""One run, end to end: dataset → table → split → tensor cache → context → method → predictions
+→ metrics → run directory (see DESIGN.md, "The path of one run")."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import platform
+import random
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from fairbench.core.errors import FairbenchError
+from fairbench.core.files import (
+    config_hash,
+    ensure_writable_dir,
+    file_sha256,
+    read_json,
+    remove_stale_temporaries,
+    write_json,
+)
+from fairbench.core.params import build_params, params_to_dict
+from fairbench.core.timing import PhaseTimer
+from fairbench.core.version import __version__
+from fairbench.data.cache import default_cache_dir, load_or_build
+from fairbench.data.dataset import ATTR_PREFIX, DatasetAdapter, SampleTable, get_dataset_class
+from fairbench.data.loaders import DeviceData
+from fairbench.data.splits import PARTS, Split, check_split, load_split, make_split, save_split
+from fairbench.metrics import HIGHER_IS_BETTER, evaluate_classification, evaluate_segmentation
+from fairbench.models.backbones import check_backbone_name
+from fairbench.models.segmentors import is_segmentor_name
+from fairbench.run.context import BackboneSpec, DataBundle, RunContext
+from fairbench.run.method import Method, get_method_class
+from fairbench.run.store import RunWriter, is_finished
+from fairbench.training.trainer import Predictions, SegmentationScores, TrainConfig
+
+log = logging.getLogger("fairbench")
+
+
+@dataclass
+class RunConfig:
+    """Everything that defines one run (the CLI, a TOML file or a sweep fills it in)."""
+
+    method: str = "vanilla"
+    method_params: dict[str, Any] = field(default_factory=dict)
+    #: "classification", "segmentation" or None (the dataset's first task the method serves)
+    task: str | None = None
+    dataset: str = "synthderm"
+    dataset_params: dict[str, Any] = field(default_factory=dict)
+    data_root: str | None = None
+    attribute: str | None = None
+    privileged: str | None = None
+    backbone: str | None = None
+    backbone_params: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None
+    image_size: int | None = None
+    seed: int = 0
+    split_seed: int = 0
+    split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    split_file: str | None = None
+    train: dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+    runs_dir: str = "runs"
+    cache_dir: str | None = None
+    save_weights: bool = False
+    force: bool = False
+    progress: bool = True
+    #: local plugin files loaded before the run (so a worker process finds plugin methods)
+    plugins: tuple[str, ...] = ()
+    #: experiment tracking of the finished run: None or "mlflow" (see fairbench.run.tracking)
+    tracking: str | None = None
+    tracking_uri: str | None = None
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    reused: bool
+    model: torch.nn.Module | None = None
+    context: RunContext | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise FairbenchError("--device cuda was asked for but no CUDA device is available; "
+                             "use --device cpu or auto")
+    if name not in ("cpu",) and not name.startswith("cuda"):
+        raise FairbenchError(f"unknown device {name!r}; use auto, cpu or cuda")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def package_versions() -> dict[str, str]:
+    import sklearn
+    import timm
+    import torchvision
+
+    return {"fairbench": __version__, "python": platform.python_version(),
+            "torch": torch.__version__, "torchvision": torchvision.__version__,
+            "timm": timm.__version__, "numpy": np.__version__, "pandas": pd.__version__,
+            "scikit-learn": sklearn.__version__}
+
+
+@dataclass
+class Prepared:
+    """A checked configuration: method, adapter and training settings built, nothing run."""
+
+    config: RunConfig
+    method: Method
+    adapter: DatasetAdapter
+    train: TrainConfig
+    backbone: str
+    image_size: int
+    #: sha256 of the local weights file: a run's identity follows the weights' content, so a
+    #: file replaced under the same path is a new run and a moved file is the same one
+    weights_sha256: str | None = None
+    task: str = "classification"
+
+
+def prepare(config: RunConfig) -> Prepared:
+    """Check every part of ``config`` before any work; raises one clear error on bad input."""
+    method_cls = get_method_class(config.method)
+    dataset_cls = get_dataset_class(config.dataset)
+    task = resolve_task(config, method_cls, dataset_cls)
+    method = method_cls(dict(config.method_params))
+    adapter = dataset_cls(params=dict(config.dataset_params), data_root=config.data_root)
+    adapter.cache_dir = Path(config.cache_dir).expanduser() if config.cache_dir else None
+    raw_train = dict(config.train)
+    if task == "segmentation":
+        # checkpoints of segmentation runs are picked by validation Dice unless told otherwise
+        raw_train.setdefault("select", "Dice")
+    train = build_params(TrainConfig, raw_train, owner="training (--train)")
+    check_select_for_task(train.select, task)
+    image_size = config.image_size or dataset_cls.default_image_size
+    if task == "segmentation":
+        from fairbench.models.segmentors import check_segmentor_name, check_segmentor_size
+
+        backbone = config.backbone or dataset_cls.default_segmentor
+        if not is_segmentor_name(backbone):
+            raise FairbenchError(
+                f"backbone {backbone!r} is a classifier; a segmentation run needs a U-Net such "
+                f"as --backbone {dataset_cls.default_segmentor}")
+        check_segmentor_name(backbone)
+        check_segmentor_size(image_size, int(config.backbone_params.get("encoder_depth", 4)))
+    else:
+        backbone = config.backbone or dataset_cls.default_backbone
+        if is_segmentor_name(backbone):
+            raise FairbenchError(
+                f"backbone {backbone!r} is a segmentor; a classification run needs a classifier "
+                f"such as --backbone {dataset_cls.default_backbone} (or --task segmentation)")
+        check_backbone_name(backbone)  # raises with close matches (timm:/tv: names too)
+    weights_sha256 = None
+    if config.weights:
+        weights_file = Path(config.weights).expanduser()
+        if not weights_file.is_file():
+            raise FairbenchError(f"weights file {config.weights!r} does not exist")
+        try:
+            weights_sha256 = file_sha256(weights_file)
+        except OSError as exc:
+            raise FairbenchError(f"weights file {config.weights!r} could not be read "
+                                 f"({exc.strerror or exc})") from None
+    if image_size < 8:
+        raise FairbenchError(f"--image-size {image_size} is too small; use at least 8")
+    if config.seed < 0 or config.split_seed < 0:
+        raise FairbenchError("seeds must be non-negative integers")
+    return Prepared(config, method, adapter, train, backbone, image_size, weights_sha256, task)
+
+
+TASKS = ("classification", "segmentation")
+
+
+def check_select_for_task(select: str, task: str) -> None:
+    """One clear error when the checkpoint metric belongs to the other task (``select=F1``
+    on a segmentation run), before any training."""
+    from fairbench.metrics import is_segmentation_metric
+
+    if select == "last":
+        return
+    if is_segmentation_metric(select) != (task == "segmentation"):
+        example = "Dice, IoU or worst.Dice" if task == "segmentation" else "F1, AUC or worst.F1"
+        raise FairbenchError(f"--train select={select!r} is not a metric of a {task} run; "
+                             f"use e.g. {example} (or last)")
+
+
+def resolve_task(config: RunConfig, method_cls: type[Method],
+                 dataset_cls: type[DatasetAdapter]) -> str:
+    """The run's task: as configured, else the first of the dataset's tasks that the method
+    serves; one clear error when the method or the dataset cannot serve it."""
+    from fairbench.data.dataset import list_datasets
+    from fairbench.run.method import list_methods
+
+    method_name, dataset_name = config.method, config.dataset
+    if config.task is not None and config.task not in TASKS:
+        raise FairbenchError(f"unknown task {config.task!r}; use {' or '.join(TASKS)}")
+    task = config.task or next(
+        (t for t in dataset_cls.tasks if t in method_cls.tasks), dataset_cls.tasks[0])
+    if task not in dataset_cls.tasks:
+        able = [d for d in list_datasets() if task in get_dataset_class(d).tasks]
+        raise FairbenchError(
+            f"dataset {dataset_name!r} has no {task} task (it serves "
+            f"{', '.join(dataset_cls.tasks)}); datasets for {task}: {', '.join(able)}")
+    if task not in method_cls.tasks:
+        able = [m for m in list_methods() if task in get_method_class(m).tasks]
+        raise FairbenchError(
+            f"method {method_name!r} does not support {task}; methods for {task}: "
+            f"{', '.join(able)}")
+    return task
+
+
+def resolve_split(p: Prepared) -> tuple[SampleTable, str, Split]:
+    """The sample table, the attribute in use and the checked split of ``p`` (no pixels);
+    shared by :func:`load_data` and the sweep's planning."""
+    config = p.config
+    table = p.adapter.build_table()
+    attribute = config.attribute or table.default_attribute
+    if attribute is None:
+        raise FairbenchError(f"dataset {config.dataset!r} has no sensitive attribute")
+    table.check_attribute(attribute)
+    if config.privileged is not None and config.privileged not in table.group_names(attribute):
+        raise FairbenchError(
+            f"privileged group {config.privileged!r} is not a group of attribute {attribute!r}; "
+            f"choose one of {', '.join(table.group_names(attribute))}")
+    if len(table.group_names(attribute)) < 2:
+        raise FairbenchError(f"attribute {attribute!r} has a single group; fairness needs two")
+    if config.split_file:
+        split = load_split(config.split_file)
+    else:
+        split = make_split(table, seed=config.split_seed, fractions=config.split_fractions)
+    check_split(split, table, attribute)
+    return table, attribute, split
+
+
+def load_data(p: Prepared, device: torch.device, runs_dir: Path) -> DataBundle:
+    config = p.config
+    table, attribute, split = resolve_split(p)
+    split_file = save_split(split, runs_dir / "splits" / f"{config.dataset}-{split.sha256[:12]}.csv")
+    cache_dir = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
+    cached = load_or_build(p.adapter, table, p.image_size, cache_dir, progress=config.progress)
+    attrs = {name: table.attr(name) for name in table.attributes}
+    data = DeviceData(np.asarray(cached.images), table.labels, attrs, device,
+                      masks=None if cached.masks is None else np.asarray(cached.masks))
+    positions = {part: split.positions(table, part) for part in PARTS}
+    if p.task == "segmentation" and cached.masks is None:
+        raise FairbenchError(f"dataset {config.dataset!r} produced no segmentation masks")
+    return DataBundle(p.adapter, table, split, split_file, data, attribute, p.image_size,
+                      positions, task=p.task)
+
+
+def run_identity(p: Prepared, bundle: DataBundle) -> dict[str, Any]:
+    """What defines a run's result (the device, paths and progress settings do not)."""
+    c = p.config
+    return {
+        "method": c.method,
+        # classification identities keep their pre-segmentation form (and hashes)
+        **({"task": "segmentation"} if p.task == "segmentation" else {}),
+        "method_params": params_to_dict(p.method.params),
+        "dataset": p.adapter.config(),
+        "attribute": bundle.attribute,
+        "privileged": c.privileged,
+        "backbone": p.backbone,
+        "backbone_params": c.backbone_params,
+        "weights": p.weights_sha256,
+        "image_size": p.image_size,
+        "seed": c.seed,
+        "split": bundle.split.sha256,
+        "train": p.train.identity(),
+        # binary tasks: predictions use the validation-chosen threshold (multi-class: argmax)
+        **({"decision": "val_macro_f1_threshold"}
+           if bundle.table.n_classes == 2 and p.task == "classification" else {}),
+    }
+
+
+def run_dir_for(runs_dir: Path, identity: dict[str, Any]) -> Path:
+    digest = config_hash(identity)[:10]
+    name = f"{identity['backbone'].replace(':', '_')}-s{identity['seed']}-{digest}"
+    return runs_dir / identity["dataset"]["name"] / identity["method"] / name
+
+
+def final_metrics(ctx: RunContext, p: Prepared, model: torch.nn.Module
+                  ) -> tuple[dict[str, Any], list[pd.DataFrame], float | None]:
+    """Validation and test metrics of the final model, their per-sample rows, and the binary
+    decision threshold (chosen on validation only; None otherwise)."""
+    bundle = ctx.bundle
+    metrics: dict[str, Any] = {}
+    frames = []
+    threshold = None
+    if p.task == "segmentation":
+        for part in ("val", "test"):
+            scores = ctx.trainer.predict_segmentation(model, ctx.loader(part), p.train)
+            metrics[part], frame = _score_segmentation(bundle, scores, part)
+            frames.append(frame)
+    else:
+        preds = {part: ctx.trainer.predict(model, ctx.loader(part), p.train)
+                 for part in ("val", "test")}
+        threshold = _val_threshold(bundle, preds["val"])
+        for part in ("val", "test"):
+            metrics[part], frame = _score(bundle, preds[part], part, threshold)
+            frames.append(frame)
+    return metrics, frames, threshold
+
+
+def run_experiment(config: RunConfig, *, keep_model: bool = False) -> RunResult:
+    """Run ``config`` and store the result; a finished identical run is returned as it is
+    (``reused=True``) unless ``config.force``."""
+    started = time.perf_counter()
+    if config.plugins:
+        from fairbench.core.registry import load_plugin_file
+
+        for plugin in config.plugins:
+            load_plugin_file(plugin)  # once per process
+    if config.tracking is not None:
+        from fairbench.run.tracking import check_tracking
+
+        check_tracking(config.tracking)  # before any work: a missing extra is one clear line
+    p = prepare(config)
+    runs_dir = ensure_writable_dir(Path(config.runs_dir))
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    timer = PhaseTimer(device)
+    with timer.phase("data"):
+        bundle = load_data(p, device, runs_dir)
+    identity = run_identity(p, bundle)
+    final_dir = run_dir_for(runs_dir, identity)
+    if is_finished(final_dir) and not config.force:
+        log.info("run already finished: %s", final_dir)
+        return RunResult(final_dir, read_json(final_dir / "config.json"),
+                         read_json(final_dir / "metrics.json"), reused=True)
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(final_dir)
+    writer = RunWriter(final_dir)
+    try:
+        ctx = RunContext(
+            bundle=bundle,
+            backbone=BackboneSpec(p.backbone, dict(config.backbone_params), config.weights,
+                                  p.weights_sha256),
+            train_config=p.train, device=device, seed=config.seed, run_dir=writer.path,
+            runs_dir=runs_dir, privileged=config.privileged, progress=config.progress,
+            timer=timer)
+        seed_everything(config.seed)
+        t_method = time.perf_counter()
+        with timer.phase("other"):
+            model = p.method.run(ctx, p.method.params)
+            privileged = ctx.privileged_name  # resolves the default rule if the method did not
+        method_seconds = time.perf_counter() - t_method
+        with timer.phase("evaluate"):
+            metrics, frames, threshold = final_metrics(ctx, p, model)
+        metrics["meta"] = {
+            "task": p.task,
+            **({"mask_classes": bundle.mask_classes} if p.task == "segmentation" else {}),
+            "attribute": bundle.attribute,
+            "groups": bundle.group_names,
+            "privileged": privileged,
+            "higher_is_better": HIGHER_IS_BETTER if p.task == "classification"
+            else _directions(metrics["test"]),
+            "diff_sign": f"{bundle.group_names[1]} minus {bundle.group_names[0]}"
+            if len(bundle.group_names) == 2 else "max minus min",
+            "threshold": threshold,
+            "threshold_rule": THRESHOLD_RULE if threshold is not None else
+            ("logit > 0 (binary mask) or argmax per pixel" if p.task == "segmentation"
+             else "argmax"),
+        }
+        record = {
+            "identity": identity,
+            "config_hash": config_hash(identity),
+            "method": config.method,
+            "method_params": identity["method_params"],
+            "method_kind": p.method.kind,
+            "task": p.task,
+            "needs_attribute_at_inference": p.method.needs_attribute_at_inference,
+            "dataset": config.dataset,
+            "dataset_params": identity["dataset"]["params"],
+            "data_root": config.data_root,
+            "attribute": bundle.attribute,
+            "groups": bundle.group_names,
+            "privileged": privileged,
+            "privileged_rule": "configured" if config.privileged else ctx.privileged_rule,
+            "classes": bundle.table.classes,
+            **({"mask_classes": bundle.mask_classes} if p.task == "segmentation" else {}),
+            "threshold": threshold,
+            "backbone": p.backbone,
+            "backbone_params": config.backbone_params,
+            "weights": config.weights,
+            "weights_sha256": p.weights_sha256,
+            "image_size": p.image_size,
+            "seed": config.seed,
+            "split_seed": config.split_seed,
+            "split_sha256": bundle.split.sha256,
+            "split_file": str(bundle.split_file),
+            "split_sizes": bundle.split.sizes(),
+            "train": identity["train"],
+            "device": str(device),
+            "versions": package_versions(),
+            "command": " ".join(sys.argv),
+            "notes": ctx.notes,
+            # phases: exclusive wall time of data, vanilla, train, curvature, other and
+            # evaluate (fairbench.core.timing); writing the files is not in them
+            "seconds": {"method": round(method_seconds, 3),
+                        "total": round(time.perf_counter() - started, 3),
+                        "phases": timer.rounded()},
+        }
+        pd.concat(frames).to_csv(writer.path / "predictions.csv", index=False)
+        write_json(writer.path / "metrics.json", metrics)
+        if config.save_weights:
+            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()},
+                       writer.path / "weights.pt")
+        write_json(writer.path / "config.json", record)
+        if is_finished(final_dir) and not config.force:
+            # an identical run finished meanwhile (another process): keep it, drop ours
+            writer.abort()
+            log.info("an identical run finished meanwhile: %s", final_dir)
+            return RunResult(final_dir, read_json(final_dir / "config.json"),
+                             read_json(final_dir / "metrics.json"), reused=True)
+        # a directory under the final name without the run files is no result (a copy cut
+        # short, files deleted by hand): it is replaced, never needs --force
+        run_dir = writer.commit(replace=True)
+    except BaseException:
+        writer.abort()
+        raise
+    if config.tracking == "mlflow":
+        from fairbench.run.tracking import log_run_mlflow
+
+        try:
+            log_run_mlflow(run_dir, record, metrics, tracking_uri=config.tracking_uri,
+                           runs_dir=runs_dir)
+        except Exception as exc:  # noqa: BLE001 - the run is saved; tracking is a copy
+            log.warning("the run is saved in %s, but logging it to MLflow failed (%s: %s); "
+                        "check --tracking-uri", run_dir, type(exc).__name__, exc)
+    return RunResult(run_dir, record, metrics, reused=False,
+                     model=model if keep_model else None, context=ctx if keep_model else None)
+
+
+THRESHOLD_RULE = "max validation macro-F1 (binary task)"
+
+
+def _val_threshold(bundle: DataBundle, val: Predictions) -> float | None:
+    """Binary tasks: the threshold on p(class 1) maximising validation macro-F1; else None."""
+    from fairbench.metrics.decision import binary_threshold
+
+    if val.probs.shape[1] != 2:
+        return None
+    return binary_threshold(bundle.table.labels[val.index], val.probs[:, 1])
+
+
+def _score(bundle: DataBundle, pred: Predictions, part: str,
+           threshold: float | None = None) -> tuple[dict[str, Any], pd.DataFrame]:
+    from fairbench.metrics.decision import apply_threshold
+
+    table = bundle.table
+    rows = pred.index
+    labels = table.labels[rows]
+    groups = table.attr(bundle.attribute)[rows]
+    y_pred = apply_threshold(pred.probs, threshold)
+    metrics = evaluate_classification(labels, pred.probs, groups, bundle.group_names,
+                                      y_pred=y_pred)
+    frame = pd.DataFrame({
+        "sample_id": table.sample_ids[rows],
+        "part": part,
+        "label": labels,
+        "pred": y_pred,
+    })
+    if table.patient_ids is not None:  # lets bootstrap CIs resample patients
+        frame["patient_id"] = table.patient_ids[rows]
+    for name in table.attributes:
+        frame[ATTR_PREFIX + name] = table.attr(name)[rows]
+    probs = pd.DataFrame(pred.probs, columns=[f"prob_{c}" for c in range(pred.probs.shape[1])])
+    return metrics, pd.concat([frame.reset_index(drop=True), probs], axis=1)
+
+
+def _directions(part_metrics: dict[str, Any]) -> dict[str, bool | None]:
+    """Direction of every base metric of a part (the keys that are not sub-dicts)."""
+    from fairbench.metrics import higher_is_better
+
+    out: dict[str, bool | None] = {}
+    for key, value in part_metrics.items():
+        if not isinstance(value, dict) and key not in ("n", "n_missing_group"):
+            out[key] = higher_is_better(key)
+    return out
+
+
+def _score_segmentation(bundle: DataBundle, scores: SegmentationScores,
+                        part: str) -> tuple[dict[str, Any], pd.DataFrame]:
+    """Metrics of one part and its per-image rows (Dice and IoU per foreground class)."""
+    table = bundle.table
+    rows = scores.index
+    classes = bundle.mask_classes
+    assert classes is not None
+    metrics = evaluate_segmentation(scores.dice, scores.iou, table.attr(bundle.attribute)[rows],
+                                    bundle.group_names, classes)
+    frame = pd.DataFrame({"sample_id": table.sample_ids[rows], "part": part,
+                          "Dice": scores.dice.mean(axis=1), "IoU": scores.iou.mean(axis=1)})
+    if len(classes) > 2:
+        for k, name in enumerate(classes[1:]):
+            frame[f"Dice_{name}"] = scores.dice[:, k]
+            frame[f"IoU_{name}"] = scores.iou[:, k]
+    if table.patient_ids is not None:
+        frame["patient_id"] = table.patient_ids[rows]
+    for name in table.attributes:
+        frame[ATTR_PREFIX + name] = table.attr(name)[rows]
+    return metrics, frame
+
+
+def replace(config: RunConfig, **changes: Any) -> RunConfig:
+    return dataclasses.replace(config, **changes)

@@ -1,0 +1,197 @@
+"""The package layout: imports point one way, down the path of a run, and never in a circle.
+
+The imports are read with ``ast`` from the source files (every ``import``, at module level, in
+functions and under ``TYPE_CHECKING`` alike), so the test needs nothing installed and fails on
+an import that is only ever executed lazily.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+#: package -> the packages its modules may import (itself included)
+BOTTOM = {"core"}
+ALLOWED: dict[str, set[str]] = {
+    "core": BOTTOM,
+    "metrics": BOTTOM | {"metrics"},
+    "data": BOTTOM | {"metrics", "data"},
+    "datasets": BOTTOM | {"metrics", "data", "datasets"},
+    "models": BOTTOM | {"metrics", "data", "models"},
+    "training": BOTTOM | {"metrics", "data", "models", "training"},
+    "run": BOTTOM | {"metrics", "data", "models", "training", "run"},
+    "methods": BOTTOM | {"metrics", "data", "models", "training", "run", "methods"},
+    "bench": BOTTOM | {"metrics", "data", "models", "training", "run", "bench"},
+    "cli": BOTTOM | {"metrics", "data", "models", "training", "run", "bench", "cli", "api"},
+    # the public API at the top (fairbench/__init__.py, fairbench/testing.py)
+    "api": BOTTOM | {"metrics", "data", "models", "training", "run", "bench", "api"},
+}
+TOP_LEVEL_MODULES = {"__init__", "testing"}
+
+
+def source_modules(root: Path) -> dict[str, Path]:
+    """Dotted module name -> file, for fairbench/ and the folders installed under it."""
+    folders = {"fairbench": root / "fairbench", "fairbench.methods": root / "methods",
+               "fairbench.datasets": root / "datasets"}
+    out: dict[str, Path] = {}
+    for prefix, folder in folders.items():
+        for file in sorted(folder.rglob("*.py")):
+            parts = list(file.relative_to(folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            out[".".join([prefix, *parts])] = file
+    return out
+
+
+def package_of(module: str) -> str:
+    """The layer a dotted module belongs to (``api`` for the top-level modules)."""
+    parts = module.split(".")
+    if len(parts) == 1 or (len(parts) == 2 and parts[1] in TOP_LEVEL_MODULES):
+        return "api"
+    return parts[1]
+
+
+def imported_modules(module: str, file: Path, known: set[str]) -> set[str]:
+    """fairbench modules ``file`` imports (a ``from pkg import sub`` of a submodule counts as
+    importing the submodule)."""
+    is_package = file.name == "__init__.py"
+    out: set[str] = set()
+    for node in ast.walk(ast.parse(file.read_text(), str(file))):
+        if isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.split(".")[0] == "fairbench")
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = module.split(".")
+                if not is_package:
+                    base = base[:-1]
+                base = base[: len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.split(".")[0] != "fairbench":
+                continue
+            subs = {f"{target}.{a.name}" for a in node.names} & known
+            out.update(subs or {target})
+    return out
+
+
+def import_graph(root: Path) -> dict[str, set[str]]:
+    modules = source_modules(root)
+    known = set(modules)
+    return {m: imported_modules(m, f, known) & known - {m} for m, f in modules.items()}
+
+
+def upward_imports(graph: dict[str, set[str]]) -> list[str]:
+    out = []
+    for module, targets in sorted(graph.items()):
+        allowed = ALLOWED[package_of(module)]
+        for target in sorted(targets):
+            if package_of(target) not in allowed:
+                out.append(f"{module} imports {target} ({package_of(module)} may import "
+                           f"{', '.join(sorted(allowed))})")
+    return out
+
+
+def import_cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph.get(v, ())):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                cycles.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return cycles
+
+
+def test_imports_point_down_the_path_of_a_run():
+    assert upward_imports(import_graph(ROOT)) == []
+
+
+def test_no_import_circles():
+    assert import_cycles(import_graph(ROOT)) == []
+
+
+def test_top_level_holds_only_the_public_api():
+    top = {p.stem for p in (ROOT / "fairbench").glob("*.py")}
+    assert top == TOP_LEVEL_MODULES
+    packages = {p.name for p in (ROOT / "fairbench").iterdir() if (p / "__init__.py").is_file()}
+    assert packages == set(ALLOWED) - {"api", "datasets", "methods"}
+    for name in packages:
+        doc = ast.get_docstring(ast.parse((ROOT / "fairbench" / name / "__init__.py").read_text()))
+        assert doc and "May import" in doc, f"fairbench/{name}/__init__.py: say what it may import"
+
+
+def _write(root: Path, rel: str, text: str = "") -> None:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+
+
+@pytest.fixture
+def tiny_tree(tmp_path):
+    for rel in ("fairbench/__init__.py", "fairbench/testing.py", "methods/__init__.py",
+                "datasets/__init__.py", "fairbench/core/__init__.py", "fairbench/run/__init__.py",
+                "fairbench/data/__init__.py"):
+        _write(tmp_path, rel)
+    _write(tmp_path, "fairbench/core/errors.py", "class E(Exception): ...\n")
+    _write(tmp_path, "fairbench/data/table.py", "from fairbench.core.errors import E\n")
+    _write(tmp_path, "fairbench/run/context.py", "from ..data.table import E\n")
+    return tmp_path
+
+
+def test_the_checks_pass_on_a_clean_tree(tiny_tree):
+    graph = import_graph(tiny_tree)
+    assert graph["fairbench.run.context"] == {"fairbench.data.table"}
+    assert upward_imports(graph) == [] and import_cycles(graph) == []
+
+
+def test_a_deliberate_upward_import_fails(tiny_tree):
+    # a lazy import inside a function counts too
+    _write(tiny_tree, "fairbench/data/table.py",
+           "def f():\n    from fairbench.run.context import Ctx\n")
+    problems = upward_imports(import_graph(tiny_tree))
+    assert problems == ["fairbench.data.table imports fairbench.run.context "
+                        "(data may import core, data, metrics)"]
+
+
+def test_a_plugin_package_imported_from_the_core_fails(tiny_tree):
+    _write(tiny_tree, "fairbench/run/context.py", "import fairbench.methods\n")
+    assert upward_imports(import_graph(tiny_tree))[0].startswith(
+        "fairbench.run.context imports fairbench.methods")
+
+
+def test_a_circle_is_found_even_under_type_checking(tiny_tree):
+    _write(tiny_tree, "fairbench/run/method.py",
+           "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n"
+           "    from fairbench.run.context import Ctx\n")
+    _write(tiny_tree, "fairbench/run/context.py", "from fairbench.run import method\n")
+    assert import_cycles(import_graph(tiny_tree)) == [
+        ["fairbench.run.context", "fairbench.run.method"]]
