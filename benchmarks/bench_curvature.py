@@ -21,8 +21,8 @@ machine hits both sides of the ratio alike.
 When a batch does not fit in memory (the exact GGN at 114 classes), diagonal_curvature goes on
 in micro-batches; the table gives the samples per backward pass it settled on and, on CUDA,
 the peak memory allocated.
-Goal (issue 3): ``ggn_mc`` ≤ 3× a forward+backward. On CUDA the defaults become the 224 px
-presets of ``reference/measurements.md`` (batch 128, 114 classes). Examples::
+Goal: ``ggn_mc`` ≤ 3× a forward+backward. On CUDA the defaults become the 224 px settings
+of the H100 figures in ``benchmarks/README.md`` (batch 128, 114 classes). Examples::
 
     python benchmarks/bench_curvature.py                                   # CPU, 32 px
     python benchmarks/bench_curvature.py --device cuda --classes 8 114     # H100 presets
@@ -55,7 +55,7 @@ def sync(device: torch.device) -> None:
 
 def make_batches(n: int, batch_size: int, size: int, classes: int, device: torch.device,
                  seed: int = 0) -> list:
-    from fairbench.data.loaders import Batch
+    from fairbench import Batch
 
     g = torch.Generator().manual_seed(seed)
     out = []
@@ -81,7 +81,7 @@ def fwd_bwd(model: torch.nn.Module, batches: list, device: torch.device) -> floa
 
 def curvature(model: torch.nn.Module, batches: list, estimator: str, scope: str,
               device: torch.device) -> float:
-    from fairbench.training.curvature import diagonal_curvature
+    from fairbench import diagonal_curvature
 
     sync(device)
     t = time.perf_counter()
@@ -94,8 +94,8 @@ def setup_seconds(model: torch.nn.Module, estimator: str, scope: str,
                   device: torch.device) -> float:
     """The per-call setup (model copy + BackPACK extend): a call over no batches, which does
     the setup and then stops with 'empty set of samples'."""
-    from fairbench.core.errors import CurvatureError, FairbenchError
-    from fairbench.training.curvature import diagonal_curvature
+    from fairbench import FairbenchError, diagonal_curvature
+    from fairbench.core.errors import CurvatureError
 
     sync(device)
     t = time.perf_counter()
@@ -165,7 +165,7 @@ def main() -> None:
 
     import backpack
 
-    from fairbench.models.backbones import create_backbone
+    from fairbench import create_backbone
 
     print(f"device: {device} ({torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine()}), "
           f"torch {torch.__version__}, BackPACK {getattr(backpack, '__version__', '?')}, "

@@ -44,8 +44,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     import fairbench.training.curvature as S
-    from fairbench.data.loaders import Batch
-    from fairbench.models.backbones import create_backbone
+    from fairbench import Batch, create_backbone
 
     few_threshold = args.few_positions if args.few_positions is not None else S.FEW_POSITIONS
     chunk_bytes = dict(S.CHUNK_BYTES)

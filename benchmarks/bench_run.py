@@ -8,7 +8,7 @@ generating the data, the others reuse it. Each run's ``metrics.json`` is read (t
 overall macro-F1, EOdd, and the per-group macro-F1 stored under each group's name) and one
 markdown table is printed: per seed and mean ± std (sample std) of F1 per group, the gap
 (first group − second group, in points; light − dark on synthderm), overall F1, EOdd and the
-wall time. Goals (issues 2 and 3): vanilla ≤ 60 s on 2 CPU cores, data generation included;
+wall time. Goals: vanilla ≤ 60 s on 2 CPU cores, data generation included;
 a light − dark gap ≥ 5 points averaged over 3 seeds. Example::
 
     python benchmarks/bench_run.py --method vanilla --seeds 0 1 2

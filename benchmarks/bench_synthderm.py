@@ -5,7 +5,7 @@ Calls :func:`fairbench.datasets.synthderm.build_metadata` (the sample table) and
 array, with numpy/BLAS and torch limited to one thread (the environment variables are set
 before numpy is imported) and, with ``--pin``, the process pinned to one CPU. Masks are drawn
 too (as the tensor cache does) unless ``--no-masks``. Each size is timed ``--repeats`` times
-after one warm-up; the table shows the best and the median. Goal (issue 2): ≥ 2,000 images/s
+after one warm-up; the table shows the best and the median. Goal: ≥ 2,000 images/s
 at 64 px. Example::
 
     python benchmarks/bench_synthderm.py --sizes 64 32 --n 4000

@@ -20,7 +20,7 @@ timing. Warm-up epochs are excluded. The two sides are timed alternately ``--rep
 other processes hits both alike. Evaluation: ``Trainer.predict`` over a sequential loader
 against a bare ``no_grad`` loop (normalise, forward, softmax, gather to host).
 
-Goal (issues 2 and 11): trainer throughput ≥ 0.9 × bare loop. Examples::
+Goal: trainer throughput ≥ 0.9 × bare loop. Examples::
 
     python benchmarks/bench_trainer.py                       # CPU-sized synthderm, smallcnn
     python benchmarks/bench_trainer.py --backbone resnet18 --n-samples 1024
@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # the issue-11 setting: a Fitzpatrick-17k-sized set at 224 px, 114 classes (GPU)
+    # the GPU setting: a Fitzpatrick-17k-sized set at 224 px, 114 classes (GPU)
     "fitzpatrick": {"image_size": 224, "n_samples": 16500, "classes": 114, "batch_size": 256,
                     "backbone": "resnet18", "data": "random"},
     "fitzpatrick-vgg11": {"image_size": 224, "n_samples": 16500, "classes": 114,
@@ -89,7 +89,7 @@ def load_images(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, dict[
 
 
 def make_model(args: argparse.Namespace, device: torch.device) -> torch.nn.Module:
-    from fairbench.models.backbones import create_backbone
+    from fairbench import create_backbone
 
     torch.manual_seed(0)
     model = create_backbone(args.backbone, num_classes=args.classes, image_size=args.image_size)
@@ -199,7 +199,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument("--preset", choices=sorted(PRESETS), default=None,
-                    help="GPU settings of issue 11 (flags given explicitly still win)")
+                    help="the Fitzpatrick-17k-sized GPU settings (flags given explicitly still win)")
     ap.add_argument("--backbone", default="smallcnn", help="smallcnn, resnet18, vgg11, ...")
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--n-samples", type=int, default=3000, help="training images per epoch")
@@ -235,8 +235,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    from fairbench.data.loaders import Augment, BatchLoader, DeviceData
-    from fairbench.training.trainer import TrainConfig, Trainer
+    from fairbench import BatchLoader, TrainConfig
+    from fairbench.data.loaders import Augment, DeviceData
+    from fairbench.training.trainer import Trainer
 
     device = resolve_device(args.device)
     images_np, labels_np, attrs_np = load_images(args)

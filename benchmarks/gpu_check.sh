@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU measurements of issues 3 and 11, one part per call (each well under 10 minutes on an
+# The GPU measurements (trainer, curvature, end to end), one part per call (each well under 10 minutes on an
 # H100). Run from the repository root on a CUDA machine whose Python has torch, torchvision,
 # timm and the rest of setup.cfg's dependencies (BackPACK and its unfoldNd can come as wheels:
 # benchmarks/README.md, "GPU").
@@ -25,7 +25,7 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | 
 
 case "$part" in
 trainer)
-  # issue 11: >= 0.9x a bare loop (Fitzpatrick-17k-sized random data, 224 px, 114 classes)
+  # >= 0.9x a bare loop (Fitzpatrick-17k-sized random data, 224 px, 114 classes)
   for preset in fitzpatrick fitzpatrick-vgg11; do
     python3 benchmarks/bench_trainer.py --preset "$preset" --repeats 3 --epochs 1 \
       --json "$out/trainer_$preset.json" 2>&1 | tee "$out/trainer_$preset.md"
@@ -39,13 +39,13 @@ trainer)
     --profile 2>&1 | tail -n 40 | tee "$out/trainer_profile.md"
   ;;
 curvature)
-  # issue 3: ggn_mc <= 3x fwd+bwd; issue 11: every estimator per 1,000 images; the exact GGN
+  # ggn_mc <= 3x fwd+bwd; every estimator per 1,000 images; the exact GGN
   # at 114 classes goes on in micro-batches when a batch does not fit (the table says so)
   python3 benchmarks/bench_curvature.py --device cuda --backbones resnet18 vgg11 \
     --classes 8 114 --budget 60 --json "$out/curvature.json" 2>&1 | tee "$out/curvature.md"
   ;;
 e2e)
-  # issue 11: the FairQuantize paper preset on synthderm at Fitzpatrick-17k's size
+  # the FairQuantize paper preset on synthderm at Fitzpatrick-17k's size
   python3 -m fairbench.cli run --config benchmarks/fairquantize_synthfitz_vgg11.toml \
     --device cuda --runs-dir "$out/runs" 2>&1 | tee "$out/e2e.md"
   find "$out/runs" -name config.json -path '*fairquantize*' -exec cp {} "$out/e2e_config.json" \;

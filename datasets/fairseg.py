@@ -36,8 +36,8 @@ modification time (:class:`HeaderCache`), so later runs open only new or changed
 The pixels are read by :meth:`FairSeg.fill_images` when the tensor cache is built: the shorter
 side is resized to the target size and the centre square cropped (bilinear, antialiased, for
 the image; nearest neighbour with the same crop box for the mask), grayscale replicated to
-three channels. Masks that are all background (reported for some downloads, FairSeg issue #7)
-are kept and counted in one warning.
+three channels. Masks that are all background (reported by users of some downloads on the
+FairSeg repository's tracker) are kept and counted in one warning.
 
 Defaults: ``unet:tu-resnet10t`` at 64 px.
 """
@@ -119,7 +119,7 @@ class FairSeg(DatasetAdapter):
         assert self.data_root is not None
         self.root = self.data_root.resolve()
         self.notes: list[str] = []
-        #: files whose mask was all background in the last fill_images (FairSeg issue #7)
+        #: files whose mask was all background in the last fill_images (reported for some downloads)
         self.empty_masks: list[str] = []
 
     # -- table ----------------------------------------------------------------------------
@@ -238,7 +238,7 @@ class FairSeg(DatasetAdapter):
         if self.empty_masks:
             log.warning(
                 "fairseg: %d of %d masks are all background (no disc or cup; known for some "
-                "downloads, FairSeg issue #7), first %s; they are kept, re-download those "
+                "downloads), first %s; they are kept, re-download those "
                 "files if this is unexpected", len(self.empty_masks), n, self.empty_masks[0])
 
 

@@ -4,25 +4,11 @@ The names below are the stable public API: plugins and scripts import them from 
 and never from the sub-packages, whose layout may change. They are loaded on first use, so
 ``import fairbench`` (and the command line's ``--help``) does not import torch.
 
-::
+A plugin method (the full example is in :mod:`fairbench.run.method`)::
 
     from fairbench import Method, TrainHooks, param, register_method
 
-    @dataclass
-    class SmoothParams:
-        smoothing: float = param(0.1, min=0.0, max=1.0, help="label smoothing")
-
-    @register_method("smoothed")
-    class Smoothed(Method):
-        '''Cross-entropy with label smoothing, through the shared trainer.'''
-        Params = SmoothParams
-
-        def run(self, ctx, params):
-            model = ctx.new_model()
-            loss = lambda model, batch, state: F.cross_entropy(
-                model(batch.x), batch.y, label_smoothing=params.smoothing)
-            ctx.fit(model, hooks=TrainHooks(loss=loss))
-            return model
+`fairbench.testing.check_method` runs the conformance checks on it.
 
 Sub-packages, in the order data flows through a run (each imports only those before it):
 ``core`` (errors, registries, parameters, files) and ``metrics`` at the bottom, then ``data``,

@@ -1,5 +1,6 @@
 """``adv_conf`` and ``adv_rev``: adversarial removal of the sensitive attribute from the
-representation, two ways (``reference/methods_other.md`` §4.3 and §4.4, fairbench issue 6).
+representation, two ways: AdvConf as in github.com/princetonvisualai/DomainBiasMitigation
+(``models/*_uniconf_adv.py``), AdvRev after Zhang, Lemoine and Mitchell (AIES 2018).
 
 Both train a fresh backbone with the shared trainer and an adversary that predicts the group;
 the adversary is dropped afterwards, so the returned model maps images to logits and needs no
@@ -19,9 +20,9 @@ cross-entropy.
   the adversary's softmax against the uniform distribution (≥ log|A|, minimal exactly at the
   uniform output); the domain head is not updated by this term. It needs no group label, so
   every row of the batch enters it.
-* Schedule: the reference alternates whole epochs (1 main epoch in ``training_ratio`` = 3);
+* Schedule: the released code alternates whole epochs (1 main epoch in ``training_ratio`` = 3);
   the shared trainer steps the model every step, so here the two alternate per step (the
-  per-iteration alternation the reference marks [PROPOSED]).
+  per-iteration alternation of Alvi et al.'s paper).
 * α: Wang et al. use 1; on ``synthderm`` validation (seed 0) α = 1 raised EOdd from the
   vanilla model's 0.0758 to 0.1031 (F1 92.55 vs 94.14), α = 0.1 lowered it to 0.0686
   (F1 94.48), so the default is α = 0.1.
@@ -38,13 +39,13 @@ the group:
           + \\sum_c \\mathrm{CE}\\big(a_c(R_\\lambda(u_i)), g_i\\big)_{i: y_i=c}
 
 one backward pass updates both: the adversary descends its cross-entropy, the network
-ascends it, scaled by λ. ``per_class`` (default, the reference's equalised-odds form) gives
+ascends it, scaled by λ. ``per_class`` (default, the equalised-odds form of Zhang et al.) gives
 one adversary per class, each seeing only the rows of its class (the term is the mean over
 those rows, summed over the classes present); ``per_class=false`` is one adversary over all
 rows. ``input``: the pooled ``features`` (default, see λ below) or the ``logits`` (as Zhang
-et al. and the reference). Adversaries are MLPs (``adv_layers`` = 2, ``adv_hidden`` = 32, as
-the reference); they are trained jointly by the main optimiser (same learning rate and
-schedule; the reference's separate Adam lr 3e-4 is not reproduced).
+et al.). Adversaries are MLPs (``adv_layers`` = 2, ``adv_hidden`` = 32, as
+in MFD's released adversarial baseline, ``trainer/adv_debiasing.py``); they are trained jointly by the main optimiser (same learning rate and
+schedule; that baseline's separate Adam lr 3e-4 is not reproduced).
 
 * Defaults λ = 0.1, ``input=features``, chosen on ``synthderm`` validation (seed 0) by the rule
   "lowest validation EOdd among settings whose validation macro-F1 is within 2 points of
@@ -52,7 +53,7 @@ schedule; the reference's separate Adam lr 3e-4 is not reproduced).
   then λ ∈ {0.2, 0.5} on features (val F1 / EOdd): logits 94.36 / 0.0718, 94.15 / 0.0725,
   91.90 / 0.1131 (λ = 0.1 fails the F1 rule); features 94.03 / 0.0791, 94.00 / 0.0707,
   **93.87 / 0.0629**, 93.02 / 0.0706 (λ = 0.2), 90.89 / 0.1132 (λ = 0.5). Logits break down
-  from λ = 0.1 on (the old default 0.2: 85.03 / 0.2181; the reference's 2: 42.88 / 0.3057);
+  from λ = 0.1 on (the old default 0.2: 85.03 / 0.2181; that baseline's 2: 42.88 / 0.3057);
   features tolerate λ up to 0.2.
 * Result on test over seeds 0–2: F1 91.11 ± 0.75, EOdd 0.0890 ± 0.0161, worst-group
   (dark) F1 73.78 ± 2.97, against vanilla's 93.57 ± 0.35 / 0.0625 ± 0.0038 / 81.94 ± 0.90 in
@@ -60,7 +61,7 @@ schedule; the reference's separate Adam lr 3e-4 is not reproduced).
   still less fair and less accurate than vanilla. The seed-0 validation gain was noise (seeds
   1 and 2: val EOdd 0.084 against vanilla's 0.073 and 0.083). Training stays unstable under
   the joint min-max (validation F1 swings between epochs until the cosine schedule has
-  decayed the learning rate); see ``notes/issue6_advrev.md``.
+  decayed the learning rate).
 """
 
 from __future__ import annotations

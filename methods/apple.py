@@ -3,8 +3,9 @@
 APPLE improves an already deployed model without changing its weights: a small perturber
 ``G`` adds ``G(f)`` to the latent ``f`` before the decoder, ``f_p = f + G(f)``, and is trained
 against a discriminator ``D`` that tries to recover the sensitive attribute from ``f_p``. No
-code was released; the choices below follow ``reference/methods_other.md`` §3 (FAAP-style
-losses) and are fairbench's where the paper is silent.
+code was released (github.com/XuZikang/APPLE holds only a README); the losses follow FAAP
+(Wang et al., CVPR 2022), which APPLE adapts to the latent space, and the other choices are
+fairbench's where the paper is silent.
 
 * **Base model**: the cached vanilla model of the run (``ctx.vanilla()``), frozen: no
   gradient, always in eval mode (BatchNorm statistics included), so its weights are
@@ -13,7 +14,7 @@ losses) and are fairbench's where the paper is silent.
   deepest feature map of ``encode(x)``; with ``perturb_skips=true`` also every skip feature
   map (one perturber each; the input image that smp passes as the first "feature" is never
   perturbed). For a classifier the pooled embedding ``features(x)`` before the head (the
-  paper is about segmentors; fairbench offers it for classifiers as the issue asks).
+  paper is about segmentors; fairbench offers it for classifiers too).
 * **Perturber** ``G``: a residual block, ``conv3×3 → BatchNorm → ReLU → conv3×3`` for
   feature maps, ``Linear → ReLU → Linear`` for vectors, hidden width ``hidden`` (0 = the
   latent's width); its last layer starts at zero, so ``G(f) = 0`` and the perturbed model

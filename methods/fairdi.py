@@ -1,6 +1,7 @@
 """``fairdi``: fair distillation from biased group-specific teachers (FairDi, Masroor et al.
-2024), implemented from ``reference/methods_other.md`` §2 and fairbench issue 7. No official
-code exists; the decisions below are fairbench's.
+2024, arXiv 2411.11939). No official code exists; the decisions below are fairbench's, with
+the fair identity scaling of FairVision (github.com/Harvard-Ophthalmology-AI-Lab/FairVision,
+``src/modules.py``).
 
 * **Step 0, the base.** ``base=vanilla`` (default): the run's cached vanilla model
   (cross-entropy with the run's train config), shared with every other method.
@@ -32,7 +33,7 @@ code exists; the decisions below are fairbench's.
   teacher of the small group overfits its 471 samples), so the distillation target is
   little more than the noisy training labels.
 * The student needs no attribute at inference: the returned module is the plain backbone.
-* **Segmentation** (``--task segmentation``, issue 9): the same three steps with U-Net
+* **Segmentation** (``--task segmentation``): the same three steps with U-Net
   segmentors. The supervised loss is the task's (soft Dice + BCE/CE against the masks, per
   image) and the distillation term the pixel-wise τ²·KL between the group teacher's and the
   student's per-pixel class distributions, averaged over pixels (the same
@@ -71,9 +72,9 @@ from ._distill import distillation_kl, distillation_objective
 @dataclass
 class FairDiParams:
     lam: float = param(0.5, help="weight λ of the distillation term (tuned on synthderm "
-                                 "validation; reference/DIAGNOSE: 0.95)", min=0.0, max=1.0)
-    temperature: float = param(1.5, help="distillation temperature τ (reference/DIAGNOSE: "
-                                         "1.5)", min=0.0, min_exclusive=True)
+                                 "validation; the third-party DIAGNOSE pipeline, "
+                                 "github.com/Abhinoob1501/KnowledgeDistillation: 0.95)", min=0.0, max=1.0)
+    temperature: float = param(1.5, help="distillation temperature τ (DIAGNOSE: 1.5)", min=0.0, min_exclusive=True)
     base: Literal["vanilla", "fis"] = param("vanilla", help="step 0: the cached vanilla model, "
                                             "or a model trained with the FIS loss")
     teacher_scope: Literal["full", "head"] = param("full", help="fine-tune the whole teacher "

@@ -1,8 +1,8 @@
 """``fairprune``: FairPrune (Wu et al., MICCAI 2022), fairness-aware pruning by second-order
 saliency.
 
-No official code exists; this follows the reconstruction in
-``reference/methods_quant_prune.md`` §3 and the decisions of fairbench issue 3:
+No official code exists (the MICCAI 2022 page lists none); this follows the paper's text and
+the conventions of the same group's FairQuantize code (github.com/guoyb17/FairQuantize):
 
 * **Start**: the cached vanilla model (``ctx.vanilla()``).
 * **Saliency** (Optimal Brain Damage) per weight and group g: :math:`S_g=\\tfrac12\\theta^2h_g`,

@@ -1,8 +1,8 @@
 """``fairquantize``: FairQuantize (Guo et al., MICCAI 2024), fairness-aware incremental
 power-of-two quantization.
 
-Faithful to the paper, with the decisions of fairbench issue 3 where the released code
-(``guoyb17/FairQuantize``) differs; see ``reference/methods_quant_prune.md`` §2.
+Faithful to the paper's text; where the released code (github.com/guoyb17/FairQuantize,
+``quantize.py``) differs, the difference is named below and kept as an option where useful.
 
 * **Start**: the cached vanilla model (``ctx.vanilla()``), the same for every post-hoc method.
 * **Quantizer**: :math:`Q(w)=\\mathrm{sign}(w)\\,2^{\\mathrm{round}(\\log_2|w|)}`, rounding in the

@@ -19,7 +19,7 @@ with none known gives a zero loss). η = ``eta``, default 0.01 (the paper's code
 ``synthderm`` validation (seed 0) η = 0.1 drove q to 0.91 on the dark group and broke the
 model (F1 65.78, EOdd 0.1795); η = 0.01 gave F1 92.38, EOdd 0.0892, still worse than vanilla
 (94.14 / 0.0758): the dark group's extra label noise keeps its loss high whatever the model
-does, so the robust weights chase noise (``notes/issue6_results.md``).
+does, so the robust weights chase noise (a hypothesis: the weights were not measured per group).
 ``sampler`` is the run's (shuffled) by default; ``group`` gives the paper's group-balanced
 variant. The final weights go to the run's notes; the model needs no sensitive attribute at
 inference.

@@ -1,5 +1,5 @@
 """``me_vanilla`` and ``me_fairprune``: the fair multi-exit framework (Chiu et al., MICCAI 2023)
-without and with FairPrune (fairbench issue 8).
+without and with FairPrune.
 
 The multi-exit model (:mod:`fairbench.models.multiexit`: heads after each stage, Σ w_k·CE_k through the
 shared trainer, batched exit policy A/B) is trained once per (dataset, split, attribute,
@@ -14,7 +14,8 @@ candidates whose validation macro-F1 under the exit policy is within ``f1_tolera
 reference, else the best F1. ``me_vanilla``'s candidates are the thresholds τ of ``tau_grid``
 (or the given ``tau``); ``me_fairprune``'s are (β, ratio, τ).
 
-**ME-FairPrune** (not released; the reconstruction of ``reference/methods_quant_prune.md`` §4.4):
+**ME-FairPrune** (not released: github.com/chiuhaohao/Fair-Multi-Exit-Framework holds the
+multi-exit training and evaluation only; fairbench's reconstruction from the paper):
 group curvature (balanced unprivileged and privileged score sets of the training split) of
 each exit's own cross-entropy, one BackPACK pass per exit and group, combined with the exit
 weights (the GGN is additive over loss terms, so with the default ``ggn_exact`` this is the

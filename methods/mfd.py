@@ -1,7 +1,7 @@
 """``mfd``: MMD-based Fair Feature Distillation (Jung et al., CVPR 2021).
 
-Follows ``reference/methods_other.md`` §4.1 (the official code, ``trainer/kd_mfd.py``) and
-fairbench issue 6:
+Follows the official code (github.com/DQle38/Fair-Feature-Distillation-for-Visual-Recognition,
+``trainer/kd_mfd.py``):
 
 * **Teacher**: the cached vanilla model (``ctx.vanilla()``, trained with the run's train
   config), frozen and in eval mode (its BatchNorm uses running statistics, no gradient).
@@ -19,7 +19,7 @@ fairbench issue 6:
   :math:`\\bar d` the batch's mean squared teacher-student distance (no gradient), as in the
   official code (:func:`fairbench.methods._inprocessing.mfd_mmd_terms`). No Hinton KD term
   (λ_h = 0 in every published command).
-* **Features** (``features``): ``map`` (default, as the official code and the issue) is the
+* **Features** (``features``): ``map`` (default, as the official code) is the
   backbone's final feature map before global pooling, flattened (smallcnn at 32 px: 256×2×2;
   ResNet-18: 512×h×w), captured by a forward hook on the pooling layer so one pass gives
   both the logits and the map; ``pooled`` uses the pooled embedding (``model.features``),
@@ -29,8 +29,7 @@ fairbench issue 6:
   sampler); rows of unknown group are left out by that sampler.
 * **λ, σ**: the official CIFAR-10S/UTKFace values, λ = 3, σ = 1, kept as defaults: on
   ``synthderm`` validation (seed 0) they lowered EOdd from the vanilla model's 0.0758 to
-  0.0523 at F1 92.90 (vanilla 94.14); other values were not tried for lack of CPU time
-  (see ``notes/issue6_results.md``).
+  0.0523 at F1 92.90 (vanilla 94.14); other values were not tried for lack of CPU time.
 * Optimiser, schedule, epochs and checkpoint selection are the run's train config (the
   official code's plateau schedule on test loss is not reproduced). The student needs no
   sensitive attribute at inference.

@@ -1,11 +1,12 @@
 """``snnl_prune``: sensitive-channel pruning by the soft nearest neighbour loss (SCP, Kong et
-al., MICCAI 2024), implemented from ``reference/methods_other.md`` §1 and fairbench issue 7.
+al., MICCAI 2024), following the official code (github.com/Kqp1227/Sensitive-Channel-Pruning:
+``SNNL.py``, ``train_cnn.py``).
 
-Decisions (the method's docstring lists them; the reference's tags in brackets):
+Decisions (the method's docstring lists them; the source of each in brackets):
 
 * **Score.** For every output channel c of the scored layer and every training sample i, the
   channel's map (C×H×W output, one H×W map per channel) is flattened into z_ci (optionally
-  average-pooled to ``pool``×``pool`` first: "spatially pooled per sample" in the issue; the
+  average-pooled to ``pool``×``pool`` first, a spatial pooling per sample; the
   default 0 keeps the full map, as the released code does). The channel's score is the soft
   nearest neighbour loss of {z_ci} with respect to the sensitive group a_i::
 
@@ -14,7 +15,7 @@ Decisions (the method's docstring lists them; the reference's tags in brackets):
 
   computed for all channels at once (:func:`fairbench.methods._snnl.snnl_per_channel`, one
   batched C×B×B computation) on batches of ``score_batch_size`` training samples in a fixed
-  order, without augmentation, in eval mode, and averaged over the batches [CODE]. The standard
+  order, without augmentation, in eval mode, and averaged over the batches [released code]. The standard
   form leaves out j = i from the numerator; ``include_self=true`` keeps it, as released.
   Samples whose group is unknown (code −1) are left out of the score. A low score means the
   channel's maps cluster by group: the lowest-scoring channels are the sensitive ones.
@@ -23,14 +24,14 @@ Decisions (the method's docstring lists them; the reference's tags in brackets):
   that is a real convolution (not a pre-logits convolution acting as a fully connected layer,
   as in timm's VGG), and, when it sits in a residual block, the residual stage holding that
   block (``body.layer4`` of ResNet-18). For VGG-11 (torchvision or timm) this is
-  ``body.0.18``, the last 3×3 convolution [CODE: ``features[18]``]; for ``smallcnn``
+  ``body.0.18``, the last 3×3 convolution [released code: ``features[18]``]; for ``smallcnn``
   ``body.12``.
 * **Pruning = masking.** A pruned channel's output is made exactly zero: for a ``Conv2d``, its
   weights (and bias, unless ``mask_bias=false``, which reproduces the released code that leaves
   the bias) and the scale and shift of the BatchNorm that follows it. For a residual stage or
   block, the channel of the stage's output is removed by masking it in every layer that writes
   into the residual stream: each block's last convolution and its BatchNorm, and the
-  downsample convolution and its BatchNorm; masking only the last convolution (the reference's
+  downsample convolution and its BatchNorm; masking only the last convolution (a literal
   reading for ResNet-18) would leave the channel alive through the identity shortcut. A stage
   whose first block has an identity shortcut cannot be masked this way (name a convolution).
 * **Rounds.** Each round re-scores the pruned model, prunes the ``n_per_round`` lowest-scoring

@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fairbench import evaluate_classification
 from fairbench.core.files import config_hash, write_json
-from fairbench.metrics import HIGHER_IS_BETTER, evaluate_classification
+from fairbench.metrics import HIGHER_IS_BETTER
 from fairbench.run.runner import run_dir_for
 
 GROUPS = ["light", "dark"]

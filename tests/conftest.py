@@ -74,7 +74,7 @@ def tiny_run(tmp_path_factory, make_tiny_config):
     """A finished tiny vanilla run (``RunResult`` with ``model`` and ``context`` kept)."""
     import dataclasses
 
-    from fairbench.run.runner import run_experiment
+    from fairbench import run_experiment
 
     runs = tmp_path_factory.mktemp("tiny_runs")
     config = dataclasses.replace(make_tiny_config("vanilla", runs), save_weights=True)

@@ -7,8 +7,7 @@ import socket
 import pytest
 import torch
 
-from fairbench.core.errors import FairbenchError, ParamError, UnknownNameError
-from fairbench.models.backbones import Classifier, create_backbone
+from fairbench import Classifier, FairbenchError, ParamError, UnknownNameError, create_backbone
 
 
 @pytest.fixture(autouse=True)

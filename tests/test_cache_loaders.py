@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import torch
 
+from fairbench import BatchLoader, ImageSpec, create_dataset
 from fairbench.core import files
 from fairbench.data.cache import cache_key, load_or_build
-from fairbench.data.dataset import ImageSpec, create_dataset
-from fairbench.data.loaders import Augment, BatchLoader, DeviceData, balanced_order
+from fairbench.data.loaders import Augment, DeviceData, balanced_order
 
 SMALL = {"n_samples": 120, "n_classes": 3, "images_per_patient": 1.0}
 
@@ -264,7 +264,8 @@ def test_host_resident_staging_gathers_the_rows_asked_for():
 # -- loaders of a run context -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ctx(tmp_path_factory, make_tiny_config):
-    from fairbench.run.context import BackboneSpec, RunContext
+    from fairbench import RunContext
+    from fairbench.run.context import BackboneSpec
     from fairbench.run.runner import load_data, prepare
 
     runs = tmp_path_factory.mktemp("ctx_runs")

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from fairbench.run.method import METHODS, Method
-from fairbench.testing import check_method
+from fairbench import Method, check_method
+from fairbench.run.method import METHODS
 
 
 @pytest.fixture
@@ -110,3 +110,29 @@ def test_attribute_reading_method_fails(tmp_path, registry_guard):
 def test_wrong_output_shape_fails(tmp_path, registry_guard):
     with pytest.raises(AssertionError, match="one probability column per class"):
         check_method(_register("broken_shape", BrokenShape), tmp_path)
+
+
+def test_the_method_contract_example_is_a_conforming_plugin(tmp_path, fresh_registries):
+    """The plugin in ``fairbench.run.method``'s docstring, loaded as a ``--plugin`` file, uses
+    only top-level names and passes the conformance checks."""
+    import textwrap
+
+    from fairbench.core.registry import load_plugin_file
+    from fairbench.run import method as contract
+
+    code = textwrap.dedent(contract.__doc__.split("::\n", 1)[1])
+    assert "from fairbench import" in code and "from fairbench." not in code
+    plugin = tmp_path / "mymethod.py"
+    plugin.write_text(code)
+    load_plugin_file(str(plugin))
+    metrics = check_method("mymethod", tmp_path / "runs")
+    assert 0.0 <= metrics["test"]["F1"] <= 1.0
+
+
+def test_import_fairbench_does_not_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, fairbench; assert 'torch' not in sys.modules; "
+            "assert callable(fairbench.register_method); assert 'torch' in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -15,9 +15,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from fairbench import Method, param
 from fairbench.cli.main import main
-from fairbench.core.params import param
-from fairbench.run.method import METHODS, Method
+from fairbench.run.method import METHODS
 
 TINY = ["--backbone", "smallcnn", "--image-size", "16", "--epochs", "1",
         "--data-param", "n_samples=160", "--data-param", "n_classes=3",
@@ -319,7 +319,7 @@ def test_bad_plugin_and_split_file(existing, tmp_path):
     split_src = next((existing / "splits").glob("*.csv"))
     import pandas as pd
 
-    from fairbench.data.dataset import create_dataset
+    from fairbench import create_dataset
 
     table = create_dataset("synthderm", n_samples=160, n_classes=3,
                            images_per_patient=1.0).build_table()

@@ -10,9 +10,8 @@ import pandas as pd
 import pytest
 from dataset_helpers import assert_cli_error, cli, make_jpegs
 
-from fairbench.core.errors import DataError, ParamError
+from fairbench import DataError, ParamError, create_dataset
 from fairbench.data.cache import load_or_build
-from fairbench.data.dataset import create_dataset
 from fairbench.data.splits import check_split, make_split
 
 N = 48

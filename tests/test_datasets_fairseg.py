@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 from dataset_helpers import assert_cli_error, cli
 
-from fairbench.core.errors import DataError
+from fairbench import DataError, create_dataset, get_dataset_class
 from fairbench.data.cache import load_or_build
-from fairbench.data.dataset import create_dataset, get_dataset_class
 from fairbench.data.splits import check_split, make_split
 
 
@@ -288,7 +287,7 @@ def test_empty_masks_are_kept_and_counted_once(tmp_path, caplog):
     assert len(t) == 4 and cached.masks[1].max() == 0 and cached.masks[0].max() == 2
     warnings = [r for r in caplog.records if "all background" in r.getMessage()]
     assert len(warnings) == 1
-    assert "2 of 4 masks" in warnings[0].getMessage() and "issue #7" in warnings[0].getMessage()
+    assert "2 of 4 masks" in warnings[0].getMessage() and "known for some downloads" in warnings[0].getMessage()
     assert ds.empty_masks == [str(root / "Training" / f"data_{i:05d}.npz") for i in (2, 3)]
 
 

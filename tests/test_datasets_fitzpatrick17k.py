@@ -20,9 +20,8 @@ from dataset_helpers import (
     requires_shared,
 )
 
-from fairbench.core.errors import DataError, ParamError, UnknownNameError
+from fairbench import DataError, ParamError, UnknownNameError, create_dataset
 from fairbench.data.cache import load_or_build
-from fairbench.data.dataset import create_dataset
 from fairbench.data.splits import check_split, make_split
 
 FULL = SHARED / "fitzpatrick17k" / "fitzpatrick17k.csv"

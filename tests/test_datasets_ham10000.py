@@ -19,9 +19,8 @@ from dataset_helpers import (
     requires_shared,
 )
 
-from fairbench.core.errors import DataError
+from fairbench import DataError, create_dataset
 from fairbench.data.cache import load_or_build
-from fairbench.data.dataset import create_dataset
 from fairbench.data.splits import check_split, make_split
 
 META = "HAM10000_metadata.csv"

@@ -1,4 +1,4 @@
-"""``fairprune`` (issue 3): ``prune_masks`` against brute-force lowest-k (per layer and global,
+"""``fairprune``: ``prune_masks`` against brute-force lowest-k (per layer and global,
 with already-pruned entries), tiny command-line runs whose saved weights are checked against
 an independent recomputation of the fair OBD score, fine-tuning that keeps pruned entries at
 zero, the iterative mode, bad input, and ``check_method`` conformance.
@@ -20,8 +20,8 @@ from click.testing import CliRunner
 from dataset_helpers import assert_cli_error
 from fairbench.methods.fairprune import prune_masks
 
+from fairbench import RunContext
 from fairbench.cli.main import main
-from fairbench.run.context import RunContext
 
 TINY = ["--backbone", "smallcnn", "--image-size", "16", "--epochs", "1",
         "--data-param", "n_samples=160", "--data-param", "n_classes=3",
@@ -311,7 +311,7 @@ def test_hessian_exact_with_batchnorm_backbone(tmp_path, tiny_cache):
 
 # -- conformance -------------------------------------------------------------------------------
 def test_check_method_conformance(tmp_path):
-    from fairbench.testing import check_method
+    from fairbench import check_method
 
     metrics = check_method("fairprune", tmp_path, params={
         "estimator": "fisher", "score_samples": 8, "score_batch_size": 8, "ratio": 0.05,

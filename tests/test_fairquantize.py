@@ -1,4 +1,4 @@
-"""``fairquantize`` (issue 3): the power-of-two quantizer against an independent reference, the
+"""``fairquantize``: the power-of-two quantizer against an independent reference, the
 incremental schedule observed step by step inside a real tiny run (realized fraction, lowest
 fair score selection, frozen entries bit-identical through retraining), the command line end
 to end, ``selection=as_released``, bad input, and ``check_method`` conformance.
@@ -22,8 +22,8 @@ from click.testing import CliRunner
 from dataset_helpers import assert_cli_error
 from fairbench.methods.fairquantize import pow2_quantize
 
+from fairbench import RunContext
 from fairbench.cli.main import main
-from fairbench.run.context import RunContext
 
 TINY = ["--backbone", "smallcnn", "--image-size", "16", "--epochs", "1",
         "--data-param", "n_samples=160", "--data-param", "n_classes=3",
@@ -194,7 +194,7 @@ def test_schedule_realized_fraction_per_layer(spied):
     assert len(fits) == 3 and len(spied["start"]) == 3  # ratios 0.1, 0.2, 0.25
     names = list(fits[0][0])
     # scope=all: the weight of every conv, linear and BatchNorm module of smallcnn, no bias
-    from fairbench.models.backbones import create_backbone
+    from fairbench import create_backbone
 
     model = create_backbone("smallcnn", num_classes=3, image_size=16, width=8)
     kinds = (torch.nn.Conv2d, torch.nn.Linear, torch.nn.BatchNorm2d)
@@ -384,7 +384,7 @@ def test_backbone_backpack_cannot_handle(tmp_path, tiny_cache):
 
 
 def test_group_without_training_samples(tmp_path, tiny_cache):
-    from fairbench.data.dataset import create_dataset
+    from fairbench import create_dataset
     from fairbench.data.splits import make_split
 
     table = create_dataset("synthderm", n_samples=160, n_classes=3,
@@ -407,7 +407,7 @@ def test_group_without_training_samples(tmp_path, tiny_cache):
 
 # -- conformance -------------------------------------------------------------------------------
 def test_check_method_conformance(tmp_path):
-    from fairbench.testing import check_method
+    from fairbench import check_method
 
     metrics = check_method("fairquantize", tmp_path, params={
         "estimator": "fisher", "score_samples": 8, "score_batch_size": 8,

@@ -1,4 +1,4 @@
-"""In-training baselines (issue 6): mfd, adv_conf, adv_rev, resampling, groupdro.
+"""In-training baselines: mfd, adv_conf, adv_rev, resampling, groupdro.
 
 Each method passes the conformance check; each loss is checked on hand-made tensors against an
 independent direct computation; bad input (out-of-range parameters, a single-group attribute)
@@ -26,8 +26,7 @@ from fairbench.methods._inprocessing import (
 from fairbench.methods.adversarial import ClassAdversaries
 from fairbench.methods.groupdro import dro_update, group_mean_losses
 
-from fairbench.models.backbones import create_backbone
-from fairbench.testing import check_method
+from fairbench import check_method, create_backbone
 
 METHODS = ["mfd", "adv_conf", "adv_rev", "resampling", "groupdro"]
 
@@ -52,7 +51,7 @@ def test_check_method_variants(name: str, params: dict, tmp_path: Path) -> None:
 
 def test_methods_differ_from_vanilla(tmp_path: Path, make_tiny_config) -> None:
     """Each method changes training (not a silent vanilla): different validation predictions."""
-    from fairbench.run.runner import run_experiment
+    from fairbench import run_experiment
 
     probs = {}
     for name in ["vanilla", *METHODS]:
@@ -296,8 +295,7 @@ class _OneGroupContext:
 
 @pytest.mark.parametrize("method", METHODS)
 def test_single_group_context_raises_one_clear_error(method: str) -> None:
-    from fairbench.core.errors import FairbenchError
-    from fairbench.run.method import create_method
+    from fairbench import FairbenchError, create_method
 
     m = create_method(method)
     with pytest.raises(FairbenchError) as info:

@@ -14,9 +14,9 @@ import pytest
 from bench_helpers import GROUPS, make_board, make_run
 from click.testing import CliRunner
 
-from fairbench.bench.leaderboard import collect_runs, leaderboard
+from fairbench import FairbenchError, leaderboard
+from fairbench.bench.leaderboard import collect_runs
 from fairbench.cli.main import main
-from fairbench.core.errors import FairbenchError
 from fairbench.metrics import flatten
 
 METHODS = ["vanilla", "fairprune", "fairquantize"]  # vanilla first, then by name

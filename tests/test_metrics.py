@@ -1,5 +1,5 @@
 """Metrics checked against independent computations: fairlearn's MetricFrame and scikit-learn
-for the utility metrics, and a hand-written loop of reference/methods_quant_prune.md §1.4 for
+for the utility metrics, and a hand-written loop of the papers' released metric code for
 EOpp0, EOpp1 and EOdd."""
 
 from __future__ import annotations
@@ -11,14 +11,13 @@ import pytest
 from fairlearn.metrics import MetricFrame
 from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
 
+from fairbench import evaluate_classification, higher_is_better
 from fairbench.metrics import (
     HIGHER_IS_BETTER,
     bootstrap_ci,
     equalized_odds_family,
-    evaluate_classification,
     expected_calibration_error,
     flatten,
-    higher_is_better,
     macro_auc,
     macro_prf,
     selection_score,

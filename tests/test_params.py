@@ -7,17 +7,14 @@ from typing import Literal, Optional
 
 import pytest
 
-from fairbench.core.errors import FairbenchError, ParamError, UnknownNameError
+from fairbench import FairbenchError, NoParams, ParamError, TrainConfig, UnknownNameError, param
 from fairbench.core.params import (
-    NoParams,
     build_params,
     coerce_value,
     describe_params,
-    param,
     params_to_dict,
     parse_assignments,
 )
-from fairbench.training.trainer import TrainConfig
 
 
 @dataclass

@@ -11,7 +11,7 @@ import pytest
 from bench_helpers import make_board, make_run
 from click.testing import CliRunner
 
-from fairbench.bench.leaderboard import leaderboard
+from fairbench import FairbenchError, leaderboard
 from fairbench.bench.plots import (
     _pareto_min_x_max_y,
     plot_ablation,
@@ -21,7 +21,6 @@ from fairbench.bench.plots import (
     read_ablation,
 )
 from fairbench.cli.main import main
-from fairbench.core.errors import FairbenchError
 
 STEP_METRICS = ("F1", "precision", "recall", "accuracy", "EOpp0", "EOpp1", "EOdd", "worst.F1")
 

@@ -12,11 +12,9 @@ try:
 except ModuleNotFoundError:  # Python 3.10: setup.cfg installs tomli there
     import tomli as tomllib  # type: ignore[no-redef]
 
+from fairbench import TrainConfig, create_dataset, create_method
 from fairbench.cli.main import _read_config
 from fairbench.core.params import build_params
-from fairbench.data.dataset import create_dataset
-from fairbench.run.method import create_method
-from fairbench.training.trainer import TrainConfig
 
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 PRESETS = {
@@ -38,7 +36,7 @@ def test_preset_is_a_valid_run_config(name: str, tmp_path: Path) -> None:
 
 
 def test_preset_values_match_the_paper_reference() -> None:
-    """Ratio and β as the reference table states (reference/methods_quant_prune.md §2.4)."""
+    """Ratio and β as the FairQuantize paper states."""
     for name, (_, _, ratio, beta) in PRESETS.items():
         raw = tomllib.loads((BENCH / name).read_text())
         assert raw["params"]["target_ratio"] == ratio and raw["params"]["beta"] == beta

@@ -14,11 +14,9 @@ import pytest
 import torch
 from click.testing import CliRunner
 
+from fairbench import RunConfig, load_suite, run_suite
 from fairbench.bench.executors import LocalExecutor, RayExecutor, RunTask, baseline_groups
-from fairbench.bench.suite import load_suite
-from fairbench.bench.sweep import run_suite
 from fairbench.cli.main import main
-from fairbench.run.runner import RunConfig
 from fairbench.run.store import is_finished
 
 PLUGIN = '''

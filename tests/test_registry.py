@@ -11,12 +11,23 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from fairbench import (
+    FairbenchError,
+    Method,
+    PluginError,
+    UnknownNameError,
+    create_backbone,
+    create_dataset,
+    create_method,
+    get_dataset_class,
+    get_method_class,
+    list_backbones,
+    list_datasets,
+    list_methods,
+)
 from fairbench.cli.main import main
-from fairbench.core.errors import FairbenchError, PluginError, UnknownNameError
 from fairbench.core.registry import Registry, load_plugin_file
-from fairbench.data.dataset import create_dataset, get_dataset_class, list_datasets
-from fairbench.models.backbones import create_backbone, list_backbones
-from fairbench.run.method import METHODS, Method, create_method, get_method_class, list_methods
+from fairbench.run.method import METHODS
 
 
 # -- the Registry class ------------------------------------------------------------------------

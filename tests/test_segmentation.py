@@ -12,12 +12,11 @@ import torch
 from click.testing import CliRunner
 from dataset_helpers import assert_cli_error
 
+from fairbench import FairbenchError, UnknownNameError, check_method, run_experiment
 from fairbench.cli.main import main
-from fairbench.core.errors import FairbenchError, UnknownNameError
 from fairbench.metrics import overlap_counts
 from fairbench.models.segmentors import Segmentor, create_segmentor
-from fairbench.run.runner import run_experiment
-from fairbench.testing import check_method, tiny_run_config
+from fairbench.testing import tiny_run_config
 from fairbench.training.segmentation import (
     class_log_probs,
     hard_masks,
@@ -150,7 +149,8 @@ def test_classification_identity_has_no_task_key(tmp_path):
 
 
 def test_default_task_follows_the_dataset_and_the_method(tmp_path):
-    from fairbench.run.runner import RunConfig, prepare
+    from fairbench import RunConfig
+    from fairbench.run.runner import prepare
 
     assert prepare(RunConfig(method="vanilla")).task == "classification"
     p = prepare(RunConfig(method="vanilla", task="segmentation"))
@@ -241,7 +241,7 @@ def test_pixelwise_distillation_of_a_binary_map_is_the_bernoulli_kl():
 
 # -- leaderboard ----------------------------------------------------------------------------
 def test_leaderboard_keeps_segmentation_in_its_own_table(tmp_path):
-    from fairbench.bench.leaderboard import leaderboard
+    from fairbench import leaderboard
 
     runs, cache = tmp_path / "runs", tmp_path / "c"
     for method in ("vanilla", "apple"):
@@ -274,7 +274,7 @@ def test_leaderboard_keeps_segmentation_in_its_own_table(tmp_path):
 
 
 def test_bootstrap_intervals_of_a_segmentation_table(tmp_path):
-    from fairbench.bench.leaderboard import leaderboard
+    from fairbench import leaderboard
     from fairbench.bench.stats import SegmentationPredictions
 
     runs, cache = tmp_path / "runs", tmp_path / "c"

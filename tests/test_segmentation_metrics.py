@@ -1,6 +1,6 @@
 """Segmentation metrics checked against hand-computed numbers on tiny masks, an independent
 per-image computation with scikit-learn (and Python sets), and hand-computed group summaries
-and equity-scaled values (reference/methods_other.md §5)."""
+and equity-scaled values (Harvard-FairSeg and FairMedFM definitions)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from sklearn.metrics import f1_score, jaccard_score
 
+from fairbench import higher_is_better
 from fairbench.metrics import (
     dice_iou_from_counts,
     evaluate_segmentation,
     flatten,
-    higher_is_better,
     overlap_counts,
     selection_score,
 )

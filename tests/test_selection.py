@@ -4,13 +4,10 @@ of binary tasks (unit and through a real run)."""
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
-from sklearn.metrics import f1_score
 
+from fairbench import FairbenchError
 from fairbench.bench.selection import Candidate, pareto_front, parse_rule, select
-from fairbench.core.errors import FairbenchError
-from fairbench.metrics.decision import apply_threshold, binary_threshold
 
 
 def cand(key, f1, eodd, light, dark, auc=0.8):
@@ -20,6 +17,8 @@ def cand(key, f1, eodd, light, dark, auc=0.8):
 
 
 VANILLA = cand("vanilla", 0.80, 0.20, 0.85, 0.60)
+
+
 CANDS = [
     cand("a", 0.81, 0.15, 0.86, 0.62),   # within eps, fairer than vanilla
     cand("b", 0.79, 0.05, 0.80, 0.70),   # within eps (0.02), fairest of those
@@ -105,43 +104,3 @@ def test_rule_round_trip():
     assert str(parse_rule("fair_within_eps")) == "fair_within_eps"
     assert str(parse_rule({"rule": "fair_within_eps", "epsilon": 0.05})) == "fair_within_eps:eps=0.05"
     assert str(parse_rule("best_auc")) == "best_auc"
-
-
-# -- thresholds ---------------------------------------------------------------------------------
-def test_binary_threshold_maximises_val_macro_f1():
-    rng = np.random.default_rng(0)
-    y = (rng.random(300) < 0.2).astype(int)
-    p1 = np.clip(0.25 * y + rng.random(300) * 0.6, 0, 1)
-    t = binary_threshold(y, p1)
-    best = f1_score(y, (p1 >= t).astype(int), average="macro")
-    grid = np.unique(p1)
-    brute = max(f1_score(y, (p1 >= g).astype(int), average="macro") for g in grid)
-    assert best == pytest.approx(brute)
-    assert best >= f1_score(y, (p1 >= 0.5).astype(int), average="macro")
-    probs = np.stack([1 - p1, p1], axis=1)
-    assert np.array_equal(apply_threshold(probs, t), (p1 >= t).astype(int))
-    assert np.array_equal(apply_threshold(probs, None), probs.argmax(1))
-
-
-def test_binary_threshold_prefers_half_on_ties():
-    y = np.array([0, 0, 1, 1])
-    p1 = np.array([0.1, 0.2, 0.8, 0.9])
-    assert binary_threshold(y, p1) == 0.5
-
-
-def test_binary_run_stores_val_threshold(tmp_path, monkeypatch):
-    monkeypatch.setenv("FAIRBENCH_NO_PROGRESS", "1")
-    from fairbench.run.runner import RunConfig, run_experiment
-
-    res = run_experiment(RunConfig(
-        method="vanilla", dataset_params={"n_samples": 200, "n_classes": 2}, image_size=16,
-        train={"epochs": 1, "batch_size": 32}, runs_dir=str(tmp_path), progress=False))
-    t = res.metrics["meta"]["threshold"]
-    assert isinstance(t, float) and res.config["threshold"] == t
-    assert res.config["identity"]["decision"] == "val_macro_f1_threshold"
-    df = pd.read_csv(res.run_dir / "predictions.csv")
-    assert np.array_equal(df["pred"].to_numpy(), (df["prob_1"] >= t).astype(int).to_numpy())
-    val = df[df.part == "val"]
-    # chosen on validation labels only: recomputing from val rows gives the same threshold
-    assert binary_threshold(val["label"].to_numpy(), val["prob_1"].to_numpy()) == pytest.approx(t, abs=1e-6)
-    assert "patient_id" in df.columns

@@ -1,4 +1,4 @@
-"""``snnl_prune`` and ``fairdi`` (issue 7): the batched SNNL against a direct double loop, a
+"""``snnl_prune`` and ``fairdi``: the batched SNNL against a direct double loop, a
 channel that carries the attribute perfectly scoring lowest and being pruned first, the layer
 resolution and masking on VGG-11/ResNet-18/smallcnn, pruned channels staying zero through
 fine-tuning, teachers that see only their group, the distillation loss's properties, the FIS
@@ -25,11 +25,10 @@ from fairbench.methods._distill import distillation_kl, distillation_objective
 from fairbench.methods._snnl import snnl_per_channel
 from torch import nn
 
+from fairbench import Classifier, check_method, create_backbone, run_experiment
 from fairbench.cli.main import main
 from fairbench.core.params import build_params
-from fairbench.models.backbones import Classifier, create_backbone
-from fairbench.run.runner import run_experiment
-from fairbench.testing import check_method, tiny_run_config
+from fairbench.testing import tiny_run_config
 from fairbench.training.trainer import EpochLog, Trainer
 
 TINY = ["--backbone", "smallcnn", "--image-size", "16", "--epochs", "1",

@@ -10,8 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fairbench.core.errors import DataError
-from fairbench.data.dataset import SampleTable, create_dataset
+from fairbench import DataError, SampleTable, create_dataset
 from fairbench.data.splits import (
     PARTS,
     check_split,

@@ -11,6 +11,7 @@ import pytest
 from bench_helpers import make_run
 from scipy import stats as sps
 
+from fairbench import FairbenchError, evaluate_classification
 from fairbench.bench.stats import (
     RunPredictions,
     average_ranks,
@@ -22,8 +23,7 @@ from fairbench.bench.stats import (
     paired_test,
     prediction_metrics,
 )
-from fairbench.core.errors import FairbenchError
-from fairbench.metrics import evaluate_classification, flatten
+from fairbench.metrics import flatten
 
 
 def test_paired_tests_match_scipy():

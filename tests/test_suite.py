@@ -8,9 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from fairbench.bench.suite import load_suite
+from fairbench import FairbenchError, load_suite
 from fairbench.cli.main import main
-from fairbench.core.errors import FairbenchError
 
 ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -85,7 +84,7 @@ def test_default_seeds_and_overrides(tmp_path):
 
 def test_shipped_suites():
     quick = load_suite(ROOT / "benchmarks" / "quick.toml")
-    from fairbench.run.method import get_method_class, list_methods
+    from fairbench import get_method_class, list_methods
 
     classifiers = {n for n in list_methods()  # built-ins only (other tests load plugins)
                    if get_method_class(n).__module__.startswith("fairbench.methods.")

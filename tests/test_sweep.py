@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from fairbench import load_suite, run_suite
 from fairbench.bench.executors import LocalExecutor
-from fairbench.bench.suite import load_suite
-from fairbench.bench.sweep import plan, run_suite
+from fairbench.bench.sweep import plan
 from fairbench.cli.main import main
 
 SUITE = """
@@ -151,7 +151,7 @@ def test_exception_mid_sweep_then_resume(swept, tmp_path, monkeypatch):
         if "fairquantize" in str(d):
             shutil.rmtree(d)
     before = snapshot(runs)
-    from fairbench.run.method import get_method_class
+    from fairbench import get_method_class
 
     cls = get_method_class("fairquantize")
     original = cls.run
@@ -182,7 +182,7 @@ def test_keep_going_runs_the_others(swept, tmp_path, monkeypatch):
     for d in finished_dirs(runs):
         if "fairquantize" in str(d):
             shutil.rmtree(d)
-    from fairbench.run.method import get_method_class
+    from fairbench import get_method_class
 
     cls = get_method_class("fairquantize")
     original = cls.run

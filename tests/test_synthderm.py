@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 from fairbench.datasets.synthderm import PROTOTYPES, build_metadata, render_into
 
-from fairbench.core.errors import ParamError
-from fairbench.data.dataset import ImageSpec, create_dataset
+from fairbench import ImageSpec, ParamError, create_dataset
 
 SIZE = 16
 

@@ -11,8 +11,8 @@ import os
 import pytest
 from click.testing import CliRunner
 
+from fairbench import run_experiment
 from fairbench.cli.main import main
-from fairbench.run.runner import run_experiment
 from fairbench.run.tracking import epoch_metrics, flatten_numbers, mlflow_key
 
 

@@ -12,10 +12,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fairbench import AuxModule, BatchLoader, TrainConfig, TrainHooks, create_backbone
 from fairbench.core.params import build_params
-from fairbench.data.loaders import Augment, BatchLoader, DeviceData
-from fairbench.models.backbones import create_backbone
-from fairbench.training.trainer import AuxModule, EpochLog, TrainConfig, Trainer, TrainHooks
+from fairbench.data.loaders import Augment, DeviceData
+from fairbench.training.trainer import EpochLog, Trainer
 
 CPU = torch.device("cpu")
 

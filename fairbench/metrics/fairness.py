@@ -1,7 +1,8 @@
 """Group-fairness metrics of the dermatology papers (FairPrune, ME-FairPrune, SNNL, FairQuantize).
 
-Definitions follow the released metric code of those papers exactly (see
-``reference/methods_quant_prune.md`` §1.4). For groups :math:`a` (the lower code, e.g. light
+Definitions follow the released metric code of those papers exactly
+(``fairness_metrics.py`` of github.com/guoyb17/FairQuantize, the same code as
+``fairness_metric.py`` of github.com/chiuhaohao/Fair-Multi-Exit-Framework). For groups :math:`a` (the lower code, e.g. light
 or female) and :math:`b` (e.g. dark or male) and every class :math:`c < C`, with
 :math:`C = \\max(\\max y, \\max \\hat y) + 1` over the evaluated rows, one-vs-rest counts within
 each group give

@@ -16,7 +16,7 @@ Conventions
 * Empty convention: when both :math:`P` and :math:`T` are empty, Dice and IoU are 1 (perfect
   agreement); when exactly one is empty they are 0. This differs from Harvard-FairSeg's
   released code (medpy ``dc``), which gives 0 when both are empty and 1 when the prediction
-  is non-empty but the truth is empty (reference/methods_other.md §5).
+  is non-empty but the truth is empty (github.com/Harvard-Ophthalmology-AI-Lab/FairSeg).
 * An image's ``Dice`` is the mean over foreground classes of :math:`\mathrm{Dice}_c` (same for
   ``IoU``); with :math:`K > 2` the per-class values are kept as ``Dice_<class>`` and
   ``IoU_<class>`` (with :math:`K = 2` only ``Dice`` and ``IoU``).

@@ -1,13 +1,22 @@
 """The method contract and its registry.
 
 A method is a class registered by name, with a typed hyperparameter dataclass ``Params``
-(defaults from its paper, ranges declared with :func:`fairbench.core.params.param`) and one entry
-point, ``run(ctx, params) -> nn.Module``. In-training methods call ``ctx.fit`` (the shared
-trainer) with their own hooks; post-hoc methods start from ``ctx.vanilla()``. The returned
-module maps images to logits; a method that needs the sensitive attribute at inference sets
-``needs_attribute_at_inference = True`` and its module takes ``(x, g)``.
+(defaults from its paper, ranges declared with :func:`fairbench.param`) and one entry point,
+``run(ctx, params) -> nn.Module``. In-training methods call ``ctx.fit`` (the shared trainer)
+with their own hooks; post-hoc methods start from ``ctx.vanilla()``. The returned module maps
+images to logits; a method that needs the sensitive attribute at inference sets
+``needs_attribute_at_inference = True`` and its module takes ``(x, g)``. A plugin imports only
+from the top-level ``fairbench`` API::
 
-::
+    from dataclasses import dataclass
+
+    import torch.nn.functional as F
+
+    from fairbench import Method, TrainHooks, param, register_method
+
+    @dataclass
+    class MyParams:
+        smoothing: float = param(0.1, min=0.0, max=1.0, help="label smoothing")
 
     @register_method("mymethod")
     class MyMethod(Method):
@@ -16,8 +25,12 @@ module maps images to logits; a method that needs the sensitive attribute at inf
         kind = "in-training"
 
         def run(self, ctx, params):
+            def loss(model, batch, state):
+                return F.cross_entropy(model(batch.x), batch.y,
+                                       label_smoothing=params.smoothing)
+
             model = ctx.new_model()
-            ctx.fit(model, hooks=TrainHooks(loss=...))
+            ctx.fit(model, hooks=TrainHooks(loss=loss))
             return model
 """
 

@@ -396,7 +396,7 @@ def select_as_released(score: torch.Tensor, ratio: float, already: torch.Tensor 
     """The released FairQuantize selection, kept for parity studies: already-quantized
     entries get score −1e38, ``order = argsort(score)``, and position ``j`` is marked when
     ``order[j] <= round(ratio · N)`` — argsort read as ranks, which selects a near-random
-    set larger than the target (see reference/methods_quant_prune.md §2.5)."""
+    set larger than the target (``quantize.py`` of github.com/guoyb17/FairQuantize)."""
     flat = score.reshape(-1)
     prev = already.reshape(-1) if already is not None else torch.zeros_like(flat, dtype=torch.bool)
     kth = round(ratio * flat.numel())

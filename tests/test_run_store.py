@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 from pathlib import Path
 
@@ -14,11 +13,9 @@ import pandas as pd
 import pytest
 import torch
 
-from fairbench.core.files import read_json, remove_stale_temporaries, write_json
-from fairbench.metrics import evaluate_classification
-from fairbench.models.backbones import create_backbone
-from fairbench.run.method import METHODS, Method
-from fairbench.run.runner import run_experiment
+from fairbench import Method, create_backbone, evaluate_classification, run_experiment
+from fairbench.core.files import read_json
+from fairbench.run.method import METHODS
 from fairbench.run.store import RunWriter, is_finished
 from fairbench.training.trainer import Trainer
 
@@ -139,14 +136,6 @@ def test_show_and_is_finished(tiny_run):
     assert not list(tiny_run.run_dir.parent.glob(".*tmp*"))
 
 
-# -- atomic writes, crashes, reuse -------------------------------------------------------------
-def test_write_json_atomic_and_standard(tmp_path):
-    write_json(tmp_path / "m.json", {"a": float("nan"), "b": [1.0, float("inf")], "c": (1, 2)})
-    assert json.loads((tmp_path / "m.json").read_text()) == {"a": None, "b": [1.0, None],
-                                                            "c": [1, 2]}
-    assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
-
-
 def test_run_writer(tmp_path):
     final = tmp_path / "run"
     w = RunWriter(final)
@@ -164,23 +153,6 @@ def test_run_writer(tmp_path):
     w3 = RunWriter(final)
     w3.abort()
     assert not w3.path.exists() and (final / "config.json").is_file()
-
-
-def test_remove_stale_temporaries(tmp_path):
-    from fairbench.core.files import HOST, temporary_path
-
-    final = tmp_path / "run"
-    dead = tmp_path / f".run.tmp-{HOST}-99999999"
-    live = tmp_path / f".run.tmp-{HOST}-{os.getppid()}"  # the parent process is alive
-    legacy_dead = tmp_path / ".run.tmp-99999999"  # earlier versions wrote no host
-    elsewhere = tmp_path / ".run.tmp-otherhost-99999999"  # maybe alive on its own machine
-    other = tmp_path / f".other.tmp-{HOST}-99999999"
-    for d in (dead, live, legacy_dead, elsewhere, other):
-        d.mkdir()
-    remove_stale_temporaries(final)
-    assert not dead.exists() and not legacy_dead.exists()
-    assert live.exists() and elsewhere.exists() and other.exists()
-    assert temporary_path(final).name == f".run.tmp-{HOST}-{os.getpid()}"
 
 
 class _Crash(Method):
@@ -375,8 +347,8 @@ def test_configured_privileged_group(runs, make_tiny_config, tiny_run):
 def test_weights_identity_is_the_file_content(tmp_path, make_tiny_config):
     """Replacing the weights file under the same path gives a new run (and a new baseline);
     the same bytes under another path are the same run."""
+    from fairbench import create_backbone
     from fairbench.core.files import file_sha256
-    from fairbench.models.backbones import create_backbone
 
     def save(path, seed):
         torch.manual_seed(seed)

@@ -1,0 +1,136 @@
+"""``me_vanilla`` and ``me_fairprune`` (``fairbench.run.multiexit`` and
+``fairbench.methods.me_fairprune``): a tiny ``me_fairprune`` run whose notes, candidates and
+masks are checked, bad input through the CLI, and ``check_method`` conformance of both methods.
+
+Default values of the methods' parameters are never asserted; every run sets what it uses."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from dataset_helpers import assert_cli_error
+
+from fairbench import create_backbone
+from fairbench.cli.main import main
+from fairbench.models.multiexit import (
+    KNOWN_STAGES,
+    MultiExit,
+    resolve_exit_spec,
+)
+from fairbench.run.multiexit import MultiExitParams
+
+TINY = ["--backbone", "smallcnn", "--image-size", "16", "--epochs", "1",
+        "--data-param", "n_samples=160", "--data-param", "n_classes=3",
+        "--data-param", "images_per_patient=1.0", "--train", "batch_size=16",
+        "--device", "cpu", "-q"]
+
+
+FAST_PRUNE = {"estimator": "ggn_exact", "score_samples": "8", "score_batch_size": "8",
+              "ratio": "0.05", "beta_grid": "0.5,1.0", "mode": "oneshot",
+              "finetune_epochs": "0", "tau_grid": "0.5,0.9", "policy": "A"}
+
+
+def as_args(params: dict[str, str]) -> list[str]:
+    return [a for k, v in params.items() for a in ("--param", f"{k}={v}")]
+
+
+def invoke(method: str, runs: Path, cache: Path, params: dict[str, str], *extra: str):
+    return CliRunner().invoke(main, ["run", "--method", method, *TINY, "--runs-dir", str(runs),
+                                     "--cache-dir", str(cache), *as_args(params), *extra])
+
+
+def tiny_model(seed: int = 0, weights=(0.5, 1.0, 0.0, 2.0, 1.5), width: int = 2) -> MultiExit:
+    torch.manual_seed(seed)
+    backbone = create_backbone("smallcnn", num_classes=3, image_size=16, width=width)
+    spec = resolve_exit_spec("smallcnn", MultiExitParams(exit_weights=tuple(weights)))
+    return MultiExit(backbone, spec, image_size=16, num_classes=3, tau=0.9, policy="A")
+
+
+# -- a tiny me_fairprune run -----------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory):
+    root = tmp_path_factory.mktemp("me")
+    runs, cache = root / "runs", root / "cache"
+    result = invoke("me_fairprune", runs, cache, FAST_PRUNE, "--save-weights")
+    assert result.exit_code == 0, result.output
+    (run_dir,) = [p for p in (runs / "synthderm" / "me_fairprune").iterdir() if p.is_dir()]
+    return {"runs": runs, "cache": cache, "run_dir": run_dir,
+            "config": json.loads((run_dir / "config.json").read_text())}
+
+
+def test_me_fairprune_notes_candidates_and_masks(pruned):
+    notes = pruned["config"]["notes"]
+    me, ex = notes["me_fairprune"], notes["multiexit"]
+    assert me["chosen_beta"] in (0.5, 1.0) and me["chosen_tau"] in (0.5, 0.9)
+    assert ex["tau"] == pytest.approx(me["chosen_tau"], abs=1e-6)
+    assert ex["stages"] == list(KNOWN_STAGES["smallcnn"]) and len(ex["mmac_per_exit"]) == 5
+    sizes = pruned["config"]["split_sizes"]
+    for part in ("val", "test"):
+        rep = ex[part]
+        assert sum(rep["counts"]) == sizes[part] and len(rep["counts"]) == 5
+        assert min(ex["mmac_per_exit"]) <= rep["mean_mmac_per_sample"] <= max(ex["mmac_per_exit"])
+    with (pruned["run_dir"] / "prune.csv").open() as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 2 * 2  # β × τ (one ratio)
+    # heads are pruned too: every conv/linear weight of the whole network lost ~5 %
+    ratios = me["realized_ratio_per_tensor"]
+    assert any(n.startswith("heads.") for n in ratios)
+    assert all(0.04 <= r <= 0.2 for r in ratios.values()), ratios
+    state = torch.load(pruned["run_dir"] / "weights.pt", weights_only=True)
+    for n, r in ratios.items():
+        assert float((state[n] == 0).float().mean()) >= r - 1e-6
+    assert float(state["tau"]) == pytest.approx(me["chosen_tau"], abs=1e-6)
+    # the trained multi-exit model is cached and shared with me_vanilla
+    assert len(list((pruned["runs"] / "_me_vanilla").glob("*/model.pt"))) == 1
+    result = invoke("me_vanilla", pruned["runs"], pruned["cache"],
+                    {"tau_grid": "0.5,0.9", "policy": "A"})
+    assert result.exit_code == 0, result.output
+    assert len(list((pruned["runs"] / "_me_vanilla").glob("*/model.pt"))) == 1
+
+
+# -- bad input -------------------------------------------------------------------------------------
+BAD = {
+    "tau above one": ("me_vanilla", {"tau": "1.5"}, [], ["tau", "(0, 1]"]),
+    "tau zero": ("me_fairprune", {"tau": "0"}, [], ["tau", "(0, 1]"]),
+    "tau grid outside": ("me_vanilla", {"tau_grid": "0.9,1.2"}, [], ["tau_grid", "1.2"]),
+    "empty tau grid": ("me_vanilla", {"tau_grid": ""}, [], ["tau_grid"]),
+    "unknown policy": ("me_vanilla", {"policy": "C"}, [], ["policy", "A, B"]),
+    "negative weight": ("me_fairprune", {"exit_weights": "1,1,-1,1,1"}, [], ["exit_weights"]),
+    "weights do not match the exits": ("me_vanilla", {"exit_weights": "1,1"}, [],
+                                       ["exit_weights", "2 values", "5 exits", "give 5"]),
+    "no stage list": ("me_fairprune", {}, ["--backbone", "timm:resnet10t"],
+                      ["no known stage list", "stages="]),
+    "unknown stage": ("me_vanilla", {"stages": "body.3,body.77"}, [],
+                      ["body.77", "not a module"]),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD))
+def test_bad_input_one_line_before_training(case, tmp_path, tiny_cache):
+    method, params, extra, fragments = BAD[case]
+    runs = tmp_path / "runs"
+    result = invoke(method, runs, tiny_cache, params, *extra)
+    assert_cli_error(result, *fragments)
+    assert not (runs / "_me_vanilla").exists() and not (runs / "_vanilla").exists()
+
+
+# -- conformance -----------------------------------------------------------------------------------
+def test_check_method_me_vanilla(tmp_path):
+    from fairbench import check_method
+
+    metrics = check_method("me_vanilla", tmp_path, params={"tau_grid": (0.5, 0.9)})
+    assert {"val", "test", "meta"} <= set(metrics)
+
+
+def test_check_method_me_fairprune(tmp_path):
+    from fairbench import check_method
+
+    metrics = check_method("me_fairprune", tmp_path, params={
+        "estimator": "fisher", "score_samples": 8, "score_batch_size": 8, "ratio": 0.05,
+        "beta_grid": (), "beta": 0.5, "tau_grid": (0.5, 0.9)})
+    assert {"val", "test", "meta"} <= set(metrics)
