@@ -41,7 +41,7 @@ fairbench's where the paper is silent.
   train config (optimizer, lr, schedule, epochs) on group-balanced batches (``sampler``,
   default ``group``: the discriminator otherwise learns mostly the majority group).
 * **Checkpoint**: chosen on validation only, with FairQuantize's rule: the lowest
-  ``select_metric`` (default EOdd for classification, ``gap.Dice`` for segmentation) among
+  ``select_metric`` (default ``EqOddsGap`` for classification, ``gap.Dice`` for segmentation) among
   epochs whose validation utility (macro-F1 / Dice) is within ``tolerance`` of the base
   model's; the base model itself (G = 0) is a candidate, so when no epoch helps the result is
   the base model, recorded as such in the run's notes.
@@ -60,7 +60,7 @@ from torch import nn
 
 from fairbench.core.errors import FairbenchError, ParamError
 from fairbench.core.params import param
-from fairbench.metrics import is_segmentation_metric
+from fairbench.metrics import HEADLINE_FAIRNESS, is_segmentation_metric
 from fairbench.run.context import RunContext
 from fairbench.run.method import Method, register_method
 from fairbench.run.posthoc import check_select_metric, tolerance_rule, within_tolerance
@@ -87,7 +87,7 @@ class AppleParams:
     sampler: Literal["shuffle", "group", "group_class"] = param(
         "group", help="training batches: shuffled or balanced per group / group x class")
     select_metric: str = param("auto", help="fairness metric picking the checkpoint "
-                                            "(auto = EOdd, or gap.Dice for segmentation)")
+                                            "(auto = EqOddsGap, or gap.Dice for segmentation)")
     tolerance: float = param(0.02, help="allowed validation utility (F1 or Dice) drop from "
                                         "the base model", min=0.0, max=1.0)
 
@@ -235,12 +235,12 @@ class Apple(Method):
         segmentation = ctx.task == "segmentation"
         select = params.select_metric
         if select == "auto":
-            select = "gap.Dice" if segmentation else "EOdd"
+            select = "gap.Dice" if segmentation else HEADLINE_FAIRNESS
         check_select_metric(select)
         if is_segmentation_metric(select) != segmentation:
             raise ParamError(f"apple select_metric={select!r} is not a metric of a {ctx.task} "
                              "run; use e.g. " + ("gap.Dice or ES_fairseg.Dice" if segmentation
-                                                 else "EOdd, EOpp1 or gap.F1"))
+                                                 else "EqOddsGap, EOdd or gap.F1"))
         base = ctx.vanilla()
         base_state = {k: v.detach().clone() for k, v in base.state_dict().items()}
         torch.manual_seed(ctx.seed * 7919 + 31)

@@ -40,7 +40,7 @@ the conventions of the same group's FairQuantize code (github.com/guoyb17/FairQu
   AliGhadirii's reproduction); the best round is kept.
 * **Fine-tuning** (off by default, ``finetune_epochs``): group-balanced batches of the training
   split with the pruned entries frozen at zero by the shared trainer's masks.
-* **Selection, validation only**: best validation EOdd (``select_metric``) among candidates
+* **Selection, validation only**: best validation ``EqOddsGap`` (``select_metric``) among candidates
   whose validation macro-F1 is within ``f1_tolerance`` (0.02) of the vanilla model's; if none
   is, the candidate with the best F1. Every candidate's validation metrics go to
   ``prune.csv`` in the run directory and the choice to the run's notes.
@@ -58,7 +58,7 @@ from torch import nn
 
 from fairbench.core.errors import ParamError
 from fairbench.core.params import param
-from fairbench.metrics import flatten
+from fairbench.metrics import HEADLINE_FAIRNESS, flatten
 from fairbench.run.context import RunContext
 from fairbench.run.method import Method, register_method
 from fairbench.run.posthoc import (
@@ -74,7 +74,8 @@ from fairbench.run.posthoc import (
 from fairbench.training.curvature import fair_saliency, select_lowest
 from fairbench.training.trainer import TrainConfig, TrainHooks
 
-ROW_METRICS = ("F1", "precision", "recall", "accuracy", "EOpp0", "EOpp1", "EOdd", "worst.F1")
+ROW_METRICS = ("F1", "precision", "recall", "accuracy", "EqOddsGap", "EOpp0", "EOpp1", "EOdd",
+               "worst.F1")
 
 
 @dataclass
@@ -111,7 +112,7 @@ class FairPruneParams:
     finetune_lr: float = param(3e-4, help="fine-tuning learning rate", min=0.0,
                                min_exclusive=True)
     finetune_batch_size: int = param(32, help="fine-tuning batch (half per group)", min=2)
-    select_metric: str = param("EOdd", help="validation metric that picks the candidate")
+    select_metric: str = param(HEADLINE_FAIRNESS, help="validation metric that picks the candidate")
     f1_tolerance: float = param(0.02, help="allowed validation macro-F1 drop", min=0.0)
 
     def validate(self) -> None:
@@ -231,10 +232,10 @@ class FairPrune(Method):
         score = rule(val)
         rows.append({**info, "realized_ratio": realized, "score": score,
                      **{f"val_{k}": flat.get(k) for k in ROW_METRICS}})
-        ctx.logger.info("fairprune %s: realized %.4f val F1 %.4f EOdd %.4f", info, realized,
-                        val["F1"], val["EOdd"])
+        ctx.logger.info("fairprune %s: realized %.4f val F1 %.4f EqOddsGap %.4f", info, realized,
+                        val["F1"], val["EqOddsGap"])
         return score, {**info, "realized_ratio": realized, "val_F1": val["F1"],
-                       "val_EOdd": val["EOdd"]}
+                       "val_EqOddsGap": val["EqOddsGap"], "val_EOdd": val["EOdd"]}
 
     def _oneshot(self, ctx: RunContext, model: nn.Module, params: FairPruneParams, rule: Any,
                  rows: list[dict[str, Any]]) -> tuple[float, dict, dict, dict]:

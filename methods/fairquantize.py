@@ -28,7 +28,7 @@ Faithful to the paper's text; where the released code (github.com/guoyb17/FairQu
   and momentum cannot move them). Released defaults: plain SGD, lr 1e-3, StepLR(4, 0.57).
   Each step continues from that step's selected checkpoint.
 * **Model selection, validation only**: the checkpoint (the state right after quantizing, or a
-  retraining epoch) with the best validation ``select_metric`` (default EOdd) among those whose
+  retraining epoch) with the best validation ``select_metric`` (default ``EqOddsGap``, the equalized-odds gap) among those whose
   validation macro-F1 is within ``f1_tolerance`` (default 0.02) of the starting model's; if
   none qualifies, the one with the highest validation F1 (recorded in the run notes). By
   default only the final step (the target ratio) is eligible (``select_over=final_step``).
@@ -59,7 +59,7 @@ from torch import nn
 
 from fairbench.core.errors import ParamError
 from fairbench.core.params import param
-from fairbench.metrics import flatten
+from fairbench.metrics import HEADLINE_FAIRNESS, flatten
 from fairbench.run.context import RunContext
 from fairbench.run.method import Method, register_method
 from fairbench.run.posthoc import (
@@ -79,7 +79,8 @@ from fairbench.training.curvature import (
 )
 from fairbench.training.trainer import TrainConfig, TrainHooks
 
-STEP_METRICS = ("F1", "precision", "recall", "accuracy", "EOpp0", "EOpp1", "EOdd", "worst.F1")
+STEP_METRICS = ("F1", "precision", "recall", "accuracy", "EqOddsGap", "EOpp0", "EOpp1", "EOdd",
+                "worst.F1")
 
 
 @dataclass
@@ -103,7 +104,7 @@ class FairQuantizeParams:
     retrain_augment: bool = param(False, help="augment retraining batches")
     score_batch_size: int = param(32, help="batch size of the curvature pass", min=1)
     score_samples: int | None = param(None, help="cap on score-set size per group", min=1)
-    select_metric: str = param("EOdd", help="validation metric that picks the checkpoint")
+    select_metric: str = param(HEADLINE_FAIRNESS, help="validation metric that picks the checkpoint")
     f1_tolerance: float = param(0.02, help="allowed validation macro-F1 drop", min=0.0)
     select_over: Literal["final_step", "all_steps"] = param(
         "final_step", help="which steps' checkpoints are eligible")
@@ -236,11 +237,12 @@ def quantize(
             test = flatten(ctx.evaluate(model, "test"))
             row.update({f"test_{k}": test.get(k) for k in STEP_METRICS})
         rows.append(row)
-        ctx.logger.info("fairquantize step %d: target %.3f realized %.4f val F1 %.4f EOdd %.4f",
-                        t, ratio, realized, val["F1"], val["EOdd"])
+        ctx.logger.info("fairquantize step %d: target %.3f realized %.4f val F1 %.4f EqOddsGap %.4f",
+                        t, ratio, realized, val["F1"], val["EqOddsGap"])
         if eligible and (best is None or candidate[0] > best[0]):
             best = (candidate[0], candidate[1], {**candidate[2], "realized_ratio": realized,
-                                                 "val_F1": val["F1"], "val_EOdd": val["EOdd"]})
+                                                 "val_F1": val["F1"],
+                                                 "val_EqOddsGap": val["EqOddsGap"], "val_EOdd": val["EOdd"]})
     summary: dict[str, Any] = {"beta": beta, "steps": len(ratios)}
     if best is not None:
         model.load_state_dict(best[1])

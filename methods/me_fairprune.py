@@ -9,7 +9,7 @@ cached under ``<runs_dir>/_me_vanilla/`` like the vanilla baseline; both methods
 **Selection, validation only** (both methods, so the leaderboard separates the effect of the
 exits from that of the pruning): the reference is the validation macro-F1 of the multi-exit
 model's **final exit** (the network as an ordinary classifier); a candidate is scored by
-:func:`fairbench.run.posthoc.tolerance_rule`: best validation ``select_metric`` (EOdd) among
+:func:`fairbench.run.posthoc.tolerance_rule`: best validation ``select_metric`` (``EqOddsGap``) among
 candidates whose validation macro-F1 under the exit policy is within ``f1_tolerance`` of the
 reference, else the best F1. ``me_vanilla``'s candidates are the thresholds τ of ``tau_grid``
 (or the given ``tau``); ``me_fairprune``'s are (β, ratio, τ).
@@ -99,7 +99,8 @@ class MeVanilla(Method):
             {"tau": r.tau, "score": r.score,
              **{f"val_{k}": flatten(r.metrics).get(k) for k in ROW_METRICS}} for r in results])
         ctx.notes["me_vanilla"] = {"final_exit_val_F1": f1_ref, "chosen_tau": best.tau,
-                                   "val_F1": best.metrics["F1"], "val_EOdd": best.metrics["EOdd"],
+                                   "val_F1": best.metrics["F1"],
+                                   "val_EqOddsGap": best.metrics["EqOddsGap"], "val_EOdd": best.metrics["EOdd"],
                                    "within_f1_tolerance": within_tolerance(best.score)}
         ctx.notes["multiexit"] = exit_notes(ctx, model, results)
         return model
@@ -135,7 +136,8 @@ class MeFairPrune(FairPrune):
             "curvature": "per-exit, combined with the exit weights",
             "within_f1_tolerance": within_tolerance(score), "final_exit_val_F1": f1_ref,
             "unpruned": {"tau": start.tau, "val_F1": start.metrics["F1"],
-                         "val_EOdd": start.metrics["EOdd"]},
+
+                         "val_EqOddsGap": start.metrics["EqOddsGap"], "val_EOdd": start.metrics["EOdd"]},
             "realized_ratio_per_tensor": {n: round(float(m.float().mean()), 6)
                                           for n, m in masks.items()},
         }
@@ -169,10 +171,11 @@ class MeFairPrune(FairPrune):
                          **{f"val_{k}": flat.get(k) for k in ROW_METRICS}})
         best = best_tau(results)
         model.tau.fill_(best.tau)  # type: ignore[operator]
-        ctx.logger.info("me_fairprune %s: realized %.4f tau %g val F1 %.4f EOdd %.4f", info,
-                        realized, best.tau, best.metrics["F1"], best.metrics["EOdd"])
+        ctx.logger.info("me_fairprune %s: realized %.4f tau %g val F1 %.4f EqOddsGap %.4f", info,
+                        realized, best.tau, best.metrics["F1"], best.metrics["EqOddsGap"])
         return best.score, {**info, "realized_ratio": realized, "chosen_tau": best.tau,
-                            "val_F1": best.metrics["F1"], "val_EOdd": best.metrics["EOdd"]}
+                            "val_F1": best.metrics["F1"],
+                            "val_EqOddsGap": best.metrics["EqOddsGap"], "val_EOdd": best.metrics["EOdd"]}
 
     def _finetune(self, ctx: RunContext, model: nn.Module, params: FairPruneParams, rule: Any,
                   masks: dict[str, torch.Tensor], score: float, info: dict[str, Any]

@@ -39,7 +39,7 @@ Decisions (the method's docstring lists them; the source of each in brackets):
   run's train config (``finetune_lr``), the masked entries kept by the shared trainer's frozen
   masks and the checkpoint picked by validation macro-F1 (with 0 epochs, BatchNorm statistics
   are re-estimated instead). The released code has no stopping rule; here rounds stop when
-  the validation ``select_metric`` (EOdd) has not improved for ``patience`` rounds in a row or
+  the validation ``select_metric`` (``EqOddsGap``) has not improved for ``patience`` rounds in a row or
   the budget ``max_channels`` (default 10 % of the layer, rounded up) is reached. The last
   round prunes only what the budget leaves.
 * **Selection, validation only**: among the pruned rounds (the unpruned model is no
@@ -64,7 +64,7 @@ from torch import nn
 
 from fairbench.core.errors import FairbenchError, ParamError
 from fairbench.core.params import param
-from fairbench.metrics import flatten
+from fairbench.metrics import HEADLINE_FAIRNESS, flatten
 from fairbench.run.context import RunContext
 from fairbench.run.method import Method, register_method
 from fairbench.run.posthoc import (
@@ -80,7 +80,7 @@ from fairbench.training.trainer import TrainHooks
 
 from ._snnl import snnl_per_channel
 
-ROW_METRICS = ("F1", "accuracy", "EOpp0", "EOpp1", "EOdd", "worst.F1", "gap.F1")
+ROW_METRICS = ("F1", "accuracy", "EqOddsGap", "EOpp0", "EOpp1", "EOdd", "worst.F1", "gap.F1")
 
 
 @dataclass
@@ -104,7 +104,7 @@ class SNNLPruneParams:
     finetune_epochs: int = param(2, help="fine-tuning epochs per round (0 = none)", min=0)
     finetune_lr: float = param(5e-4, help="fine-tuning learning rate", min=0.0,
                                min_exclusive=True)
-    select_metric: str = param("EOdd", help="validation metric of the stopping rule and the "
+    select_metric: str = param(HEADLINE_FAIRNESS, help="validation metric of the stopping rule and the "
                                             "final choice")
     f1_tolerance: float = param(0.02, help="allowed validation macro-F1 drop", min=0.0)
 
@@ -381,10 +381,11 @@ class SNNLPrune(Method):
             rows.append(self._row(rnd, new, int(pruned.sum()), val, score))
             rounds.append({"round": rnd, "pruned": new,
                            "scores": [round(float(scores[c]), 6) for c in new],
-                           "finetune_epoch": epoch, "val_F1": val["F1"], "val_EOdd": val["EOdd"],
+                           "finetune_epoch": epoch, "val_F1": val["F1"],
+                           "val_EqOddsGap": val["EqOddsGap"], "val_EOdd": val["EOdd"],
                            "score": score})
-            ctx.logger.info("snnl_prune round %d: pruned %s val F1 %.4f EOdd %.4f", rnd, new,
-                            val["F1"], val["EOdd"])
+            ctx.logger.info("snnl_prune round %d: pruned %s val F1 %.4f EqOddsGap %.4f", rnd, new,
+                            val["F1"], val["EqOddsGap"])
             if best is None or score > best[0]:
                 best, since_best = (score, snapshot(model), rnd), 0
             else:
@@ -401,7 +402,8 @@ class SNNLPrune(Method):
             "budget": budget, "rounds": rounds, "chosen_round": best[2],
             "pruned_channels": sorted(chosen),
             "stopped_by": "patience" if since_best >= params.patience else "budget",
-            "vanilla_val_F1": start["F1"], "vanilla_val_EOdd": start["EOdd"],
+            "vanilla_val_F1": start["F1"],
+            "vanilla_val_EqOddsGap": start["EqOddsGap"], "vanilla_val_EOdd": start["EOdd"],
             "within_f1_tolerance": within_tolerance(best[0]),
         }
         return model

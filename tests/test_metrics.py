@@ -16,6 +16,7 @@ from fairbench.metrics import (
     HIGHER_IS_BETTER,
     bootstrap_ci,
     equalized_odds_family,
+    equalized_odds_gap,
     expected_calibration_error,
     flatten,
     macro_auc,
@@ -370,3 +371,124 @@ def test_bootstrap_resamples_whole_clusters():
 def test_bootstrap_all_nan_gives_nan_interval():
     iv = bootstrap_ci(lambda i: float("nan"), 10, n_resamples=20)
     assert np.isnan(iv.low) and np.isnan(iv.high)
+
+
+# -- the equalized-odds gap (the headline fairness criterion) ------------------------------------
+def _rates_example():
+    """Group a: TPR .9 / FPR .1; group b: TPR .7 / FPR .3 (binary, 10 positives and 10
+    negatives each): worse on both rates, which the papers' EOdd cannot see."""
+    ya = np.r_[np.ones(10), np.zeros(10)]
+    pa = np.r_[np.ones(9), 0, 1, np.zeros(9)]
+    pb = np.r_[np.ones(7), np.zeros(3), np.ones(3), np.zeros(7)]
+    y = np.r_[ya, ya].astype(int)
+    pred = np.r_[pa, pb].astype(int)
+    g = np.r_[np.zeros(20), np.ones(20)].astype(int)
+    return y, pred, g
+
+
+def test_eqodds_gap_sees_a_group_worse_on_both_rates():
+    from fairlearn.metrics import equalized_odds_difference
+
+    y, pred, g = _rates_example()
+    gap = equalized_odds_gap(y, pred, g)
+    assert gap["EqOddsGap"] == pytest.approx(0.2)
+    assert gap["EqOddsGap"] == pytest.approx(equalized_odds_difference(y, pred,
+                                                                        sensitive_features=g))
+    # the papers' EOdd reads zero here, and EOpp0 == EOpp1 on a binary task
+    family = equalized_odds_family(y, pred, g)
+    assert family["EOdd"] == pytest.approx(0.0, abs=1e-12)
+    assert family["EOpp0"] == pytest.approx(family["EOpp1"])
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_eqodds_gap_equals_fairlearn_on_binary_tasks(seed):
+    from fairlearn.metrics import equalized_odds_difference
+
+    rng = np.random.default_rng(seed)
+    n = int(rng.integers(40, 300))
+    n_groups = int(rng.integers(2, 5))
+    g = rng.integers(0, n_groups, n)
+    y = rng.integers(0, 2, n)
+    # every group holds both classes, so every rate is defined (as fairlearn assumes)
+    for code in range(n_groups):
+        y[np.flatnonzero(g == code)[:2]] = [0, 1]
+    pred = np.where(rng.random(n) < 0.7, y, 1 - y)
+    expected = equalized_odds_difference(y, pred, sensitive_features=g)
+    got = equalized_odds_gap(y, pred, g)
+    assert got["EqOddsGap"] == pytest.approx(expected, abs=1e-12)
+    assert got["EqOddsGap_maxclass"] == pytest.approx(expected, abs=1e-12)  # G_0 == G_1
+
+
+def _gap_by_loop(y, pred, g):
+    """Per class the largest between-group gap in TPR or FPR (groups defining the rate only),
+    by explicit loops; macro mean and max over classes."""
+    codes = sorted(set(g))
+    per_class = []
+    for c in range(max(y.max(), pred.max()) + 1):
+        tprs, fprs = [], []
+        for code in codes:
+            pos = [i for i in range(len(y)) if g[i] == code and y[i] == c]
+            neg = [i for i in range(len(y)) if g[i] == code and y[i] != c]
+            if pos:
+                tprs.append(sum(pred[i] == c for i in pos) / len(pos))
+            if neg:
+                fprs.append(sum(pred[i] == c for i in neg) / len(neg))
+        spread = [max(r) - min(r) if len(r) >= 2 else 0.0 for r in (tprs, fprs)]
+        per_class.append(max(spread))
+    return float(np.mean(per_class)), float(np.max(per_class))
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_eqodds_gap_multiclass_many_groups_matches_loop(seed):
+    rng = np.random.default_rng(100 + seed)
+    n = 120
+    y = rng.integers(0, 4, n)
+    pred = np.where(rng.random(n) < 0.6, y, rng.integers(0, 4, n))
+    g = rng.integers(-1, 3, n)  # -1: missing group, ignored
+    keep = g >= 0
+    mean, worst = _gap_by_loop(y[keep], pred[keep], g[keep])
+    got = equalized_odds_gap(y, pred, g)
+    assert got["EqOddsGap"] == pytest.approx(mean)
+    assert got["EqOddsGap_maxclass"] == pytest.approx(worst)
+
+
+def test_eqodds_gap_property_worse_on_both_rates_is_never_zero():
+    """Whenever one group has a lower TPR and a higher FPR than another on some class, the
+    measure is > 0 (500 random multi-class, multi-group cases)."""
+    rng = np.random.default_rng(7)
+    seen = 0
+    for _ in range(500):
+        n, k, n_groups = int(rng.integers(10, 80)), int(rng.integers(2, 5)), int(rng.integers(2, 4))
+        y, g = rng.integers(0, k, n), rng.integers(0, n_groups, n)
+        pred = np.where(rng.random(n) < rng.random(), y, rng.integers(0, k, n))
+        worse_on_both = False
+        for c in range(k):
+            rates = {}
+            for code in range(n_groups):
+                pos, neg = (g == code) & (y == c), (g == code) & (y != c)
+                if pos.any() and neg.any():
+                    rates[code] = ((pred[pos] == c).mean(), (pred[neg] == c).mean())
+            worse_on_both |= any(ta < tb and fa > fb for ta, fa in rates.values()
+                                 for tb, fb in rates.values())
+        if worse_on_both:
+            seen += 1
+            assert equalized_odds_gap(y, pred, g)["EqOddsGap"] > 0
+    assert seen > 100
+
+
+def test_eqodds_gap_is_zero_only_for_equal_rates_and_nan_with_one_group():
+    y = np.array([0, 1, 0, 1])
+    assert equalized_odds_gap(y, y, np.array([0, 0, 1, 1]))["EqOddsGap"] == 0.0
+    assert np.isnan(equalized_odds_gap(y, y, np.zeros(4, int))["EqOddsGap"])
+
+
+def test_eqodds_gap_is_the_headline_and_in_every_part():
+    from fairbench.bench.selection import RULES
+    from fairbench.metrics import HEADLINE_FAIRNESS
+
+    assert HEADLINE_FAIRNESS == "EqOddsGap" and higher_is_better("EqOddsGap") is False
+    assert RULES["fair_within_eps"][0]["fairness"] == HEADLINE_FAIRNESS
+    y, pred, g = _rates_example()
+    probs = np.eye(2)[pred]
+    out = evaluate_classification(y, probs, g, ["a", "b"])
+    assert out["EqOddsGap"] == pytest.approx(0.2) and "EqOddsGap_maxclass" in out

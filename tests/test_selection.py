@@ -11,7 +11,7 @@ from fairbench.bench.selection import Candidate, pareto_front, parse_rule, selec
 
 
 def cand(key, f1, eodd, light, dark, auc=0.8):
-    val = {"F1": f1, "EOdd": eodd, "AUC": auc, "light.F1": light, "dark.F1": dark,
+    val = {"F1": f1, "EqOddsGap": eodd, "EOdd": eodd, "AUC": auc, "light.F1": light, "dark.F1": dark,
            "worst.F1": min(light, dark), "gap.F1": abs(light - dark)}
     return Candidate(key, {"k": key}, val, ["light", "dark"])
 

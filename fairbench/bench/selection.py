@@ -21,7 +21,7 @@ Rules (``--rule NAME`` or ``NAME:key=value,...``; ``rule = "..."`` in a suite):
     smallest Euclidean distance between the per-group validation scores and the utopia point
     (per group, the best score of any candidate). Scores are used as they are (all metrics
     used here live on [0, 1]); MEDFAIR's "DTO".
-``fair_within_eps``  (``eps=0.02, fairness=EOdd, utility=F1``) — **the default**
+``fair_within_eps``  (``eps=0.02, fairness=EqOddsGap, utility=F1``) — **the default**
     among the settings whose validation ``utility`` is within ``eps`` of the reference's (the
     vanilla model's, mean over seeds), the one with the best validation ``fairness``; if none
     qualifies, the one with the highest validation ``utility`` (said so in the reason).
@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from fairbench.core.errors import FairbenchError, ParamError
-from fairbench.metrics import higher_is_better, is_segmentation_metric
+from fairbench.metrics import HEADLINE_FAIRNESS, higher_is_better, is_segmentation_metric
 
 DEFAULT_RULE = "fair_within_eps"
 
@@ -54,7 +54,7 @@ RULES: dict[str, tuple[dict[str, Any], str]] = {
     "minimax_pareto": ({"metric": "F1"},
                        "Pareto set over group scores, then best for vanilla's worst group"),
     "dto": ({"metric": "F1"}, "closest to the utopia point of the group scores"),
-    "fair_within_eps": ({"eps": 0.02, "fairness": "EOdd", "utility": "F1"},
+    "fair_within_eps": ({"eps": 0.02, "fairness": HEADLINE_FAIRNESS, "utility": "F1"},
                         "best validation fairness with utility within eps of vanilla"),
 }
 
@@ -161,7 +161,7 @@ def parse_rule(spec: str | Mapping[str, Any] | Rule | None) -> Rule:
 
 
 #: the segmentation counterpart of a classification default in a rule's options
-SEGMENTATION_EQUIVALENT = {"F1": "Dice", "AUC": "Dice", "EOdd": "gap.Dice"}
+SEGMENTATION_EQUIVALENT = {"F1": "Dice", "AUC": "Dice", "EqOddsGap": "gap.Dice", "EOdd": "gap.Dice"}
 
 
 def rule_for_task(rule: Rule, task: str) -> Rule:

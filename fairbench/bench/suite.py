@@ -7,7 +7,7 @@ seeds and the model-selection rule; parsed, checked and expanded into :class:`Ru
     seeds = 3                      # or a list, e.g. [0, 1, 2, 3, 4]; default 3 → 0, 1, 2
     runs_dir = "runs"              # relative to the working directory; --runs-dir overrides
     plugins = ["my_method.py"]     # optional local plugin files (relative to the working dir)
-    selection = { rule = "fair_within_eps", eps = 0.02, fairness = "EOdd" }
+    selection = { rule = "fair_within_eps", eps = 0.02, fairness = "EqOddsGap" }
 
     [train]                        # shared by every method (so all share one vanilla model)
     epochs = 8

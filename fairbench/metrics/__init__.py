@@ -19,7 +19,7 @@ import numpy as np
 
 from .bootstrap import Interval, bootstrap_ci
 from .classification import accuracy, expected_calibration_error, macro_auc, macro_prf
-from .fairness import equalized_odds_family
+from .fairness import equalized_odds_family, equalized_odds_gap
 from .groups import disaggregate, summarise
 from .segmentation import (
     dice_iou_from_counts,
@@ -27,6 +27,11 @@ from .segmentation import (
     overlap_counts,
     segmentation_metric_names,
 )
+
+#: the fairness criterion of every choice (selection rules, methods' candidate and checkpoint
+#: choice) and the headline fairness column: the standard equalized-odds gap (see
+#: :mod:`fairbench.metrics.fairness`). The papers' EOpp0/EOpp1/EOdd are computed beside it.
+HEADLINE_FAIRNESS = "EqOddsGap"
 
 #: direction of every base metric (None: signed, no direction)
 HIGHER_IS_BETTER: dict[str, bool | None] = {
@@ -36,6 +41,8 @@ HIGHER_IS_BETTER: dict[str, bool | None] = {
     "F1": True,
     "AUC": True,
     "ECE": False,
+    "EqOddsGap": False,
+    "EqOddsGap_maxclass": False,
     "EOpp0": False,
     "EOpp1": False,
     "EOdd": False,
@@ -129,6 +136,7 @@ def evaluate_classification(
     out: dict[str, Any] = {"n_missing_group": int((~keep).sum())}
     y, pr, pd_, g = y_true[keep], probs[keep], pred[keep], groups[keep]
     out.update(_utility(y, pr, pd_))
+    out.update(equalized_odds_gap(y, pd_, g))
     out.update(equalized_odds_family(y, pd_, g))
     per_group = disaggregate(lambda sel: _utility(y[sel], pr[sel], pd_[sel]), g, group_names)
     out.update(per_group)
@@ -163,6 +171,7 @@ def selection_score(part_metrics: dict[str, Any], key: str) -> float:
 
 
 __all__ = [
+    "HEADLINE_FAIRNESS",
     "HIGHER_IS_BETTER",
     "HIGHER_IS_BETTER_PREFIXES",
     "PREFIX_DIRECTION",
@@ -172,6 +181,7 @@ __all__ = [
     "dice_iou_from_counts",
     "disaggregate",
     "equalized_odds_family",
+    "equalized_odds_gap",
     "evaluate_classification",
     "evaluate_segmentation",
     "expected_calibration_error",

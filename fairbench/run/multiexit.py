@@ -24,6 +24,7 @@ from torch import nn
 
 from fairbench.core.errors import ParamError
 from fairbench.core.params import param
+from fairbench.metrics import HEADLINE_FAIRNESS
 from fairbench.models.multiexit import (
     TAU_GRID,
     ExitSpec,
@@ -63,7 +64,7 @@ class MultiExitParams:
     tau: float | None = param(None, help="confidence threshold (None = choose on validation "
                                          "from tau_grid)", min=0.0, max=1.0, min_exclusive=True)
     tau_grid: tuple[float, ...] = param(TAU_GRID, help="candidate thresholds when tau is None")
-    select_metric: str = param("EOdd", help="validation metric that picks the candidate")
+    select_metric: str = param(HEADLINE_FAIRNESS, help="validation metric that picks the candidate")
     f1_tolerance: float = param(0.02, help="allowed validation macro-F1 drop from the "
                                            "multi-exit model's final exit", min=0.0)
 
@@ -335,5 +336,6 @@ def exit_notes(ctx: RunContext, model: MultiExit, results: Sequence[TauResult] |
     if results:
         out["tau_sweep_val"] = [
             {"tau": r.tau, "score": round(r.score, 6), "F1": r.metrics["F1"],
-             "EOdd": r.metrics["EOdd"], **exit_report(r.chosen, costs)} for r in results]
+             "EqOddsGap": r.metrics["EqOddsGap"], "EOdd": r.metrics["EOdd"],
+             **exit_report(r.chosen, costs)} for r in results]
     return out

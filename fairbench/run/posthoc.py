@@ -34,7 +34,7 @@ def check_select_metric(name: str, owner: str = "select_metric") -> None:
     try:
         direction = higher_is_better(name)
     except KeyError:
-        raise ParamError(f"parameter {owner}={name!r} is not a metric; use e.g. EOdd, EOpp1, "
+        raise ParamError(f"parameter {owner}={name!r} is not a metric; use e.g. EqOddsGap, EOdd, "
                          "gap.F1 or worst.F1") from None
     if direction is None:
         raise ParamError(f"parameter {owner}={name!r} has no direction; pick another metric")
