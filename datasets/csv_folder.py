@@ -34,21 +34,22 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from fairbench.core.errors import DataError, ParamError
 from fairbench.core.params import param
-from fairbench.data.dataset import DatasetAdapter, SampleTable, register_dataset
+from fairbench.data.dataset import register_dataset
 
 from . import _common as C
+from . import _image_folder as base
 
 
 @dataclass
 class CSVFolderParams:
+    """The ``--data-param`` options of ``csv``."""
+
     csv: str = param("metadata.csv", help="metadata CSV, relative to --data-root")
     path_col: str = param("path", help="column with the image path (relative to image_dir)")
     label_col: str = param("label", help="column with the class")
@@ -64,8 +65,7 @@ class CSVFolderParams:
     drop_missing: tuple[str, ...] = param((), help="attributes whose missing rows are dropped")
     default_attribute: str = param("", help="default sensitive attribute (first attr_col)")
     delimiter: str = param("auto", help="auto, ',', 'tab' or ';'")
-    missing_images: Literal["error", "drop"] = param(
-        "error", help="rows whose image file is missing: error, or drop them")
+    missing_images: base.MissingImages = base.missing_images_param()
 
     def validate(self) -> None:
         if not C.normalise_names(self.attr_col):
@@ -91,34 +91,32 @@ def _sorted_values(values: list[str]) -> list[str]:
 
 
 @register_dataset("csv")
-class CSVFolder(DatasetAdapter):
+class CSVFolder(base.ImageFolderAdapter):
     """Any image folder with a CSV of path, label and sensitive-attribute columns you name."""
 
+    metadata_sources = (base.MetadataFile(
+        "csv", "metadata", fix="set --data-param csv=FILE (relative to --data-root)"),)
+    name_rule = "{path}"
     Params = CSVFolderParams
     default_image_size = 224
     default_backbone = "resnet18"
 
-    def __init__(self, params: Any = None, data_root: str | Path | None = None) -> None:
-        super().__init__(params, data_root)
-        assert self.data_root is not None
-        self.root = self.data_root.resolve()
-        self.image_root = C.check_subdir(self.root, self.params.image_dir, "image_dir")
-        self.notes: list[str] = []
+    def find_images(self, df: pd.DataFrame) -> list[str | None]:
+        """The CSV's path of each row (relative to the data root) where that file exists."""
+        return [r if os.path.isfile(self.root / r) else None for r in df["path"]]
 
-    def csv_path(self) -> Path:
-        return C.metadata_path(self.root, self.params.csv, what="metadata",
-                               fix="set --data-param csv=FILE (relative to --data-root)")
+    def looked_in(self) -> str:
+        """The folder the CSV's paths are relative to."""
+        return f"{self.params.image_dir}/"
 
-    def config(self) -> dict[str, Any]:
-        cfg = super().config()
-        cfg["metadata_sha256"] = C.file_digest(self.csv_path())
-        return cfg
+    def expected_paths(self, df: pd.DataFrame) -> pd.Series:
+        """The CSV's paths, relative to the data root."""
+        return df["path"]
 
-    def build_table(self, *, check_files: bool = True) -> SampleTable:
-        """The sample table. ``check_files=False`` skips the image existence check."""
+    def read_rows(self, notes: list[str]) -> base.MetadataRows:
+        """One row per CSV row: its path, class and attributes, as the parameters name them."""
         p = self.params
-        notes = C.build_notes(self)
-        path = self.csv_path()
+        (path,) = self.metadata_files()
         df = C.read_metadata(path, delimiter=p.delimiter)
         attrs = C.normalise_names(p.attr_col)
         for role, col in (("path_col", p.path_col), ("label_col", p.label_col),
@@ -208,13 +206,4 @@ class CSVFolder(DatasetAdapter):
             raise ParamError(f"parameter default_attribute={default!r} is not one of attr_col "
                              f"({', '.join(attrs)})")
         out = C.apply_drop_missing(out, p.drop_missing, attributes, notes, "this csv dataset")
-        if check_files:
-            exists = [os.path.isfile(self.root / r) for r in out["path"]]
-            out = C.apply_image_paths(
-                out, [r if e else None for r, e in zip(out["path"], exists)],
-                missing=p.missing_images, meta=path, root=self.root,
-                looked_in=f"{p.image_dir}/", name_rule="{path}", notes=notes)
-        if len(out) == 0:
-            raise DataError(f"no rows of {str(path)!r} are left after filtering")
-        return SampleTable(out.drop(columns="_line"), classes=[str(c) for c in classes],
-                           attributes=attributes, default_attribute=default)
+        return base.MetadataRows(out, path, [str(c) for c in classes], attributes, default)

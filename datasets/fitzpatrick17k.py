@@ -35,17 +35,17 @@ crop 112).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 
 from fairbench.core.errors import DataError
 from fairbench.core.params import param
-from fairbench.data.dataset import DatasetAdapter, SampleTable, register_dataset
+from fairbench.data.dataset import register_dataset
 
 from . import _common as C
+from . import _image_folder as base
 
 IMAGE_DIRS = (".", "images", "dataset_images", "fitzpatrick17k_dataset_images", "images/all",
               "fitzpatrick17k_images", "fitzpatrick17k/dataset_images", "fitzpatrick17k")
@@ -55,6 +55,8 @@ ROMAN = ["I", "II", "III", "IV", "V", "VI"]
 
 @dataclass
 class Fitzpatrick17kParams:
+    """The ``--data-param`` options of ``fitzpatrick17k``."""
+
     label_column: Literal["label", "nine_partition_label", "three_partition_label"] = param(
         "label", help="label: 114 conditions; nine_/three_partition_label: 9 or 3 groups")
     unknown_skin_type: Literal["exclude", "keep", "as_dark"] = param(
@@ -63,45 +65,28 @@ class Fitzpatrick17kParams:
     skin_type_source: Literal["scale", "centaur"] = param(
         "scale", help="fitzpatrick_scale (or the 2021 'fitzpatrick') or fitzpatrick_centaur")
     csv: str = param("fitzpatrick17k.csv", help="annotation CSV, relative to --data-root")
-    image_dir: str = param("auto", help="folder of <md5hash>.jpg inside --data-root "
-                           "(auto: ., images, dataset_images, ...)")
-    missing_images: Literal["error", "drop"] = param(
-        "error", help="rows whose image file is missing: error, or drop them")
+    image_dir: str = base.image_dir_param("<md5hash>.jpg", "., images, dataset_images, ...")
+    missing_images: base.MissingImages = base.missing_images_param()
 
 
 @register_dataset("fitzpatrick17k")
-class Fitzpatrick17k(DatasetAdapter):
+class Fitzpatrick17k(base.ImageFolderAdapter):
     """Fitzpatrick 17k clinical images; 114/9/3 classes; skin tone light (I-III) / dark (IV-VI)."""
 
+    metadata_sources = (base.MetadataFile(
+        "csv", "Fitzpatrick 17k annotation",
+        fix="download fitzpatrick17k.csv from github.com/mattgroh/fitzpatrick17k into "
+        "--data-root, or set --data-param csv=PATH"),)
+    image_dirs = IMAGE_DIRS
     Params = Fitzpatrick17kParams
     default_image_size = 112
     default_backbone = "vgg11"
 
-    def __init__(self, params: Any = None, data_root: str | Path | None = None) -> None:
-        super().__init__(params, data_root)
-        assert self.data_root is not None
-        self.root = self.data_root.resolve()
-        if self.params.image_dir != "auto":
-            C.check_subdir(self.root, self.params.image_dir, "image_dir")
-        self.notes: list[str] = []
-
-    def csv_path(self) -> Path:
-        return C.metadata_path(
-            self.root, self.params.csv, what="Fitzpatrick 17k annotation",
-            fix="download fitzpatrick17k.csv from github.com/mattgroh/fitzpatrick17k into "
-            "--data-root, or set --data-param csv=PATH")
-
-    def config(self) -> dict[str, Any]:
-        cfg = super().config()
-        cfg["metadata_sha256"] = C.file_digest(self.csv_path())
-        return cfg
-
-    def build_table(self, *, check_files: bool = True) -> SampleTable:
-        """The sample table. ``check_files=False`` reads the metadata only (every row gets the
-        path ``<md5hash>.jpg`` unchecked), for counting rows without the images."""
+    def read_rows(self, notes: list[str]) -> base.MetadataRows:
+        """One row per ``md5hash``: the class of ``label_column``, skin tone and type (rows of
+        unknown type follow ``unknown_skin_type``)."""
         p = self.params
-        notes = C.build_notes(self)
-        path = self.csv_path()
+        (path,) = self.metadata_files()
         df = C.read_metadata(path, delimiter=",")
         C.pick_column(df, ["md5hash"], path, what="image id",
                       fix="is this the Fitzpatrick 17k CSV?")
@@ -158,20 +143,8 @@ class Fitzpatrick17k(DatasetAdapter):
             "attr_fitzpatrick": np.where(unknown, -1, skin - 1).astype(np.int64),
             "_line": df["_line"].to_numpy(),
         })
-        folders = C.image_dir_candidates(p.image_dir, IMAGE_DIRS)
-        if check_files:
-            rel = C.find_images(self.root, list(out["sample_id"]), folders)
-            out = C.apply_image_paths(
-                out, rel, missing=p.missing_images, meta=path, root=self.root,
-                looked_in=", ".join(f"{f}/" for f in folders), name_rule="{id}.jpg",
-                notes=notes)
-        else:
-            out["path"] = out["sample_id"] + ".jpg"
-        if len(out) == 0:
-            raise DataError(f"no rows of {str(path)!r} are left after filtering")
-        return SampleTable(
-            out.drop(columns="_line"),
-            classes=classes,
+        return base.MetadataRows(
+            out, path, classes,
             attributes={"skin_tone": ["light", "dark"], "fitzpatrick": list(ROMAN)},
             default_attribute="skin_tone",
         )

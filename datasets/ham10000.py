@@ -31,17 +31,15 @@ Defaults: ResNet-18 (``resnet18``) at 224 px.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Literal
 
 import numpy as np
-import pandas as pd
 
-from fairbench.core.errors import DataError, ParamError
+from fairbench.core.errors import DataError
 from fairbench.core.params import param
-from fairbench.data.dataset import DatasetAdapter, SampleTable, register_dataset
+from fairbench.data.dataset import register_dataset
 
 from . import _common as C
+from . import _image_folder as base
 
 CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 METADATA_NAMES = ("HAM10000_metadata.csv", "HAM10000_metadata.tab", "HAM10000_metadata",
@@ -51,59 +49,36 @@ IMAGE_DIRS = ("HAM10000_images_part_1", "HAM10000_images_part_2", "HAM10000_imag
 
 
 @dataclass
-class HAM10000Params:
-    drop_missing: tuple[str, ...] = param(
-        ("sex",), help="attributes whose missing rows are dropped (sex, age; none keeps all)")
-    age_edges: tuple[float, ...] = param((60.0,), help="age bin edges, e.g. 60 or 20,40,60,80")
+class HAM10000Params(base.SexAgeParams):
+    """The ``--data-param`` options of ``ham10000``."""
+
     metadata: str = param("auto", help="metadata file relative to --data-root (auto: "
                           "HAM10000_metadata.csv, .tab or no extension)")
-    image_dir: str = param("auto", help="folder of <image_id>.jpg inside --data-root (auto: "
-                           "HAM10000_images_part_1 and _2, HAM10000_images, .)")
-    missing_images: Literal["error", "drop"] = param(
-        "error", help="rows whose image file is missing: error, or drop them")
-
-    def validate(self) -> None:
-        C.check_edges(self.age_edges, "age_edges")
+    image_dir: str = base.image_dir_param(
+        "<image_id>.jpg", "HAM10000_images_part_1 and _2, HAM10000_images, .")
+    missing_images: base.MissingImages = base.missing_images_param()
 
 
 @register_dataset("ham10000")
-class HAM10000(DatasetAdapter):
+class HAM10000(base.SexAgeImageFolder):
     """HAM10000 dermoscopy; 7 classes; sex (default) and age bins; grouped by lesion_id."""
 
+    metadata_sources = (base.MetadataFile(
+        "metadata", "HAM10000 metadata", candidates=METADATA_NAMES,
+        fix="download HAM10000_metadata from the Harvard Dataverse (doi:10.7910/DVN/DBW86T) "
+        "into --data-root, or set --data-param metadata=PATH"),)
+    image_dirs = IMAGE_DIRS
     Params = HAM10000Params
     default_image_size = 224
     default_backbone = "resnet18"
 
-    def __init__(self, params: Any = None, data_root: str | Path | None = None) -> None:
-        super().__init__(params, data_root)
-        assert self.data_root is not None
-        self.root = self.data_root.resolve()
-        if self.params.image_dir != "auto":
-            C.check_subdir(self.root, self.params.image_dir, "image_dir")
-        for name in C.normalise_names(self.params.drop_missing):
-            if name not in ("sex", "age"):
-                raise ParamError(f"parameter drop_missing names {name!r}; ham10000 has the "
-                                 "attributes sex and age (or none)")
-        self.notes: list[str] = []
+    def expected_folder(self) -> str:
+        """Unchecked paths are ``HAM10000_images/<image_id>.jpg`` (the merged folder)."""
+        return "HAM10000_images/"
 
-    def metadata_path(self) -> Path:
-        return C.metadata_path(
-            self.root, self.params.metadata, what="HAM10000 metadata",
-            candidates=METADATA_NAMES,
-            fix="download HAM10000_metadata from the Harvard Dataverse (doi:10.7910/DVN/DBW86T) "
-            "into --data-root, or set --data-param metadata=PATH")
-
-    def config(self) -> dict[str, Any]:
-        cfg = super().config()
-        cfg["metadata_sha256"] = C.file_digest(self.metadata_path())
-        return cfg
-
-    def build_table(self, *, check_files: bool = True) -> SampleTable:
-        """The sample table. ``check_files=False`` reads the metadata only (paths are the
-        expected ``HAM10000_images/<image_id>.jpg``, unchecked)."""
-        p = self.params
-        notes = C.build_notes(self)
-        path = self.metadata_path()
+    def read_rows(self, notes: list[str]) -> base.MetadataRows:
+        """One row per ``image_id``: the ``dx`` class, sex, age and ``lesion_id``."""
+        (path,) = self.metadata_files()
         df = C.read_metadata(path)
         for col in ("lesion_id", "image_id", "dx", "age", "sex"):
             C.pick_column(df, [col], path, what=f"{col!r}",
@@ -121,27 +96,8 @@ class HAM10000(DatasetAdapter):
                 f"HAM10000 classes {', '.join(CLASSES)}; correct the value in the file")
         code = {c: i for i, c in enumerate(CLASSES)}
         age = C.parse_numbers(df["age"], df, path, "age")
-        lesion = df["lesion_id"]
-        out = pd.DataFrame({
-            "sample_id": df["image_id"].to_numpy(),
-            "label": dx.map(code).to_numpy(dtype=np.int64),
-            "attr_sex": C.encode_sex(df["sex"], df, path, "sex"),
-            "attr_age": C.bin_codes(age, p.age_edges),
-            "patient_id": np.where(lesion == "", df["image_id"], lesion),
-            "_line": df["_line"].to_numpy(),
-        })
-        attributes = {"sex": ["female", "male"], "age": C.bin_names(p.age_edges)}
-        out = C.apply_drop_missing(out, p.drop_missing, attributes, notes, "ham10000")
-        folders = C.image_dir_candidates(p.image_dir, IMAGE_DIRS)
-        if check_files:
-            rel = C.find_images(self.root, list(out["sample_id"]), folders)
-            out = C.apply_image_paths(
-                out, rel, missing=p.missing_images, meta=path, root=self.root,
-                looked_in=", ".join(f"{f}/" for f in folders), name_rule="{id}.jpg",
-                notes=notes)
-        else:
-            out["path"] = "HAM10000_images/" + out["sample_id"] + ".jpg"
-        if len(out) == 0:
-            raise DataError(f"no rows of {str(path)!r} are left after filtering")
-        return SampleTable(out.drop(columns="_line"), classes=list(CLASSES),
-                           attributes=attributes, default_attribute="sex")
+        return self.sex_age_rows(
+            source=path, classes=list(CLASSES), ids=df["image_id"],
+            labels=dx.map(code).to_numpy(dtype=np.int64),
+            sex=C.encode_sex(df["sex"], df, path, "sex"), age=age, lesion=df["lesion_id"],
+            lines=df["_line"].to_numpy(), notes=notes)

@@ -37,76 +37,61 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
-from fairbench.core.errors import DataError, ParamError
+from fairbench.core.errors import DataError
 from fairbench.core.params import param
-from fairbench.data.dataset import DatasetAdapter, SampleTable, register_dataset
+from fairbench.data.dataset import register_dataset
 
 from . import _common as C
+from . import _image_folder as base
 
 CLASSES = ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC"]
 ALL_COLUMNS = CLASSES + ["UNK"]
 IMAGE_DIRS = ("ISIC_2019_Training_Input", "ISIC_2019_Training_Input/ISIC_2019_Training_Input",
               ".", "images")
+#: the start of the fix when one of the two CSVs is not found
+DOWNLOAD = ("download the ISIC 2019 training ground truth and metadata (challenge.isic-"
+            "archive.com/data) into --data-root")
 
 
 @dataclass
-class ISIC2019Params:
-    drop_missing: tuple[str, ...] = param(
-        ("sex",), help="attributes whose missing rows are dropped (sex, age; none keeps all)")
-    age_edges: tuple[float, ...] = param((60.0,), help="age bin edges, e.g. 60 or 20,40,60,80")
+class ISIC2019Params(base.SexAgeParams):
+    """The ``--data-param`` options of ``isic2019``."""
+
     ground_truth: str = param("ISIC_2019_Training_GroundTruth.csv",
                               help="one-hot ground-truth CSV, relative to --data-root")
     metadata: str = param("ISIC_2019_Training_Metadata.csv",
                           help="metadata CSV, relative to --data-root")
-    image_dir: str = param("auto", help="folder of <image>.jpg inside --data-root "
-                           "(auto: ISIC_2019_Training_Input, ., images)")
-    missing_images: Literal["error", "drop"] = param(
-        "error", help="rows whose image file is missing: error, or drop them")
-
-    def validate(self) -> None:
-        C.check_edges(self.age_edges, "age_edges")
+    image_dir: str = base.image_dir_param("<image>.jpg", "ISIC_2019_Training_Input, ., images")
+    missing_images: base.MissingImages = base.missing_images_param()
 
 
 @register_dataset("isic2019")
-class ISIC2019(DatasetAdapter):
+class ISIC2019(base.SexAgeImageFolder):
     """ISIC 2019 dermoscopy; 8 classes; sex (default) and age bins; grouped by lesion_id."""
 
+    metadata_sources = (
+        base.MetadataFile("ground_truth", "ISIC 2019 ground-truth",
+                     fix=DOWNLOAD + ", or set --data-param ground_truth=PATH"),
+        base.MetadataFile("metadata", "ISIC 2019 metadata",
+                     fix=DOWNLOAD + ", or set --data-param metadata=PATH"),
+    )
+    image_dirs = IMAGE_DIRS
     Params = ISIC2019Params
     default_image_size = 112
     default_backbone = "resnet18"
 
-    def __init__(self, params: Any = None, data_root: str | Path | None = None) -> None:
-        super().__init__(params, data_root)
-        assert self.data_root is not None
-        self.root = self.data_root.resolve()
-        if self.params.image_dir != "auto":
-            C.check_subdir(self.root, self.params.image_dir, "image_dir")
-        for name in C.normalise_names(self.params.drop_missing):
-            if name not in ("sex", "age"):
-                raise ParamError(f"parameter drop_missing names {name!r}; isic2019 has the "
-                                 "attributes sex and age (or none)")
-        self.notes: list[str] = []
-
-    def files(self) -> tuple[Path, Path]:
-        fix = ("download the ISIC 2019 training ground truth and metadata (challenge.isic-"
-               "archive.com/data) into --data-root")
-        gt = C.metadata_path(self.root, self.params.ground_truth, what="ISIC 2019 ground-truth",
-                             fix=fix + ", or set --data-param ground_truth=PATH")
-        meta = C.metadata_path(self.root, self.params.metadata, what="ISIC 2019 metadata",
-                               fix=fix + ", or set --data-param metadata=PATH")
-        return gt, meta
-
-    def config(self) -> dict[str, Any]:
-        cfg = super().config()
-        cfg["metadata_sha256"] = C.file_digest(*self.files())
-        return cfg
+    def expected_folder(self) -> str:
+        """Unchecked paths are in the first folder looked in (``ISIC_2019_Training_Input``
+        with ``image_dir=auto``)."""
+        return self.image_folders()[0].rstrip("/") + "/"
 
     def _labels(self, gt_path: Path) -> pd.DataFrame:
+        """The ground truth's ``image`` and ``label`` (the positive column's code; UNK is
+        ``len(CLASSES)``)."""
         gt = C.read_metadata(gt_path, delimiter=",")
         C.pick_column(gt, ["image"], gt_path, what="image id")
         cols = [c for c in gt.columns if c not in ("image", "_line")]
@@ -135,12 +120,10 @@ class ISIC2019(DatasetAdapter):
         return pd.DataFrame({"image": gt["image"].to_numpy(),
                              "label": positive.argmax(axis=1).astype(np.int64)})
 
-    def build_table(self, *, check_files: bool = True) -> SampleTable:
-        """The sample table. ``check_files=False`` reads the metadata only (paths are the
-        expected ``ISIC_2019_Training_Input/<image>.jpg``, unchecked)."""
-        p = self.params
-        notes = C.build_notes(self)
-        gt_path, meta_path = self.files()
+    def read_rows(self, notes: list[str]) -> base.MetadataRows:
+        """One row per ``image`` of both CSVs: the one-hot class, sex, age and ``lesion_id``
+        (rows labelled UNK are dropped)."""
+        gt_path, meta_path = self.metadata_files()
         labels = self._labels(gt_path)
         meta = C.read_metadata(meta_path, delimiter=",")
         C.pick_column(meta, ["image"], meta_path, what="image id")
@@ -167,27 +150,8 @@ class ISIC2019(DatasetAdapter):
             df = df.loc[~unk]
         sex = C.encode_sex(df[sex_col], df, meta_path, sex_col)
         age = C.parse_numbers(df[age_col], df, meta_path, age_col)
-        lesion = df["lesion_id"] if "lesion_id" in df.columns else df["image"]
-        out = pd.DataFrame({
-            "sample_id": df["image"].to_numpy(),
-            "label": df["label"].to_numpy(dtype=np.int64),
-            "attr_sex": sex,
-            "attr_age": C.bin_codes(age, p.age_edges),
-            "patient_id": np.where(lesion == "", df["image"], lesion),
-            "_line": df["_line"].to_numpy(),
-        })
-        attributes = {"sex": ["female", "male"], "age": C.bin_names(p.age_edges)}
-        out = C.apply_drop_missing(out, p.drop_missing, attributes, notes, "isic2019")
-        folders = C.image_dir_candidates(p.image_dir, IMAGE_DIRS)
-        if check_files:
-            rel = C.find_images(self.root, list(out["sample_id"]), folders)
-            out = C.apply_image_paths(
-                out, rel, missing=p.missing_images, meta=meta_path, root=self.root,
-                looked_in=", ".join(f"{f}/" for f in folders), name_rule="{id}.jpg",
-                notes=notes)
-        else:
-            out["path"] = folders[0].rstrip("/") + "/" + out["sample_id"] + ".jpg"
-        if len(out) == 0:
-            raise DataError(f"no rows of {str(meta_path)!r} are left after filtering")
-        return SampleTable(out.drop(columns="_line"), classes=list(CLASSES),
-                           attributes=attributes, default_attribute="sex")
+        return self.sex_age_rows(
+            source=meta_path, classes=list(CLASSES), ids=df["image"],
+            labels=df["label"].to_numpy(dtype=np.int64), sex=sex, age=age,
+            lesion=df["lesion_id"] if "lesion_id" in df.columns else df["image"],
+            lines=df["_line"].to_numpy(), notes=notes)

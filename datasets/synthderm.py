@@ -113,14 +113,11 @@ class SynthDerm(DatasetAdapter):
     def source_fingerprint(self, table: SampleTable) -> str:
         return "generated:v1"
 
-    def fill_images(
-        self,
-        table: SampleTable,
-        spec: ImageSpec,
-        out: np.ndarray,
-        masks_out: np.ndarray | None = None,
-        progress: Callable[[int], None] | None = None,
-    ) -> None:
+    def fill_images(self, table: SampleTable, spec: ImageSpec, out: np.ndarray,
+                    masks_out: np.ndarray | None = None,
+                    progress: Callable[[int], None] | None = None) -> None:
+        """Draw the images of ``table`` into ``out`` and their lesion masks into
+        ``masks_out``."""
         render_into(table.df, self.params, spec.size, out, masks_out, progress=progress)
 
 

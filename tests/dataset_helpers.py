@@ -4,10 +4,12 @@ running the CLI."""
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -55,6 +57,41 @@ def link_files(dst: Path, *files: Path) -> None:
         (dst / f.name).symlink_to(f)
 
 
+def data_root(folder: Path, *files: Path, link: bool = False) -> Path:
+    """``folder`` holding ``files``: symlinks to them with ``link`` (for the big real files),
+    copies otherwise."""
+    (link_files if link else copy_files)(folder, *files)
+    return folder
+
+
+def code_counts(codes: np.ndarray) -> dict[int, int]:
+    """How often each code occurs, as ``{code: count}``."""
+    return {int(k): int(v) for k, v in zip(*np.unique(codes, return_counts=True))}
+
+
+def assert_patients_in_one_part(split, table) -> None:
+    """No patient of ``table`` has samples in two parts of ``split`` (the images of one patient
+    or lesion never straddle parts)."""
+    part_of = {sid: part for part, ids in split.parts.items() for sid in ids}
+    for _, g in table.df.groupby("patient_id"):
+        assert len({part_of[s] for s in g.sample_id}) == 1, g.patient_id.iloc[0]
+
+
+def check_sex_age_params(name: str, root: Path) -> None:
+    """The parameter checks of an adapter whose attributes are sex and age (``ham10000``,
+    ``isic2019``): ``age_edges`` must increase and ``drop_missing`` may name only sex and age,
+    both refused when the adapter is made."""
+    from fairbench import ParamError, create_dataset
+
+    with pytest.raises(ParamError, match="age_edges=60,40 must be strictly increasing"):
+        create_dataset(name, root, age_edges="60,40")
+    with pytest.raises(ParamError, match="needs at least one edge"):
+        create_dataset(name, root, age_edges="")
+    with pytest.raises(ParamError, match=f"drop_missing names 'skin'; {name} has the "
+                       "attributes sex and age"):
+        create_dataset(name, root, drop_missing="skin,age")
+
+
 def cli(*args: str):
     """Run ``fairbench *args``; returns click's Result (exit_code, stdout, stderr)."""
     from click.testing import CliRunner
@@ -74,3 +111,28 @@ def assert_cli_error(result, *fragments: str) -> str:
     for frag in fragments:
         assert frag in lines[0], (frag, lines[0])
     return lines[0]
+
+
+@dataclass
+class InfoCommand:
+    """``fairbench data info DATASET --data-root ROOT``, run by a test that breaks the dataset's
+    files one way after another and checks each error."""
+
+    dataset: str
+    root: Path
+
+    def fails(self, *fragments: str, extra: Sequence[str] = ()) -> str:
+        """Run the command (with ``extra`` arguments): it fails with one error line holding
+        ``fragments``, which is returned."""
+        return assert_cli_error(
+            cli("data", "info", self.dataset, "--data-root", str(self.root), *extra), *fragments)
+
+    def fails_on_cell(self, table: pd.DataFrame, path: Path, row: int, column: str, value: str,
+                      *fragments: str) -> str:
+        """Write ``table`` to ``path`` with ``value`` in ``column`` of ``row``: the command then
+        fails naming the file's line (``row + 2``, after the header), the column and the value,
+        with ``fragments``."""
+        bad = table.copy()
+        bad.loc[row, column] = value
+        bad.to_csv(path, index=False)
+        return self.fails(f"line {row + 2}", f"{column} {value!r}", *fragments)

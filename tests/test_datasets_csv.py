@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from dataset_helpers import assert_cli_error, cli, make_jpegs
+from dataset_helpers import assert_cli_error, assert_patients_in_one_part, cli, make_jpegs
 
 from fairbench import DataError, ParamError, create_dataset
 from fairbench.data.cache import load_or_build
@@ -60,9 +60,7 @@ def test_table_encodings_split_and_cache(tmp_path):
     assert t.labels.tolist() == [t.classes.index(d) for d in src.diagnosis]
     split = make_split(t, seed=0)
     check_split(split, t, "sex")
-    part_of = {sid: part for part, ids in split.parts.items() for sid in ids}
-    for _, g in t.df.groupby("patient_id"):
-        assert len({part_of[s] for s in g.sample_id}) == 1
+    assert_patients_in_one_part(split, t)
     cached = load_or_build(ds, t, 16, tmp_path / "cache", progress=False)
     assert cached.images.shape == (N, 16, 16, 3)
 

@@ -1,5 +1,6 @@
-"""The ham10000 adapter against the real metadata (7- and 8-column layouts; full files from
-shared/data when present, the excerpt in tests/fixtures always), with small generated images."""
+"""The ham10000 adapter against HAM10000_metadata in its 7- and 8-column layouts: the full
+files (when the real data folder is there) and the excerpt in tests/fixtures (always), with
+small generated images."""
 
 from __future__ import annotations
 
@@ -11,10 +12,12 @@ import pytest
 from dataset_helpers import (
     FIXTURES,
     SHARED,
-    assert_cli_error,
+    InfoCommand,
+    assert_patients_in_one_part,
+    check_sex_age_params,
     cli,
-    copy_files,
-    link_files,
+    code_counts,
+    data_root,
     make_jpegs,
     requires_shared,
 )
@@ -28,13 +31,8 @@ CLASSES = ["akiec", "bcc", "bkl", "df", "mel", "nv", "vasc"]
 
 
 def _root(tmp_path: Path, meta: Path, link: bool = False, name: str = "ham") -> Path:
-    root = tmp_path / name
-    (link_files if link else copy_files)(root, meta)
-    return root
-
-
-def _counts(codes):
-    return {int(k): int(v) for k, v in zip(*np.unique(codes, return_counts=True))}
+    """``tmp_path/name`` holding the metadata file ``meta``."""
+    return data_root(tmp_path / name, meta, link=link)
 
 
 # -- the full files (metadata only) ----------------------------------------------------------
@@ -51,14 +49,14 @@ def test_full_counts_both_layouts(tmp_path):
         assert dict(zip(CLASSES, np.bincount(everything.labels))) == {
             "nv": 6705, "mel": 1113, "bkl": 1099, "bcc": 514, "akiec": 327, "vasc": 142,
             "df": 115}
-        assert _counts(everything.attr("sex")) == {-1: 57, 0: 4552, 1: 5406}
+        assert code_counts(everything.attr("sex")) == {-1: 57, 0: 4552, 1: 5406}
         assert (everything.attr("age") == -1).sum() == 57
         assert len(set(everything.patient_ids)) == 7470
         ds = create_dataset("ham10000", root)
         t = ds.build_table(check_files=False)
         assert len(t) == 9958 and t.default_attribute == "sex"
-        assert _counts(t.attr("sex")) == {0: 4552, 1: 5406}
-        assert _counts(t.attr("age")) == {-1: 10, 0: 6349, 1: 3599}
+        assert code_counts(t.attr("sex")) == {0: 4552, 1: 5406}
+        assert code_counts(t.attr("age")) == {-1: 10, 0: 6349, 1: 3599}
         assert len(create_dataset("ham10000", root, drop_missing="sex,age").build_table(
             check_files=False)) == 9948
         tables.append(t)
@@ -87,9 +85,7 @@ def test_excerpt_two_image_folders_grouped_split_cache(tmp_path):
     assert first.patient_id == src.lesion_id
     split = make_split(t, seed=3)
     check_split(split, t, "sex")
-    part_of = {sid: part for part, ids in split.parts.items() for sid in ids}
-    for _, g in t.df.groupby("patient_id"):
-        assert len({part_of[s] for s in g.sample_id}) == 1
+    assert_patients_in_one_part(split, t)
     cached = load_or_build(ds, t, 8, tmp_path / "cache", progress=False)
     assert cached.images.shape == (241, 8, 8, 3)
 
@@ -134,22 +130,20 @@ def test_bad_values(tmp_path):
     src = pd.read_csv(FIXTURES / "ham10000" / META, dtype=str, keep_default_na=False)
     root = tmp_path / "bad"
     root.mkdir()
-    args = ["data", "info", "ham10000", "--data-root", str(root)]
-    bad = src.copy()
-    bad.loc[3, "dx"] = "melanoma"
-    bad.to_csv(root / META, index=False)
-    assert_cli_error(cli(*args), "line 5", "dx 'melanoma'", "akiec, bcc")
-    bad = src.copy()
-    bad.loc[8, "sex"] = "x"
-    bad.to_csv(root / META, index=False)
-    assert_cli_error(cli(*args), "line 10", "sex 'x'")
+    info = InfoCommand("ham10000", root)
+    info.fails_on_cell(src, root / META, 3, "dx", "melanoma", "line 5", "akiec, bcc")
+    info.fails_on_cell(src, root / META, 8, "sex", "x", "line 10")
     src.drop(columns="dx").to_csv(root / META, index=False)
-    assert_cli_error(cli(*args), "no 'dx' column")
+    info.fails("no 'dx' column")
     (root / META).unlink()
-    assert_cli_error(cli(*args), "HAM10000_metadata", "not found", "Dataverse")
+    info.fails("HAM10000_metadata", "not found", "Dataverse")
     src.to_csv(root / META, index=False)
     make_jpegs(root / "HAM10000_images_part_1", src.image_id[:100])
-    assert_cli_error(cli(*args), "151 of 241 images are missing", "line 102")
+    info.fails("151 of 241 images are missing", "line 102")
     with pytest.raises(DataError, match="occurs twice"):
         pd.concat([src, src.iloc[[0]]]).to_csv(root / META, index=False)
         create_dataset("ham10000", root).build_table()
+
+
+def test_bad_params(tmp_path):
+    check_sex_age_params("ham10000", _root(tmp_path, FIXTURES / "ham10000" / META))

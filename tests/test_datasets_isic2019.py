@@ -1,5 +1,6 @@
-"""The isic2019 adapter against the real ground truth and metadata CSVs (full files from
-shared/data when present, the excerpt in tests/fixtures always), with small generated images."""
+"""The isic2019 adapter against the ground truth and metadata CSVs of the ISIC 2019 training
+set: the full files (when the real data folder is there) and the excerpt in tests/fixtures
+(always), with small generated images."""
 
 from __future__ import annotations
 
@@ -11,15 +12,16 @@ import pytest
 from dataset_helpers import (
     FIXTURES,
     SHARED,
-    assert_cli_error,
-    cli,
-    copy_files,
-    link_files,
+    InfoCommand,
+    assert_patients_in_one_part,
+    check_sex_age_params,
+    code_counts,
+    data_root,
     make_jpegs,
     requires_shared,
 )
 
-from fairbench import DataError, ParamError, create_dataset
+from fairbench import DataError, create_dataset
 from fairbench.data.cache import load_or_build
 from fairbench.data.splits import check_split, make_split
 
@@ -29,18 +31,13 @@ CLASSES = ["MEL", "NV", "BCC", "AK", "BKL", "DF", "VASC", "SCC"]
 
 
 def _root(tmp_path: Path, source: Path, link: bool = False) -> Path:
-    root = tmp_path / "isic"
-    (link_files if link else copy_files)(root, source / GT, source / META)
-    return root
-
-
-def _counts(codes):
-    return {int(k): int(v) for k, v in zip(*np.unique(codes, return_counts=True))}
+    """``tmp_path/isic`` holding the ground truth and metadata CSVs of ``source``."""
+    return data_root(tmp_path / "isic", source / GT, source / META, link=link)
 
 
 # -- the full CSVs (metadata only) -----------------------------------------------------------
 @requires_shared
-def test_full_counts(tmp_path):
+def test_fullcode_counts(tmp_path):
     root = _root(tmp_path, SHARED / "isic2019", link=True)
     everything = create_dataset("isic2019", root, drop_missing="none").build_table(
         check_files=False)
@@ -56,8 +53,8 @@ def test_full_counts(tmp_path):
     assert len(t) == 25331 - 384 == 24947  # FairQuantize's n
     assert t.classes == CLASSES and t.default_attribute == "sex"
     assert t.group_names("sex") == ["female", "male"]
-    assert _counts(t.attr("sex")) == {0: 11661, 1: 13286}
-    assert _counts(t.attr("age")) == {-1: 53, 0: 14089, 1: 10805}
+    assert code_counts(t.attr("sex")) == {0: 11661, 1: 13286}
+    assert code_counts(t.attr("age")) == {-1: 53, 0: 14089, 1: 10805}
     assert t.group_names("age") == ["<60", "60+"]
     assert np.bincount(t.labels).tolist() == [4441, 12604, 3317, 864, 2601, 239, 253, 628]
     assert t.df["sample_id"].str.endswith("_downsampled").sum() == 1894
@@ -73,7 +70,7 @@ def test_full_counts(tmp_path):
     multi = create_dataset("isic2019", root, age_edges="20,40,60,80").build_table(
         check_files=False)
     assert multi.group_names("age") == ["<20", "20-39", "40-59", "60-79", "80+"]
-    assert _counts(multi.attr("age")) == {-1: 53, 0: 684, 1: 3915, 2: 9490, 3: 8027, 4: 2778}
+    assert code_counts(multi.attr("age")) == {-1: 53, 0: 684, 1: 3915, 2: 9490, 3: 8027, 4: 2778}
 
 
 @requires_shared
@@ -106,9 +103,7 @@ def test_full_subset_of_images_grouped_split(tmp_path):
     n_down = chosen[chosen.sex != ""].image.str.endswith("_downsampled").sum()
     assert t.df["sample_id"].str.endswith("_downsampled").sum() == n_down >= 4
     split = make_split(t, seed=1)
-    part_of = {sid: part for part, ids in split.parts.items() for sid in ids}
-    for _, g in t.df.groupby("patient_id"):
-        assert len({part_of[s] for s in g.sample_id}) == 1  # a lesion never straddles parts
+    assert_patients_in_one_part(split, t)
 
 
 # -- the excerpt (always) --------------------------------------------------------------------
@@ -120,7 +115,7 @@ def test_excerpt_table_images_cache(tmp_path):
     t = ds.build_table()
     assert len(t) == 287 - 18
     assert np.bincount(t.labels, minlength=8).tolist() == [86, 36, 22, 35, 24, 22, 22, 22]
-    assert _counts(t.attr("sex")) == {0: 133, 1: 136}
+    assert code_counts(t.attr("sex")) == {0: 133, 1: 136}
     row = t.df.set_index("sample_id").loc["ISIC_0000000"]  # 55, female, NV
     assert (row.label, row.attr_sex, row.attr_age) == (1, 0, 0)
     assert row.patient_id == "ISIC_0000000"  # no lesion_id: its own group
@@ -155,41 +150,33 @@ def test_excerpt_onehot_variants(tmp_path):
 # -- bad input -------------------------------------------------------------------------------
 def test_bad_ground_truth_and_metadata(tmp_path):
     root = _root(tmp_path, FIXTURES / "isic2019")
-    args = ["data", "info", "isic2019", "--data-root", str(root)]
+    info = InfoCommand("isic2019", root)
     gt = pd.read_csv(root / GT)
     two = gt.copy()
     two.loc[2, ["MEL", "NV"]] = 1.0
     two.to_csv(root / GT, index=False)
-    assert_cli_error(cli(*args), "line 4", gt.image[2], "2 positive classes")
+    info.fails("line 4", gt.image[2], "2 positive classes")
     gt.drop(columns="SCC").to_csv(root / GT, index=False)
-    assert_cli_error(cli(*args), "lacks the class column(s) ['SCC']")
+    info.fails("lacks the class column(s) ['SCC']")
     gt.iloc[:-1].to_csv(root / GT, index=False)
-    assert_cli_error(cli(*args), "is in one ISIC 2019 CSV but not in", GT)
+    info.fails("is in one ISIC 2019 CSV but not in", GT)
     gt.to_csv(root / GT, index=False)
     meta = pd.read_csv(root / META, dtype=str, keep_default_na=False)
-    odd = meta.copy()
-    odd.loc[5, "sex"] = "other"
-    odd.to_csv(root / META, index=False)
-    assert_cli_error(cli(*args), "line 7", "sex 'other'", "not male, female")
-    odd = meta.copy()
-    odd.loc[9, "age_approx"] = "fifty"
-    odd.to_csv(root / META, index=False)
-    assert_cli_error(cli(*args), "line 11", "age_approx 'fifty' is not a number")
+    info.fails_on_cell(meta, root / META, 5, "sex", "other", "line 7", "not male, female")
+    info.fails_on_cell(meta, root / META, 9, "age_approx", "fifty", "line 11",
+                       "age_approx 'fifty' is not a number")
     meta.drop(columns="sex").to_csv(root / META, index=False)
-    assert_cli_error(cli(*args), "no sex column 'sex' or 'gender'")
+    info.fails("no sex column 'sex' or 'gender'")
     (root / META).unlink()
-    assert_cli_error(cli(*args), META, "not found", "challenge.isic-archive.com")
+    info.fails(META, "not found", "challenge.isic-archive.com")
 
 
 def test_bad_params(tmp_path):
     root = _root(tmp_path, FIXTURES / "isic2019")
-    with pytest.raises(ParamError, match="strictly increasing"):
-        create_dataset("isic2019", root, age_edges="60,40")
-    with pytest.raises(ParamError, match="drop_missing names 'skin'"):
-        create_dataset("isic2019", root, drop_missing="skin")
+    check_sex_age_params("isic2019", root)
     with pytest.raises(DataError, match="none of the 269 images"):
         create_dataset("isic2019", root).build_table()
     meta = pd.read_csv(root / META, dtype=str, keep_default_na=False)
     make_jpegs(root / "ISIC_2019_Training_Input", meta.image)
-    assert_cli_error(cli("data", "info", "isic2019", "--data-root", str(root),
-                         "--attribute", "race"), "unknown sensitive attribute 'race'")
+    InfoCommand("isic2019", root).fails("unknown sensitive attribute 'race'",
+                                        extra=("--attribute", "race"))
