@@ -85,3 +85,29 @@ def make_board(runs_dir: Path, *, seeds: tuple[int, ...] = (0, 1, 2), split: str
                  acc_dark=0.55, split=split, dataset=dataset)
         make_run(runs_dir, method="fairprune", seed=s, params={"ratio": 0.1}, acc=0.45,
                  acc_dark=0.30, split=split, dataset=dataset)
+
+
+def make_run_with_metrics(runs_dir: Path, *, method: str, seed: int,
+                          test: dict[str, Any], val: dict[str, Any] | None = None,
+                          split: str = "b" * 64, dataset: str = "synthderm",
+                          backbone: str = "smallcnn") -> Path:
+    """A finished run whose ``metrics.json`` holds exactly the given (nested) part metrics,
+    for tests that check every rendered leaderboard cell against numbers they know."""
+    identity = {"method": method, "method_params": {}, "seed": seed, "split": split,
+                "dataset": {"name": dataset, "params": {}}, "backbone": backbone,
+                "attribute": "skin_tone", "train": {"epochs": 1}}
+    run_dir = run_dir_for(Path(runs_dir), identity)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    meta = {"attribute": "skin_tone", "groups": GROUPS, "privileged": "light",
+            "higher_is_better": HIGHER_IS_BETTER, "diff_sign": "dark minus light",
+            "threshold": None}
+    write_json(run_dir / "metrics.json", {"val": val or test, "test": test, "meta": meta})
+    pd.DataFrame({"sample_id": ["s0"], "part": ["test"], "label": [0], "pred": [0],
+                  "attr_skin_tone": [0], "prob_0": [1.0]}).to_csv(
+        run_dir / "predictions.csv", index=False)
+    write_json(run_dir / "config.json", {
+        "identity": identity, "config_hash": config_hash(identity), "method": method,
+        "method_params": {}, "dataset": dataset, "dataset_params": {},
+        "attribute": "skin_tone", "groups": GROUPS, "privileged": "light", "classes": ["0"],
+        "threshold": None, "backbone": backbone, "seed": seed, "split_sha256": split})
+    return run_dir

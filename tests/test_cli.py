@@ -23,7 +23,7 @@ TINY = ["--backbone", "smallcnn", "--image-size", "16", "--epochs", "1",
         "--data-param", "n_samples=160", "--data-param", "n_classes=3",
         "--data-param", "images_per_patient=1.0", "--train", "batch_size=16",
         "--device", "cpu", "-q"]
-TABLE_COLUMNS = ("precision", "recall", "F1", "EOpp0", "EOpp1", "EOdd")
+TABLE_COLUMNS = ("precision", "recall", "F1", "EqOddsGap", "EOpp0", "EOpp1", "EOdd")
 
 
 def snapshot(root: Path) -> dict[str, tuple[str, int]]:
@@ -46,7 +46,7 @@ def check_table(text: str) -> None:
         body.append(ln)
     rows = {ln.split()[0]: ln.split()[1:] for ln in body}
     assert list(rows) == ["light", "dark", "Avg", "Diff", "All"]
-    assert len(rows["light"]) == 3 and len(rows["Avg"]) == 6  # fairness on the Avg row
+    assert len(rows["light"]) == 3 and len(rows["Avg"]) == 7  # fairness on the Avg row
     for value in rows["Avg"]:
         assert 0.0 <= float(value) <= 100.0  # percent
     avg_f1 = float(rows["Avg"][2])

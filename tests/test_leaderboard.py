@@ -73,7 +73,8 @@ def test_markdown_paper_view(board_dir):
     rows = [line for line in text.splitlines() if line.startswith("| ") and "---" not in line]
     header, body = rows[0], rows[1:]
     assert header.split("|")[1:-1] == [" Method ", " Group ", " Precision ", " Recall ", " F1 ",
-                                       " EOpp0 ", " EOpp1 ", " EOdd "]
+                                       " EqOdds gap ", " EOpp0 (paper) ", " EOpp1 (paper) ",
+                                       " EOdd (paper) "]
     assert len(body) == len(METHODS) * (len(GROUPS) + 2)
     assert [r.split("|")[2].strip() for r in body[:4]] == ["light", "dark", "Avg", "Diff"]
     assert "**" in text and "± " in text
@@ -106,7 +107,8 @@ def test_significance_marks(board_dir):
     assert comp.significant and comp.p_holm < 0.05   # much worse than vanilla on every seed
     md = board.render("md", "compact")
     line = next(x for x in md.splitlines() if x.startswith("| fairprune "))
-    assert "†" in line.split("|")[2]
+    assert "▼" in line.split("|")[2]   # significantly worse than vanilla
+    assert comp.direction == "worse"
     frame = board.to_frame("compact")
     assert frame.loc[frame.method == "fairprune", "F1_p_holm"].iloc[0] == pytest.approx(comp.p_holm)
     assert np.isnan(frame.loc[frame.method == "vanilla", "F1_p_holm"].iloc[0])
@@ -124,7 +126,7 @@ def test_csv_and_dataframe(board_dir):
     assert avg["F1"] == pytest.approx(board.tables[0].rows[0].stats["Avg.F1"][0])
     compact = board.to_frame("compact")
     assert list(compact.method) == METHODS
-    for col in ("F1", "AUC", "worst.F1", "gap.AUC", "gap.ECE", "EOdd"):
+    for col in ("F1", "AUC", "worst.F1", "gap.AUC", "gap.ECE", "EqOddsGap", "EOdd"):
         assert col in compact.columns
 
 
@@ -134,8 +136,8 @@ def _strip_escaped(text: str) -> str:
 
 def test_latex_sanity(board_dir):
     board = leaderboard(board_dir)
-    for view, n_rows, n_cols in (("paper", len(METHODS) * (len(GROUPS) + 2), 8),
-                                 ("compact", len(METHODS), 7)):
+    for view, n_rows, n_cols in (("paper", len(METHODS) * (len(GROUPS) + 2), 9),
+                                 ("compact", len(METHODS), 8)):
         tex = board.render("latex", view)
         plain = _strip_escaped(tex)
         depth = 0
@@ -198,3 +200,172 @@ def test_cli_formats_and_out(board_dir, tmp_path):
     assert res.exit_code == 2 and res.output.startswith("error: unknown selection rule")
     res = runner.invoke(main, ["leaderboard", str(tmp_path / "missing")])
     assert res.exit_code == 2 and "neither a suite file nor a runs directory" in res.output
+
+
+# -- every rendered cell against numbers the test computes itself ------------------------------
+CELL_SEEDS = (0, 1, 2, 3)
+FLAT_KEYS = ("F1", "AUC", "EqOddsGap", "EOpp0", "EOpp1", "EOdd", "worst.F1", "gap.AUC",
+             "gap.ECE", *(f"{g}.{m}" for g in ("light", "dark", "Avg", "Diff")
+                          for m in ("precision", "recall", "F1")))
+#: per method, the level every metric sits at; "fairer" is clearly lower on the fairness gaps
+LEVELS = {"vanilla": 0.50, "fairer": 0.40, "shorty": 0.45}
+
+
+def _known_value(method: str, seed: int, key: str) -> float | None:
+    if method == "shorty" and seed == 1 and key == "EqOddsGap":
+        return None                            # a null metric: that cell averages 3 seeds
+    rng = np.random.default_rng([CELL_SEEDS.index(seed), len(key), sum(map(ord, key)),
+                                 sum(map(ord, method))])
+    return round(LEVELS[method] + 0.03 * rng.standard_normal(), 6)
+
+
+def _nested(flat: dict[str, float | None]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    for key, value in flat.items():
+        if "." in key:
+            head, tail = key.split(".", 1)
+            out.setdefault(head, {})[tail] = value  # type: ignore[index]
+        else:
+            out[key] = value
+    return out
+
+
+@pytest.fixture(scope="module")
+def known_board(tmp_path_factory):
+    from bench_helpers import make_run_with_metrics
+
+    d = tmp_path_factory.mktemp("known")
+    values: dict[str, dict[int, dict[str, float | None]]] = {}
+    for method in LEVELS:
+        for seed in CELL_SEEDS:
+            if method == "shorty" and seed == 3:
+                continue                       # a missing run
+            flat = {k: _known_value(method, seed, k) for k in FLAT_KEYS}
+            values.setdefault(method, {})[seed] = flat
+            make_run_with_metrics(d, method=method, seed=seed, test=_nested(flat))
+    return d, values
+
+
+def _expected_cells(values, key):
+    """Per method: (mean, std, n) over the finite seeds, bold and the significance mark, all
+    computed here with numpy, scipy and a Holm loop of this test's own."""
+    from scipy import stats as sps
+
+    from fairbench import higher_is_better
+
+    stats = {}
+    for method, by_seed in values.items():
+        v = np.array([x[key] for x in by_seed.values() if x[key] is not None], dtype=float)
+        stats[method] = (v.mean(), v.std(ddof=1), len(v))
+    full = {m: s for m, s in stats.items() if s[2] == len(CELL_SEEDS)}
+    hib = higher_is_better(key)
+    best = set()
+    if hib is not None and len(full) >= 2:
+        target = (max if hib else min)(s[0] for s in full.values())
+        best = {m for m, s in full.items() if abs(s[0] - target) <= 1e-12}
+    # paired t-tests against vanilla over common finite seeds (>= 3, non-constant), Holm
+    pvals = {}
+    for method, by_seed in values.items():
+        if method == "vanilla":
+            continue
+        seeds = [s for s in by_seed if s in values["vanilla"] and by_seed[s][key] is not None
+                 and values["vanilla"][s][key] is not None]
+        a = np.array([by_seed[s][key] for s in seeds])
+        b = np.array([values["vanilla"][s][key] for s in seeds])
+        if len(seeds) >= 3 and np.ptp(a - b) > 1e-12:
+            pvals[method] = sps.ttest_rel(a, b).pvalue
+    order = sorted(pvals, key=pvals.get)
+    adjusted, running = {}, 0.0
+    for rank, method in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * pvals[method]))
+        adjusted[method] = running
+    marks = {}
+    for method, p in adjusted.items():
+        if p < 0.05:
+            better = (stats[method][0] > stats["vanilla"][0]) == hib
+            marks[method] = "▲" if better else "▼"
+    return stats, best, marks
+
+
+def _text(mean, std, n):
+    out = f"{mean * 100:.2f} ± {std * 100:.2f}"
+    return out + (f" (n={n})" if n < len(CELL_SEEDS) else "")
+
+
+def test_every_rendered_cell_matches_numbers_computed_by_the_test(known_board):
+    d, values = known_board
+    board = leaderboard(d, rule="best_f1")
+    (t,) = board.tables
+    md = board.render("md", "compact")
+    csv = pd.read_csv(io.StringIO(board.render("csv", "compact")))
+    tex = board.render("latex", "compact")
+    cols = list(t.columns("compact"))
+    assert cols == ["F1", "AUC", "worst.F1", "gap.AUC", "gap.ECE", "EqOddsGap", "EOdd"]
+    md_rows = {line.split("|")[1].strip().replace("\\_", "_"): [c.strip() for c in
+                                                               line.split("|")[2:-1]]
+               for line in md.splitlines() if line.startswith("| ") and "Method" not in line}
+    tex_rows = {line.split(" & ")[0]: line.rstrip("\\ ").split(" & ")[1:]
+                for line in tex.splitlines() if line.split(" & ")[0] in LEVELS}
+    checked = 0
+    for j, key in enumerate(cols):
+        stats, best, marks = _expected_cells(values, key)
+        for method, (mean, std, n) in stats.items():
+            text = _text(mean, std, n)
+            cell = md_rows[method][j]
+            bare = cell.replace("**", "").replace("▲", "").replace("▼", "")
+            assert bare == text, (method, key, cell)
+            assert cell.startswith("**") == (method in best), (method, key, cell)
+            assert ("▲" in cell, "▼" in cell) == (marks.get(method) == "▲",
+                                                  marks.get(method) == "▼"), (method, key, cell)
+            row = csv[csv.method == method].iloc[0]
+            assert row[key] == pytest.approx(mean, abs=1e-12)
+            assert row[f"{key}_std"] == pytest.approx(std, abs=1e-12)
+            assert row[f"{key}_n"] == n
+            assert row[f"{key}_vs_vanilla"] == {"▲": "better", "▼": "worse"}.get(
+                marks.get(method), "") or (pd.isna(row[f"{key}_vs_vanilla"])
+                                           and method not in marks)
+            tex_cell = tex_rows[method][j]
+            tex_text = text.replace(" ± ", " $\\pm$ ")
+            assert tex_text in tex_cell
+            assert ("\\textbf{" in tex_cell) == (method in best)
+            assert ("blacktriangle$" in tex_cell) == (marks.get(method) == "▲")
+            assert ("blacktriangledown" in tex_cell) == (marks.get(method) == "▼")
+            checked += 1
+    assert checked == len(cols) * len(LEVELS)
+    # the fairer method is marked better on the headline, and the short cell is said so
+    assert _expected_cells(values, "EqOddsGap")[2].get("fairer") == "▲"
+    assert "(n=3)" in md and "Missing runs:" in md and "shorty (chosen setting): no finished " \
+        "run for seed 3" in md
+
+
+def test_paper_view_cells_match_too(known_board):
+    d, values = known_board
+    board = leaderboard(d, rule="best_f1")
+    frame = board.to_frame("paper")
+    for method in LEVELS:
+        for group in ("light", "dark", "Avg", "Diff"):
+            row = frame[(frame.method == method) & (frame.row == group)].iloc[0]
+            for m in ("precision", "recall", "F1"):
+                stats = _expected_cells(values, f"{group}.{m}")[0][method]
+                assert row[m] == pytest.approx(stats[0], abs=1e-12)
+                assert row[f"{m}_std"] == pytest.approx(stats[1], abs=1e-12)
+        avg = frame[(frame.method == method) & (frame.row == "Avg")].iloc[0]
+        for key in ("EqOddsGap", "EOpp0", "EOpp1", "EOdd"):
+            assert avg[key] == pytest.approx(_expected_cells(values, key)[0][method][0])
+
+
+def test_cli_interval_kinds_are_named_in_the_footnote(board_dir):
+    runner = CliRunner()
+    two = runner.invoke(main, ["leaderboard", str(board_dir), "--view", "compact", "--ci",
+                               "--n-boot", "50"])
+    assert two.exit_code == 0, two.output
+    assert "two-stage bootstrap: seeds, then test samples" in two.output
+    one = runner.invoke(main, ["leaderboard", str(board_dir), "--view", "compact", "--ci",
+                               "--n-boot", "50", "--ci-kind", "samples"])
+    assert one.exit_code == 0 and "training seed's variation is left out" in one.output
+    # the two-stage interval is never narrower here (3 seeds that differ)
+    board2 = leaderboard(board_dir, ci=True, n_resamples=200)
+    board1 = leaderboard(board_dir, ci=True, n_resamples=200, ci_kind="samples")
+    widths = [(r2.ci["F1"][1] - r2.ci["F1"][0]) - (r1.ci["F1"][1] - r1.ci["F1"][0])
+              for r2, r1 in zip(board2.tables[0].rows, board1.tables[0].rows)]
+    assert sum(w > 0 for w in widths) >= 2, widths

@@ -286,7 +286,7 @@ def test_bootstrap_intervals_of_a_segmentation_table(tmp_path):
     assert preds.metric("dark.IoU") == pytest.approx(results[0].metrics["test"]["dark"]["IoU"])
     board = leaderboard(runs, ci=True, n_resamples=200)
     row = board.tables[0].rows[0]
-    for key in ("Dice", "ES_fairseg.Dice", "Avg.Dice"):
+    for key in ("Dice", "gap.Dice", "worst.Dice"):
         lo, hi = row.ci[key]
         mean = row.stats[key][0]
         assert lo <= mean + 1e-9 and mean - 1e-9 <= hi and hi - lo > 0, key

@@ -10,16 +10,28 @@ Markdown, CSV or LaTeX (booktabs).
   std, ddof 1) over its seeds, in percent.
 * **Paper view** (FairQuantize Table 1): per method, one row per group, ``Avg`` (mean over
   groups) and ``Diff`` (|group 1 − group 0|; max − min with more groups); columns precision,
-  recall, F1 (macro), EOpp0, EOpp1, EOdd (between-group quantities, on the Avg row).
-* **Compact view**: one row per method: F1, AUC, worst-group F1, AUC gap, ECE gap, EOdd.
+  recall, F1 (macro), the equalized-odds gap (``EqOddsGap``, the headline) and the papers'
+  EOpp0, EOpp1, EOdd (labelled "(paper)"; between-group quantities, on the Avg row).
+* **Compact view**: one row per method: F1, AUC, worst-group F1, AUC gap, ECE gap, the
+  equalized-odds gap (headline) and the papers' EOdd beside it.
 * **Segmentation tables** (runs with ``task = segmentation``, never mixed with
   classification): columns Dice and IoU per group, ``Avg`` and ``Diff``, with the equity-scaled
   Dice of FairSeg (``ES_fairseg``) and of FairMedFM (``ES_fairmedfm``) on the Avg row; the
   compact view shows Dice, IoU, worst-group Dice, Dice gap and both ES-Dice. Selection rules
   use Dice for F1 and the Dice gap for EOdd (:func:`fairbench.bench.selection.rule_for_task`).
 * **Marks**: the best value per column in bold (Avg rows and Diff rows ranked separately in
-  the paper view), and † where a paired test against vanilla over seeds (Holm-corrected over
-  the methods) gives p < alpha.
+  the paper view; a cell short of the table's seeds is never bold), and ▲ (better) or ▼
+  (worse than vanilla, by the metric's direction; † for a metric without one) where a paired
+  test against vanilla over at least 3 seeds (Holm-corrected over the methods) gives
+  p < alpha. Fewer paired seeds or a zero-variance difference are not tested (no mark; the
+  footnote says so).
+* **Seeds per cell**: a cell averaged over fewer seeds than the table's (a missing, failed or
+  unfinished run, or a ``null`` metric) shows ``(n=k)``; the runs missing are listed under
+  the table.
+* **Intervals** (``ci=True``): bootstrap intervals of the seed-mean, by default two-stage
+  (seeds, then patients/samples within each seed: :func:`fairbench.bench.stats.bootstrap_runs`);
+  ``ci_kind="samples"`` keeps the training seed out (test-sample variation only). The
+  footnote names the kind.
 """
 
 from __future__ import annotations
@@ -36,19 +48,30 @@ import numpy as np
 import pandas as pd
 
 from fairbench.bench.selection import Candidate, Rule, Selection, parse_rule, rule_for_task, select
-from fairbench.bench.stats import Comparison, FriedmanResult, compare_to_reference, friedman
+from fairbench.bench.stats import (
+    CI_KINDS,
+    MIN_PAIRS,
+    Comparison,
+    FriedmanResult,
+    compare_to_reference,
+    friedman,
+)
 from fairbench.core.errors import FairbenchError
 from fairbench.core.files import config_hash, read_json
-from fairbench.metrics import flatten, higher_is_better, is_segmentation_metric
+from fairbench.metrics import HEADLINE_FAIRNESS, flatten, higher_is_better, is_segmentation_metric
 from fairbench.run.store import is_finished
 
 UTILITY = ("precision", "recall", "F1")
-FAIRNESS = ("EOpp0", "EOpp1", "EOdd")
+#: the dermatology papers' definitions, shown beside the headline for comparison
+PAPER_FAIRNESS = ("EOpp0", "EOpp1", "EOdd")
+FAIRNESS = (HEADLINE_FAIRNESS, *PAPER_FAIRNESS)
 PAPER_COLUMNS = UTILITY + FAIRNESS
-COLUMN_TITLES = {"precision": "Precision", "recall": "Recall", "F1": "F1", "EOpp0": "EOpp0",
-                 "EOpp1": "EOpp1", "EOdd": "EOdd", "AUC": "AUC", "worst.F1": "Worst-group F1",
-                 "gap.AUC": "AUC gap", "gap.ECE": "ECE gap"}
-COMPACT_KEYS = ("F1", "AUC", "worst.F1", "gap.AUC", "gap.ECE", "EOdd")
+COLUMN_TITLES = {"precision": "Precision", "recall": "Recall", "F1": "F1",
+                 "EqOddsGap": "EqOdds gap", "EqOddsGap_maxclass": "EqOdds gap (worst class)",
+                 "EOpp0": "EOpp0 (paper)", "EOpp1": "EOpp1 (paper)", "EOdd": "EOdd (paper)",
+                 "AUC": "AUC", "worst.F1": "Worst-group F1", "gap.AUC": "AUC gap",
+                 "gap.ECE": "ECE gap"}
+COMPACT_KEYS = ("F1", "AUC", "worst.F1", "gap.AUC", "gap.ECE", HEADLINE_FAIRNESS, "EOdd")
 SEG_UTILITY = ("Dice", "IoU")
 SEG_FAIRNESS = ("ES_fairseg.Dice", "ES_fairmedfm.Dice")
 SEG_COMPACT_KEYS = ("Dice", "IoU", "worst.Dice", "gap.Dice", "ES_fairseg.Dice",
@@ -59,6 +82,8 @@ COLUMN_TITLES.update({"worst.Dice": "Worst-group Dice", "gap.Dice": "Dice gap",
 VIEWS = ("paper", "compact")
 FORMATS = ("md", "csv", "latex")
 DAGGER = "†"
+#: significance marks: better / worse than vanilla; † for a metric without a direction
+MARKS = {"better": "▲", "worse": "▼", "higher": DAGGER, "lower": DAGGER}
 
 
 # -- runs ---------------------------------------------------------------------------------------
@@ -144,6 +169,8 @@ class MethodRow:
     ci: dict[str, tuple[float, float]] = field(default_factory=dict)
     all_runs: list[RunRecord] = field(default_factory=list)   # every setting of the method
     varying: list[str] = field(default_factory=list)  # parameters that differ between settings
+    #: the seeds every cell of the table should average (the suite's, else all the table's)
+    expected_seeds: list[int] = field(default_factory=list)
 
     def params_text(self) -> str:
         """The chosen values of the parameters that vary over the method's grid, and the
@@ -177,6 +204,14 @@ class MethodRow:
     def values(self, key: str) -> dict[int, float]:
         return {r.seed: float(r.flat(self.part).get(key, float("nan"))) for r in self.runs}
 
+    def n(self, key: str) -> int:
+        """Seeds with a finite value of ``key``."""
+        return sum(math.isfinite(v) for v in self.values(key).values())
+
+    def short(self, key: str) -> bool:
+        """Whether ``key`` is averaged over fewer seeds than the table expects."""
+        return self.n(key) < len(self.expected_seeds)
+
     part: str = "test"
 
 
@@ -193,6 +228,8 @@ class Table:
     part: str
     reference: str | None
     task: str = "classification"
+    #: runs of the table's methods and seeds that are not there (unfinished, failed, absent)
+    missing: list[str] = field(default_factory=list)
 
     @property
     def title(self) -> str:
@@ -233,7 +270,8 @@ class Table:
                 direction = higher_is_better(key)
                 if direction is None:
                     continue
-                means = {r.label: r.stats.get(key, (math.nan, math.nan))[0] for r in self.rows}
+                means = {r.label: r.stats.get(key, (math.nan, math.nan))[0] for r in self.rows
+                         if not r.short(key)}
                 finite = {k: v for k, v in means.items() if math.isfinite(v)}
                 if len(finite) < 2:
                     continue
@@ -285,9 +323,15 @@ def build_tables(runs: Sequence[RunRecord], *, rule: Rule | str | None = None,
                  part: str = "test", split: str | None = None, test: str = "ttest",
                  alpha: float = 0.05, where: str = "the runs",
                  method_order: Sequence[str] | None = None,
-                 dataset_order: Sequence[str] | None = None) -> list[Table]:
+                 dataset_order: Sequence[str] | None = None,
+                 expected_seeds: Sequence[int] | None = None,
+                 missing_runs: dict[str, list[str]] | None = None) -> list[Table]:
     """Group ``runs`` into tables, select one setting per method, aggregate over seeds and
-    test every method against vanilla (see the module docstring)."""
+    test every method against vanilla (see the module docstring).
+
+    ``expected_seeds``: the seeds every cell should average (a suite's); by default every seed
+    that some run of the table has. ``missing_runs``: per dataset label, runs planned but not
+    finished (listed under that dataset's tables)."""
     rule = parse_rule(rule)
     if part not in ("val", "test"):
         raise FairbenchError(f"part must be val or test, not {part!r}")
@@ -337,8 +381,19 @@ def build_tables(runs: Sequence[RunRecord], *, rule: Rule | str | None = None,
             row = MethodRow(label, chosen[0].config["method"], sel, chosen, len(cands), part=part,
                             all_runs=list(by_label[label]), varying=varying)
             rows.append(row)
+        table_seeds = sorted(set(expected_seeds) if expected_seeds is not None
+                             else {r.seed for r in truns})
+        missing = list((missing_runs or {}).get(dataset, []))
+        for row in rows:
+            row.expected_seeds = table_seeds
+            absent = [s for s in table_seeds if s not in row.seeds]
+            if absent:
+                missing.append(f"{row.label} (chosen setting): no finished run for seed"
+                               f"{'s' if len(absent) > 1 else ''} "
+                               f"{', '.join(map(str, absent))}")
         table = Table(dataset, truns[0].config["dataset"], attribute, backbone, truns[0].split,
-                      truns[0].groups, rows, str(table_rule), part, reference_label, task)
+                      truns[0].groups, rows, str(table_rule), part, reference_label, task,
+                      missing)
         _aggregate(table, test=test, alpha=alpha)
         tables.append(table)
     return tables
@@ -369,6 +424,7 @@ class Leaderboard:
     alpha: float = 0.05
     missing: int = 0          # runs of the suite that are not finished
     ci_confidence: float | None = None
+    ci_kind: str = "seeds+samples"
 
     # -- DataFrame API ----------------------------------------------------------------------
     def to_frame(self, view: str = "paper") -> pd.DataFrame:
@@ -389,11 +445,14 @@ class Leaderboard:
                         mean, std = row.stats.get(key, (math.nan, math.nan)) if key else \
                             (math.nan, math.nan)
                         rec[col], rec[f"{col}_std"] = mean, std
+                        rec[f"{col}_n"] = row.n(key) if key else 0
                         comp = row.tests.get(key) if key else None
                         rec[f"{col}_p_holm"] = comp.p_holm if comp else math.nan
+                        rec[f"{col}_vs_vanilla"] = (comp.direction or "") if comp else ""
                         if key in row.ci:
                             rec[f"{col}_ci_low"], rec[f"{col}_ci_high"] = row.ci[key]
                     rec.update(n_seeds=len(row.runs), seeds=" ".join(map(str, row.seeds)),
+                               expected_seeds=len(row.expected_seeds),
                                n_settings=row.n_settings,
                                params=json.dumps(row.params, sort_keys=True),
                                rule=row.selection.rule, selected_because=row.selection.reason)
@@ -430,8 +489,10 @@ class Leaderboard:
                     if (row.label, row_name, col) in best:
                         text = bold(text)
                     comp = row.tests.get(key)
-                    if comp is not None and comp.significant:
-                        text = sig(text)
+                    if comp is not None and comp.direction is not None:
+                        text = sig(text, MARKS[comp.direction])
+                    if row.short(key) and math.isfinite(mean):
+                        text += f" (n={row.n(key)})"
                     cells.append(text)
                 out.append((row.label if i == 0 else "", row_name, cells))
         return out
@@ -446,7 +507,7 @@ class Leaderboard:
             out.append("|" + "|".join([":--"] * (2 if view == "paper" else 1)
                                       + ["--:"] * len(cols)) + "|")
             for label, row_name, cells in self._cells(t, view, lambda s: f"**{s}**",
-                                                      lambda s: s + DAGGER):
+                                                      lambda s, mark: s + mark):
                 first = [_md_escape(label)] + ([row_name] if view == "paper" else [])
                 out.append("| " + " | ".join(first + cells) + " |")
             out.append("")
@@ -456,14 +517,33 @@ class Leaderboard:
         return "\n".join(out).rstrip() + "\n"
 
     def _notes(self, t: Table) -> list[str]:
-        lines = [f"Values in %, mean ± std over seeds ({t.part}); best per column in bold; "
-                 f"{DAGGER}: paired {self.test} vs vanilla over seeds, Holm-corrected, "
-                 f"p < {self.alpha:g}." if t.reference else
-                 f"Values in %, mean ± std over seeds ({t.part}); best per column in bold; no "
-                 "vanilla run, so no significance marks."]
+        n_seeds = len(t.rows[0].expected_seeds) if t.rows else 0
+        lines = [f"Values in %, mean ± std over {n_seeds} seeds ({t.part}); best per column in "
+                 "bold (cells short of seeds excluded)."]
+        if t.reference:
+            lines.append(
+                f"{MARKS['better']} / {MARKS['worse']}: better / worse than vanilla (paired "
+                f"{self.test} over seeds, Holm-corrected over the methods, p < {self.alpha:g}; "
+                f"{DAGGER}: a metric without a direction); a comparison needs at least "
+                f"{MIN_PAIRS} paired seeds whose differences vary, else it is not tested.")
+            untested = sorted({f"{row.label} ({c.untestable})" for row in t.rows
+                               for c in row.tests.values() if c.untestable})
+            if untested:
+                lines.append("Not tested against vanilla: " + "; ".join(untested) + ".")
+        else:
+            lines.append("No vanilla run, so no significance marks.")
         if self.ci_confidence:
-            lines.append(f"[low, high]: {self.ci_confidence:.0%} bootstrap interval of the "
-                         "seed-mean over test samples (patients where known).")
+            what = ("two-stage bootstrap: seeds, then test samples (patients where known) "
+                    "within each seed" if self.ci_kind == "seeds+samples" else
+                    "bootstrap over test samples (patients where known) only; the training "
+                    "seed's variation is left out")
+            lines.append(f"[low, high]: {self.ci_confidence:.0%} interval of the seed-mean, "
+                         f"{what}.")
+        if any(row.short(k) for row in t.rows for k in row.stats):
+            lines.append("(n=k): the cell averages k seeds only.")
+        if t.missing:
+            lines.append("Missing runs:")
+            lines.extend(f"- {m}" for m in t.missing)
         lines.append(f"Selection (validation only), rule {t.rule}:")
         for row in t.rows:
             lines.append(f"- {row.label}: {row.params_text()}; seeds "
@@ -476,19 +556,29 @@ class Leaderboard:
             return [f"Friedman test: {res}"] if len(self.tables) > 1 else []
         ranks = ", ".join(f"{m} {r:.2f}" for m, r in sorted(res.avg_ranks.items(),
                                                             key=lambda kv: kv[1]))
-        return [(f"Friedman test over {res.n_datasets} tables ({res.metric}): "
-                 f"chi2 = {res.statistic:.3f}, p = {res.pvalue:.4f}; average ranks (1 = best): "
-                 f"{ranks}; Nemenyi CD (alpha {res.alpha:g}) = {res.cd:.3f}")]
+        line = (f"Friedman test over {res.n_datasets} tables ({res.metric}): "
+                f"chi2 = {res.statistic:.3f}, p = {res.pvalue:.4f}; Iman-Davenport F = "
+                f"{res.f_statistic:.3f}, p = {res.f_pvalue:.4f}; average ranks (1 = best): "
+                f"{ranks}; ")
+        if res.significant:
+            line += f"Nemenyi CD (alpha {res.alpha:g}) = {res.cd:.3f}."
+        else:
+            line += ("not significant, so the ranks are not compared pairwise (no critical "
+                     "difference).")
+        return [line]
 
-    def friedman(self, metric: str = "F1", alpha: float = 0.05) -> FriedmanResult | str:
-        """Friedman test across tables (datasets) on the seed-mean ``metric``; a string
-        saying why when it cannot run (fewer than 2 tables or 3 common methods)."""
+    def friedman(self, metric: str = "F1", alpha: float = 0.05,
+                 gate: str = "chi2") -> FriedmanResult | str:
+        """Friedman test across tables (datasets) on the seed-mean ``metric`` (``gate``: the
+        omnibus test that must reject before a pairwise reading, ``chi2`` or
+        ``iman_davenport``); a string saying why when it cannot run (fewer than 2 tables or 3
+        common methods)."""
         scores = self.scores(metric)
         if scores.shape[0] < 2:
             return "needs at least 2 datasets"
         if scores.shape[1] < 3:
             return "needs at least 3 methods present on every dataset"
-        return friedman(scores, metric=metric, alpha=alpha)
+        return friedman(scores, metric=metric, alpha=alpha, gate=gate)
 
     def scores(self, metric: str = "F1") -> pd.DataFrame:
         """Seed-mean ``metric`` per table (rows) and method (columns) common to all tables."""
@@ -502,7 +592,7 @@ class Leaderboard:
         return df.dropna(axis=1)
 
     def to_latex(self, view: str = "paper") -> str:
-        out = ["% requires \\usepackage{booktabs}"]
+        out = ["% requires \\usepackage{booktabs,amssymb}"]
         for t in self.tables:
             ncols = len(t.columns(view))
             lead = "ll" if view == "paper" else "l"
@@ -510,20 +600,20 @@ class Leaderboard:
             head = ["Method"] + (["Group"] if view == "paper" else []) + cols
             out += ["\\begin{table}[t]", "\\centering", "\\small",
                     (f"\\caption{{{_tex(t.title)}. Values in \\%, mean $\\pm$ std over seeds; "
-                     f"best per column in bold; $^\\dagger$: paired {_tex(self.test)} vs "
-                     f"vanilla, Holm-corrected, $p<{self.alpha:g}$. Selection rule: "
+                     f"best per column in bold; $^\\blacktriangle$/$^\\blacktriangledown$: "
+                     f"better/worse than vanilla, paired {_tex(self.test)} over at least "
+                     f"{MIN_PAIRS} seeds, Holm-corrected, $p<{self.alpha:g}$. Selection rule: "
                      f"{_tex(t.rule)}.}}"),
                     f"\\label{{tab:{_label(t)}-{view}}}",
                     f"\\begin{{tabular}}{{{lead}{'r' * ncols}}}", "\\toprule",
                     " & ".join(_tex(h) for h in head) + " \\\\", "\\midrule"]
             first = True
             for label, row_name, cells in self._cells(
-                    t, view, lambda s: f"\\textbf{{{s}}}", lambda s: s + "$^\\dagger$"):
+                    t, view, lambda s: f"\\textbf{{{s}}}", lambda s, mark: s + _TEX_MARKS[mark]):
                 if label and not first and view == "paper":
                     out.append("\\midrule")
                 first = False
-                cells = [c.replace(" ± ", " $\\pm$ ").replace(DAGGER, "$^\\dagger$")
-                         for c in cells]
+                cells = [c.replace(" ± ", " $\\pm$ ") for c in cells]
                 lead_cells = [_tex(label)] + ([_tex(row_name)] if view == "paper" else [])
                 out.append(" & ".join(lead_cells + cells) + " \\\\")
             out += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
@@ -551,6 +641,10 @@ _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#
         "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
 
 
+_TEX_MARKS = {MARKS["better"]: "$^\\blacktriangle$", MARKS["worse"]: "$^\\blacktriangledown$",
+              DAGGER: "$^\\dagger$"}
+
+
 def _tex(text: str) -> str:
     return "".join(_TEX.get(ch, ch) for ch in str(text)).replace("±", "$\\pm$")
 
@@ -565,13 +659,15 @@ def leaderboard(source: str | Path, *, rule: str | None = None, part: str = "tes
                 split: str | None = None, test: str = "ttest", alpha: float = 0.05,
                 runs_dir: str | None = None, data_roots: dict[str, str] | None = None,
                 ci: bool = False, n_resamples: int = 1000, confidence: float = 0.95,
-                seed: int = 0) -> Leaderboard:
+                seed: int = 0, ci_kind: str = "seeds+samples") -> Leaderboard:
     """The leaderboard of a suite file (only its runs; its rule unless ``rule``) or of every
     finished run under a runs directory."""
     if test not in ("ttest", "wilcoxon"):
         raise FairbenchError(f"unknown paired test {test!r}; use ttest or wilcoxon")
     if not 0 < alpha < 1:
         raise FairbenchError(f"alpha must be between 0 and 1, not {alpha}")
+    if ci_kind not in CI_KINDS:
+        raise FairbenchError(f"unknown interval kind {ci_kind!r}; use {' or '.join(CI_KINDS)}")
     src = Path(source).expanduser()
     if src.is_file():
         from fairbench.bench.suite import load_suite
@@ -582,6 +678,10 @@ def leaderboard(source: str | Path, *, rule: str | None = None, part: str = "tes
         runs = [read_run(p.run_dir, label=p.planned.method, dataset_label=p.planned.dataset)
                 for p in planned if p.finished and p.run_dir is not None]
         missing = sum(not p.finished for p in planned)
+        not_finished: dict[str, list[str]] = defaultdict(list)
+        for p in planned:
+            if not p.finished:
+                not_finished[p.planned.dataset].append(f"not finished: {p.label}")
         if not runs:
             raise FairbenchError(f"no finished run of suite {str(src)!r} in "
                                  f"{suite.runs_dir!r}; run `fairbench sweep {source}` first")
@@ -589,7 +689,8 @@ def leaderboard(source: str | Path, *, rule: str | None = None, part: str = "tes
         tables = build_tables(runs, rule=chosen, part=part, split=split, test=test,
                               alpha=alpha, where=f"suite {str(src)!r}",
                               method_order=[m.label for m in suite.methods],
-                              dataset_order=[d.label for d in suite.datasets])
+                              dataset_order=[d.label for d in suite.datasets],
+                              expected_seeds=suite.seeds, missing_runs=not_finished)
         board = Leaderboard(tables, str(src), str(chosen), test, alpha, missing)
     elif src.is_dir():
         runs = collect_runs(src)
@@ -602,19 +703,25 @@ def leaderboard(source: str | Path, *, rule: str | None = None, part: str = "tes
     else:
         raise FairbenchError(f"{str(source)!r} is neither a suite file nor a runs directory")
     if ci:
-        add_bootstrap(board, n_resamples=n_resamples, confidence=confidence, seed=seed)
+        add_bootstrap(board, n_resamples=n_resamples, confidence=confidence, seed=seed,
+                      kind=ci_kind)
     return board
 
 
 #: what a bootstrap key of a classification table stands for in a segmentation table
-SEGMENTATION_CI_KEYS = {"F1": "Dice", "EOdd": "ES_fairseg.Dice", "Avg.F1": "Avg.Dice"}
+SEGMENTATION_CI_KEYS = {"F1": "Dice", HEADLINE_FAIRNESS: "gap.Dice", "EOdd": "ES_fairseg.Dice",
+                        "Avg.F1": "Avg.Dice", "worst.F1": "worst.Dice"}
+#: the keys that get intervals by default: utility, the headline fairness, the worst group
+CI_KEYS = ("F1", HEADLINE_FAIRNESS, "worst.F1")
 
 
-def add_bootstrap(board: Leaderboard, *, keys: Sequence[str] = ("F1", "EOdd", "Avg.F1"),
-                  n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0) -> None:
+def add_bootstrap(board: Leaderboard, *, keys: Sequence[str] = CI_KEYS,
+                  n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0,
+                  kind: str = "seeds+samples") -> None:
     """Bootstrap intervals of the seed-mean of ``keys`` for every row (see
-    :func:`fairbench.bench.stats.bootstrap_runs`); segmentation tables take the counterparts in
-    :data:`SEGMENTATION_CI_KEYS` (Dice, ES_fairseg.Dice, Avg.Dice), resampling images."""
+    :func:`fairbench.bench.stats.bootstrap_runs`; ``kind`` ``seeds+samples``, the default, or
+    ``samples``); segmentation tables take the counterparts in :data:`SEGMENTATION_CI_KEYS`
+    (Dice, gap.Dice, worst.Dice), resampling images."""
     from fairbench.bench.stats import RunPredictions, SegmentationPredictions, bootstrap_runs
 
     for t in board.tables:
@@ -625,6 +732,7 @@ def add_bootstrap(board: Leaderboard, *, keys: Sequence[str] = ("F1", "EOdd", "A
             preds = [reader.read(r.path, part=t.part, config=r.config) for r in row.runs]
             for key in table_keys:
                 iv = bootstrap_runs(preds, key, n_resamples=n_resamples, confidence=confidence,
-                                    seed=seed)
+                                    seed=seed, kind=kind)
                 row.ci[key] = (iv.low, iv.high)
     board.ci_confidence = confidence
+    board.ci_kind = kind

@@ -1,8 +1,9 @@
 """Plots (matplotlib, Agg backend; every figure is written as PNG and PDF).
 
 * :func:`plot_tradeoff`: accuracy–fairness trade-off of a leaderboard table: test F1 against
-  EOdd per method (mean ± std over seeds as error bars), every evaluated parameter setting as a
-  faint point, and the Pareto front of the methods (higher F1, lower EOdd).
+  the equalized-odds gap per method (mean ± std over seeds as error bars), every evaluated
+  parameter setting as a faint point, and the Pareto front of the methods (higher F1, lower
+  gap).
 * :func:`plot_ablation`: FairQuantize's ratio ablation (the paper's Fig. 2): test precision and
   EOdd against the quantization ratio, one line per β, from a run's ``ablation.csv`` (written
   with ``ablation_betas=...``) or, for runs without it, from ``steps.csv`` (written with
@@ -56,8 +57,9 @@ def _pareto_min_x_max_y(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
     return keep[np.argsort(xs[keep])] if len(keep) else keep
 
 
-def plot_tradeoff(table: Any, out: str | Path, *, x: str = "EOdd", y: str = "F1") -> list[Path]:
-    """F1 (y) against EOdd (x) for the methods of one leaderboard table."""
+def plot_tradeoff(table: Any, out: str | Path, *, x: str = "EqOddsGap", y: str = "F1"
+                  ) -> list[Path]:
+    """F1 (y) against the equalized-odds gap (x) for the methods of one leaderboard table."""
     from fairbench.bench.leaderboard import _candidates, _mean_std
 
     fig, ax = plt.subplots(figsize=(5.2, 4.0))
@@ -187,7 +189,9 @@ def plot_groups(run_dir: str | Path, out: str | Path, *, part: str = "test",
     ax.set_ylabel(f"% ({part})")
     ax.set_ylim(0, 105)
     summary = (f"ES-Dice (FairSeg) {pm.get('ES_fairseg', {}).get('Dice', float('nan')) * 100:.2f}%"
-               if segmentation else f"EOdd {pm.get('EOdd', float('nan')) * 100:.2f}%")
+               if segmentation else
+               f"EqOdds gap {pm.get('EqOddsGap', float('nan')) * 100:.2f}%, "
+               f"EOdd (paper) {pm.get('EOdd', float('nan')) * 100:.2f}%")
     ax.set_title(f"{cfg['method']} on {cfg['dataset']} by {cfg['attribute']} (seed {cfg['seed']})"
                  f"; {summary}", fontsize=9)
     ax.legend(fontsize=8, ncol=len(groups) + 1, loc="upper center", bbox_to_anchor=(0.5, -0.12))
@@ -196,9 +200,12 @@ def plot_groups(run_dir: str | Path, out: str | Path, *, part: str = "test",
 
 
 def plot_cd(avg_ranks: dict[str, float], cd: float, out: str | Path, *,
-            title: str = "") -> list[Path]:
+            title: str = "", significant: bool = True, gate_text: str = "") -> list[Path]:
     """Critical-difference diagram: methods on the average-rank axis (1 = best, left), the CD
-    as a bar, and thick lines joining methods whose ranks differ by less than the CD."""
+    as a bar, and thick lines joining methods whose ranks differ by less than the CD. When the
+    omnibus test did not reject (``significant=False``), neither the CD nor the cliques are
+    drawn and the figure says that the ranks are not to be compared pairwise
+    (``gate_text`` names the test and its p-value)."""
     names = sorted(avg_ranks, key=lambda k: avg_ranks[k])
     ranks = np.array([avg_ranks[n] for n in names])
     k = len(names)
@@ -211,10 +218,13 @@ def plot_cd(avg_ranks: dict[str, float], cd: float, out: str | Path, *,
     for t in range(lo, hi + 1):
         ax.vlines(t, 0, 0.12, color="k", linewidth=1)
         ax.text(t, 0.2, str(t), ha="center", va="bottom", fontsize=8)
-    # CD bar
-    ax.hlines(1.2, lo, lo + cd, color="k", linewidth=1.5)
-    ax.vlines([lo, lo + cd], 1.12, 1.28, color="k", linewidth=1.5)
-    ax.text(lo + cd / 2, 1.32, f"CD = {cd:.2f}", ha="center", va="bottom", fontsize=8)
+    if significant:  # CD bar
+        ax.hlines(1.2, lo, lo + cd, color="k", linewidth=1.5)
+        ax.vlines([lo, lo + cd], 1.12, 1.28, color="k", linewidth=1.5)
+        ax.text(lo + cd / 2, 1.32, f"CD = {cd:.2f}", ha="center", va="bottom", fontsize=8)
+    else:
+        ax.text((lo + hi) / 2, 1.2, f"{gate_text or 'omnibus test not significant'}: ranks "
+                "not compared pairwise", ha="center", va="bottom", fontsize=8, color="0.2")
     half = (k + 1) // 2
     for i, (n, r) in enumerate(zip(names, ranks)):
         left = i < half
@@ -225,7 +235,7 @@ def plot_cd(avg_ranks: dict[str, float], cd: float, out: str | Path, *,
                 ha="right" if left else "left", va="center", fontsize=8)
     # cliques: maximal runs of methods within CD of each other
     cliques = []
-    for i in range(k):
+    for i in range(k if significant else 0):
         j = i
         while j + 1 < k and ranks[j + 1] - ranks[i] < cd:
             j += 1

@@ -1,29 +1,43 @@
-"""Statistics for leaderboards: bootstrap confidence intervals over test samples, paired tests
-of each method against vanilla over seeds with Holm's correction, and the Friedman test with
+r"""Statistics for leaderboards: intervals that include the training seed, paired tests of
+each method against vanilla over seeds with Holm's correction, and the Friedman test with
 average ranks (and the Nemenyi critical difference) across datasets.
 
-* **Bootstrap** (:func:`bootstrap_runs`): percentile bootstrap over the *test samples* of a
-  run's ``predictions.csv``, resampling patients (``patient_id``) when the dataset has them,
-  else images. For several seeds of one setting (same split, so the same test samples) every
-  resample draws one set of patients and averages the metric over the seeds, which gives the
-  interval of the seed-mean. Seeded: the same seed gives the same interval. Segmentation runs
-  resample their images' Dice and IoU (:class:`SegmentationPredictions`).
+* **Intervals** (:func:`bootstrap_runs`): percentile bootstrap of a setting's seed-mean from
+  its runs' ``predictions.csv``. ``kind="seeds+samples"`` (the default) is a two-stage
+  bootstrap: each resample draws the seeds with replacement, then, for each drawn seed, the
+  test samples (patients, ``patient_id``, when the dataset has them; else images) with
+  replacement, and averages the metric over the drawn seeds, so seed-to-seed variation and
+  test-set variation are both in the interval. ``kind="samples"`` resamples only the test
+  samples (one draw shared by all seeds): the interval of the seed-mean *for these trained
+  models*, narrower because it leaves the training seed out. Seeded: the same seed gives the
+  same interval. Segmentation runs resample their images' Dice and IoU
+  (:class:`SegmentationPredictions`).
 * **Paired test** (:func:`paired_test`): over seeds, pairing a method's run with vanilla's run
   of the same seed; ``ttest`` (:func:`scipy.stats.ttest_rel`, the default: with 3–5 seeds the
   exact Wilcoxon test cannot reach p < 0.05, its smallest two-sided p with 5 pairs is 0.0625)
-  or ``wilcoxon`` (:func:`scipy.stats.wilcoxon`). Identical values give p = 1.
-* **Holm** (:func:`holm`): step-down adjusted p-values over the methods compared with vanilla
-  (one family per metric and table).
-* **Friedman** (:func:`friedman`): datasets are blocks, methods are treatments
-  (:func:`scipy.stats.friedmanchisquare`), average ranks with rank 1 = best (ties averaged)
-  and Nemenyi's critical difference :math:`q_\\alpha\\sqrt{k(k+1)/(6N)}` for the CD plot
-  (:func:`fairbench.bench.plots.plot_cd`).
+  or ``wilcoxon`` (:func:`scipy.stats.wilcoxon`). A comparison is *testable* only with at least
+  :data:`MIN_PAIRS` (3) paired seeds whose differences vary: fewer pairs, or a constant non-zero
+  difference (zero variance: the t statistic is infinite, which says nothing about the next
+  seed), give ``p = nan`` and a reason; identical values give p = 1.
+* **Holm** (:func:`holm`): step-down adjusted p-values over the testable methods compared
+  with vanilla (one family per metric and table). A significant comparison carries its
+  direction (:attr:`Comparison.direction`: ``better`` or ``worse`` than vanilla by the metric's
+  direction; ``higher``/``lower`` for a metric without one).
+* **Friedman** (:func:`friedman`): datasets are blocks, methods are treatments; the
+  statistic :math:`\chi^2_F` (:func:`scipy.stats.friedmanchisquare`) and Iman and Davenport's
+  :math:`F_F = \frac{(N-1)\chi^2_F}{N(k-1)-\chi^2_F}` with :math:`(k-1, (k-1)(N-1))` degrees
+  of freedom (less conservative; Demšar 2006), average ranks with rank 1 = best (ties
+  averaged), and Nemenyi's critical difference
+  :math:`CD = \frac{q_\alpha}{\sqrt2}\sqrt{k(k+1)/(6N)}`, with :math:`q_\alpha` the upper
+  :math:`\alpha` quantile of the studentized range of :math:`k` means with infinite degrees of
+  freedom (:data:`scipy.stats.studentized_range`). Ranks may only be read pairwise (the CD
+  diagram) when the omnibus test rejects (:attr:`FriedmanResult.significant`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,37 +53,53 @@ from fairbench.metrics import (
     evaluate_segmentation,
     flatten,
     higher_is_better,
+    two_stage_bootstrap_ci,
 )
 
-# Nemenyi: studentized range statistic / sqrt(2), two-tailed (Demšar 2006, Table 5)
-_Q05 = [1.960, 2.343, 2.569, 2.728, 2.850, 2.949, 3.031, 3.102, 3.164, 3.219, 3.268, 3.313,
-        3.354, 3.391, 3.426, 3.458, 3.489, 3.517, 3.544]
-_Q10 = [1.645, 2.052, 2.291, 2.459, 2.589, 2.693, 2.780, 2.855, 2.920, 2.978, 3.030, 3.077,
-        3.120, 3.159, 3.196, 3.230, 3.261, 3.291, 3.319]
+#: fewest paired seeds a comparison against vanilla needs to be tested at all
+MIN_PAIRS = 3
+#: interval kinds of :func:`bootstrap_runs`
+CI_KINDS = ("seeds+samples", "samples")
 
 
 # -- paired tests -----------------------------------------------------------------------------
-def paired_test(a: Sequence[float], b: Sequence[float], *, test: str = "ttest") -> float:
-    """Two-sided p-value of a paired test between ``a`` and ``b`` (same order = same seed).
-
-    ``nan`` when fewer than 2 complete pairs; 1.0 when all differences are 0."""
-    from scipy import stats
-
+def _paired(a: Sequence[float], b: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     x, y = np.asarray(a, dtype=float), np.asarray(b, dtype=float)
     keep = np.isfinite(x) & np.isfinite(y)
-    x, y = x[keep], y[keep]
-    if len(x) < 2:
-        return float("nan")
+    return x[keep], y[keep]
+
+
+def untestable_reason(a: Sequence[float], b: Sequence[float], *,
+                      min_pairs: int = MIN_PAIRS) -> str | None:
+    """Why a paired comparison of ``a`` and ``b`` cannot be tested (``None`` when it can):
+    fewer than ``min_pairs`` complete pairs, or a constant non-zero difference."""
+    x, y = _paired(a, b)
+    if len(x) < min_pairs:
+        return f"{len(x)} paired seed{'s' if len(x) != 1 else ''} (a test needs {min_pairs})"
     d = x - y
-    if np.allclose(d, 0):
+    if not np.allclose(d, 0) and np.allclose(d, d[0]):
+        return "the same difference on every seed (zero variance: not testable)"
+    return None
+
+
+def paired_test(a: Sequence[float], b: Sequence[float], *, test: str = "ttest",
+                min_pairs: int = MIN_PAIRS) -> float:
+    """Two-sided p-value of a paired test between ``a`` and ``b`` (same order = same seed).
+
+    ``nan`` when the comparison is not testable (:func:`untestable_reason`); 1.0 when all
+    differences are 0."""
+    from scipy import stats
+
+    if test not in ("ttest", "wilcoxon"):
+        raise FairbenchError(f"unknown paired test {test!r}; use ttest or wilcoxon")
+    if untestable_reason(a, b, min_pairs=min_pairs) is not None:
+        return float("nan")
+    x, y = _paired(a, b)
+    if np.allclose(x - y, 0):
         return 1.0
     if test == "ttest":
-        if np.allclose(d, d[0]):  # constant non-zero difference: t is infinite
-            return 0.0
         return float(stats.ttest_rel(x, y).pvalue)
-    if test == "wilcoxon":
-        return float(stats.wilcoxon(x, y).pvalue)
-    raise FairbenchError(f"unknown paired test {test!r}; use ttest or wilcoxon")
+    return float(stats.wilcoxon(x, y).pvalue)
 
 
 def holm(pvalues: Sequence[float]) -> np.ndarray:
@@ -90,6 +120,8 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
 
 @dataclass
 class Comparison:
+    """A method against the reference (vanilla) on one metric, paired by seed."""
+
     method: str
     reference: str
     metric: str
@@ -98,12 +130,26 @@ class Comparison:
     p: float
     p_holm: float
     significant: bool
+    #: why the comparison was not tested (too few seeds, zero variance), else None
+    untestable: str | None = None
+
+    @property
+    def direction(self) -> str | None:
+        """``better``/``worse`` than the reference by the metric's direction (``higher``/
+        ``lower`` for a metric without one); ``None`` unless significant."""
+        if not self.significant or not math.isfinite(self.mean_diff) or self.mean_diff == 0:
+            return None
+        hib = higher_is_better(self.metric)
+        if hib is None:
+            return "higher" if self.mean_diff > 0 else "lower"
+        return "better" if (self.mean_diff > 0) == hib else "worse"
 
 
 def compare_to_reference(values: Mapping[str, Mapping[int, float]], reference: str, metric: str,
-                         *, test: str = "ttest", alpha: float = 0.05) -> list[Comparison]:
+                         *, test: str = "ttest", alpha: float = 0.05,
+                         min_pairs: int = MIN_PAIRS) -> list[Comparison]:
     """Paired test of every method against ``reference`` over the seeds both have, Holm
-    corrected over the methods. ``values[method][seed] = value``."""
+    corrected over the testable methods. ``values[method][seed] = value``."""
     if reference not in values:
         return []
     ref = values[reference]
@@ -114,13 +160,15 @@ def compare_to_reference(values: Mapping[str, Mapping[int, float]], reference: s
         seeds = sorted(set(by_seed) & set(ref))
         a = [by_seed[s] for s in seeds]
         b = [ref[s] for s in seeds]
-        p = paired_test(a, b, test=test)
-        diff = float(np.nanmean(np.subtract(a, b))) if seeds else float("nan")
-        rows.append([method, len(seeds), diff, p])
+        reason = untestable_reason(a, b, min_pairs=min_pairs)
+        p = paired_test(a, b, test=test, min_pairs=min_pairs)
+        x, y = _paired(a, b)
+        diff = float(np.mean(x - y)) if len(x) else float("nan")
+        rows.append([method, len(x), diff, p, reason])
     adjusted = holm([r[3] for r in rows])
     return [Comparison(m, reference, metric, n, d, p, float(ph),
-                       bool(np.isfinite(ph) and ph < alpha))
-            for (m, n, d, p), ph in zip(rows, adjusted)]
+                       bool(np.isfinite(ph) and ph < alpha), reason)
+            for (m, n, d, p, reason), ph in zip(rows, adjusted)]
 
 
 # -- Friedman / ranks --------------------------------------------------------------------------
@@ -133,6 +181,31 @@ class FriedmanResult:
     n_datasets: int
     cd: float
     alpha: float
+    #: Iman and Davenport's F statistic and its p-value
+    f_statistic: float = float("nan")
+    f_pvalue: float = float("nan")
+    #: which omnibus test gates the pairwise reading: "chi2" (Friedman) or "iman_davenport"
+    gate: str = "chi2"
+
+    @property
+    def n_methods(self) -> int:
+        return len(self.avg_ranks)
+
+    @property
+    def gate_pvalue(self) -> float:
+        return self.f_pvalue if self.gate == "iman_davenport" else self.pvalue
+
+    @property
+    def significant(self) -> bool:
+        """Whether the omnibus test rejects "all methods rank alike" at ``alpha``: only then
+        may the average ranks be compared pairwise (CD diagram)."""
+        return bool(math.isfinite(self.gate_pvalue) and self.gate_pvalue < self.alpha)
+
+    @property
+    def gate_text(self) -> str:
+        name = "Iman-Davenport F" if self.gate == "iman_davenport" else "Friedman chi2"
+        verdict = "significant" if self.significant else "not significant"
+        return f"{name} p = {self.gate_pvalue:.4f} ({verdict} at alpha {self.alpha:g})"
 
 
 def average_ranks(scores: pd.DataFrame, *, higher_is_better: bool = True) -> pd.Series:
@@ -144,21 +217,43 @@ def average_ranks(scores: pd.DataFrame, *, higher_is_better: bool = True) -> pd.
     return pd.Series(ranks.mean(axis=0), index=scores.columns)
 
 
+def nemenyi_q(k: int, alpha: float = 0.05) -> float:
+    """Nemenyi's two-tailed critical value :math:`q_\\alpha/\\sqrt2` for ``k`` methods: the
+    upper ``alpha`` quantile of the studentized range of ``k`` means (infinite degrees of
+    freedom), over √2."""
+    from scipy.stats import studentized_range
+
+    if k < 2:
+        raise FairbenchError(f"the critical difference needs at least 2 methods, not {k}")
+    if not 0 < alpha < 1:
+        raise FairbenchError(f"alpha must be between 0 and 1, not {alpha}")
+    return float(studentized_range.ppf(1 - alpha, k, np.inf) / math.sqrt(2))
+
+
 def nemenyi_cd(k: int, n: int, alpha: float = 0.05) -> float:
     """Nemenyi critical difference of average ranks for ``k`` methods over ``n`` datasets."""
-    table = {0.05: _Q05, 0.10: _Q10}.get(round(alpha, 2))
-    if table is None:
-        raise FairbenchError("the critical difference is tabulated for alpha 0.05 and 0.10")
-    if not 2 <= k <= len(table) + 1:
-        raise FairbenchError(f"the critical difference is tabulated for 2 to {len(table) + 1} "
-                             f"methods, not {k}")
-    return table[k - 2] * math.sqrt(k * (k + 1) / (6.0 * n))
+    return nemenyi_q(k, alpha) * math.sqrt(k * (k + 1) / (6.0 * n))
 
 
-def friedman(scores: pd.DataFrame, *, metric: str = "F1", alpha: float = 0.05) -> FriedmanResult:
+def iman_davenport(chi2: float, k: int, n: int) -> tuple[float, float]:
+    """Iman and Davenport's :math:`F_F` from Friedman's :math:`\\chi^2_F` and its p-value
+    (F distribution with :math:`k-1` and :math:`(k-1)(n-1)` degrees of freedom)."""
+    from scipy.stats import f as f_dist
+
+    denom = n * (k - 1) - chi2
+    if denom <= 0:  # perfect agreement of the rankings: F is infinite
+        return float("inf"), 0.0
+    ff = (n - 1) * chi2 / denom
+    return float(ff), float(f_dist.sf(ff, k - 1, (k - 1) * (n - 1)))
+
+
+def friedman(scores: pd.DataFrame, *, metric: str = "F1", alpha: float = 0.05,
+             gate: str = "chi2") -> FriedmanResult:
     """Friedman test over ``scores`` (rows: datasets, columns: methods, no missing values)."""
     from scipy.stats import friedmanchisquare
 
+    if gate not in ("chi2", "iman_davenport"):
+        raise FairbenchError(f"unknown omnibus test {gate!r}; use chi2 or iman_davenport")
     if scores.isna().any().any():
         raise FairbenchError("the Friedman test needs every method on every dataset")
     k, n = scores.shape[1], scores.shape[0]
@@ -170,14 +265,15 @@ def friedman(scores: pd.DataFrame, *, metric: str = "F1", alpha: float = 0.05) -
     if hib is None:
         raise FairbenchError(f"metric {metric!r} has no direction to rank by")
     stat, p = friedmanchisquare(*[scores[c].to_numpy(dtype=float) for c in scores.columns])
+    ff, fp = iman_davenport(float(stat), k, n)
     ranks = average_ranks(scores, higher_is_better=hib)
     return FriedmanResult(metric, float(stat), float(p), ranks.to_dict(), n,
-                          nemenyi_cd(k, n, alpha), alpha)
+                          nemenyi_cd(k, n, alpha), alpha, ff, fp, gate)
 
 
 # -- metrics from predictions (fast path for the bootstrap) ------------------------------------
 _PRED_METRICS = ("accuracy", "precision", "recall", "F1")
-_EO = ("EOpp0", "EOpp1", "EOdd")
+_EO = ("EqOddsGap", "EqOddsGap_maxclass", "EOpp0", "EOpp1", "EOdd")
 
 
 def _prf(m: np.ndarray) -> dict[str, float]:
@@ -201,7 +297,7 @@ def _prf(m: np.ndarray) -> dict[str, float]:
 def prediction_metrics(y: np.ndarray, pred: np.ndarray, groups: np.ndarray,
                        names: Sequence[str], n_classes: int) -> dict[str, float]:
     """Flat prediction-based metrics (accuracy, precision, recall, F1 overall, per group and
-    as Avg/Diff/gap/worst; EOpp0, EOpp1, EOdd), equal to those of
+    as Avg/Diff/gap/worst; EqOddsGap and the papers' EOpp0, EOpp1, EOdd), equal to those of
     :func:`fairbench.metrics.evaluate_classification`, from confusion counts (fast)."""
     keep = groups >= 0
     y, pred, groups = y[keep], pred[keep], groups[keep]
@@ -236,6 +332,7 @@ def prediction_metrics(y: np.ndarray, pred: np.ndarray, groups: np.ndarray,
         return out
     c_max = int(max(y.max(), pred.max())) + 1
     rates = {}
+    tpr_defined, fpr_defined = [], []
     for c in codes:
         m = counts[c][:c_max, :c_max].astype(float)
         tp = np.diag(m)
@@ -246,6 +343,10 @@ def prediction_metrics(y: np.ndarray, pred: np.ndarray, groups: np.ndarray,
             rates[c] = (np.where(tp + fn > 0, tp / (tp + fn), 0.0),
                         np.where(tn + fp > 0, tn / (tn + fp), 0.0),
                         np.where(tn + fp > 0, fp / (tn + fp), 0.0))
+            tpr_defined.append(np.where(tp + fn > 0, tp / (tp + fn), np.nan))
+            fpr_defined.append(np.where(tn + fp > 0, fp / (tn + fp), np.nan))
+    gap = np.maximum(_spread(np.array(tpr_defined)), _spread(np.array(fpr_defined)))
+    out.update(EqOddsGap=float(gap.mean()), EqOddsGap_maxclass=float(gap.max()))
     e0, e1, eo = np.zeros(c_max), np.zeros(c_max), np.zeros(c_max)
     for i, a in enumerate(codes):
         for b in codes[i + 1:]:
@@ -255,6 +356,15 @@ def prediction_metrics(y: np.ndarray, pred: np.ndarray, groups: np.ndarray,
             eo = np.maximum(eo, np.abs((tpr_a - tpr_b) + (fpr_a - fpr_b)) / 2)
     out.update(EOpp0=float(e0.mean()), EOpp1=float(e1.mean()), EOdd=float(eo.mean()))
     return out
+
+
+def _spread(rates: np.ndarray) -> np.ndarray:
+    """Per class (column) max − min over groups (rows) of the defined rates; 0 where fewer
+    than two groups define it (as :func:`fairbench.metrics.fairness.equalized_odds_gap`)."""
+    defined = np.isfinite(rates)
+    hi = np.where(defined, rates, -np.inf).max(0)
+    lo = np.where(defined, rates, np.inf).min(0)
+    return np.where(defined.sum(0) >= 2, hi - lo, 0.0)
 
 
 def _read_part(run_dir: str | Path, part: str, config: Mapping[str, Any] | None
@@ -352,10 +462,13 @@ def _fast_key(key: str) -> bool:
 
 
 def bootstrap_runs(runs: Sequence[RunPredictions] | Sequence[SegmentationPredictions], key: str,
-                   *, n_resamples: int = 1000,
-                   confidence: float = 0.95, seed: int = 0) -> Interval:
-    """Bootstrap interval of the seed-mean of ``key`` over the runs' shared test samples,
-    resampling patients where known (see the module docstring)."""
+                   *, n_resamples: int = 1000, confidence: float = 0.95, seed: int = 0,
+                   kind: str = "seeds+samples") -> Interval:
+    """Bootstrap interval of the seed-mean of ``key`` over the runs (one per seed) and their
+    shared test samples, resampling patients where known; ``kind`` as in the module docstring
+    (``seeds+samples``: two-stage, seeds then samples; ``samples``: samples only)."""
+    if kind not in CI_KINDS:
+        raise FairbenchError(f"unknown interval kind {kind!r}; use {' or '.join(CI_KINDS)}")
     if not runs:
         raise FairbenchError("no runs to bootstrap")
     ids = runs[0].sample_id
@@ -364,7 +477,13 @@ def bootstrap_runs(runs: Sequence[RunPredictions] | Sequence[SegmentationPredict
             raise FairbenchError("runs to bootstrap together must share their test samples "
                                  "(the same split)")
     clusters = runs[0].clusters
-    stat: Callable[[np.ndarray], float] = lambda idx: float(np.mean(
-        [r.metric(key, idx) for r in runs]))
-    return bootstrap_ci(stat, len(ids), n_resamples=n_resamples, confidence=confidence,
+    if kind == "seeds+samples":
+        return two_stage_bootstrap_ci(lambda unit, idx: runs[unit].metric(key, idx), len(runs),
+                                      len(ids), n_resamples=n_resamples,
+                                      confidence=confidence, seed=seed, clusters=clusters)
+
+    def seed_mean(idx: np.ndarray) -> float:
+        return float(np.mean([r.metric(key, idx) for r in runs]))
+
+    return bootstrap_ci(seed_mean, len(ids), n_resamples=n_resamples, confidence=confidence,
                         seed=seed, clusters=clusters)

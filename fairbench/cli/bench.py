@@ -135,14 +135,19 @@ def sweep_cmd(suite_file: str, dry_run: bool, executor: str, devices: str | None
 @click.option("--rule", default=None, metavar="RULE[:k=v,...]",
               help="Selection rule over each method's grid (validation only): best_f1, best_auc, "
                    "best:metric=X, worst_group, minimax_pareto, dto, fair_within_eps[:eps=0.02,"
-                   "fairness=EOdd]. [default: the suite's, else fair_within_eps]")
+                   "fairness=EqOddsGap]. [default: the suite's, else fair_within_eps]")
 @click.option("--part", type=click.Choice(["test", "val"]), default="test", show_default=True,
               help="Which part's metrics fill the table (selection always uses val).")
 @click.option("--split", default=None, metavar="HASH", help="Only runs whose split hash starts with HASH.")
 @click.option("--test", "test_name", type=click.Choice(["ttest", "wilcoxon"]), default="ttest",
               show_default=True, help="Paired test against vanilla over seeds (Holm-corrected).")
 @click.option("--alpha", type=float, default=0.05, show_default=True, help="Significance level.")
-@click.option("--ci", is_flag=True, help="Add bootstrap intervals over test samples (patients where known).")
+@click.option("--ci", is_flag=True,
+              help="Add bootstrap intervals of the seed-mean (F1, EqOddsGap, worst-group F1).")
+@click.option("--ci-kind", type=click.Choice(["seeds+samples", "samples"]),
+              default="seeds+samples", show_default=True,
+              help="seeds+samples: two-stage bootstrap (seeds, then patients/samples within "
+                   "each seed); samples: test samples only, the training seed left out.")
 @click.option("--n-boot", type=int, default=1000, show_default=True, help="Bootstrap resamples.")
 @click.option("--runs-dir", default=None, help="Runs directory of a suite. [default: the suite's]")
 @click.option("--data-root", "data_roots", multiple=True, metavar="[LABEL=]PATH",
@@ -150,17 +155,21 @@ def sweep_cmd(suite_file: str, dry_run: bool, executor: str, devices: str | None
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
 @click.option("--plugin", "plugins", multiple=True, metavar="FILE.py", help="Load a local plugin file (repeatable).")
 def leaderboard_cmd(source: str, fmt: str, view: str, rule: str | None, part: str,
-                    split: str | None, test_name: str, alpha: float, ci: bool, n_boot: int,
+                    split: str | None, test_name: str, alpha: float, ci: bool, ci_kind: str,
+                    n_boot: int,
                     runs_dir: str | None, data_roots: tuple[str, ...], out: str | None,
                     plugins: tuple[str, ...]) -> None:
     """Leaderboard of a suite's runs (or of every run in a runs directory).
 
     \b
     Each method's row is the parameter setting picked on validation by the selection rule;
-    values are test metrics, mean ± std over seeds, best per column in bold, † where a paired
-    test against vanilla (Holm-corrected) is significant. Runs of different splits are never
-    mixed. Examples:
+    values are test metrics, mean ± std over seeds, best per column in bold, ▲/▼ where a paired
+    test against vanilla over at least 3 seeds (Holm-corrected) finds the method better/worse,
+    (n=k) where a cell has fewer seeds than the table; the missing runs are listed below it.
+    The headline fairness column is the equalized-odds gap (EqOddsGap); EOpp0/EOpp1/EOdd are
+    the dermatology papers' definitions. Runs of different splits are never mixed. Examples:
       fairbench leaderboard benchmarks/quick.toml
+      fairbench leaderboard benchmarks/quick.toml --view compact --ci
       fairbench leaderboard runs --view compact --format latex --out table.tex
     """
     from fairbench.bench.leaderboard import leaderboard
@@ -170,7 +179,7 @@ def leaderboard_cmd(source: str, fmt: str, view: str, rule: str | None, part: st
         raise FairbenchError("--n-boot must be at least 10")
     board = leaderboard(source, rule=rule, part=part, split=split, test=test_name, alpha=alpha,
                         runs_dir=runs_dir, data_roots=_data_roots(data_roots), ci=ci,
-                        n_resamples=n_boot)
+                        n_resamples=n_boot, ci_kind=ci_kind)
     text = board.render(fmt, view)
     if board.missing:
         click.echo(f"note: {board.missing} run(s) of the suite are not finished and are left out",
@@ -196,28 +205,30 @@ def plot_group() -> None:
 @click.option("--split", default=None, metavar="HASH", help="Only runs of this split.")
 @click.option("--runs-dir", default=None, help="Runs directory of a suite.")
 @click.option("--x", "x_metric", default=None,
-              help="Fairness metric (x axis). [default: EOdd; gap.Dice for segmentation]")
+              help="Fairness metric (x axis). [default: EqOddsGap; gap.Dice for "
+                   "segmentation]")
 @click.option("--y", "y_metric", default=None,
               help="Utility metric (y axis). [default: F1; Dice for segmentation]")
 def plot_tradeoff_cmd(source: str, out: str, rule: str | None, split: str | None,
                       runs_dir: str | None, x_metric: str | None, y_metric: str | None) -> None:
-    """F1 against EOdd per method (mean ± std over seeds) with the Pareto front (Dice against
-    the Dice gap for segmentation tables)."""
+    """F1 against the equalized-odds gap per method (mean ± std over seeds) with the Pareto
+    front (Dice against the Dice gap for segmentation tables)."""
     from fairbench.bench.leaderboard import leaderboard
     from fairbench.bench.plots import plot_tradeoff
-    from fairbench.metrics import higher_is_better
+    from fairbench.metrics import HEADLINE_FAIRNESS, higher_is_better
 
     for m in (x_metric, y_metric):
         try:
             if m is not None:
                 higher_is_better(m)
         except KeyError:
-            raise FairbenchError(f"unknown metric {m!r}; use e.g. F1, AUC, EOdd, gap.F1") from None
+            raise FairbenchError(f"unknown metric {m!r}; use e.g. F1, AUC, EqOddsGap, "
+                                 "gap.F1") from None
     board = leaderboard(source, rule=rule, split=split, runs_dir=runs_dir)
     for i, table in enumerate(board.tables):
         target = out if len(board.tables) == 1 else f"{out}-{i + 1}"
         seg = table.task == "segmentation"
-        x = x_metric or ("gap.Dice" if seg else "EOdd")
+        x = x_metric or ("gap.Dice" if seg else HEADLINE_FAIRNESS)
         y = y_metric or ("Dice" if seg else "F1")
         for p in plot_tradeoff(table, target, x=x, y=y):
             click.echo(f"wrote {p}")
@@ -256,22 +267,37 @@ def plot_groups_cmd(run_dir: str, out: str, part: str) -> None:
 @click.option("--out", default="plots/cd", show_default=True, help="Output path without extension.")
 @click.option("--rule", default=None, help="Selection rule.")
 @click.option("--runs-dir", default=None, help="Runs directory of a suite.")
+@click.option("--gate", type=click.Choice(["chi2", "iman-davenport"]), default="chi2",
+              show_default=True,
+              help="Omnibus test that must reject before ranks are compared pairwise.")
 def plot_cd_cmd(source: str, metric: str, alpha: str, out: str, rule: str | None,
-                runs_dir: str | None) -> None:
-    """Critical-difference diagram: Friedman test and average ranks across datasets."""
+                runs_dir: str | None, gate: str) -> None:
+    """Critical-difference diagram: Friedman test and average ranks across datasets.
+
+    \b
+    The critical difference (Nemenyi, from the studentized range) and the cliques of methods
+    within it are drawn only when the omnibus test (Friedman chi2, or Iman-Davenport F with
+    --gate iman-davenport) rejects at alpha; otherwise the figure shows the ranks and says
+    that they are not to be compared pairwise. Example:
+      fairbench plot cd benchmarks/suite_isic2019_resnet18.toml --metric worst.F1
+    """
     from fairbench.bench.leaderboard import leaderboard
     from fairbench.bench.plots import plot_cd
 
     board = leaderboard(source, rule=rule, runs_dir=runs_dir)
-    res = board.friedman(metric, float(alpha))
+    res = board.friedman(metric, float(alpha), gate=gate.replace("-", "_"))
     if isinstance(res, str):
         raise FairbenchError(f"cannot draw a critical-difference plot: the Friedman test {res} "
                              f"(this source has {len(board.tables)} table(s))")
-    title = (f"{metric}: Friedman chi2 = {res.statistic:.2f}, p = {res.pvalue:.3g}, "
-             f"{res.n_datasets} datasets")
-    for p in plot_cd(res.avg_ranks, res.cd, out, title=title):
+    title = (f"{metric}, {res.n_datasets} datasets: Friedman chi2 = {res.statistic:.2f}, "
+             f"p = {res.pvalue:.3g}; Iman-Davenport F = {res.f_statistic:.2f}, "
+             f"p = {res.f_pvalue:.3g}")
+    for p in plot_cd(res.avg_ranks, res.cd, out, title=title, significant=res.significant,
+                     gate_text=res.gate_text):
         click.echo(f"wrote {p}")
     click.echo(title)
+    if not res.significant:
+        click.echo(f"{res.gate_text}: the ranks are not compared pairwise (no CD drawn)")
 
 
 BENCH_COMMANDS = {"sweep": sweep_cmd, "leaderboard": leaderboard_cmd, "plot": plot_group}

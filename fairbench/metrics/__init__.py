@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .bootstrap import Interval, bootstrap_ci
+from .bootstrap import Interval, bootstrap_ci, two_stage_bootstrap_ci
 from .classification import accuracy, expected_calibration_error, macro_auc, macro_prf
 from .fairness import equalized_odds_family, equalized_odds_gap
 from .groups import disaggregate, summarise
@@ -194,4 +194,5 @@ __all__ = [
     "segmentation_metric_names",
     "selection_score",
     "summarise",
+    "two_stage_bootstrap_ci",
 ]

@@ -1,5 +1,6 @@
 """The paper-style table of one run (FairQuantize Table 1 layout): rows per group, Avg and
-Diff; columns precision, recall, F1 and the fairness metrics EOpp0, EOpp1, EOdd. Segmentation
+Diff; columns precision, recall, F1, the equalized-odds gap (EqOddsGap, the headline) and the
+papers' fairness metrics EOpp0, EOpp1, EOdd. Segmentation
 runs get the FairSeg layout: columns Dice and IoU (per structure when there are several),
 the equity-scaled Dice and IoU of both published definitions on the All row."""
 
@@ -8,10 +9,11 @@ from __future__ import annotations
 from typing import Any
 
 UTILITY = ("precision", "recall", "F1")
-FAIRNESS = ("EOpp0", "EOpp1", "EOdd")
+FAIRNESS = ("EqOddsGap", "EOpp0", "EOpp1", "EOdd")
+W = 10  # column width
 
 
-def _fmt(value: Any, width: int = 9) -> str:
+def _fmt(value: Any, width: int = W) -> str:
     if value is None:
         return "-".rjust(width)
     try:
@@ -28,19 +30,19 @@ def paper_table(part_metrics: dict[str, Any], groups: list[str], *, title: str =
     (every sample). Values in percent; fairness columns are filled on the Avg row (they are
     between-group quantities) and repeated for All."""
     name_w = max(8, *(len(g) + 1 for g in groups))
-    header = "group".ljust(name_w) + "".join(c.rjust(9) for c in (*UTILITY, *FAIRNESS))
+    header = "group".ljust(name_w) + "".join(c.rjust(W) for c in (*UTILITY, *FAIRNESS))
     lines = [title] if title else []
     lines += [header, "-" * len(header)]
     for g in groups:
         vals = part_metrics.get(g, {})
         lines.append(g.ljust(name_w) + "".join(_fmt(vals.get(c)) for c in UTILITY)
-                     + " " * 9 * len(FAIRNESS))
+                     + " " * W * len(FAIRNESS))
     avg = part_metrics.get("Avg", {})
     lines.append("Avg".ljust(name_w) + "".join(_fmt(avg.get(c)) for c in UTILITY)
                  + "".join(_fmt(part_metrics.get(c)) for c in FAIRNESS))
     diff = part_metrics.get("Diff", {})
     lines.append("Diff".ljust(name_w) + "".join(_fmt(diff.get(c)) for c in UTILITY)
-                 + " " * 9 * len(FAIRNESS))
+                 + " " * W * len(FAIRNESS))
     lines.append("All".ljust(name_w) + "".join(_fmt(part_metrics.get(c)) for c in UTILITY)
                  + "".join(_fmt(part_metrics.get(c)) for c in FAIRNESS))
     return "\n".join(lines)
@@ -104,8 +106,11 @@ def run_summary(config: dict[str, Any], metrics: dict[str, Any], *, parts: tuple
                    "ES_fairseg = Dice / (1 + sum of |group - overall|), ES_fairmedfm = "
                    "Dice / (1 + std over groups).")
     elif diff_sign:
-        out.append(f"\nDiff = |{diff_sign}|; EOpp/EOdd: macro mean over classes of absolute "
-                   "group gaps (signed twins in metrics.json).")
+        out.append(f"\nDiff = |{diff_sign}|; EqOddsGap: per class the largest group gap in TPR "
+                   "or FPR, macro mean over classes (the headline). EOpp0/EOpp1/EOdd: the "
+                   "dermatology papers' definitions (macro mean of absolute group gaps; signed "
+                   "twins in metrics.json); EOdd reads 0 when one group is worse on both TPR "
+                   "and FPR.")
     timing = time_line(config.get("seconds", {}), config.get("device"))
     if timing:
         out.append(timing)
