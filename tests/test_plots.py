@@ -3,6 +3,7 @@ FairQuantize ablation file format (methods/fairquantize.py: ablation.csv / steps
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -101,8 +102,10 @@ def test_cli_plots(tmp_path):
         out = tmp_path / "plots" / stem
         res = cli.invoke(main, ["plot", *args, "--out", str(out)])
         assert res.exit_code == 0, res.output
-        if stem == "trade":   # one pair per table
-            _check([out.with_name("trade-1.png"), out.with_name("trade-1.pdf")])
+        if stem == "trade":   # one pair per table, named after it
+            for name in ("synthderm", "derm2", "derm3"):
+                _check([out.with_name(f"trade-{name}-skin-tone-smallcnn.png"),
+                        out.with_name(f"trade-{name}-skin-tone-smallcnn.pdf")])
         else:
             _check([out.with_suffix(".png"), out.with_suffix(".pdf")])
     single = tmp_path / "single"
@@ -112,3 +115,41 @@ def test_cli_plots(tmp_path):
     res = cli.invoke(main, ["plot", "tradeoff", str(runs), "--x", "nope", "--out",
                             str(tmp_path / "n")])
     assert res.exit_code == 2 and res.output.startswith("error: unknown metric")
+
+
+def test_colours_are_stable_and_groups_show_seeds_and_vanilla(tmp_path):
+    from fairbench.bench.plots import find_vanilla_run, method_color, spread_note
+
+    assert method_color("vanilla") == method_color("vanilla", "vanilla") == "#333333"
+    assert method_color("fairquantize") != method_color("fairprune")
+    # a suite label falls back to its method's colour, an unknown label to a fixed hash
+    assert method_color("fq-beta1", "fairquantize") == method_color("fairquantize")
+    assert method_color("my_plugin") == method_color("my_plugin")
+    assert spread_note([5]) == "error bars: ± std over 5 seeds (sample std)"
+    assert spread_note([1]) == "one seed: no error bars"
+    runs = tmp_path / "runs"
+    make_board(runs, seeds=(0, 1, 2))
+    fq = sorted((runs / "synthderm" / "fairquantize").iterdir())
+    seeds_of_one_setting = [d for d in fq if '"beta": 0.5' in (d / "config.json").read_text()
+                            or '"beta":0.5' in (d / "config.json").read_text()]
+    assert len(seeds_of_one_setting) == 3
+    vanilla = find_vanilla_run(seeds_of_one_setting[0])
+    assert vanilla is not None and vanilla.parent.name == "vanilla"
+    assert find_vanilla_run(vanilla) is None
+    _check(plot_groups(seeds_of_one_setting, tmp_path / "g3"))
+    with pytest.raises(FairbenchError, match="one method"):
+        plot_groups([seeds_of_one_setting[0], vanilla], tmp_path / "bad")
+
+
+def test_ablation_starts_at_the_unquantized_model(tmp_path):
+    runs = tmp_path / "runs"
+    make_board(runs, seeds=(0,))
+    fq = next((runs / "synthderm" / "fairquantize").iterdir())
+    write_ablation(fq)  # the ablation file inside a real run folder with a vanilla beside it
+    from fairbench.bench.plots import _unquantized
+
+    start = _unquantized([fq], "test", ("precision", "EOdd"))
+    vanilla = json.loads((next((runs / "synthderm" / "vanilla").iterdir()) / "metrics.json")
+                         .read_text())["test"]
+    assert start["precision"][0] == pytest.approx(vanilla["precision"])
+    _check(plot_ablation([fq], tmp_path / "abl0"))

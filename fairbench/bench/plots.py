@@ -8,7 +8,9 @@
   EOdd against the quantization ratio, one line per β, from a run's ``ablation.csv`` (written
   with ``ablation_betas=...``) or, for runs without it, from ``steps.csv`` (written with
   ``save_every_step=true``; one line per run's β).
-* :func:`plot_groups`: per-group bar chart of one run (precision, recall, F1, accuracy, AUC).
+* :func:`plot_groups`: per-group bars of a method's runs (mean over its seeds, with the spread
+  over seeds as error bars and every seed as a dot), the vanilla runs of the same split and
+  seeds beside them, and the number of test samples per group.
 * :func:`plot_cd`: critical-difference diagram of average ranks across datasets
   (:func:`fairbench.bench.stats.friedman`).
 """
@@ -31,6 +33,49 @@ from fairbench.core.errors import FairbenchError
 from fairbench.core.files import read_json
 
 PLOT_KINDS = ("tradeoff", "ablation", "groups", "cd")
+
+#: fixed colours of the built-in methods (the same in every figure of every suite); other
+#: labels get a colour from a hash of their name, so it does not depend on row order
+METHOD_COLORS: dict[str, str] = {
+    "vanilla": "#333333", "fairquantize": "#1f77b4", "fairprune": "#ff7f0e",
+    "snnl_prune": "#2ca02c", "resampling": "#d62728", "groupdro": "#9467bd", "mfd": "#8c564b",
+    "adv_conf": "#e377c2", "adv_rev": "#7f7f7f", "fairdi": "#bcbd22", "me_vanilla": "#17becf",
+    "me_fairprune": "#aec7e8", "apple": "#ffbb78",
+}
+_EXTRA_COLORS = ("#98df8a", "#ff9896", "#c5b0d5", "#c49c94", "#f7b6d2", "#dbdb8d", "#9edae5",
+                 "#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173")
+
+
+def method_color(label: str, method: str | None = None) -> str:
+    """The colour of a method in every figure: its built-in colour (by label, else by the
+    registered method name behind the label), else one picked by a hash of the label."""
+    import zlib
+
+    for key in (label, method):
+        if key in METHOD_COLORS:
+            return METHOD_COLORS[key]
+    return _EXTRA_COLORS[zlib.crc32(label.encode()) % len(_EXTRA_COLORS)]
+
+
+def readable(name: str) -> str:
+    """``skin_tone`` → ``skin tone`` (identifiers in titles and legends)."""
+    return str(name).replace("_", " ")
+
+
+def table_file_stem(table: Any) -> str:
+    """A file name for the figure of one leaderboard table: ``<dataset>-<attribute>-<backbone>``
+    (characters other than letters, digits, ``-`` and ``.`` become ``-``)."""
+    raw = f"{table.dataset}-{table.attribute}-{table.backbone}"
+    return "".join(ch if ch.isalnum() or ch in "-." else "-" for ch in raw)
+
+
+def spread_note(n_seeds: Sequence[int]) -> str:
+    """What the error bars of a figure are: ``error bars: ± std over 5 seeds``."""
+    ns = sorted(set(n_seeds))
+    if not ns or ns == [1]:
+        return "one seed: no error bars"
+    count = str(ns[0]) if len(ns) == 1 else f"{ns[0]}-{ns[-1]}"
+    return f"error bars: ± std over {count} seeds (sample std)"
 
 
 def save(fig: Any, out: str | Path) -> list[Path]:
@@ -63,11 +108,10 @@ def plot_tradeoff(table: Any, out: str | Path, *, x: str = "EqOddsGap", y: str =
     from fairbench.bench.leaderboard import _candidates, _mean_std
 
     fig, ax = plt.subplots(figsize=(5.2, 4.0))
-    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     mx, my = [], []
     first_other = True
-    for i, row in enumerate(table.rows):
-        c = colors[i % len(colors)]
+    for row in table.rows:
+        c = method_color(row.label, row.method)
         # every other setting of the method (faint), test metrics mean over seeds
         for cand, runs in _candidates(row.all_runs or row.runs):
             if cand.key == row.selection.candidate.key:
@@ -94,8 +138,9 @@ def plot_tradeoff(table: Any, out: str | Path, *, x: str = "EqOddsGap", y: str =
                     linewidth=1, zorder=2)
     ax.set_xlabel(f"{x} (%, lower is fairer)")
     ax.set_ylabel(f"{y} (%, macro)")
-    ax.set_title(f"{table.dataset} ({table.attribute}), {table.backbone}: {table.part}",
-                 fontsize=10)
+    ax.set_title(f"{table.dataset} ({readable(table.attribute)}), {table.backbone}: "
+                 f"{table.part}\n{spread_note([len(r.runs) for r in table.rows])}",
+                 fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="best")
     return save(fig, out)
@@ -121,10 +166,24 @@ def read_ablation(run_dirs: Sequence[str | Path]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
+def _unquantized(run_dirs: Sequence[str | Path], part: str,
+                 metrics: Sequence[str]) -> dict[str, tuple[float, float]] | None:
+    """The starting (unquantized, ratio 0) point of the ablation: the vanilla runs of the same
+    runs folder, split, backbone and seeds as ``run_dirs`` (mean ± std), or ``None``."""
+    found = [v for v in (find_vanilla_run(d) for d in run_dirs) if v is not None]
+    if not found:
+        return None
+    flats = [_flat(read_json(v / "metrics.json").get(part, {})) for v in found]
+    return {m: _mean_std_of([f.get(m) for f in flats]) for m in metrics}
+
+
 def plot_ablation(run_dirs: Sequence[str | Path], out: str | Path, *, part: str = "test",
                   x: str = "target_ratio", metrics: Sequence[str] = ("precision", "EOdd")
                   ) -> list[Path]:
-    """Precision and EOdd against the quantization ratio, one line per β (paper Fig. 2)."""
+    """Precision and EOdd against the quantization ratio, one line per β (paper Fig. 2), with
+    the unquantized model at ratio 0 (the vanilla runs of the same split and seeds, when the
+    runs folder has them) and ticks at the measured ratios; the title names the dataset, the
+    seeds and what the error bars are."""
     df = read_ablation(run_dirs)
     if x not in df.columns:
         raise FairbenchError(f"the ablation files have no column {x!r}; use target_ratio or "
@@ -134,67 +193,147 @@ def plot_ablation(run_dirs: Sequence[str | Path], out: str | Path, *, part: str 
     if missing:
         raise FairbenchError(f"the ablation files have no {', '.join(missing)}; steps.csv has "
                              "test columns only with save_every_step=true")
+    start = _unquantized(run_dirs, part, metrics)
+    configs = [read_json(Path(d) / "config.json") for d in run_dirs
+               if (Path(d) / "config.json").is_file()]
+    seeds = sorted({int(c["seed"]) for c in configs if "seed" in c})
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.4))
     axes = np.atleast_1d(axes)
+    counts: list[int] = []
     for ax, m, col in zip(axes, metrics, cols):
         for beta, g in sorted(df.groupby("beta"), key=lambda kv: kv[0]):
             agg = g.groupby(x)[col].agg(["mean", "std", "count"]).reset_index()
+            counts.extend(int(c) for c in agg["count"])
+            xs, ys = list(agg[x] * 100), list(agg["mean"] * 100)
+            errs = list(agg["std"].fillna(0) * 100)
+            if start is not None and math.isfinite(start[m][0]):
+                xs, ys, errs = [0.0, *xs], [start[m][0] * 100, *ys], [
+                    0.0 if math.isnan(start[m][1]) else start[m][1] * 100, *errs]
             several = (agg["count"] > 1).any()   # several runs (seeds): mean ± std
-            ax.errorbar(agg[x] * 100, agg["mean"] * 100,
-                        yerr=agg["std"].fillna(0) * 100 if several else None,
-                        marker="o", markersize=4, capsize=3 if several else 0,
-                        label=f"β = {beta:g}")
+            ax.errorbar(xs, ys, yerr=errs if several else None, marker="o", markersize=4,
+                        capsize=3 if several else 0, label=f"β = {beta:g}")
+        ticks = sorted({0.0, *(df[x].dropna() * 100)} if start is not None
+                       else set(df[x].dropna() * 100))
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks], fontsize=7)
         ax.set_xlabel("quantization ratio (%)" if x == "target_ratio"
                       else "realized quantized share (%)")
         ax.set_ylabel(f"{m} (%, {part})")
         ax.grid(True, alpha=0.3)
     axes[0].legend(fontsize=8)
-    fig.suptitle("FairQuantize ablation", fontsize=10)
+    dataset = configs[0].get("dataset", "?") if configs else "?"
+    seed_text = ("seed " + str(seeds[0])) if len(seeds) == 1 else \
+        f"seeds {', '.join(map(str, seeds))}"
+    origin = "; ratio 0: the unquantized (vanilla) model" if start is not None else ""
+    fig.suptitle(f"FairQuantize ablation, {dataset}, {seed_text}{origin}; "
+                 f"{spread_note(counts or [1])}", fontsize=9)
     fig.tight_layout()
     return save(fig, out)
 
 
-def plot_groups(run_dir: str | Path, out: str | Path, *, part: str = "test",
-                metrics: Sequence[str] | None = None) -> list[Path]:
-    """Per-group values of one run, one bar per group for each metric (default: precision,
-    recall, F1, accuracy, AUC; for a segmentation run Dice and IoU, per structure too)."""
+def _flat(part_metrics: dict[str, Any]) -> dict[str, Any]:
+    from fairbench.metrics import flatten
+
+    return flatten(part_metrics)
+
+
+def _mean_std_of(values: Sequence[Any]) -> tuple[float, float]:
+    v = np.array([x for x in values if x is not None and np.isfinite(x)], dtype=float)
+    if len(v) == 0:
+        return math.nan, math.nan
+    return float(v.mean()), (float(v.std(ddof=1)) if len(v) > 1 else math.nan)
+
+
+def find_vanilla_run(run_dir: str | Path) -> Path | None:
+    """The finished vanilla run of the same runs folder, dataset configuration, split,
+    attribute, backbone, train settings and seed as ``run_dir`` (``None`` when there is
+    none, or when ``run_dir`` is itself a vanilla run)."""
     run_dir = Path(run_dir)
-    if not (run_dir / "metrics.json").is_file():
-        raise FairbenchError(f"{str(run_dir)!r} is not a finished run directory")
-    m = read_json(run_dir / "metrics.json")
+    if not (run_dir / "config.json").is_file():
+        return None
     cfg = read_json(run_dir / "config.json")
-    groups = m.get("meta", {}).get("groups") or cfg["groups"]
-    pm = m[part]
-    segmentation = m.get("meta", {}).get("task") == "segmentation"
+    if cfg.get("method") == "vanilla":
+        return None
+    ident = cfg.get("identity", {})
+    same = ("dataset", "split", "attribute", "backbone", "backbone_params", "weights",
+            "image_size", "train", "seed")
+    for candidate in sorted(run_dir.parent.parent.glob("vanilla/*/config.json")):
+        other = read_json(candidate)
+        oid = other.get("identity", {})
+        if all(oid.get(k) == ident.get(k) for k in same if k in ident) and \
+                (candidate.parent / "metrics.json").is_file():
+            return candidate.parent
+    return None
+
+
+def plot_groups(run_dirs: str | Path | Sequence[str | Path], out: str | Path, *,
+                part: str = "test", metrics: Sequence[str] | None = None,
+                vanilla: bool = True) -> list[Path]:
+    """Per-group values of a method's runs (one or several seeds of one setting): for each
+    metric, one bar per group with the mean over the seeds, the spread over seeds (± std) as
+    an error bar and every seed as a dot; with ``vanilla`` the vanilla runs of the same
+    split, backbone and seeds (found in the same runs folder) as hatched bars beside them.
+    Legends give the number of test samples per group. Default metrics: precision, recall, F1,
+    accuracy, AUC (Dice and IoU, per structure, for a segmentation run)."""
+    dirs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(d) for d in run_dirs]
+    for d in dirs:
+        if not (d / "metrics.json").is_file():
+            raise FairbenchError(f"{str(d)!r} is not a finished run directory")
+    runs = [(read_json(d / "config.json"), read_json(d / "metrics.json")) for d in dirs]
+    cfg, m0 = runs[0]
+    if len({(c["method"], c.get("split_sha256")) for c, _ in runs}) > 1:
+        raise FairbenchError("plot groups takes the runs (seeds) of one method on one split; "
+                             "pass them one method at a time")
+    meta = m0.get("meta", {})
+    groups = meta.get("groups") or cfg["groups"]
+    segmentation = meta.get("task") == "segmentation"
     if metrics is None:
         if segmentation:
             from fairbench.metrics import segmentation_metric_names
 
-            metrics = segmentation_metric_names(m["meta"].get("mask_classes", []))
+            metrics = segmentation_metric_names(meta.get("mask_classes", []))
         else:
             metrics = ("precision", "recall", "F1", "accuracy", "AUC")
-    fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(metrics) * max(1, len(groups)) / 2, 3.6))
-    width = 0.8 / (len(groups) + 1)
+    series = [(cfg["method"], [_flat(m.get(part, {})) for _, m in runs], False)]
+    if vanilla:
+        found = [v for v in (find_vanilla_run(d) for d in dirs) if v is not None]
+        if found:
+            series.append(("vanilla", [_flat(read_json(v / "metrics.json").get(part, {}))
+                                       for v in found], True))
+    n_bars = len(groups) * len(series)
+    width = 0.8 / n_bars
     xs = np.arange(len(metrics))
-    for i, g in enumerate(groups):
-        vals = [pm.get(g, {}).get(k) for k in metrics]
-        vals = [np.nan if v is None else v * 100 for v in vals]
-        bars = ax.bar(xs + i * width, vals, width, label=g)
-        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1)
-    overall = [pm.get(k) for k in metrics]
-    bars = ax.bar(xs + len(groups) * width, [np.nan if v is None else v * 100 for v in overall],
-                  width, label="all", color="0.7")
-    ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=1, color="0.4")
-    ax.set_xticks(xs + width * len(groups) / 2, metrics)
+    fig, ax = plt.subplots(figsize=(1.6 + 0.55 * len(metrics) * n_bars, 3.8))
+    cmap = plt.get_cmap("tab10")
+    for si, (name, flats, hatched) in enumerate(series):
+        for gi, g in enumerate(groups):
+            i = si * len(groups) + gi
+            stats = [_mean_std_of([f.get(f"{g}.{k}") for f in flats]) for k in metrics]
+            means = np.array([s_[0] for s_ in stats]) * 100
+            stds = np.array([0.0 if math.isnan(s_[1]) else s_[1] for s_ in stats]) * 100
+            n_g = flats[0].get(f"{g}.n")
+            label = f"{name}: {readable(g)}" + (f" (n = {int(n_g)})" if n_g else "")
+            bars = ax.bar(xs + i * width, means, width, yerr=stds if len(flats) > 1 else None,
+                          capsize=2, color=cmap(gi), alpha=0.55 if hatched else 0.9,
+                          hatch="//" if hatched else None, edgecolor="0.3", linewidth=0.5,
+                          label=label)
+            ax.bar_label(bars, fmt="%.1f", fontsize=6, padding=1)
+            for f in flats:  # every seed as a dot
+                ax.scatter(xs + i * width, [(f.get(f"{g}.{k}") or np.nan) * 100
+                                            for k in metrics], s=6, color="k", zorder=3)
+    ax.set_xticks(xs + width * (n_bars - 1) / 2, metrics)
     ax.set_ylabel(f"% ({part})")
-    ax.set_ylim(0, 105)
-    summary = (f"ES-Dice (FairSeg) {pm.get('ES_fairseg', {}).get('Dice', float('nan')) * 100:.2f}%"
-               if segmentation else
-               f"EqOdds gap {pm.get('EqOddsGap', float('nan')) * 100:.2f}%, "
-               f"EOdd (paper) {pm.get('EOdd', float('nan')) * 100:.2f}%")
-    ax.set_title(f"{cfg['method']} on {cfg['dataset']} by {cfg['attribute']} (seed {cfg['seed']})"
-                 f"; {summary}", fontsize=9)
-    ax.legend(fontsize=8, ncol=len(groups) + 1, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    ax.set_ylim(0, 108)
+    seeds = sorted(int(c["seed"]) for c, _ in runs)
+    headline = _mean_std_of([f.get("ES_fairseg.Dice" if segmentation else "EqOddsGap")
+                             for f in series[0][1]])[0]
+    summary = (f"ES-Dice (FairSeg) {headline * 100:.2f}%" if segmentation else
+               f"EqOdds gap {headline * 100:.2f}%")
+    beside = "; hatched: vanilla, same split and seeds" if len(series) > 1 else ""
+    ax.set_title(f"{cfg['method']} on {cfg['dataset']} by {readable(cfg['attribute'])} "
+                 f"(seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))}); "
+                 f"{summary}\n{spread_note([len(runs)])}; dots: single seeds{beside}",
+                 fontsize=8)
+    ax.legend(fontsize=7, ncol=min(4, n_bars), loc="upper center", bbox_to_anchor=(0.5, -0.12))
     ax.grid(True, axis="y", alpha=0.3)
     return save(fig, out)
 

@@ -194,13 +194,21 @@ def leaderboard_cmd(source: str, fmt: str, view: str, rule: str | None, part: st
 
 @click.group("plot")
 def plot_group() -> None:
-    """Figures (PNG and PDF): tradeoff, ablation, groups, cd."""
+    """Figures (PNG and PDF): tradeoff, ablation, groups, cd.
+
+    \b
+    Examples:
+      fairbench plot tradeoff benchmarks/quick.toml
+      fairbench plot groups runs/quick/synthderm/resampling/*
+      fairbench plot cd benchmarks/suite_isic2019_resnet18.toml
+    """
 
 
 @plot_group.command("tradeoff")
 @click.argument("source", metavar="SUITE_OR_RUNS_DIR", type=click.Path())
 @click.option("--out", default="plots/tradeoff", show_default=True,
-              help="Output path without extension (one file pair per table: <out>-<n>).")
+              help="Output path without extension; one PNG/PDF pair per table, named "
+                   "<out>-<dataset>-<attribute>-<backbone>.")
 @click.option("--rule", default=None, help="Selection rule (see `fairbench leaderboard --help`).")
 @click.option("--split", default=None, metavar="HASH", help="Only runs of this split.")
 @click.option("--runs-dir", default=None, help="Runs directory of a suite.")
@@ -212,9 +220,15 @@ def plot_group() -> None:
 def plot_tradeoff_cmd(source: str, out: str, rule: str | None, split: str | None,
                       runs_dir: str | None, x_metric: str | None, y_metric: str | None) -> None:
     """F1 against the equalized-odds gap per method (mean ± std over seeds) with the Pareto
-    front (Dice against the Dice gap for segmentation tables)."""
+    front (Dice against the Dice gap for segmentation tables).
+
+    \b
+    Each method keeps its colour in every figure. Examples:
+      fairbench plot tradeoff benchmarks/quick.toml
+      fairbench plot tradeoff runs --x EOdd --out figures/tradeoff
+    """
     from fairbench.bench.leaderboard import leaderboard
-    from fairbench.bench.plots import plot_tradeoff
+    from fairbench.bench.plots import plot_tradeoff, table_file_stem
     from fairbench.metrics import HEADLINE_FAIRNESS, higher_is_better
 
     for m in (x_metric, y_metric):
@@ -225,8 +239,8 @@ def plot_tradeoff_cmd(source: str, out: str, rule: str | None, split: str | None
             raise FairbenchError(f"unknown metric {m!r}; use e.g. F1, AUC, EqOddsGap, "
                                  "gap.F1") from None
     board = leaderboard(source, rule=rule, split=split, runs_dir=runs_dir)
-    for i, table in enumerate(board.tables):
-        target = out if len(board.tables) == 1 else f"{out}-{i + 1}"
+    for table in board.tables:
+        target = f"{out}-{table_file_stem(table)}"
         seg = table.task == "segmentation"
         x = x_metric or ("gap.Dice" if seg else HEADLINE_FAIRNESS)
         y = y_metric or ("Dice" if seg else "F1")
@@ -241,7 +255,14 @@ def plot_tradeoff_cmd(source: str, out: str, rule: str | None, split: str | None
 @click.option("--x", "x_axis", type=click.Choice(["target_ratio", "realized_ratio"]),
               default="target_ratio", show_default=True)
 def plot_ablation_cmd(run_dirs: tuple[str, ...], out: str, part: str, x_axis: str) -> None:
-    """FairQuantize: precision and EOdd against the quantization ratio, one line per β."""
+    """FairQuantize: precision and EOdd against the quantization ratio, one line per β.
+
+    \b
+    The unquantized model (the vanilla runs of the same split and seeds, when the runs folder
+    has them) is the point at ratio 0. Examples:
+      fairbench run --method fairquantize -p ablation_betas=0.5,1.0
+      fairbench plot ablation runs/synthderm/fairquantize/*/ --out figures/ablation
+    """
     from fairbench.bench.plots import plot_ablation
 
     for p in plot_ablation(run_dirs, out, part=part, x=x_axis):
@@ -249,14 +270,23 @@ def plot_ablation_cmd(run_dirs: tuple[str, ...], out: str, part: str, x_axis: st
 
 
 @plot_group.command("groups")
-@click.argument("run_dir", type=click.Path(file_okay=False))
+@click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--out", default="plots/groups", show_default=True, help="Output path without extension.")
 @click.option("--part", type=click.Choice(["test", "val"]), default="test", show_default=True)
-def plot_groups_cmd(run_dir: str, out: str, part: str) -> None:
-    """Per-group bar chart of one run."""
+@click.option("--no-vanilla", is_flag=True, help="Leave out the vanilla runs beside the method.")
+def plot_groups_cmd(run_dirs: tuple[str, ...], out: str, part: str, no_vanilla: bool) -> None:
+    """Per-group bars of a method's runs: mean over the seeds given, ± std as error bars, each
+    seed as a dot, the vanilla runs of the same split and seeds beside them (hatched) and the
+    test samples per group.
+
+    \b
+    Examples:
+      fairbench plot groups runs/synthderm/fairquantize/smallcnn-s0-6d31b5ff3c
+      fairbench plot groups runs/quick/synthderm/mfd/* --out figures/mfd-groups
+    """
     from fairbench.bench.plots import plot_groups
 
-    for p in plot_groups(run_dir, out, part=part):
+    for p in plot_groups(list(run_dirs), out, part=part, vanilla=not no_vanilla):
         click.echo(f"wrote {p}")
 
 
