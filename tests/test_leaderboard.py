@@ -151,11 +151,21 @@ def test_latex_sanity(board_dir):
         lines = tex.splitlines()
         top, bottom = lines.index("\\toprule"), lines.index("\\bottomrule")
         assert "\\midrule" in lines[top:bottom]
-        body = [x for x in lines[top + 2:bottom] if x.endswith("\\\\")]
+        # the column groups, then the titles with their directions
+        assert "\\multicolumn{3}{c}{Utility}" in lines[top + 1]
+        assert "\\cmidrule" in lines[top + 2]
+        assert lines[top + 3].startswith("Method") and "F1 $\\uparrow$" in lines[top + 3]
+        assert "EqOdds gap $\\downarrow$" in lines[top + 3]
+        body = [x for x in lines[top + 4:bottom] if x.endswith("\\\\")]
         assert len(body) == n_rows
         for x in body:
             assert x.count(" & ") == n_cols - 1
         assert "\\textbf{" in tex and "$\\pm$" in tex
+        # bold covers the ± part; the split hash stays out of the caption; notes under it
+        assert re.search(r"\\textbf\{[0-9.]+ \$\\pm\$ [0-9.]+\}", tex)
+        assert "a" * 12 not in tex.split("\\label")[0]
+        assert "Selection on validation only" in tex.split("\\end{tabular}")[1]
+        assert "a" * 12 in board.to_latex(view, split_in_caption=True).split("\\label")[0]
         assert "_" not in re.sub(r"\\_", "", re.sub(r"\\label\{[^}]*\}", "", tex))
 
 
@@ -369,3 +379,51 @@ def test_cli_interval_kinds_are_named_in_the_footnote(board_dir):
     widths = [(r2.ci["F1"][1] - r2.ci["F1"][0]) - (r1.ci["F1"][1] - r1.ci["F1"][0])
               for r2, r1 in zip(board2.tables[0].rows, board1.tables[0].rows)]
     assert sum(w > 0 for w in widths) >= 2, widths
+
+
+def test_html_page_is_self_contained_with_tables_notes_and_figures(board_dir, tmp_path):
+    from html.parser import HTMLParser
+
+    page = leaderboard(board_dir).render("html", "compact")
+
+    class Collect(HTMLParser):
+        def __init__(self) -> None:
+            super().__init__()
+            self.tags: list[str] = []
+            self.srcs: list[str] = []
+
+        def handle_starttag(self, tag, attrs):
+            self.tags.append(tag)
+            self.srcs += [v for k, v in attrs if k in ("src", "href") and v]
+
+    c = Collect()
+    c.feed(page)
+    assert c.tags.count("table") == 1 and c.tags.count("svg") == 1
+    assert c.tags.count("tr") == 1 + len(METHODS)
+    assert not c.srcs and "<script" not in page       # nothing loaded from elsewhere
+    assert "EqOdds gap ↓" in page and "<strong>" in page and "▼" in page
+    assert "Selection (validation only)" in page
+    out = tmp_path / "board.html"
+    res = CliRunner().invoke(main, ["leaderboard", str(board_dir), "--format", "html",
+                                    "--out", str(out)])
+    assert res.exit_code == 0 and out.read_text().startswith("<!DOCTYPE html>")
+
+
+def test_html_page_renders_in_headless_chromium(board_dir, tmp_path):
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no Chromium installed (apt install chromium)")
+    out = tmp_path / "board.html"
+    out.write_text(leaderboard(board_dir).render("html", "paper"))
+    proc = subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         f"--user-data-dir={tmp_path / 'profile'}", "--dump-dom", out.as_uri()],
+        capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    dom = proc.stdout
+    assert dom.count("<table") == 1 and dom.count("<svg") >= 1
+    assert "Selection (validation only)" in dom and "EqOdds gap" in dom

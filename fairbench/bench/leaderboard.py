@@ -1,5 +1,5 @@
 """Leaderboards from run directories: the paper layout and a compact view, as a DataFrame,
-Markdown, CSV or LaTeX (booktabs).
+Markdown, CSV, LaTeX (booktabs) or one self-contained HTML page (:mod:`fairbench.bench.html`).
 
 * **Tables**: one per (dataset, attribute, backbone). All runs of a table must share one split
   hash; a runs directory mixing splits is refused with an error naming them (pick one with
@@ -80,7 +80,7 @@ COLUMN_TITLES.update({"worst.Dice": "Worst-group Dice", "gap.Dice": "Dice gap",
                       "ES_fairseg.Dice": "ES-Dice (FairSeg)",
                       "ES_fairmedfm.Dice": "ES-Dice (FairMedFM)"})
 VIEWS = ("paper", "compact")
-FORMATS = ("md", "csv", "latex")
+FORMATS = ("md", "csv", "latex", "html")
 DAGGER = "†"
 #: significance marks: better / worse than vanilla; † for a metric without a direction
 MARKS = {"better": "▲", "worse": "▼", "higher": DAGGER, "lower": DAGGER}
@@ -236,6 +236,11 @@ class Table:
         kind = " segmentation," if self.task == "segmentation" else ""
         return (f"{self.dataset} ({self.attribute}),{kind} {self.backbone}, split "
                 f"{self.split[:12]}, {self.part}")
+
+    @property
+    def title_without_split(self) -> str:
+        kind = " segmentation," if self.task == "segmentation" else ""
+        return f"{self.dataset} ({self.attribute}),{kind} {self.backbone}, {self.part}"
 
     @property
     def _utility(self) -> tuple[str, ...]:
@@ -468,7 +473,11 @@ class Leaderboard:
             return self.to_frame(view).to_csv(index=False)
         if fmt == "latex":
             return self.to_latex(view)
-        raise FairbenchError(f"unknown format {fmt!r}; use md, csv or latex")
+        if fmt == "html":
+            from fairbench.bench.html import render_html
+
+            return render_html(self, view)
+        raise FairbenchError(f"unknown format {fmt!r}; use md, csv, latex or html")
 
     def _cells(self, t: Table, view: str, bold: Any, sig: Any) -> list[tuple[str, str, list[str]]]:
         best = t.best(view)
@@ -591,22 +600,36 @@ class Leaderboard:
         df = pd.DataFrame.from_dict(data, orient="index")
         return df.dropna(axis=1)
 
-    def to_latex(self, view: str = "paper") -> str:
+    def to_latex(self, view: str = "paper", *, split_in_caption: bool = False) -> str:
+        """booktabs tables: ↑/↓ after each column title (its direction), the columns grouped
+        under "Utility" and "Fairness", bold covering the whole cell (± part included), the
+        marks as superscripts, the selection of every row as table notes; the split hash is in
+        the caption only with ``split_in_caption`` (it is always in the label's table of
+        :meth:`to_frame`)."""
         out = ["% requires \\usepackage{booktabs,amssymb}"]
         for t in self.tables:
-            ncols = len(t.columns(view))
-            lead = "ll" if view == "paper" else "l"
-            cols = [COLUMN_TITLES.get(c, c) for c in t.columns(view)]
-            head = ["Method"] + (["Group"] if view == "paper" else []) + cols
+            columns = t.columns(view)
+            n_lead = 2 if view == "paper" else 1
+            utility = [c for c in columns if _is_utility(c)]
+            head = (["Method"] + (["Group"] if view == "paper" else [])
+                    + [_tex(COLUMN_TITLES.get(c, c)) + _tex_arrow(c) for c in columns])
+            title = t.title if split_in_caption else t.title_without_split
+            groups_row = (" & " * (n_lead - 1) + " & "
+                          + f"\\multicolumn{{{len(utility)}}}{{c}}{{Utility}} & "
+                          + f"\\multicolumn{{{len(columns) - len(utility)}}}{{c}}{{Fairness}}"
+                          + " \\\\")
+            first_u, last_u = n_lead + 1, n_lead + len(utility)
+            rules = (f"\\cmidrule(lr){{{first_u}-{last_u}}}"
+                     f"\\cmidrule(lr){{{last_u + 1}-{n_lead + len(columns)}}}")
             out += ["\\begin{table}[t]", "\\centering", "\\small",
-                    (f"\\caption{{{_tex(t.title)}. Values in \\%, mean $\\pm$ std over seeds; "
+                    (f"\\caption{{{_tex(title)}. Values in \\%, mean $\\pm$ std over seeds; "
                      f"best per column in bold; $^\\blacktriangle$/$^\\blacktriangledown$: "
                      f"better/worse than vanilla, paired {_tex(self.test)} over at least "
-                     f"{MIN_PAIRS} seeds, Holm-corrected, $p<{self.alpha:g}$. Selection rule: "
-                     f"{_tex(t.rule)}.}}"),
+                     f"{MIN_PAIRS} seeds, Holm-corrected, $p<{self.alpha:g}$.}}"),
                     f"\\label{{tab:{_label(t)}-{view}}}",
-                    f"\\begin{{tabular}}{{{lead}{'r' * ncols}}}", "\\toprule",
-                    " & ".join(_tex(h) for h in head) + " \\\\", "\\midrule"]
+                    f"\\begin{{tabular}}{{{'l' * n_lead}{'r' * len(columns)}}}", "\\toprule",
+                    groups_row, rules,
+                    " & ".join(head) + " \\\\", "\\midrule"]
             first = True
             for label, row_name, cells in self._cells(
                     t, view, lambda s: f"\\textbf{{{s}}}", lambda s, mark: s + _TEX_MARKS[mark]):
@@ -616,8 +639,26 @@ class Leaderboard:
                 cells = [c.replace(" ± ", " $\\pm$ ") for c in cells]
                 lead_cells = [_tex(label)] + ([_tex(row_name)] if view == "paper" else [])
                 out.append(" & ".join(lead_cells + cells) + " \\\\")
-            out += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
+            out += ["\\bottomrule", "\\end{tabular}"]
+            notes = [f"Selection on validation only, rule {_tex(t.rule)}."]
+            notes += [f"{_tex(row.label)}: {_tex(row.params_text())}; "
+                      f"{_tex(row.selection.reason)}." for row in t.rows]
+            if t.missing:
+                notes.append("Missing runs: " + "; ".join(_tex(m) for m in t.missing) + ".")
+            out += ["\\par\\smallskip\\footnotesize\\raggedright",
+                    " \\\\\n".join(notes), "\\end{table}", ""]
         return "\n".join(out)
+
+
+def _is_utility(column: str) -> bool:
+    """Utility columns (the rest are fairness columns) of both views and both tasks."""
+    base = column.split(".", 1)[-1] if column.startswith(("worst.", "Avg.")) else column
+    return base in (*UTILITY, *SEG_UTILITY, "AUC", "accuracy") and not column.startswith("gap.")
+
+
+def _tex_arrow(column: str) -> str:
+    direction = higher_is_better(column)
+    return {True: " $\\uparrow$", False: " $\\downarrow$"}.get(direction, "")
 
 
 def _check_view(view: str) -> None:

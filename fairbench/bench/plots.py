@@ -105,6 +105,22 @@ def _pareto_min_x_max_y(xs: np.ndarray, ys: np.ndarray) -> np.ndarray:
 def plot_tradeoff(table: Any, out: str | Path, *, x: str = "EqOddsGap", y: str = "F1"
                   ) -> list[Path]:
     """F1 (y) against the equalized-odds gap (x) for the methods of one leaderboard table."""
+    return save(tradeoff_figure(table, x=x, y=y), out)
+
+
+def svg_text(fig: Any) -> str:
+    """``fig`` as an inline SVG document (for self-contained HTML pages); closes ``fig``."""
+    import io
+
+    buf = io.StringIO()
+    fig.savefig(buf, format="svg", bbox_inches="tight")
+    plt.close(fig)
+    text = buf.getvalue()
+    return text[text.index("<svg"):]
+
+
+def tradeoff_figure(table: Any, *, x: str = "EqOddsGap", y: str = "F1") -> Any:
+    """The figure of :func:`plot_tradeoff` (not saved)."""
     from fairbench.bench.leaderboard import _candidates, _mean_std
 
     fig, ax = plt.subplots(figsize=(5.2, 4.0))
@@ -143,7 +159,7 @@ def plot_tradeoff(table: Any, out: str | Path, *, x: str = "EqOddsGap", y: str =
                  fontsize=9)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    return save(fig, out)
+    return fig
 
 
 def read_ablation(run_dirs: Sequence[str | Path]) -> pd.DataFrame:

@@ -128,8 +128,10 @@ def sweep_cmd(suite_file: str, dry_run: bool, executor: str, devices: str | None
 
 @click.command("leaderboard")
 @click.argument("source", metavar="SUITE_OR_RUNS_DIR", type=click.Path())
-@click.option("--format", "fmt", type=click.Choice(["md", "csv", "latex"]), default="md",
-              show_default=True, help="Output format.")
+@click.option("--format", "fmt", type=click.Choice(["md", "csv", "latex", "html"]), default="md",
+              show_default=True,
+              help="Output format; html: one self-contained page with the tables, their notes "
+                   "and the trade-off figures (inline SVG).")
 @click.option("--view", type=click.Choice(["paper", "compact"]), default="paper", show_default=True,
               help="paper: rows per group, Avg, Diff; compact: one row per method.")
 @click.option("--rule", default=None, metavar="RULE[:k=v,...]",
@@ -171,6 +173,7 @@ def leaderboard_cmd(source: str, fmt: str, view: str, rule: str | None, part: st
       fairbench leaderboard benchmarks/quick.toml
       fairbench leaderboard benchmarks/quick.toml --view compact --ci
       fairbench leaderboard runs --view compact --format latex --out table.tex
+      fairbench leaderboard benchmarks/quick.toml --format html --out quick.html
     """
     from fairbench.bench.leaderboard import leaderboard
 
