@@ -31,6 +31,7 @@ import pandas as pd
 
 from fairbench.core.errors import FairbenchError
 from fairbench.core.files import read_json
+from fairbench.run.report import find_vanilla_run
 
 PLOT_KINDS = ("tradeoff", "ablation", "groups", "cd")
 
@@ -257,28 +258,6 @@ def _mean_std_of(values: Sequence[Any]) -> tuple[float, float]:
     if len(v) == 0:
         return math.nan, math.nan
     return float(v.mean()), (float(v.std(ddof=1)) if len(v) > 1 else math.nan)
-
-
-def find_vanilla_run(run_dir: str | Path) -> Path | None:
-    """The finished vanilla run of the same runs folder, dataset configuration, split,
-    attribute, backbone, train settings and seed as ``run_dir`` (``None`` when there is
-    none, or when ``run_dir`` is itself a vanilla run)."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
-        return None
-    cfg = read_json(run_dir / "config.json")
-    if cfg.get("method") == "vanilla":
-        return None
-    ident = cfg.get("identity", {})
-    same = ("dataset", "split", "attribute", "backbone", "backbone_params", "weights",
-            "image_size", "train", "seed")
-    for candidate in sorted(run_dir.parent.parent.glob("vanilla/*/config.json")):
-        other = read_json(candidate)
-        oid = other.get("identity", {})
-        if all(oid.get(k) == ident.get(k) for k in same if k in ident) and \
-                (candidate.parent / "metrics.json").is_file():
-            return candidate.parent
-    return None
 
 
 def plot_groups(run_dirs: str | Path | Sequence[str | Path], out: str | Path, *,

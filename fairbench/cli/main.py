@@ -293,10 +293,29 @@ def _plugin_errors() -> list[str]:
 @main.command()
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--part", type=click.Choice(["val", "test", "both"]), default="test", show_default=True)
-def show(run_dir: str, part: str) -> None:
-    """Print the paper-style table of a finished run directory."""
+@click.option("--format", "fmt", type=click.Choice(["text", "md", "csv", "latex"]),
+              default="text", show_default=True,
+              help="text: the paper-style table and the comparison with vanilla; md, csv, "
+                   "latex: the comparison table, to paste.")
+def show(run_dir: str, part: str, fmt: str) -> None:
+    """A finished run: the paper-style table and, metric by metric (overall, worst group, the
+    equalized-odds gap, the papers' EOpp0/EOpp1/EOdd, AUC, then per group with its number of
+    test samples), the run beside the shared vanilla model of the same split and seed (a
+    vanilla run in the same runs folder) and the difference.
+
+    \b
+    Examples:
+      fairbench show runs/synthderm/fairquantize/smallcnn-s0-6d31b5ff3c
+      fairbench show RUN_DIR --format md --part both
+      fairbench show RUN_DIR --format latex > table.tex
+    """
     from fairbench.core.files import read_json
-    from fairbench.run.report import run_summary
+    from fairbench.run.report import (
+        comparison_frame,
+        comparison_text,
+        find_vanilla_run,
+        run_summary,
+    )
     from fairbench.run.store import is_finished
 
     path = Path(run_dir)
@@ -307,8 +326,22 @@ def show(run_dir: str, part: str) -> None:
             f"{run_dir!r} is not a finished run directory (it lacks config.json, metrics.json "
             "or predictions.csv)")
     parts = ("val", "test") if part == "both" else (part,)
-    click.echo(run_summary(read_json(path / "config.json"), read_json(path / "metrics.json"),
-                           parts=parts))
+    config, metrics = read_json(path / "config.json"), read_json(path / "metrics.json")
+    vanilla_dir = find_vanilla_run(path)
+    vanilla = read_json(vanilla_dir / "metrics.json") if vanilla_dir else None
+    if config.get("method") == "vanilla":
+        where = "this run is the vanilla model"
+    elif vanilla_dir is None:
+        where = ("no vanilla run of the same split, seed and settings in this runs folder "
+                 "(run `fairbench run --method vanilla` with the same options to compare)")
+    else:
+        where = f"vanilla: {vanilla_dir}"
+    out = [run_summary(config, metrics, parts=parts) + "\n"] if fmt == "text" else []
+    for p in parts:
+        frame = comparison_frame(metrics, vanilla, part=p)
+        title = f"[{p}] {config['method']} against vanilla, values in % ({where})"
+        out.append(comparison_text(frame, fmt, title=title if fmt != "csv" else ""))
+    click.echo("\n".join(out).rstrip("\n"))
 
 
 main.add_command(data_group, "data")

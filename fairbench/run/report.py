@@ -6,7 +6,10 @@ the equity-scaled Dice and IoU of both published definitions on the All row."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
+
+from fairbench.core.files import read_json
 
 UTILITY = ("precision", "recall", "F1")
 FAIRNESS = ("EqOddsGap", "EOpp0", "EOpp1", "EOdd")
@@ -127,3 +130,114 @@ def time_line(seconds: dict[str, Any], device: str | None = None) -> str:
     phases = seconds.get("phases") or {}
     detail = ", ".join(f"{name} {value:.1f}" for name, value in phases.items() if value >= 0.05)
     return f"wall {total:.1f} s{where}" + (f"; by phase (s): {detail}" if detail else "")
+
+
+def find_vanilla_run(run_dir: str | Path) -> Path | None:
+    """The finished vanilla run of the same runs folder, dataset configuration, split,
+    attribute, backbone, train settings and seed as ``run_dir`` (``None`` when there is
+    none, or when ``run_dir`` is itself a vanilla run)."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.json").is_file():
+        return None
+    cfg = read_json(run_dir / "config.json")
+    if cfg.get("method") == "vanilla":
+        return None
+    ident = cfg.get("identity", {})
+    same = ("dataset", "split", "attribute", "backbone", "backbone_params", "weights",
+            "image_size", "train", "seed")
+    for candidate in sorted(run_dir.parent.parent.glob("vanilla/*/config.json")):
+        other = read_json(candidate)
+        oid = other.get("identity", {})
+        if all(oid.get(k) == ident.get(k) for k in same if k in ident) and \
+                (candidate.parent / "metrics.json").is_file():
+            return candidate.parent
+    return None
+
+
+#: overall rows of the comparison with vanilla (classification), then per group
+COMPARE_OVERALL = ("F1", "AUC", "accuracy", "worst.F1", "worst.AUC", "gap.F1", "EqOddsGap",
+                   "EqOddsGap_maxclass", "EOpp0", "EOpp1", "EOdd")
+COMPARE_GROUP = ("n", "F1", "AUC", "precision", "recall")
+COMPARE_SEGMENTATION = ("Dice", "IoU", "worst.Dice", "gap.Dice", "ES_fairseg.Dice",
+                        "ES_fairmedfm.Dice")
+#: the papers' definitions, labelled as theirs wherever shown
+PAPER_METRICS = ("EOpp0", "EOpp1", "EOdd")
+
+
+def comparison_frame(metrics: dict[str, Any], vanilla: dict[str, Any] | None, *,
+                     part: str = "test") -> Any:
+    """One row per metric (overall, then per group with the test samples ``n``): the run's
+    value, the shared vanilla model's on the same split and seed, and the difference (run −
+    vanilla), as fractions; ``direction`` says which way is better. Without a vanilla run the
+    vanilla and difference columns are empty."""
+    import pandas as pd
+
+    from fairbench.metrics import flatten, higher_is_better
+
+    meta = metrics.get("meta", {})
+    flat = flatten(metrics.get(part, {}))
+    base = flatten(vanilla.get(part, {})) if vanilla else {}
+    groups = meta.get("groups") or []
+    segmentation = meta.get("task") == "segmentation"
+    keys = list(COMPARE_SEGMENTATION if segmentation else COMPARE_OVERALL)
+    per_group = ("n", "Dice", "IoU") if segmentation else COMPARE_GROUP
+    keys += [f"{g}.{m}" for g in groups for m in per_group]
+    rows = []
+    for key in keys:
+        if key not in flat:
+            continue
+        value, ref = flat.get(key), base.get(key)
+        diff = (value - ref) if isinstance(value, (int, float)) and isinstance(
+            ref, (int, float)) else None
+        direction = higher_is_better(key)
+        name = key + (" (paper)" if key in PAPER_METRICS else "")
+        rows.append({"metric": name, "run": value, "vanilla": ref, "difference": diff,
+                     "direction": {True: "higher is better", False: "lower is better"}.get(
+                         direction, "")})
+    return pd.DataFrame(rows, columns=["metric", "run", "vanilla", "difference", "direction"])
+
+
+def _pct(value: Any, *, signed: bool = False) -> str:
+    if value is None or (isinstance(value, float) and value != value):
+        return "-"
+    return f"{value * 100:+.2f}" if signed else f"{value * 100:.2f}"
+
+
+def comparison_text(frame: Any, fmt: str = "text", *, title: str = "") -> str:
+    """``frame`` (:func:`comparison_frame`) as ``text``, ``md``, ``csv`` or ``latex``; values
+    in percent except ``n`` (csv: fractions, as stored)."""
+    if fmt == "csv":
+        return frame.to_csv(index=False)
+    rows = []
+    for r in frame.itertuples(index=False):
+        is_n = r.metric.endswith(".n")
+        fmt_v = (lambda v: "-" if v is None or v != v else str(int(v))) if is_n else _pct
+        rows.append((r.metric, fmt_v(r.run), fmt_v(r.vanilla),
+                     (fmt_v(r.difference) if is_n else _pct(r.difference, signed=True)),
+                     {"higher is better": "↑", "lower is better": "↓"}.get(r.direction, "")))
+    head = ("metric", "run", "vanilla", "run - vanilla", "")
+    if fmt == "md":
+        out = ([f"**{title}**", ""] if title else []) + [
+            "| " + " | ".join(head) + " |", "|:--|--:|--:|--:|:-:|"]
+        out += ["| " + " | ".join(r) + " |" for r in rows]
+        return "\n".join(out) + "\n"
+    if fmt == "latex":
+        tex = {"_": "\\_", "%": "\\%", "&": "\\&", "↑": "$\\uparrow$", "↓": "$\\downarrow$"}
+
+        def esc(text: str) -> str:
+            return "".join(tex.get(ch, ch) for ch in text)
+
+        out = ["% requires \\usepackage{booktabs}", "\\begin{tabular}{lrrrc}", "\\toprule",
+               " & ".join(esc(h) for h in head) + " \\\\", "\\midrule"]
+        out += [" & ".join(esc(c) for c in r) + " \\\\" for r in rows]
+        out += ["\\bottomrule", "\\end{tabular}"]
+        return "\n".join(out) + "\n"
+    if fmt != "text":
+        raise ValueError(f"unknown format {fmt!r}")
+    widths = [max(len(h), *(len(r[i]) for r in rows)) for i, h in enumerate(head)] if rows \
+        else [len(h) for h in head]
+    line = lambda cells: "  ".join(  # noqa: E731
+        c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+    out = ([title] if title else []) + [line(head), "-" * len(line(head))]
+    out += [line(r) for r in rows]
+    return "\n".join(out) + "\n"
