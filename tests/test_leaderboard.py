@@ -384,7 +384,9 @@ def test_cli_interval_kinds_are_named_in_the_footnote(board_dir):
 def test_html_page_is_self_contained_with_tables_notes_and_figures(board_dir, tmp_path):
     from html.parser import HTMLParser
 
-    page = leaderboard(board_dir).render("html", "compact")
+    from fairbench.bench.html import render_html
+
+    page = render_html(leaderboard(board_dir), "compact")
 
     class Collect(HTMLParser):
         def __init__(self) -> None:
@@ -417,7 +419,9 @@ def test_html_page_renders_in_headless_chromium(board_dir, tmp_path):
     if browser is None:
         pytest.skip("no Chromium installed (apt install chromium)")
     out = tmp_path / "board.html"
-    out.write_text(leaderboard(board_dir).render("html", "paper"))
+    from fairbench.bench.html import render_html
+
+    out.write_text(render_html(leaderboard(board_dir), "paper"))
     proc = subprocess.run(
         [browser, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",

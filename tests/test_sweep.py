@@ -209,7 +209,9 @@ def test_leaderboard_and_plots_from_suite(swept, tmp_path):
     assert res.exit_code == 0, res.output
     assert (tmp_path / "abl.png").stat().st_size > 1000
     res = cli.invoke(main, ["plot", "tradeoff", str(suite_file), "--out", str(tmp_path / "tr")])
-    assert res.exit_code == 0 and (tmp_path / "tr.pdf").stat().st_size > 1000
+    assert res.exit_code == 0, res.output
+    (pdf,) = tmp_path.glob("tr-*.pdf")   # named after its table
+    assert pdf.name.startswith("tr-") and pdf.stat().st_size > 1000
     # a suite whose runs are not there yet: a clear error
     (tmp_path / "e").mkdir()
     empty = write_suite(tmp_path / "e", tmp_path / "no-runs")

@@ -183,7 +183,12 @@ def leaderboard_cmd(source: str, fmt: str, view: str, rule: str | None, part: st
     board = leaderboard(source, rule=rule, part=part, split=split, test=test_name, alpha=alpha,
                         runs_dir=runs_dir, data_roots=_data_roots(data_roots), ci=ci,
                         n_resamples=n_boot, ci_kind=ci_kind)
-    text = board.render(fmt, view)
+    if fmt == "html":
+        from fairbench.bench.html import render_html
+
+        text = render_html(board, view)
+    else:
+        text = board.render(fmt, view)
     if board.missing:
         click.echo(f"note: {board.missing} run(s) of the suite are not finished and are left out",
                    err=True)
