@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import html
 import math
+
 from fairbench.bench.leaderboard import COLUMN_TITLES, Leaderboard, Table
 from fairbench.metrics import HEADLINE_FAIRNESS, higher_is_better
 

@@ -40,7 +40,12 @@ from typing import Any
 import numpy as np
 
 from fairbench.core.errors import FairbenchError, ParamError
-from fairbench.metrics import HEADLINE_FAIRNESS, higher_is_better, is_segmentation_metric
+from fairbench.metrics import (
+    HEADLINE_FAIRNESS,
+    check_directed_metric,
+    higher_is_better,
+    is_segmentation_metric,
+)
 
 DEFAULT_RULE = "fair_within_eps"
 
@@ -152,7 +157,7 @@ def parse_rule(spec: str | Mapping[str, Any] | Rule | None) -> Rule:
                 raise ParamError(f"selection option eps={v!r} must be a number >= 0")
         else:
             v = str(v)
-            _check_metric(v, k)
+            check_directed_metric(v, f"selection option {k}")
         opts[k] = v
     if name in ("worst_group", "minimax_pareto", "dto") and higher_is_better(opts["metric"]) is not True:
         raise ParamError(f"selection rule {name!r} needs a higher-is-better metric such as F1, "
@@ -179,16 +184,6 @@ def rule_for_task(rule: Rule, task: str) -> Rule:
             v = SEGMENTATION_EQUIVALENT[v]
         opts[k] = v
     return Rule(rule.name, tuple(sorted(opts.items())))
-
-
-def _check_metric(key: str, what: str) -> None:
-    try:
-        direction = higher_is_better(key)
-    except KeyError:
-        raise ParamError(f"selection option {what}={key!r} is not a metric; use e.g. F1, AUC, "
-                         "EOdd, worst.F1 or gap.F1") from None
-    if direction is None:
-        raise ParamError(f"selection option {what}={key!r} has no direction")
 
 
 def _oriented(c: Candidate, key: str) -> float:

@@ -105,6 +105,21 @@ def higher_is_better(key: str) -> bool | None:
     return _base_direction(key)
 
 
+def check_directed_metric(key: str, what: str) -> None:
+    """Raise :class:`~fairbench.core.errors.ParamError` (one line naming ``what``, e.g.
+    ``parameter select_metric``) unless ``key`` is a metric with a direction, as every choice
+    (checkpoint, candidate, leaderboard row) needs."""
+    from fairbench.core.errors import ParamError
+
+    try:
+        direction = higher_is_better(key)
+    except KeyError:
+        raise ParamError(f"{what}={key!r} is not a metric; use e.g. {HEADLINE_FAIRNESS}, EOdd, "
+                         "F1, worst.F1 or gap.F1") from None
+    if direction is None:
+        raise ParamError(f"{what}={key!r} has no direction; pick another metric")
+
+
 def _utility(y: np.ndarray, probs: np.ndarray, pred: np.ndarray) -> dict[str, float]:
     p, r, f = macro_prf(y, pred)
     return {
@@ -178,6 +193,7 @@ __all__ = [
     "Interval",
     "accuracy",
     "bootstrap_ci",
+    "check_directed_metric",
     "dice_iou_from_counts",
     "disaggregate",
     "equalized_odds_family",

@@ -21,8 +21,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from fairbench.core.errors import FairbenchError, ParamError
-from fairbench.metrics import higher_is_better, selection_score
+from fairbench.core.errors import FairbenchError
+from fairbench.metrics import check_directed_metric, selection_score
 from fairbench.training.curvature import Estimator, GroupCurvature, Scope, diagonal_curvature
 
 if TYPE_CHECKING:
@@ -30,14 +30,9 @@ if TYPE_CHECKING:
 
 
 def check_select_metric(name: str, owner: str = "select_metric") -> None:
-    """Raise :class:`ParamError` unless ``name`` is a metric with a direction."""
-    try:
-        direction = higher_is_better(name)
-    except KeyError:
-        raise ParamError(f"parameter {owner}={name!r} is not a metric; use e.g. EqOddsGap, EOdd, "
-                         "gap.F1 or worst.F1") from None
-    if direction is None:
-        raise ParamError(f"parameter {owner}={name!r} has no direction; pick another metric")
+    """Raise :class:`ParamError` unless ``name`` is a metric with a direction (a method
+    parameter named ``owner``)."""
+    check_directed_metric(name, f"parameter {owner}")
 
 
 def preflight_curvature(ctx: RunContext, *, estimator: str, scope: str) -> None:
