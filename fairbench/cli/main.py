@@ -17,6 +17,7 @@ import click
 from fairbench.cli.bench import BENCH_COMMANDS
 from fairbench.cli.data import data_group
 from fairbench.core.errors import FairbenchError, ParamError
+from fairbench.core.version import __version__
 
 EXIT_USAGE = 2
 
@@ -103,7 +104,8 @@ def _read_config(path: str | None) -> dict[str, Any]:
 
 
 @click.group(cls=FairbenchGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="fairbench")
+# the version of the code (the distribution is named fairbench-med, the command fairbench)
+@click.version_option(version=__version__, prog_name="fairbench")
 @click.option("-v", "--verbose", is_flag=True, help="Log what happens (INFO level).")
 def main(verbose: bool) -> None:
     """fairbench: every bias-mitigation method on identical, hashed splits, with one trainer
