@@ -154,7 +154,7 @@ def main(verbose: bool) -> None:
 @click.option("--tracking", type=click.Choice(["mlflow"]), default=None,
               help="Also log the finished run to MLflow (needs the mlflow extra).")
 @click.option("--tracking-uri", default=None, metavar="URI",
-              help="MLflow tracking URI. [default: file store RUNS_DIR/mlruns]")
+              help="MLflow tracking URI. [default: the SQLite file RUNS_DIR/mlflow.db]")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
 def run(**opts: Any) -> None:
     """Run one method on one dataset and store the result in a run directory.
@@ -231,6 +231,14 @@ def run(**opts: Any) -> None:
         click.echo(f"identical run already finished (use --force to redo): {result.run_dir}")
     click.echo(run_summary(result.config, result.metrics))
     click.echo(f"\nrun directory: {result.run_dir}")
+    if config.tracking == "mlflow" and not result.reused:
+        from fairbench.run.tracking import default_tracking_uri
+
+        if config.tracking_uri is None:
+            uri = default_tracking_uri(config.runs_dir)
+            click.echo(f"MLflow store: {uri} (browse it: mlflow ui --backend-store-uri {uri})")
+        else:
+            click.echo(f"MLflow: {config.tracking_uri}")
 
 
 @main.command("list")
