@@ -12,7 +12,8 @@ A plugin method (complete examples: the repository's ``examples/`` folder)::
 
     from fairbench import Method, TrainHooks, param, register_method
 
-`fairbench.testing.check_method` runs the conformance checks on it.
+:func:`check_method` (and :func:`check_dataset` for a dataset adapter) runs the conformance
+checks on it; ``fairbench check FILE.py`` runs them from the command line.
 
 Sub-packages, in the order data flows through a run (each imports only those before it):
 ``core`` (errors, registries, parameters, files) and ``metrics`` at the bottom, then ``data``,
@@ -86,6 +87,7 @@ _API: dict[str, str] = {
     "higher_is_better": "fairbench.metrics",
     # conformance kit
     "check_method": "fairbench.testing",
+    "check_dataset": "fairbench.testing",
 }
 
 __all__ = ["__version__", *_API]
@@ -145,6 +147,6 @@ if TYPE_CHECKING:  # what static tools see; the same names as _API
     )
     from fairbench.run.posthoc import group_curvature
     from fairbench.run.runner import RunConfig, RunResult, run_experiment
-    from fairbench.testing import check_method
+    from fairbench.testing import check_dataset, check_method
     from fairbench.training.curvature import diagonal_curvature, fair_saliency
     from fairbench.training.trainer import AuxModule, StepState, TrainConfig, TrainHooks
