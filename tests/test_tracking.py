@@ -129,3 +129,18 @@ def test_missing_mlflow_is_one_clear_line(tmp_path, monkeypatch):
     r = CliRunner().invoke(main, ["run", "--runs-dir", str(tmp_path / "runs"),
                                   "--tracking-uri", "file:///x", "-q"])
     assert r.exit_code == 2 and "--tracking-uri needs --tracking mlflow" in r.output
+
+
+def test_readme_mlflow_commands_are_the_tested_ones():
+    """The README's MLflow commands are the ones tests/test_mlflow_server.py runs."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("### MLflow tracking"):]
+    section = section[:section.index("\n## ")]
+    assert 'pip install -e ".[mlflow]"' in section
+    assert "--tracking mlflow" in section
+    assert "mlflow ui --backend-store-uri sqlite:///runs/mlflow.db" in section
+    server_test = (root / "tests" / "test_mlflow_server.py").read_text()
+    assert 'mlflow_ui("sqlite:///runs/mlflow.db", tmp_path)' in server_test
