@@ -55,7 +55,7 @@ def test_label_smoothing_example_passes_the_check(fresh_registries, tmp_path):
                "--keep", tmp_path / "kept")
     assert r.exit_code == 0, r.output
     assert re.search(r"^ok +method label_smoothing \(classification\): outputs, determinism, "
-                     r"weights round-trip, attribute-free; test F1 [0-9.]+", r.output, re.M), \
+                     r"weights round-trip, attribute-free; test F1 [0-9.]+", r.output, re.MULTILINE), \
         r.output
     # the parameter reached the method, and the loss is the smoothed one: with ε = 0.3 over 3
     # classes the loss cannot fall below the target's entropy (0.83 nats)
@@ -160,7 +160,7 @@ def test_derm_folder_example_passes_the_dataset_check(fresh_registries, derm_roo
     r = invoke("check", EXAMPLES / "derm_folder.py", "--data-root", derm_root)
     assert r.exit_code == 0, r.output
     assert re.search(r"^ok +dataset derm_folder: 80 images, 2 classes; sex: female 39, male 40; "
-                     r"age: <60 \d+, 60\+ \d+", r.output, re.M), r.output
+                     r"age: <60 \d+, 60\+ \d+", r.output, re.MULTILINE), r.output
 
 
 def test_derm_folder_example_runs(fresh_registries, derm_root, tmp_path, tiny_cache):
@@ -198,9 +198,9 @@ def _add_a_method() -> tuple[str, list[list[str]]]:
     text = (ROOT / "README.md").read_text()
     start = text.index("\n## Add a method\n")
     section = text[start:text.index("\n## ", start + 1)]
-    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
     commands = []
-    for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S):
+    for block in re.findall(r"```bash\n(.*?)```", section, flags=re.DOTALL):
         for line in textwrap.dedent(block).splitlines():
             line = line.split("#", 1)[0].strip()
             if line:
@@ -218,7 +218,7 @@ def test_readme_add_a_method_as_written(fresh_registries, tmp_path, monkeypatch,
     r = invoke(*commands[0][1:])  # fairbench check my_method.py
     assert r.exit_code == 0, r.output
     assert re.search(r"^ok +method groupweighted \(classification\): outputs, determinism, "
-                     r"weights round-trip, attribute-free; test F1", r.output, re.M), r.output
+                     r"weights round-trip, attribute-free; test F1", r.output, re.MULTILINE), r.output
     r = invoke(*commands[1][1:])  # fairbench list methods --plugin my_method.py -v
     assert r.exit_code == 0 and "groupweighted" in r.output and "power=1.0" in r.output
     # fairbench run --plugin my_method.py --method groupweighted -p power=0.5, made tiny

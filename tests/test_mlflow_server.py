@@ -30,7 +30,7 @@ pytest.importorskip("mlflow")
 pytest.importorskip("flask", reason="the mlflow extra's full package (mlflow ui) is needed")
 pytest.importorskip("sqlalchemy", reason="the mlflow extra's full package is needed")
 
-from fairbench.cli.main import main  # noqa: E402
+from fairbench.cli.main import main
 
 pytestmark = pytest.mark.slow  # a real server: about 10-20 s on 2 cores
 
