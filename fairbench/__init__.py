@@ -4,11 +4,16 @@ The names below are the stable public API: plugins and scripts import them from 
 and never from the sub-packages, whose layout may change. They are loaded on first use, so
 ``import fairbench`` (and the command line's ``--help``) does not import torch.
 
-A plugin method (the full example is in :mod:`fairbench.run.method`)::
+Run, read and compare from Python (the README's "Python API" section has the full example)::
+
+    from fairbench import RunConfig, run_experiment, runs_table, leaderboard
+
+A plugin method (complete examples: the repository's ``examples/`` folder)::
 
     from fairbench import Method, TrainHooks, param, register_method
 
-`fairbench.testing.check_method` runs the conformance checks on it.
+:func:`check_method` (and :func:`check_dataset` for a dataset adapter) runs the conformance
+checks on it; ``fairbench check FILE.py`` runs them from the command line.
 
 Sub-packages, in the order data flows through a run (each imports only those before it):
 ``core`` (errors, registries, parameters, files) and ``metrics`` at the bottom, then ``data``,
@@ -71,11 +76,18 @@ _API: dict[str, str] = {
     "load_suite": "fairbench.bench.suite",
     "run_suite": "fairbench.bench.sweep",
     "leaderboard": "fairbench.bench.leaderboard",
+    # results as tables and figures
+    "runs_table": "fairbench.bench.tables",
+    "group_table": "fairbench.bench.tables",
+    "metric_frame": "fairbench.bench.tables",
+    "plot_tradeoff": "fairbench.bench.plots",
+    "plot_groups": "fairbench.bench.plots",
     # metrics
     "evaluate_classification": "fairbench.metrics",
     "higher_is_better": "fairbench.metrics",
     # conformance kit
     "check_method": "fairbench.testing",
+    "check_dataset": "fairbench.testing",
 }
 
 __all__ = ["__version__", *_API]
@@ -96,8 +108,10 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what static tools see; the same names as _API
     from fairbench.bench.leaderboard import leaderboard
+    from fairbench.bench.plots import plot_groups, plot_tradeoff
     from fairbench.bench.suite import load_suite
     from fairbench.bench.sweep import run_suite
+    from fairbench.bench.tables import group_table, metric_frame, runs_table
     from fairbench.core.errors import (
         DataError,
         FairbenchError,
@@ -133,6 +147,6 @@ if TYPE_CHECKING:  # what static tools see; the same names as _API
     )
     from fairbench.run.posthoc import group_curvature
     from fairbench.run.runner import RunConfig, RunResult, run_experiment
-    from fairbench.testing import check_method
+    from fairbench.testing import check_dataset, check_method
     from fairbench.training.curvature import diagonal_curvature, fair_saliency
     from fairbench.training.trainer import AuxModule, StepState, TrainConfig, TrainHooks

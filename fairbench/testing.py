@@ -18,6 +18,13 @@ It runs the method on a tiny ``synthderm`` set (CPU, 16 px, one epoch) and check
    in the data is scrambled (it never reads the attribute at inference).
 
 Each failure raises ``AssertionError`` naming the check.
+
+:func:`check_dataset` does the same for a dataset adapter (on its own data, given a
+``data_root``): the sample table satisfies the contract and is the same when built twice, the
+adapter's config is JSON and stable, a seeded split of it is possible and holds every group in
+validation and test, and its images decode to uint8 arrays of the asked size (masks too, for
+datasets with masks). ``fairbench check FILE.py`` runs both on every method and dataset a
+plugin file registers.
 """
 
 from __future__ import annotations
@@ -172,3 +179,79 @@ def _check_attribute_free(name: str, result: Any) -> None:
         data.attrs.update(saved)
     assert np.array_equal(before, after), (
         f"{name}: declared attribute-free but its predictions change with the attribute")
+
+
+def check_dataset(
+    dataset_cls: type[Any] | str,
+    data_root: str | Path | None = None,
+    *,
+    params: dict[str, Any] | None = None,
+    image_size: int = 16,
+    n_images: int = 16,
+) -> dict[str, Any]:
+    """Run the conformance checks on a dataset adapter (a class or a registered name), on the
+    data under ``data_root`` with ``params`` (its ``--data-param`` options).
+
+    Decodes at most ``n_images`` images (the first rows of the table) at ``image_size``.
+    Returns a summary: ``{"n": rows, "classes": [...], "attributes": {name: {group: n}}}``.
+    Each failure raises ``AssertionError`` naming the check; bad input (no data root where
+    one is needed, a bad option) raises the adapter's own clear error.
+    """
+    import json
+
+    from fairbench.data.dataset import DATASETS, DatasetAdapter, SampleTable, get_dataset_class
+    from fairbench.data.dataset import ImageSpec as Spec
+    from fairbench.data.splits import check_split, make_split
+
+    if isinstance(dataset_cls, str):
+        dataset_cls = get_dataset_class(dataset_cls)
+    assert isinstance(dataset_cls, type) and issubclass(dataset_cls, DatasetAdapter), (
+        f"{dataset_cls!r} must be a DatasetAdapter subclass")
+    name = dataset_cls.registered_name or dataset_cls.__name__.lower()
+    if name not in DATASETS or DATASETS.get(name) is not dataset_cls:
+        DATASETS.register(name, override=True)(dataset_cls)
+    adapter = dataset_cls(params=dict(params or {}), data_root=data_root)
+    table = adapter.build_table()
+    assert isinstance(table, SampleTable), f"{name}: build_table() must return a SampleTable"
+    assert len(table) > 0, f"{name}: the sample table is empty"
+    assert table.task in dataset_cls.tasks, (
+        f"{name}: the table's task {table.task!r} is not one of the adapter's tasks")
+    assert table.n_classes >= 2 or "segmentation" in dataset_cls.tasks, (
+        f"{name}: a classification dataset needs at least two classes")
+    assert table.attributes, f"{name}: the table has no sensitive attribute"
+    assert table.default_attribute in table.attributes, (
+        f"{name}: default_attribute {table.default_attribute!r} is not one of its attributes")
+    for attr, groups in table.attributes.items():
+        present = set(table.attr(attr)[table.attr(attr) >= 0].tolist())
+        assert len(present) >= 2, (
+            f"{name}: attribute {attr!r} has fewer than two groups present ({groups})")
+    again = dataset_cls(params=dict(params or {}), data_root=data_root).build_table()
+    pd.testing.assert_frame_equal(table.df, again.df, obj=f"{name}: the sample table built twice")
+    config = adapter.config()
+    text = json.dumps(config, sort_keys=True)  # part of every run's identity: JSON, stable
+    assert json.dumps(adapter.config(), sort_keys=True) == text, f"{name}: config() changes"
+    assert config.get("name") == name, f"{name}: config()['name'] must be the registered name"
+    split = make_split(table, seed=0)
+    try:
+        check_split(split, table, table.default_attribute)
+    except Exception as exc:  # noqa: BLE001 - reported as the failed check
+        raise AssertionError(f"{name}: a seeded split of the table is not usable: {exc}") from None
+    assert make_split(table, seed=0).sha256 == split.sha256, f"{name}: the split is not seeded"
+    head = SampleTable(table.df.iloc[:n_images].copy(), classes=table.classes,
+                       attributes=table.attributes, task=table.task,
+                       default_attribute=table.default_attribute, has_masks=table.has_masks,
+                       mask_classes=table.mask_classes)
+    out = np.zeros((len(head), image_size, image_size, 3), dtype=np.uint8)
+    masks = (np.full((len(head), image_size, image_size), 255, dtype=np.uint8)
+             if table.has_masks else None)
+    adapter.fill_images(head, Spec(size=image_size), out, masks)
+    assert out.any(), f"{name}: fill_images left every pixel at 0"
+    assert all(out[i].any() for i in range(len(head))), (
+        f"{name}: fill_images left an image blank (all pixels 0)")
+    if masks is not None:
+        assert masks.max() < len(table.mask_classes), (
+            f"{name}: mask codes must lie in [0, {len(table.mask_classes)})")
+    return {"n": len(table), "classes": list(table.classes),
+            "attributes": {attr: {g: int((table.attr(attr) == k).sum())
+                                  for k, g in enumerate(groups)}
+                           for attr, groups in table.attributes.items()}}

@@ -1,5 +1,8 @@
 """``--tracking mlflow``: a finished run's parameters, per-epoch metrics, final metrics and
-metrics JSON land in a local MLflow file store; a missing extra is one clear line."""
+metrics JSON land in the SQLite store of the runs folder (``RUNS/mlflow.db``), under a run name
+that says method, dataset, backbone and seed; a ``--force`` re-run replaces the earlier MLflow
+run; a missing extra is one clear line. (A real ``mlflow ui`` server reading that store back:
+``test_mlflow_server.py``.)"""
 
 from __future__ import annotations
 
@@ -13,7 +16,12 @@ from click.testing import CliRunner
 
 from fairbench import run_experiment
 from fairbench.cli.main import main
-from fairbench.run.tracking import epoch_metrics, flatten_numbers, mlflow_key
+from fairbench.run.tracking import (
+    default_tracking_uri,
+    epoch_metrics,
+    flatten_numbers,
+    mlflow_key,
+)
 
 
 def test_flatten_and_keys():
@@ -36,17 +44,27 @@ def test_epoch_metrics_reads_the_training_log(tmp_path):
     assert epoch_metrics(tmp_path / "missing.csv") == []
 
 
-def test_run_logged_to_local_file_store(tmp_path, make_tiny_config):
+def test_run_logged_to_the_sqlite_store_of_the_runs_folder(tmp_path, make_tiny_config,
+                                                           monkeypatch):
     mlflow = pytest.importorskip("mlflow")
-    os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    pytest.importorskip("sqlalchemy")
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)  # not needed any more
+    monkeypatch.chdir(tmp_path)  # nothing may land in the working directory
     runs = tmp_path / "runs"
     config = dataclasses.replace(make_tiny_config("vanilla", runs), tracking="mlflow")
     result = run_experiment(config)
-    client = mlflow.MlflowClient(tracking_uri=(runs / "mlruns").resolve().as_uri())
+    assert default_tracking_uri(runs) == f"sqlite:///{(runs / 'mlflow.db').resolve()}"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["runs"]
+    client = mlflow.MlflowClient(tracking_uri=default_tracking_uri(runs))
     experiment = client.get_experiment_by_name("fairbench-synthderm")
     assert experiment is not None
+    assert experiment.artifact_location.startswith((runs / "mlartifacts").resolve().as_uri())
     (run,) = client.search_runs([experiment.experiment_id])
-    assert run.info.status == "FINISHED" and run.info.run_name == result.run_dir.name
+    assert run.info.status == "FINISHED"
+    assert run.info.run_name == f"vanilla-synthderm-{result.run_dir.name}"
+    assert result.run_dir.name.startswith("smallcnn-s0-")
+    assert run.data.tags["fairbench.backbone"] == "smallcnn"
+    assert run.data.tags["fairbench.seed"] == "0"
     params = run.data.params
     assert params["method"] == "vanilla" and params["seed"] == "0"
     assert params["train.epochs"] == "1" and params["dataset.n_samples"] == "160"
@@ -63,7 +81,17 @@ def test_run_logged_to_local_file_store(tmp_path, make_tiny_config):
     again = run_experiment(config)
     assert again.reused
     assert len(client.search_runs([experiment.experiment_id])) == 1
-    # the leaderboard's run discovery ignores the mlruns folder
+    # a forced re-run replaces it: one active run under the name, the old one deleted and
+    # pointing at its successor
+    forced = run_experiment(dataclasses.replace(config, force=True))
+    assert not forced.reused
+    (new,) = client.search_runs([experiment.experiment_id])
+    assert new.info.run_id != run.info.run_id and new.info.run_name == run.info.run_name
+    assert new.data.tags["fairbench.replaces"] == run.info.run_id
+    old = client.get_run(run.info.run_id)
+    assert old.info.lifecycle_stage == "deleted"
+    assert old.data.tags["fairbench.replaced_by"] == new.info.run_id
+    # the leaderboard's run discovery ignores the store, its artifacts and its lock
     from fairbench.bench.leaderboard import collect_runs
 
     assert {r.path for r in collect_runs(runs)} == {result.run_dir}
@@ -101,3 +129,18 @@ def test_missing_mlflow_is_one_clear_line(tmp_path, monkeypatch):
     r = CliRunner().invoke(main, ["run", "--runs-dir", str(tmp_path / "runs"),
                                   "--tracking-uri", "file:///x", "-q"])
     assert r.exit_code == 2 and "--tracking-uri needs --tracking mlflow" in r.output
+
+
+def test_readme_mlflow_commands_are_the_tested_ones():
+    """The README's MLflow commands are the ones tests/test_mlflow_server.py runs."""
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    readme = (root / "README.md").read_text()
+    section = readme[readme.index("### MLflow tracking"):]
+    section = section[:section.index("\n## ")]
+    assert 'pip install -e ".[mlflow]"' in section
+    assert "--tracking mlflow" in section
+    assert "mlflow ui --backend-store-uri sqlite:///runs/mlflow.db" in section
+    server_test = (root / "tests" / "test_mlflow_server.py").read_text()
+    assert 'mlflow_ui("sqlite:///runs/mlflow.db", tmp_path)' in server_test

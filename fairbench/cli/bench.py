@@ -65,7 +65,7 @@ def _seeds(value: str | None) -> list[int] | None:
 @click.option("--tracking", type=click.Choice(["mlflow"]), default=None,
               help="Also log every finished run to MLflow (needs the mlflow extra).")
 @click.option("--tracking-uri", default=None, metavar="URI",
-              help="MLflow tracking URI. [default: file store RUNS_DIR/mlruns]")
+              help="MLflow tracking URI. [default: the SQLite file RUNS_DIR/mlflow.db]")
 @click.option("--runs-dir", default=None, help="Where run directories go. [default: the suite's runs_dir]")
 @click.option("--data-root", "data_roots", multiple=True, metavar="[LABEL=]PATH",
               help="Data folder of the suite's datasets (repeatable; LABEL= picks one dataset).")

@@ -15,8 +15,10 @@ from typing import Any
 import click
 
 from fairbench.cli.bench import BENCH_COMMANDS
+from fairbench.cli.check import check_cmd
 from fairbench.cli.data import data_group
 from fairbench.core.errors import FairbenchError, ParamError
+from fairbench.core.version import __version__
 
 EXIT_USAGE = 2
 
@@ -103,7 +105,8 @@ def _read_config(path: str | None) -> dict[str, Any]:
 
 
 @click.group(cls=FairbenchGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.version_option(package_name="fairbench")
+# the version of the code (the distribution is named fairbench-med, the command fairbench)
+@click.version_option(version=__version__, prog_name="fairbench")
 @click.option("-v", "--verbose", is_flag=True, help="Log what happens (INFO level).")
 def main(verbose: bool) -> None:
     """fairbench: every bias-mitigation method on identical, hashed splits, with one trainer
@@ -152,8 +155,10 @@ def main(verbose: bool) -> None:
 @click.option("--tracking", type=click.Choice(["mlflow"]), default=None,
               help="Also log the finished run to MLflow (needs the mlflow extra).")
 @click.option("--tracking-uri", default=None, metavar="URI",
-              help="MLflow tracking URI. [default: file store RUNS_DIR/mlruns]")
+              help="MLflow tracking URI. [default: the SQLite file RUNS_DIR/mlflow.db]")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bars.")
+@click.option("--print-config", is_flag=True,
+              help="Print the resolved configuration (a TOML file for --config) and run nothing.")
 def run(**opts: Any) -> None:
     """Run one method on one dataset and store the result in a run directory.
 
@@ -163,6 +168,7 @@ def run(**opts: Any) -> None:
       fairbench run --method vanilla
       fairbench run --method vanilla --seed 1 --train lr=0.01 --data-param dark_fraction=0.2
       fairbench run --method apple --task segmentation   (a U-Net on synthderm's lesion masks)
+      fairbench run --method fairquantize -p beta=0.75 --print-config > my_run.toml
     """
     from fairbench.core.params import parse_assignments
     from fairbench.run.report import run_summary
@@ -224,26 +230,54 @@ def run(**opts: Any) -> None:
     )
     if config.tracking_uri is not None and config.tracking is None:
         raise ParamError("--tracking-uri needs --tracking mlflow")
+    if opts["print_config"]:
+        from fairbench.cli.resolved import resolved_config_toml
+
+        config.plugins = tuple(list(file_cfg.get("plugins", [])) + list(opts["plugins"]))
+        click.echo(resolved_config_toml(config), nl=False)
+        return
     result = run_experiment(config)
     if result.reused:
         click.echo(f"identical run already finished (use --force to redo): {result.run_dir}")
     click.echo(run_summary(result.config, result.metrics))
     click.echo(f"\nrun directory: {result.run_dir}")
+    if config.tracking == "mlflow" and not result.reused:
+        from fairbench.run.tracking import default_tracking_uri
+
+        if config.tracking_uri is None:
+            uri = default_tracking_uri(config.runs_dir)
+            click.echo(f"MLflow store: {uri} (browse it: mlflow ui --backend-store-uri {uri})")
+        else:
+            click.echo(f"MLflow: {config.tracking_uri}")
 
 
 @main.command("list")
-@click.argument("kind", type=click.Choice(["methods", "datasets", "backbones"]))
+@click.argument("kind", type=click.Choice(["methods", "datasets", "backbones", "train"]))
 @click.argument("pattern", required=False, default="*")
 @click.option("--plugin", "plugins", multiple=True, metavar="FILE.py", help="Load a local plugin file first.")
 @click.option("--verbose", "-v", "details", is_flag=True, help="Show parameters and defaults.")
 def list_cmd(kind: str, pattern: str, plugins: tuple[str, ...], details: bool) -> None:
-    """List registered methods, datasets or backbones matching PATTERN (wildcards: 'fair*')."""
+    """List registered methods, datasets or backbones matching PATTERN (wildcards: 'fair*'),
+    or the training settings (`list train`: every --train key with its type, default and help).
+    """
     from fairbench.core.params import describe_params
     from fairbench.data.dataset import get_dataset_class, list_datasets
     from fairbench.models.backbones import BACKBONES
     from fairbench.run.method import get_method_class, list_methods
 
     _load_plugins(plugins)
+    if kind == "train":
+        from fairbench.cli.resolved import aligned, train_settings
+
+        rows = train_settings(pattern)
+        if not rows:
+            raise FairbenchError(f"no training setting matches {pattern!r}; see "
+                                 "`fairbench list train`")
+        click.echo("--train KEY=VALUE (repeatable), or [train] in a --config or suite file; "
+                   "segmentation runs pick checkpoints by Dice unless select= is given")
+        for line in aligned(rows, ("setting", "type", "default", "help")):
+            click.echo(line)
+        return
     if kind == "methods":
         for name in list_methods(pattern):
             cls = get_method_class(name)
@@ -345,6 +379,7 @@ def show(run_dir: str, part: str, fmt: str) -> None:
 
 
 main.add_command(data_group, "data")
+main.add_command(check_cmd, "check")
 for _name, _command in BENCH_COMMANDS.items():  # sweep, leaderboard, plot (cli_bench.py)
     main.add_command(_command, _name)
 

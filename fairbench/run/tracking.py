@@ -14,11 +14,22 @@ MLflow. For each finished run (not for one that is reused as already finished) i
 * **artifacts**: ``metrics.json`` and ``config.json``.
 
 The experiment is named after the dataset (``fairbench-<dataset>``), the MLflow run after the
-run directory. The default tracking URI is a local file store, ``<runs_dir>/mlruns``
-(``mlflow ui --backend-store-uri <runs_dir>/mlruns`` browses it; MLflow 3 keeps file stores in
-maintenance mode, so fairbench sets ``MLFLOW_ALLOW_FILE_STORE=true`` for them); ``--tracking-uri`` points
-anywhere MLflow accepts (a server ``http://host:5000``, ``sqlite:///mlflow.db``...). MLflow is
-an optional extra: ``pip install -e ".[mlflow]"``.
+method, the dataset and the run folder's name, which holds the backbone, the seed and the
+config hash (``fairquantize-synthderm-smallcnn-s0-1a2b3c4d5e``); tags repeat them one by one
+(``fairbench.method``, ``fairbench.backbone``, ``fairbench.seed``, ``fairbench.config_hash``...).
+A ``--force`` re-run replaces the earlier MLflow run of the same configuration: the new run
+is logged first, then the old one is tagged ``fairbench.replaced_by`` and deleted (MLflow's
+soft delete: the UI lists it under "Deleted", ``mlflow gc`` removes it for good), and the new
+one carries ``fairbench.replaces``.
+
+The default store is a SQLite file in the runs folder, ``<runs_dir>/mlflow.db``, with the
+artifacts in ``<runs_dir>/mlartifacts``; it needs no server and no special setting, and MLflow's
+own tools open it: ``mlflow ui --backend-store-uri sqlite:///<runs_dir>/mlflow.db``. Processes
+sharing a runs folder take turns on it (a file lock beside it). ``--tracking-uri`` points
+anywhere MLflow accepts (a server ``http://host:5000``, another ``sqlite:///...`` file, a file
+store ``file:///...``, for which fairbench sets ``MLFLOW_ALLOW_FILE_STORE=true`` since MLflow 3
+refuses file stores otherwise). MLflow is an optional extra: ``pip install -e ".[mlflow]"``
+(the full ``mlflow`` package, whose UI and server need Flask and SQLAlchemy).
 """
 
 from __future__ import annotations
@@ -112,28 +123,79 @@ def epoch_metrics(train_log: Path) -> list[tuple[str, float, int]]:
     return out
 
 
+DB_NAME = "mlflow.db"
+ARTIFACTS_NAME = "mlartifacts"
+
+
+def default_tracking_uri(runs_dir: str | Path) -> str:
+    """``sqlite:///<runs_dir>/mlflow.db`` (absolute), the store used without ``--tracking-uri``."""
+    return "sqlite:///" + (Path(runs_dir).expanduser().resolve() / DB_NAME).as_posix()
+
+
+def run_name(record: dict[str, Any], run_dir: Path) -> str:
+    """``<method>-<dataset>-<run folder>``: method, dataset, backbone, seed and config hash."""
+    return f"{record.get('method', 'run')}-{record.get('dataset', 'data')}-{run_dir.name}"
+
+
+def _quiet_migrations() -> None:
+    """MLflow's SQL store prints its own and alembic's INFO lines while it creates the tables."""
+    import logging
+
+    for name in ("alembic", "mlflow.store.db.utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
 def log_run_mlflow(run_dir: Path, record: dict[str, Any], metrics: dict[str, Any], *,
                    tracking_uri: str | None, runs_dir: Path) -> str:
     """Log one finished run to MLflow; returns the MLflow run id."""
-    import mlflow
-    from mlflow.entities import Metric, Param
+    if tracking_uri:
+        return _log(run_dir, record, metrics, tracking_uri, artifact_location=None)
+    from fairbench.core.files import file_lock
 
-    uri = tracking_uri or (Path(runs_dir).expanduser().resolve() / "mlruns").as_uri()
+    root = Path(runs_dir).expanduser().resolve()
+    with file_lock(root / f".{DB_NAME}.lock"):  # one writer at a time on the SQLite file
+        return _log(run_dir, record, metrics, default_tracking_uri(root),
+                    artifact_location=(root / ARTIFACTS_NAME).as_uri())
+
+
+def _log(run_dir: Path, record: dict[str, Any], metrics: dict[str, Any], uri: str, *,
+         artifact_location: str | None) -> str:
+    import time
+
+    import mlflow
+    from mlflow.entities import Metric, Param, RunTag, ViewType
+
     if uri.startswith("file:") or "://" not in uri:
-        # MLflow 3 keeps its file store in maintenance mode and refuses it unless told; it is
-        # the default here because it needs no server and no database
+        # MLflow 3 keeps its file store in maintenance mode and refuses it unless told; a user
+        # who points --tracking-uri at one has chosen it
         os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+    if uri.startswith("sqlite:"):
+        _quiet_migrations()
     client = mlflow.MlflowClient(tracking_uri=uri)
     name = f"fairbench-{record.get('dataset', 'runs')}"
     experiment = client.get_experiment_by_name(name)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(name)
-    run = client.create_run(experiment_id, run_name=run_dir.name,
-                            tags={"fairbench.method": str(record.get("method")),
-                                  "fairbench.config_hash": str(record.get("config_hash"))})
+    if experiment is not None:
+        experiment_id = experiment.experiment_id
+    elif artifact_location is not None:
+        experiment_id = client.create_experiment(
+            name, artifact_location=f"{artifact_location}/{_safe_folder(name)}")
+    else:
+        experiment_id = client.create_experiment(name)
+    config_hash = str(record.get("config_hash"))
+    earlier = [r.info.run_id for r in client.search_runs(
+        [experiment_id], filter_string=f"tags.`fairbench.config_hash` = '{config_hash}'",
+        run_view_type=ViewType.ACTIVE_ONLY)]
+    identity = record.get("identity", {})
+    tags = {"fairbench.method": record.get("method"), "fairbench.dataset": record.get("dataset"),
+            "fairbench.backbone": record.get("backbone"),
+            "fairbench.seed": identity.get("seed", record.get("seed")),
+            "fairbench.config_hash": config_hash, "fairbench.run_dir": str(run_dir)}
+    if earlier:
+        tags["fairbench.replaces"] = ",".join(earlier)
+    run = client.create_run(experiment_id, run_name=run_name(record, run_dir),
+                            tags={k: str(v) for k, v in tags.items() if v is not None})
     run_id = run.info.run_id
     try:
-        import time
-
         now = int(time.time() * 1000)
         params = [Param(k, v) for k, v in run_params(record, run_dir).items()]
         series = [Metric(k, v, now, step) for k, v, step in epoch_metrics(run_dir / "train_log.csv")]
@@ -151,4 +213,11 @@ def log_run_mlflow(run_dir: Path, record: dict[str, Any], metrics: dict[str, Any
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
+    for old in earlier:  # a --force re-run: the new run replaces the earlier ones
+        client.log_batch(old, tags=[RunTag("fairbench.replaced_by", run_id)])
+        client.delete_run(old)
     return run_id
+
+
+def _safe_folder(name: str) -> str:
+    return re.sub(r"[^0-9A-Za-z_.-]", "_", name)
