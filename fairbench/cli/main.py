@@ -2,12 +2,20 @@
 
 Every user error (unknown names, malformed parameters, bad files, missing data) prints one
 line ``error: ...`` and exits with code 2, without a traceback and without touching results
-already written.
+already written. Ctrl-C and SIGTERM stop a command the same way: the unfinished run's
+temporary files are removed, finished runs are kept.
+
+Plugin code (``--plugin`` files, a config's or suite's ``plugins``) is imported only by the
+commands that resolve or run methods: ``run``, ``sweep`` (``--dry-run`` too), ``leaderboard``
+and ``plot tradeoff``/``plot cd`` of a suite file, ``list`` and ``data``. ``show``,
+``leaderboard``/``plot`` of a runs folder without ``--plugin``, ``plot groups``/``ablation``
+and ``runs check``/``repair`` never import plugin code.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -16,6 +24,7 @@ import click
 
 from fairbench.cli.bench import BENCH_COMMANDS
 from fairbench.cli.data import data_group
+from fairbench.cli.runs import runs_group
 from fairbench.core.errors import FairbenchError, ParamError
 
 EXIT_USAGE = 2
@@ -40,19 +49,38 @@ CONFIG_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every cleanup on the way out runs (the unfinished
+    run's temporary folder, a half-built cache entry, claims and locks)."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 class FairbenchGroup(click.Group):
-    """Turns :class:`FairbenchError` into one line on stderr and exit code 2."""
+    """Turns :class:`FairbenchError` into one line on stderr and exit code 2, and SIGTERM
+    into the same clean stop as Ctrl-C."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        previous = None
+        try:
+            previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        except (ValueError, OSError):  # not the main thread: leave signals alone
+            pass
         try:
             return super().invoke(ctx)
         except FairbenchError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(EXIT_USAGE)
-        except KeyboardInterrupt:
-            click.echo("interrupted; finished runs are kept, the unfinished one was discarded",
+        except KeyboardInterrupt as exc:
+            what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+            click.echo(f"{what}; finished runs are kept, the unfinished one was discarded",
                        err=True)
-            ctx.exit(130)
+            ctx.exit(143 if isinstance(exc, Terminated) else 130)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
 
 def _load_plugins(plugins: tuple[str, ...] | list[str]) -> None:
@@ -60,6 +88,34 @@ def _load_plugins(plugins: tuple[str, ...] | list[str]) -> None:
 
     for path in plugins:
         load_plugin_file(path)
+
+
+def _check_names_early(method: str, dataset: str, plugins: list[str]) -> None:
+    """Refuse an unknown method or dataset before plugin code runs and before torch is
+    imported (seconds): built-in names are read from the sources, a plugin file's from its
+    literal ``@register_...("name")`` calls. Undecidable cases (a plugin that registers names
+    another way, installed plugin packages, a registry already loaded) are left to the
+    registry."""
+    from fairbench.core.registry import _REGISTER_CALL, check_name_early
+
+    if "fairbench.run.method" in sys.modules:
+        return  # the registries are loaded (in-process use): they decide
+    extra: set[str] = set()
+    for plugin in plugins:
+        try:
+            text = Path(plugin).expanduser().read_text(errors="replace")
+        except OSError:
+            return  # the plugin loader reports it
+        found = set(_REGISTER_CALL.findall(text))
+        if not found and "register" in text:
+            return  # names registered another way: nothing to decide here
+        extra |= found
+    for kind, name, package, group in (("method", method, "fairbench.methods", "fairbench.methods"),
+                                       ("dataset", dataset, "fairbench.datasets",
+                                        "fairbench.datasets")):
+        if name in extra:
+            continue
+        check_name_early(kind, name, package=package, group=group)
 
 
 def _read_config(path: str | None) -> dict[str, Any]:
@@ -128,7 +184,9 @@ def main(verbose: bool) -> None:
 @click.option("--backbone", "-b", default=None, help="Backbone name, timm:<model> or tv:<model>; for segmentation unet:<encoder>, e.g. unet:tu-resnet18. [default: the dataset's]")
 @click.option("--backbone-param", "backbone_params", multiple=True, metavar="KEY=VALUE",
               help="Backbone option, e.g. width=16 or encoder_depth=3 (repeatable).")
-@click.option("--weights", default=None, help="Local weights file for the backbone (never downloaded).")
+@click.option("--weights", default=None, help="Local weights file for the backbone (never downloaded); what does not load is reported.")
+@click.option("--allow-partial-weights", is_flag=True, default=False,
+              help="Load a --weights file that covers less than 90% of the backbone.")
 @click.option("--seed", type=int, default=None, help="Training seed. [default: 0]")
 @click.option("--epochs", type=int, default=None, help="Training epochs (shortcut for --train epochs=N).")
 @click.option("--device", default=None, help="auto, cpu or cuda. [default: auto]")
@@ -146,7 +204,7 @@ def main(verbose: bool) -> None:
 @click.option("--config", "config_file", default=None, help="TOML file with any of these settings; flags win.")
 @click.option("--runs-dir", default=None, help="Where run directories go. [default: ./runs]")
 @click.option("--cache-dir", default=None, help="Tensor cache folder. [default: $FAIRBENCH_CACHE or ~/.cache/fairbench]")
-@click.option("--plugin", "plugins", multiple=True, metavar="FILE.py", help="Load a local plugin file (repeatable).")
+@click.option("--plugin", "plugins", multiple=True, metavar="FILE.py", help="Load a local plugin file (repeatable; its code runs, as the config's plugins do).")
 @click.option("--save-weights", is_flag=True, default=None, help="Store the fitted model's weights in the run.")
 @click.option("--force", is_flag=True, help="Recompute even if an identical run is finished.")
 @click.option("--tracking", type=click.Choice(["mlflow"]), default=None,
@@ -165,14 +223,16 @@ def run(**opts: Any) -> None:
       fairbench run --method apple --task segmentation   (a U-Net on synthderm's lesion masks)
     """
     from fairbench.core.params import parse_assignments
-    from fairbench.run.report import run_summary
-    from fairbench.run.runner import RunConfig, run_experiment
 
     file_cfg = _read_config(opts["config_file"])
-    _load_plugins(list(file_cfg.get("plugins", [])) + list(opts["plugins"]))
 
     def pick(key: str, default: Any = None) -> Any:
         return opts.get(key) if opts.get(key) is not None else file_cfg.get(key, default)
+
+    plugins = list(file_cfg.get("plugins", [])) + list(opts["plugins"])
+    _check_names_early(str(pick("method", "vanilla")), str(pick("dataset", "synthderm")),
+                       plugins)
+    _load_plugins(plugins)
 
     method_params = dict(file_cfg.get("method_params", {}))
     method_params.update(file_cfg.get("params", {}))
@@ -194,6 +254,11 @@ def run(**opts: Any) -> None:
         train_flags["epochs"] = opts["epochs"]
     train.update(train_flags)
     fractions = file_cfg.get("split_fractions", (0.6, 0.2, 0.2))
+    if len(fractions) != 3:
+        raise ParamError(f"split_fractions {fractions!r} must be three numbers (train, val, test)")
+    from fairbench.run.report import run_summary
+    from fairbench.run.runner import RunConfig, run_experiment
+
     config = RunConfig(
         method=pick("method", "vanilla"),
         method_params=method_params,
@@ -218,6 +283,7 @@ def run(**opts: Any) -> None:
         cache_dir=pick("cache_dir"),
         save_weights=bool(pick("save_weights", False)),
         force=bool(opts["force"]),
+        allow_partial_weights=bool(opts["allow_partial_weights"]),
         progress=not opts["quiet"],
         tracking=opts["tracking"],
         tracking_uri=opts["tracking_uri"],
@@ -294,24 +360,20 @@ def _plugin_errors() -> list[str]:
 @click.argument("run_dir", type=click.Path(file_okay=False))
 @click.option("--part", type=click.Choice(["val", "test", "both"]), default="test", show_default=True)
 def show(run_dir: str, part: str) -> None:
-    """Print the paper-style table of a finished run directory."""
-    from fairbench.core.files import read_json
+    """Print the paper-style table of a finished run directory (its files verified first)."""
     from fairbench.run.report import run_summary
-    from fairbench.run.store import is_finished
+    from fairbench.run.store import read_run_files
 
     path = Path(run_dir)
     if not path.is_dir():
         raise FairbenchError(f"run directory {run_dir!r} does not exist")
-    if not is_finished(path):
-        raise FairbenchError(
-            f"{run_dir!r} is not a finished run directory (it lacks config.json, metrics.json "
-            "or predictions.csv)")
+    config, metrics = read_run_files(path)  # a damaged run: one line, the way out
     parts = ("val", "test") if part == "both" else (part,)
-    click.echo(run_summary(read_json(path / "config.json"), read_json(path / "metrics.json"),
-                           parts=parts))
+    click.echo(run_summary(config, metrics, parts=parts))
 
 
 main.add_command(data_group, "data")
+main.add_command(runs_group, "runs")
 for _name, _command in BENCH_COMMANDS.items():  # sweep, leaderboard, plot (cli_bench.py)
     main.add_command(_command, _name)
 
