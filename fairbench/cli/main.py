@@ -73,6 +73,12 @@ class FairbenchGroup(click.Group):
         except FairbenchError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(EXIT_USAGE)
+        except OSError as exc:  # unreadable data, unwritable output: the environment's
+            if exc.filename is None:
+                raise
+            click.echo(f"error: {exc.strerror or exc}: {exc.filename!r}; check that it exists "
+                       "and that this user may read (or write) it", err=True)
+            ctx.exit(EXIT_USAGE)
         except KeyboardInterrupt as exc:
             what = "terminated" if isinstance(exc, Terminated) else "interrupted"
             click.echo(f"{what}; finished runs are kept, the unfinished one was discarded",

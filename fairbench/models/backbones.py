@@ -170,21 +170,19 @@ def type_backbone_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]
 
 
 def check_backbone_params(name: str, params: Mapping[str, Any], *, image_size: int,
-                          task: str = "classification", n_outputs: int = 3,
-                          weights: str | Path | None = None,
-                          allow_partial: bool = False) -> dict[str, Any]:
+                          n_outputs: int = 3, weights: str | Path | None = None,
+                          allow_partial: bool = False,
+                          build: Callable[..., nn.Module] | None = None) -> dict[str, Any]:
     """The backbone options of a run, typed (:func:`type_backbone_params`) and checked by
     building the model on the ``meta`` device (no memory, no time): an option the model does
     not take is one clear error before any work; so is a ``weights`` file that covers less than
-    :data:`MIN_WEIGHTS_COVERAGE` of the backbone, unless ``allow_partial``."""
+    :data:`MIN_WEIGHTS_COVERAGE` of the backbone, unless ``allow_partial``. ``build(**typed)``
+    replaces the classifier factory (segmentors)."""
     typed = type_backbone_params(name, params)
     try:
         with torch.device("meta"):
-            if task == "segmentation":
-                from fairbench.models.segmentors import create_segmentor
-
-                model: nn.Module = create_segmentor(name, n_mask_classes=max(2, n_outputs),
-                                                    image_size=image_size, **typed)
+            if build is not None:
+                model: nn.Module = build(**typed)
             else:
                 model = create_backbone(name, num_classes=n_outputs, image_size=image_size,
                                         **typed)
@@ -195,7 +193,7 @@ def check_backbone_params(name: str, params: Mapping[str, Any], *, image_size: i
     except Exception as exc:  # noqa: BLE001 - a model that cannot be built on "meta"
         log.debug("could not check backbone %s on the meta device: %s", name, exc)
         return typed
-    if weights and task != "segmentation" and isinstance(model, Classifier):
+    if weights and isinstance(model, Classifier):
         _, match = match_weights(model, read_state_dict(Path(weights).expanduser()))
         _check_coverage(Path(weights), name, match, allow_partial)
     return typed

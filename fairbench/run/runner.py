@@ -205,9 +205,15 @@ def prepare(config: RunConfig) -> Prepared:
         if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
             raise FairbenchError(f"{what} {seed!r} must be a non-negative integer")
     # typed like method parameters, unknown keys refused; a partial --weights file refused
+    build = None
+    if task == "segmentation":
+        from fairbench.models.segmentors import create_segmentor
+
+        def build(**params: Any) -> torch.nn.Module:
+            return create_segmentor(backbone, n_mask_classes=3, image_size=image_size, **params)
     backbone_params = check_backbone_params(
-        backbone, dict(config.backbone_params), image_size=image_size, task=task,
-        n_outputs=3, weights=config.weights, allow_partial=config.allow_partial_weights)
+        backbone, dict(config.backbone_params), image_size=image_size, n_outputs=3,
+        weights=config.weights, allow_partial=config.allow_partial_weights, build=build)
     config = dataclasses.replace(config, backbone_params=backbone_params)
     return Prepared(config, method, adapter, train, backbone, image_size, weights_sha256, task)
 
