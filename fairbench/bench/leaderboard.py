@@ -123,8 +123,7 @@ def collect_runs(runs_dir: str | Path) -> list[RunRecord]:
     if not root.is_dir():
         raise FairbenchError(f"runs directory {str(root)!r} does not exist")
     out = []
-    for cfg in sorted(root.glob("*/*/*/config.json")):
-        run = cfg.parent
+    for run in sorted(p for p in root.glob("*/*/*") if p.is_dir()):
         parts = run.relative_to(root).parts
         if parts[0] == "mlruns" or any(part.startswith((".", "_")) for part in parts):
             continue  # MLflow's file store (--tracking mlflow) is no run

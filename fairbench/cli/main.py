@@ -260,8 +260,6 @@ def run(**opts: Any) -> None:
         train_flags["epochs"] = opts["epochs"]
     train.update(train_flags)
     fractions = file_cfg.get("split_fractions", (0.6, 0.2, 0.2))
-    if len(fractions) != 3:
-        raise ParamError(f"split_fractions {fractions!r} must be three numbers (train, val, test)")
     from fairbench.run.report import run_summary
     from fairbench.run.runner import RunConfig, run_experiment
 
