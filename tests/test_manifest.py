@@ -152,7 +152,7 @@ def test_null_metric_is_damage_not_a_missing_seed(runs):
 def test_legacy_runs_are_checked_by_structure(runs):
     """A run written before manifests: accepted when its files parse and predictions.csv has
     the split's val and test rows; otherwise damaged."""
-    root, run = runs
+    _root, run = runs
     (run / MANIFEST).unlink()
     assert check_run(run).legacy and is_finished(run)
     lines = (run / "predictions.csv").read_text().splitlines()
