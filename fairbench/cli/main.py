@@ -97,15 +97,15 @@ def _load_plugins(plugins: tuple[str, ...] | list[str]) -> None:
 
 
 def _check_names_early(method: str, dataset: str, plugins: list[str]) -> None:
-    """Refuse an unknown method or dataset before plugin code runs and before torch is
-    imported (seconds): built-in names are read from the sources, a plugin file's from its
-    literal ``@register_...("name")`` calls. Undecidable cases (a plugin that registers names
-    another way, installed plugin packages, a registry already loaded) are left to the
-    registry."""
+    """Refuse an unknown method or dataset before plugin code runs and, in a fresh process,
+    before torch is imported (seconds): built-in names are read from the sources (or from the
+    registries when they are loaded already), a plugin file's from its literal
+    ``@register_...("name")`` decorators. Undecidable cases (a plugin that registers names in
+    another way, installed plugin packages) are left to the registry."""
+    import re
+
     from fairbench.core.registry import _REGISTER_CALL, check_name_early
 
-    if "fairbench.run.method" in sys.modules:
-        return  # the registries are loaded (in-process use): they decide
     extra: set[str] = set()
     for plugin in plugins:
         try:
@@ -113,15 +113,24 @@ def _check_names_early(method: str, dataset: str, plugins: list[str]) -> None:
         except OSError:
             return  # the plugin loader reports it
         found = set(_REGISTER_CALL.findall(text))
-        if not found and "register" in text:
+        calls = len(re.findall(r"register\w*\s*\(", text))
+        if calls > len(_REGISTER_CALL.findall(text)):
             return  # names registered another way: nothing to decide here
         extra |= found
-    for kind, name, package, group in (("method", method, "fairbench.methods", "fairbench.methods"),
-                                       ("dataset", dataset, "fairbench.datasets",
-                                        "fairbench.datasets")):
+    loaded = "fairbench.run.method" in sys.modules
+    for kind, name, package in (("method", method, "fairbench.methods"),
+                                ("dataset", dataset, "fairbench.datasets")):
         if name in extra:
             continue
-        check_name_early(kind, name, package=package, group=group)
+        if loaded:  # in-process use: the registries (with their plugins) decide
+            from fairbench.data.dataset import DATASETS
+            from fairbench.run.method import METHODS
+
+            registry = METHODS if kind == "method" else DATASETS
+            if name not in registry:
+                registry.get(name)  # raises the registry's own message
+            continue
+        check_name_early(kind, name, package=package, group=package)
 
 
 def _read_config(path: str | None) -> dict[str, Any]:

@@ -477,7 +477,12 @@ class Trainer:
                         row["compile_seconds"] = round(compile_seconds, 3)
                     if val is not None:
                         evaluate = hooks.evaluate or (lambda m, ld: self.evaluate(m, ld, config))
-                        metrics = evaluate(model, val)
+                        try:
+                            metrics = evaluate(model, val)
+                        except TrainingDiverged as exc:
+                            raise TrainingDiverged(
+                                f"training diverged in stage {stage!r}, epoch {epoch + 1}: "
+                                f"{exc}", stage=stage, epoch=epoch + 1) from None
                         state.metrics = metrics
                         flat = flatten(metrics)
                         for key in ("F1", "accuracy", "AUC", "EOdd", "worst.F1", "Dice", "IoU",
