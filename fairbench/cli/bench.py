@@ -47,12 +47,18 @@ def _out_path(out: str, *, what: str = "--out") -> Path:
     return path
 
 
-def _verified(run_dirs: tuple[str, ...] | list[str]) -> None:
-    """Every run directory read as a result is verified against its manifest first."""
-    from fairbench.run.store import read_run_files
+def _verified(run_dirs: tuple[str, ...] | list[str], *, runs_only: bool = True) -> None:
+    """Every run directory read as a result is verified against its manifest first; with
+    ``runs_only=False`` folders that are no run (an ablation export) pass, damaged runs not."""
+    from fairbench.run.store import DamagedRunError, check_run, read_run_files
 
     for d in run_dirs:
-        read_run_files(Path(d))
+        if runs_only:
+            read_run_files(Path(d))
+            continue
+        state = check_run(Path(d))
+        if state.state == "damaged":
+            raise DamagedRunError(state.message())
 
 
 def _seeds(value: str | None) -> list[int] | None:
@@ -272,7 +278,7 @@ def plot_ablation_cmd(run_dirs: tuple[str, ...], out: str, part: str, x_axis: st
     from fairbench.bench.plots import plot_ablation
 
     _out_path(out)
-    _verified(run_dirs)
+    _verified(run_dirs, runs_only=False)
     for p in plot_ablation(run_dirs, out, part=part, x=x_axis):
         click.echo(f"wrote {p}")
 
