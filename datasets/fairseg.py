@@ -342,28 +342,83 @@ def _missing_keys(rel: str, members: dict[str, Any], wanted: Sequence[str]) -> N
         f"holds {', '.join(REQUIRED_KEYS)}: use the files of the official release")
 
 
+#: the only names a pickled member may refer to: numpy's array, dtype and scalar constructors
+#: (what ``np.save`` writes for an object array of numbers and strings), under numpy 1 and 2
+_NUMPY_GLOBALS: dict[tuple[str, str], Any] = {
+    **{(mod, "_reconstruct"): np.zeros(0).__reduce__()[0]
+       for mod in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    **{(mod, "scalar"): np.float64(0).__reduce__()[0]
+       for mod in ("numpy.core.multiarray", "numpy._core.multiarray")},
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+}
+#: what an object member's values may be
+_PLAIN = (int, float, str, bytes, bool, type(None), np.number, np.bool_, np.str_, np.bytes_)
+
+
+class _Refused(Exception):
+    """A member that is not a plain array of numbers or strings."""
+
+
+class _PlainUnpickler(pickle.Unpickler):
+    """Decodes the pickle of a numpy object array without resolving any name other than
+    numpy's array constructors: a pickle that refers to anything else (``os.system``, a
+    class of its own...) is refused before it can run."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return _NUMPY_GLOBALS[(module, name)]
+        except KeyError:
+            raise _Refused(f"its pickle refers to {module}.{name}") from None
+
+
 class _NpzMembers:
     """Members of one open ``.npz`` (a zip file), read through :mod:`zipfile` streams (which
     check each member's CRC when read to its end) and numpy's ``.npy`` format readers; one
-    zip directory read per file instead of ``np.load``'s per-key overhead."""
+    zip directory read per file instead of ``np.load``'s per-key overhead.
 
-    def __init__(self, fh: Any) -> None:
+    No data file runs code: plain members are read with ``allow_pickle=False``; an object
+    member (numpy stores it as a pickle; the release may hold its scalars as 0-d object
+    arrays) is decoded by :class:`_PlainUnpickler` and kept only if it holds numbers and
+    strings. Anything else is one :class:`DataError` naming the member and the file."""
+
+    def __init__(self, fh: Any, rel: str = "") -> None:
         self.zf = zipfile.ZipFile(fh)
         self.members = _members(self.zf)
+        self.rel = rel
+
+    def _header(self, stream: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
+        fmt = np.lib.format
+        version = fmt.read_magic(stream)
+        read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, fortran, dtype = read(stream)
+        return tuple(shape), fortran, np.dtype(dtype)
 
     def array(self, key: str) -> np.ndarray:
-        """Member ``key`` as an array (pickled object arrays allowed: the release stores its
-        scalars as 0-d object arrays)."""
+        """Member ``key`` as an array of numbers or strings (see the class docstring)."""
         with self.zf.open(self.members[key]) as stream:
-            return np.lib.format.read_array(stream, allow_pickle=True)
+            _, _, dtype = self._header(stream)
+            if not dtype.hasobject:
+                stream.seek(0)
+                return np.lib.format.read_array(stream, allow_pickle=False)
+            try:
+                value = _PlainUnpickler(stream).load()
+                if not isinstance(value, np.ndarray):
+                    raise _Refused(f"its pickle builds a {type(value).__name__}, not an array")
+                bad = next((v for v in value.reshape(-1) if not isinstance(v, _PLAIN)), None)
+                if bad is not None:
+                    raise _Refused(f"it holds a {type(bad).__name__}, not a number or string")
+            except _Refused as exc:
+                raise DataError(
+                    f"{self.rel!r}: member {key!r} is refused: {exc}; fairbench reads only "
+                    "plain arrays, numbers and strings from data files (never pickled "
+                    "objects). Use the files of the official release") from None
+            return value
 
     def shape(self, key: str) -> tuple[int, ...]:
         """The array shape of member ``key``, from its ``.npy`` header alone."""
-        fmt = np.lib.format
         with self.zf.open(self.members[key]) as stream:
-            version = fmt.read_magic(stream)
-            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-            return tuple(read(stream)[0])
+            return self._header(stream)[0]
 
 
 def read_header(path: str | Path, rel: str) -> dict[str, Any]:
@@ -371,7 +426,7 @@ def read_header(path: str | Path, rel: str) -> dict[str, Any]:
     and mask are there and have matching shapes (from the array headers only)."""
     try:
         with open(path, "rb") as fh:
-            npz = _NpzMembers(fh)
+            npz = _NpzMembers(fh, rel)
             _missing_keys(rel, npz.members, REQUIRED_KEYS)
             out = {key: _scalar(npz.array(key), key, rel) for key in SCALAR_KEYS}
             image_shape, mask_shape = npz.shape(IMAGE_KEY), npz.shape(MASK_KEY)
@@ -490,7 +545,7 @@ def read_pixels(path: str, rel: str) -> tuple[np.ndarray, np.ndarray]:
     """(uint8 image (H, W) or (H, W, 3), uint8 mask codes (H, W)) of one file."""
     try:
         with open(path, "rb") as fh:
-            npz = _NpzMembers(fh)
+            npz = _NpzMembers(fh, rel)
             _missing_keys(rel, npz.members, (IMAGE_KEY, MASK_KEY))
             img, mask = npz.array(IMAGE_KEY), npz.array(MASK_KEY)
     except DataError:

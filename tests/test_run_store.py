@@ -269,10 +269,12 @@ def test_interrupted_run_dir_is_not_finished_and_is_redone(runs, make_tiny_confi
 
 
 def test_unfinished_dir_under_final_name_is_replaced_without_force(runs, make_tiny_config):
-    """A directory under the run's final name that lacks the run files (a copy cut short,
-    files deleted by hand) is no result: the next run replaces it, no --force needed."""
+    """A directory under the run's final name that lacks the run files and a manifest (a copy
+    cut short, files deleted by hand) is no result: the next run replaces it, no --force
+    needed. (With its manifest, a missing file is damage: reported, see test_manifest.py.)"""
     first = run_experiment(make_tiny_config("posthoc_noop", runs))
     (first.run_dir / "metrics.json").unlink()
+    (first.run_dir / "manifest.json").unlink()
     (first.run_dir / "junk.txt").write_text("left over")
     assert not is_finished(first.run_dir)
     again = run_experiment(make_tiny_config("posthoc_noop", runs))

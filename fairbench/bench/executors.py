@@ -10,6 +10,13 @@ file lock whichever process gets there first.
 
 * :class:`LocalExecutor` runs tasks one by one in this process; with several devices (e.g.
   every visible GPU) it runs one worker process per device.
+
+**Claims**: a run is computed by the process holding its claim (:func:`fairbench.run.store.
+claim_run`). The local executor first takes every run that no other process has claimed,
+leaving the claimed ones for later; then it waits for each of those: finished by the other
+process, it is reused; given up (the other process died or failed), it is computed here. So N
+sweeps on one runs folder (N processes, or N machines on a shared folder) split the runs and
+compute none twice.
 * :class:`RayExecutor` (``--executor ray [--address ADDR]``) runs each task as a Ray task on a
   cluster (or a local one it starts), see its docstring.
 """
@@ -25,8 +32,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fairbench.core.errors import FairbenchError
+from fairbench.core.errors import FairbenchError, TrainingDiverged
+from fairbench.core.files import holder_note
 from fairbench.run.runner import RunConfig, run_experiment
+from fairbench.run.store import RunClaimed, claim_path
 
 
 @dataclass
@@ -34,6 +43,8 @@ class RunTask:
     index: int
     config: RunConfig
     label: str = ""
+    #: the planned run directory (lets an executor see a claim before loading any data)
+    run_dir: Path | None = None
 
 
 @dataclass
@@ -47,22 +58,37 @@ class TaskOutcome:
     user_error: bool = False  # a FairbenchError (bad input or data), not a crash
     traceback: str = ""
     exception: BaseException | None = None  # only for in-process execution
+    #: the run's training diverged; it is recorded as failed and the sweep goes on
+    diverged: bool = False
+    #: not run: another process holds the run's claim (who, from its claim file)
+    claimed_by: str | None = None
 
 
-def execute_task(task: RunTask, device: str | None = None) -> TaskOutcome:
-    """Run one task (in whatever process calls it); never raises except on interrupt."""
+def execute_task(task: RunTask, device: str | None = None, *, wait: bool = True) -> TaskOutcome:
+    """Run one task (in whatever process calls it); never raises except on interrupt. With
+    ``wait=False`` a run claimed by another process is not waited for: the outcome has
+    ``claimed_by`` set and the task is to be tried again later."""
     config = task.config if device is None else dataclasses.replace(task.config, device=device)
+    if not wait:
+        if task.run_dir is not None:
+            holder = holder_note(claim_path(task.run_dir))
+            if holder is not None:  # claimed: not even the data is loaded
+                return TaskOutcome(task, False, claimed_by=holder)
+        config = dataclasses.replace(config, wait_for_claim=False)
     started = time.perf_counter()
     try:
         result = run_experiment(config)
     except KeyboardInterrupt:
         raise
+    except RunClaimed as exc:
+        return TaskOutcome(task, False, claimed_by=exc.holder)
     except Exception as exc:  # noqa: BLE001 - reported to the sweep, which decides
         return TaskOutcome(task, False, seconds=time.perf_counter() - started,
                            error=str(exc) if isinstance(exc, FairbenchError)
                            else f"{type(exc).__name__}: {exc}",
                            user_error=isinstance(exc, FairbenchError),
-                           traceback=traceback.format_exc(), exception=exc)
+                           traceback=traceback.format_exc(), exception=exc,
+                           diverged=isinstance(exc, TrainingDiverged))
     return TaskOutcome(task, True, result.run_dir, result.reused,
                        time.perf_counter() - started)
 
@@ -109,7 +135,14 @@ class LocalExecutor(Executor):
         devices = self._devices_for(tasks)
         if not devices:
             single = self.devices[0] if self.devices else None
-            for task in tasks:
+            later: list[RunTask] = []
+            for task in tasks:  # first the runs that no other process computes
+                outcome = execute_task(task, single, wait=False)
+                if outcome.claimed_by is not None:
+                    later.append(task)
+                    continue
+                yield outcome
+            for task in later:  # then wait for the others: reused, or taken over
                 yield execute_task(task, single)
             return
         yield from _run_pool(tasks, devices)
@@ -127,8 +160,8 @@ def _worker_init(queue: Any) -> None:
 _WORKER_DEVICE: str | None = None
 
 
-def _worker_run(task: RunTask) -> TaskOutcome:
-    outcome = execute_task(task, _WORKER_DEVICE)
+def _worker_run(task: RunTask, wait: bool = True) -> TaskOutcome:
+    outcome = execute_task(task, _WORKER_DEVICE, wait=wait)
     outcome.exception = None  # exceptions may not pickle; the text and traceback travel
     return outcome
 
@@ -144,13 +177,13 @@ def _run_pool(tasks: Sequence[RunTask], devices: list[str]) -> Iterator[TaskOutc
         queue.put(d)
     pool = ProcessPoolExecutor(max_workers=len(devices), mp_context=ctx,
                                initializer=_worker_init, initargs=(queue,))
-    todo = list(tasks)
+    todo = [(t, False) for t in tasks]  # (task, wait for its claim)
     running: dict[Any, RunTask] = {}
     try:
         while todo or running:
             while todo and len(running) < len(devices):
-                task = todo.pop(0)
-                running[pool.submit(_worker_run, task)] = task
+                task, patient = todo.pop(0)
+                running[pool.submit(_worker_run, task, patient)] = task
             done, _ = wait(list(running), return_when=FIRST_COMPLETED)
             for fut in done:
                 task = running.pop(fut)
@@ -158,6 +191,9 @@ def _run_pool(tasks: Sequence[RunTask], devices: list[str]) -> Iterator[TaskOutc
                     outcome = fut.result()
                 except Exception as exc:  # noqa: BLE001 - a worker died (e.g. killed)
                     outcome = TaskOutcome(task, False, error=f"worker failed: {exc}")
+                if outcome.claimed_by is not None:  # another process has it: wait at the end
+                    todo.append((task, True))
+                    continue
                 yield outcome
     finally:
         for fut in running:

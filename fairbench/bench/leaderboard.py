@@ -57,9 +57,9 @@ from fairbench.bench.stats import (
     friedman,
 )
 from fairbench.core.errors import FairbenchError
-from fairbench.core.files import config_hash, read_json
+from fairbench.core.files import config_hash
 from fairbench.metrics import HEADLINE_FAIRNESS, flatten, higher_is_better, is_segmentation_metric
-from fairbench.run.store import is_finished
+from fairbench.run.store import is_run_dir, read_run_files
 
 UTILITY = ("precision", "recall", "F1")
 #: the dermatology papers' definitions, shown beside the headline for comparison
@@ -134,9 +134,11 @@ class RunRecord:
 
 
 def read_run(path: str | Path, **labels: str) -> RunRecord:
+    """The run at ``path``, verified against its manifest first: a damaged run raises one
+    line naming it and the way out (:func:`fairbench.run.store.read_run_files`)."""
     path = Path(path)
-    return RunRecord(path, read_json(path / "config.json"), read_json(path / "metrics.json"),
-                     **labels)
+    config, metrics = read_run_files(path)
+    return RunRecord(path, config, metrics, **labels)
 
 
 def collect_runs(runs_dir: str | Path) -> list[RunRecord]:
@@ -146,12 +148,11 @@ def collect_runs(runs_dir: str | Path) -> list[RunRecord]:
     if not root.is_dir():
         raise FairbenchError(f"runs directory {str(root)!r} does not exist")
     out = []
-    for cfg in sorted(root.glob("*/*/*/config.json")):
-        run = cfg.parent
+    for run in sorted(p for p in root.glob("*/*/*") if p.is_dir()):
         parts = run.relative_to(root).parts
         if parts[0] == "mlruns" or any(part.startswith((".", "_")) for part in parts):
             continue  # MLflow's file store (--tracking mlflow) is no run
-        if is_finished(run):
+        if is_run_dir(run):  # finished or damaged: a damaged one is reported by read_run
             out.append(read_run(run))
     return out
 
@@ -715,7 +716,7 @@ def leaderboard(source: str | Path, *, rule: str | None = None, part: str = "tes
         suite = load_suite(src, runs_dir=runs_dir, data_roots=data_roots)
         planned = plan(suite)
         runs = [read_run(p.run_dir, label=p.planned.method, dataset_label=p.planned.dataset)
-                for p in planned if p.finished and p.run_dir is not None]
+                for p in planned if (p.finished or p.damaged) and p.run_dir is not None]
         missing = sum(not p.finished for p in planned)
         not_finished: dict[str, list[str]] = defaultdict(list)
         for p in planned:

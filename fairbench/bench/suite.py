@@ -170,6 +170,40 @@ def _table(value: Any, what: str, where: str) -> dict[str, Any]:
     return dict(value)
 
 
+def _typed(entry: Mapping[str, Any], key: str, kinds: tuple[type, ...], want: str,
+           where: str) -> None:
+    """One clear error when ``entry[key]`` is set but not of ``kinds`` (a bool is no number)."""
+    if key not in entry or entry[key] is None:
+        return
+    value = entry[key]
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
+        raise FairbenchError(f"{where}: {key} = {value!r} must be {want}")
+
+
+_STRING_KEYS = ("attribute", "privileged", "data_root", "weights", "split_file", "task",
+                "backbone")
+
+
+def _check_entry_types(d: Mapping[str, Any], where: str) -> None:
+    for key in _STRING_KEYS:
+        _typed(d, key, (str,), "a string", where)
+    _typed(d, "split_seed", (int,), "a non-negative integer", where)
+    _typed(d, "image_size", (int,), "an integer number of pixels", where)
+    if isinstance(d.get("split_seed"), int) and d["split_seed"] < 0:
+        raise FairbenchError(f"{where}: split_seed = {d['split_seed']} must be non-negative")
+    if isinstance(d.get("image_size"), int) and not isinstance(d["image_size"], bool) \
+            and d["image_size"] < 8:
+        raise FairbenchError(f"{where}: image_size = {d['image_size']} is too small; use at "
+                             "least 8")
+    fractions = d.get("split_fractions")
+    if fractions is not None and (
+            not isinstance(fractions, (list, tuple)) or len(fractions) != 3
+            or not all(isinstance(f, (int, float)) and not isinstance(f, bool)
+                       for f in fractions)):
+        raise FairbenchError(f"{where}: split_fractions = {fractions!r} must be three numbers "
+                             "(train, val, test)")
+
+
 def _unknown(keys: set[str], allowed: set[str], what: str, where: str) -> None:
     bad = sorted(keys - allowed)
     if bad:
@@ -234,6 +268,14 @@ def parse_suite(data: Mapping[str, Any], *, path: Path | None = None,
     """Turn the TOML data into a :class:`Suite` (structure only; see :func:`check_suite`)."""
     where = _where(path)
     _unknown(set(data), TOP_KEYS, "the top level", where)
+    for key in ("name", "description", "runs_dir", "cache_dir", "device"):
+        _typed(data, key, (str,), "a string", where)
+    _typed(data, "save_weights", (bool,), "true or false", where)
+    plugins_value = data.get("plugins")
+    if plugins_value is not None and not (
+            isinstance(plugins_value, str) or (isinstance(plugins_value, list) and all(
+                isinstance(x, str) for x in plugins_value))):
+        raise FairbenchError(f"{where}: plugins = {plugins_value!r} must be a list of paths")
     train = _table(data.get("train"), "[train]", where)
     sel = data.get("selection")
     if isinstance(sel, str):
@@ -256,6 +298,7 @@ def parse_suite(data: Mapping[str, Any], *, path: Path | None = None,
         label = str(d.get("label", d["name"]))
         w = f"{where}, dataset {label!r}"
         _unknown(set(d), DATASET_KEYS, "the entry", w)
+        _check_entry_types(d, w)
         if "backbones" in d and "backbone" in d:
             raise FairbenchError(f"{w}: give backbone or backbones, not both")
         backbones = d.get("backbones", [d["backbone"]] if "backbone" in d else [None])
@@ -263,6 +306,8 @@ def parse_suite(data: Mapping[str, Any], *, path: Path | None = None,
             backbones = [backbones]
         if not backbones:
             raise FairbenchError(f"{w}: backbones is an empty list; name at least one")
+        if not all(b is None or isinstance(b, str) for b in backbones):
+            raise FairbenchError(f"{w}: backbones = {backbones!r} must be a list of names")
         fractions = d.get("split_fractions", (0.6, 0.2, 0.2))
         if not isinstance(fractions, (list, tuple)) or len(fractions) != 3:
             raise FairbenchError(f"{w}: split_fractions must be three numbers (train, val, test)")

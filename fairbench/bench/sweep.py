@@ -11,12 +11,19 @@ run the rest through an executor, with one overall progress bar.
 * **Shared baseline**: all runs of one (dataset, split, backbone, training settings, seed)
   share one vanilla model through ``ctx.vanilla()``'s cache under ``<runs_dir>/_vanilla``;
   runs are ordered so that each seed's baseline is trained by the first run that needs it.
+* **Damaged and failed runs**: a run whose files do not match its manifest is computed again
+  (with a warning line); a run whose training diverged is recorded as failed and skipped by
+  later sweeps unless ``retry_failed``; a diverging run never stops the sweep.
+* **Several sweeps on one runs folder** (processes, or machines on a shared folder) split the
+  runs through claims (see :mod:`fairbench.bench.executors`): none is computed twice, and the
+  run of a sweep that died is taken over.
 * **Bad input** (unknown names, parameters out of range, empty grid axes, missing data) is
   reported as one :class:`FairbenchError` before anything runs.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -32,7 +39,7 @@ from fairbench.core.errors import DataError, FairbenchError
 from fairbench.core.files import ensure_writable_dir
 from fairbench.core.progress import progress_bar
 from fairbench.run.runner import prepare, resolve_split, run_dir_for, run_identity
-from fairbench.run.store import is_finished
+from fairbench.run.store import check_run
 
 log = logging.getLogger("fairbench")
 
@@ -44,6 +51,18 @@ class PlannedRun:
     run_dir: Path | None
     finished: bool
     problem: str = ""  # why the identity could not be resolved (dry runs only)
+    #: the run directory's state (fairbench.run.store.check_run): finished, damaged, failed,
+    #: unfinished or absent; "" when unresolved
+    state: str = ""
+    detail: str = ""   # what is damaged, or the recorded error of a failed run
+
+    @property
+    def damaged(self) -> bool:
+        return self.state == "damaged"
+
+    @property
+    def failed(self) -> bool:
+        return self.state == "failed"
 
     @property
     def config(self):
@@ -110,7 +129,9 @@ def plan(suite: Suite, *, allow_missing_data: bool = False) -> list[PlannedRun]:
             continue
         identity = run_identity(p, resolved)
         run_dir = run_dir_for(runs_dir, identity)
-        out.append(PlannedRun(planned, identity, run_dir, is_finished(run_dir)))
+        st = check_run(run_dir)
+        out.append(PlannedRun(planned, identity, run_dir, st.finished, state=st.state,
+                              detail=st.problem))
     return out
 
 
@@ -120,10 +141,11 @@ def _resolve_split(p: Any) -> SimpleNamespace:
     return SimpleNamespace(table=table, attribute=attribute, split=split)
 
 
-def order_pending(runs: list[PlannedRun]) -> list[PlannedRun]:
+def order_pending(runs: list[PlannedRun], *, retry_failed: bool = True) -> list[PlannedRun]:
     """Pending runs in execution order: for each (dataset, backbone), the vanilla runs of all
-    seeds first (so parallel workers train different baselines), then the others by seed."""
-    pending = [r for r in runs if not r.finished]
+    seeds first (so parallel workers train different baselines), then the others by seed.
+    Runs recorded as failed are left out unless ``retry_failed``."""
+    pending = [r for r in runs if not r.finished and (retry_failed or not r.failed)]
     position = {id(r): i for i, r in enumerate(pending)}
 
     def key(r: PlannedRun) -> tuple[Any, ...]:
@@ -137,15 +159,24 @@ def format_plan(runs: list[PlannedRun]) -> str:
     """The ``--dry-run`` listing: one line per run, then a summary."""
     lines = []
     for r in runs:
-        status = "done   " if r.finished else ("unknown" if r.problem else "pending")
+        status = "done   " if r.finished else ("unknown" if r.problem else
+                                                "damaged" if r.damaged else
+                                                "failed " if r.failed else "pending")
         where = str(r.run_dir) if r.run_dir else f"(cannot resolve: {r.problem})"
+        if r.damaged or r.failed:
+            where += f"  ({r.detail})"
         lines.append(f"{status}  {r.label:60s}  {where}")
     n_done = sum(r.finished for r in runs)
     n_unknown = sum(bool(r.problem) for r in runs)
+    n_damaged = sum(r.damaged for r in runs)
+    n_failed = sum(r.failed for r in runs)
     baselines = {r.baseline_key for r in runs if not r.finished and not r.problem}
     done_baselines = {r.baseline_key for r in runs if r.finished}
     summary = (f"{len(runs)} runs: {n_done} finished, {len(runs) - n_done - n_unknown} to run"
                + (f", {n_unknown} unresolved (missing data)" if n_unknown else "")
+               + (f" ({n_damaged} damaged, to redo)" if n_damaged else "")
+               + (f"; {n_failed} recorded as failed (--retry-failed runs them again)"
+                  if n_failed else "")
                + f"; vanilla baselines shared per (dataset, split, backbone, seed): "
                  f"{len(baselines - done_baselines)} needed by pending runs")
     return "\n".join(lines + [summary])
@@ -157,13 +188,16 @@ def run_suite(
     executor: Executor | None = None,
     dry_run: bool = False,
     keep_going: bool = False,
+    retry_failed: bool = False,
     progress: bool = True,
     echo: Callable[[str], None] = print,
 ) -> SweepReport:
     """Run every unfinished run of ``suite``; see the module docstring.
 
     Stops at the first failing run unless ``keep_going`` (finished runs stay; the next sweep
-    does the rest). ``dry_run`` lists the runs and runs nothing.
+    does the rest); a run whose training diverges is recorded as failed and never stops it.
+    Runs recorded as failed by an earlier sweep are skipped unless ``retry_failed``.
+    ``dry_run`` lists the runs and runs nothing.
     """
     started = time.perf_counter()
     runs = plan(suite, allow_missing_data=dry_run)
@@ -172,12 +206,18 @@ def run_suite(
         echo(format_plan(runs))
         return report
     ensure_writable_dir(Path(suite.runs_dir))
-    pending = order_pending(runs)
+    pending = order_pending(runs, retry_failed=retry_failed)
     executor = executor or LocalExecutor()
     n_total = len(runs)
-    echo(f"suite {suite.name}: {n_total} runs, {n_total - len(pending)} already finished, "
-         f"{len(pending)} to run ({executor.describe()} executor)")
-    tasks = [RunTask(i, r.planned.config, r.label) for i, r in enumerate(pending)]
+    n_damaged = sum(r.damaged for r in pending)
+    skipped_failed = [r for r in runs if r.failed and r not in pending]
+    echo(f"suite {suite.name}: {n_total} runs, {report.n_finished_before} already finished, "
+         f"{len(pending)} to run" + (f" ({n_damaged} damaged, redone)" if n_damaged else "")
+         + (f", {len(skipped_failed)} recorded as failed and skipped (--retry-failed)"
+            if skipped_failed else "") + f" ({executor.describe()} executor)")
+    tasks = [RunTask(i, dataclasses.replace(r.planned.config, redo_damaged=True), r.label,
+                     run_dir=r.run_dir)
+             for i, r in enumerate(pending)]
     by_index = {t.index: r for t, r in zip(tasks, pending)}
     outcomes = executor.run(tasks)
     try:
@@ -196,7 +236,7 @@ def run_suite(
                     continue
                 report.failed.append(outcome)
                 echo(f"run failed: {outcome.task.label}: {outcome.error}")
-                if not keep_going:
+                if not keep_going and not outcome.diverged:
                     report.stopped_early = True
                     break
     finally:
@@ -205,7 +245,10 @@ def run_suite(
             close()
     report.seconds = time.perf_counter() - started
     n_left = len(pending) - len(report.ran)
+    n_elsewhere = sum(o.reused for o in report.ran)
     echo(f"sweep {suite.name}: {len(report.ran)} runs done in {report.seconds:.1f} s"
+         + (f" ({len(report.ran) - n_elsewhere} computed here, {n_elsewhere} finished by "
+            "another process)" if n_elsewhere else "")
          + (f"; {len(report.failed)} failed" if report.failed else "")
          + (f"; {n_left} not finished (run the sweep again to resume)" if n_left else ""))
     return report

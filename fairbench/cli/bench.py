@@ -32,6 +32,35 @@ def _data_roots(items: tuple[str, ...]) -> dict[str, str] | None:
     return out
 
 
+def _out_path(out: str, *, what: str = "--out") -> Path:
+    """``out`` with its folder created; one clear line when that is impossible (a file where
+    a folder should be, no permission)."""
+    path = Path(out).expanduser()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise FairbenchError(f"{what} {out!r}: cannot create its folder "
+                             f"{str(path.parent)!r} ({exc.strerror or exc}); choose another "
+                             f"{what}") from None
+    if path.is_dir():
+        raise FairbenchError(f"{what} {out!r} is a folder; give a file name")
+    return path
+
+
+def _verified(run_dirs: tuple[str, ...] | list[str], *, runs_only: bool = True) -> None:
+    """Every run directory read as a result is verified against its manifest first; with
+    ``runs_only=False`` folders that are no run (an ablation export) pass, damaged runs not."""
+    from fairbench.run.store import DamagedRunError, check_run, read_run_files
+
+    for d in run_dirs:
+        if runs_only:
+            read_run_files(Path(d))
+            continue
+        state = check_run(Path(d))
+        if state.state == "damaged":
+            raise DamagedRunError(state.message())
+
+
 def _seeds(value: str | None) -> list[int] | None:
     if value is None:
         return None
@@ -70,21 +99,27 @@ def _seeds(value: str | None) -> list[int] | None:
 @click.option("--data-root", "data_roots", multiple=True, metavar="[LABEL=]PATH",
               help="Data folder of the suite's datasets (repeatable; LABEL= picks one dataset).")
 @click.option("--seeds", default=None, metavar="N|LIST", help="Override the suite's seeds: a count or 0,1,2.")
-@click.option("--keep-going", is_flag=True, help="Run the other runs when one fails.")
-@click.option("--plugin", "plugins", multiple=True, metavar="FILE.py", help="Load a local plugin file (repeatable).")
+@click.option("--keep-going", is_flag=True, help="Run the other runs when one fails (a run whose training diverges never stops the sweep).")
+@click.option("--retry-failed", is_flag=True, help="Run again the runs recorded as failed (diverged) by an earlier sweep.")
+@click.option("--plugin", "plugins", multiple=True, metavar="FILE.py", help="Load a local plugin file (repeatable; its code runs, as the suite's plugins do, also with --dry-run).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def sweep_cmd(suite_file: str, dry_run: bool, executor: str, devices: str | None,
               address: str | None, cpus_per_run: int, num_cpus: int | None,
               tracking: str | None, tracking_uri: str | None,
               runs_dir: str | None, data_roots: tuple[str, ...], seeds: str | None,
-              keep_going: bool, plugins: tuple[str, ...], quiet: bool) -> None:
+              keep_going: bool, retry_failed: bool, plugins: tuple[str, ...],
+              quiet: bool) -> None:
     """Run every run of a benchmark suite that is not finished yet.
 
     \b
     The suite's grid (datasets x backbones x methods x parameter grid x seeds) is expanded
     and checked first; finished runs with the same resolved configuration are skipped, so a
     killed sweep resumes and an edited suite only runs what changed. One vanilla model is
-    trained per (dataset, split, backbone, seed) and shared by every method.
+    trained per (dataset, split, backbone, seed) and shared by every method. A damaged run
+    (files that do not match its manifest) is computed again. Several sweeps on one runs
+    folder (processes, or machines on a shared folder) split the runs: each run is claimed by
+    the process computing it, and a dead process's run is taken over. The suite's plugin
+    files are imported (their code runs), with --dry-run too.
       fairbench sweep benchmarks/quick.toml --dry-run
       fairbench sweep benchmarks/quick.toml
       fairbench sweep benchmarks/suite_isic2019_resnet18.toml --data-root /data/isic2019
@@ -115,7 +150,7 @@ def sweep_cmd(suite_file: str, dry_run: bool, executor: str, devices: str | None
         raise FairbenchError("--address and --num-cpus apply to --executor ray only")
     runner = get_executor(executor, **options) if not dry_run else None
     report = run_suite(suite, executor=runner, dry_run=dry_run, keep_going=keep_going,
-                       progress=not quiet, echo=click.echo)
+                       retry_failed=retry_failed, progress=not quiet, echo=click.echo)
     if report.failed:
         first = report.failed[0]
         if first.traceback and click.get_current_context().find_root().params.get("verbose"):
@@ -163,6 +198,10 @@ def leaderboard_cmd(source: str, fmt: str, view: str, rule: str | None, part: st
                     plugins: tuple[str, ...]) -> None:
     """Leaderboard of a suite's runs (or of every run in a runs directory).
 
+    Every run is verified against its manifest; a damaged one is an error naming it (redo it,
+    or `fairbench runs repair`). A suite file's plugin files are imported (their code runs:
+    they define its methods' parameters); a runs directory imports none unless --plugin.
+
     \b
     Each method's row is the parameter setting picked on validation by the selection rule;
     values are test metrics, mean ± std over seeds, best per column in bold, ▲/▼ where a paired
@@ -180,6 +219,7 @@ def leaderboard_cmd(source: str, fmt: str, view: str, rule: str | None, part: st
     _load_plugins(plugins)
     if n_boot < 10:
         raise FairbenchError("--n-boot must be at least 10")
+    target = _out_path(out) if out else None
     board = leaderboard(source, rule=rule, part=part, split=split, test=test_name, alpha=alpha,
                         runs_dir=runs_dir, data_roots=_data_roots(data_roots), ci=ci,
                         n_resamples=n_boot, ci_kind=ci_kind)
@@ -192,9 +232,12 @@ def leaderboard_cmd(source: str, fmt: str, view: str, rule: str | None, part: st
     if board.missing:
         click.echo(f"note: {board.missing} run(s) of the suite are not finished and are left out",
                    err=True)
-    if out:
-        Path(out).expanduser().parent.mkdir(parents=True, exist_ok=True)
-        Path(out).expanduser().write_text(text)
+    if target is not None:
+        try:
+            target.write_text(text)
+        except OSError as exc:
+            raise FairbenchError(f"cannot write --out {out!r} ({exc.strerror or exc}); choose "
+                                 "another --out") from None
         click.echo(f"wrote {out}")
     else:
         click.echo(text, nl=False)
@@ -246,6 +289,7 @@ def plot_tradeoff_cmd(source: str, out: str, rule: str | None, split: str | None
         except KeyError:
             raise FairbenchError(f"unknown metric {m!r}; use e.g. F1, AUC, EqOddsGap, "
                                  "gap.F1") from None
+    _out_path(out)
     board = leaderboard(source, rule=rule, split=split, runs_dir=runs_dir)
     for table in board.tables:
         target = f"{out}-{table_file_stem(table)}"
@@ -273,6 +317,8 @@ def plot_ablation_cmd(run_dirs: tuple[str, ...], out: str, part: str, x_axis: st
     """
     from fairbench.bench.plots import plot_ablation
 
+    _out_path(out)
+    _verified(run_dirs, runs_only=False)
     for p in plot_ablation(run_dirs, out, part=part, x=x_axis):
         click.echo(f"wrote {p}")
 
@@ -294,6 +340,8 @@ def plot_groups_cmd(run_dirs: tuple[str, ...], out: str, part: str, no_vanilla: 
     """
     from fairbench.bench.plots import plot_groups
 
+    _out_path(out)
+    _verified(list(run_dirs))
     for p in plot_groups(list(run_dirs), out, part=part, vanilla=not no_vanilla):
         click.echo(f"wrote {p}")
 
@@ -322,6 +370,7 @@ def plot_cd_cmd(source: str, metric: str, alpha: str, out: str, rule: str | None
     from fairbench.bench.leaderboard import leaderboard
     from fairbench.bench.plots import plot_cd
 
+    _out_path(out)
     board = leaderboard(source, rule=rule, runs_dir=runs_dir)
     res = board.friedman(metric, float(alpha), gate=gate.replace("-", "_"))
     if isinstance(res, str):

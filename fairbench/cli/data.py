@@ -21,14 +21,20 @@ EXIT_USAGE = 2
 
 
 class DataGroup(click.Group):
-    """Prints a :class:`FairbenchError` as one ``error:`` line and exits with code 2 (also when
-    this group is used on its own, outside ``fairbench``)."""
+    """Prints a :class:`FairbenchError` (or an unreadable file) as one ``error:`` line and exits
+    with code 2 (also when this group is used on its own, outside ``fairbench``)."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except FairbenchError as exc:
             click.echo(f"error: {exc}", err=True)
+            ctx.exit(EXIT_USAGE)
+        except OSError as exc:
+            if exc.filename is None:
+                raise
+            click.echo(f"error: {exc.strerror or exc}: {exc.filename!r}; check that it exists "
+                       "and that this user may read (or write) it", err=True)
             ctx.exit(EXIT_USAGE)
 
 
@@ -56,6 +62,14 @@ def _adapter(dataset: str, data_root: str | None, data_params: tuple[str, ...],
         load_plugin_file(plugin)
     cls = get_dataset_class(dataset)
     return cls(params=parse_assignments(data_params, flag="--data-param"), data_root=data_root)
+
+
+def _is_text(path: str) -> bool:
+    try:
+        Path(path).expanduser().read_text()
+    except (UnicodeDecodeError, OSError):
+        return False
+    return True
 
 
 def _image_size(adapter: Any, image_size: int | None) -> int:
@@ -122,7 +136,7 @@ def prepare_cmd(dataset: str, data_root: str | None, data_params: tuple[str, ...
                 attribute: str | None, quiet: bool) -> None:
     """Decode and resize every image of DATASET once into the tensor cache, then print the
     counts per class and group. A run later reads the cache instead of the JPEGs."""
-    from fairbench.data.cache import cache_key, load_or_build
+    from fairbench.data.cache import cache_key, entry_problem, load_or_build
 
     adapter = _adapter(dataset, data_root, data_params, plugins)
     adapter.cache_dir = _cache_dir(cache_dir)
@@ -134,7 +148,7 @@ def prepare_cmd(dataset: str, data_root: str | None, data_params: tuple[str, ...
         click.echo(f"note: {note}")
     root = _cache_dir(cache_dir)
     entry = root / "images" / f"{adapter.name}-{size}px-{cache_key(adapter, table, size)}"
-    existed = (entry / "meta.json").is_file()
+    existed = entry.exists() and entry_problem(entry, table, size) is None
     started = time.perf_counter()
     cached = load_or_build(adapter, table, size, root, progress=not quiet)
     secs = time.perf_counter() - started
@@ -159,7 +173,7 @@ def info_cmd(dataset: str, data_root: str | None, data_params: tuple[str, ...],
     cache is built; reads no pixels."""
     import json
 
-    from fairbench.data.cache import cache_key
+    from fairbench.data.cache import cache_key, entry_problem
 
     adapter = _adapter(dataset, data_root, data_params, plugins)
     adapter.cache_dir = _cache_dir(cache_dir)
@@ -174,7 +188,11 @@ def info_cmd(dataset: str, data_root: str | None, data_params: tuple[str, ...],
         click.echo(f"note: {note}")
     entry = _cache_dir(cache_dir) / "images" / (
         f"{adapter.name}-{size}px-{cache_key(adapter, table, size)}")
-    if (entry / "meta.json").is_file():
+    problem = entry_problem(entry, table, size) if entry.exists() else None
+    if entry.exists() and problem is not None:
+        click.echo(f"cache at {size}px: damaged ({problem}); the next run or `fairbench data "
+                   f"prepare` builds it again: {entry}")
+    elif entry.exists():
         meta = json.loads((entry / "meta.json").read_text())
         mb = sum(f.stat().st_size for f in entry.iterdir() if f.is_file()) / 2**20
         click.echo(f"cache at {size}px: built ({len(meta['sample_ids'])} images, {mb:.1f} MiB) "
@@ -202,9 +220,20 @@ def import_split_cmd(dataset: str, data_root: str | None, data_params: tuple[str
 
     adapter = _adapter(dataset, data_root, data_params, plugins)
     table = adapter.build_table()
-    split = split_from_part_files(train=train_file, val=val_file, test=test_file,
-                                  id_column=id_column, table=table)
-    path = save_split(split, Path(out_file).expanduser())
+    try:
+        split = split_from_part_files(train=train_file, val=val_file, test=test_file,
+                                      id_column=id_column, table=table)
+    except UnicodeDecodeError:
+        bad = next((f for f in (train_file, val_file, test_file) if f and not _is_text(f)),
+                   val_file)
+        raise FairbenchError(f"split part file {bad!r} is not a text file (a CSV with an id "
+                             "column, or a .txt with one id per line)") from None
+    out = Path(out_file).expanduser()
+    try:
+        path = save_split(split, out)
+    except OSError as exc:
+        raise FairbenchError(f"cannot write the split file {str(out)!r} "
+                             f"({exc.strerror or exc}); choose another --out") from None
     sizes = ", ".join(f"{p} {n}" for p, n in split.sizes().items())
     unused = len(table) - sum(split.sizes().values())
     click.echo(f"wrote {path} ({sizes}; sha256 {split.sha256[:12]})")

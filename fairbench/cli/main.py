@@ -2,12 +2,20 @@
 
 Every user error (unknown names, malformed parameters, bad files, missing data) prints one
 line ``error: ...`` and exits with code 2, without a traceback and without touching results
-already written.
+already written. Ctrl-C and SIGTERM stop a command the same way: the unfinished run's
+temporary files are removed, finished runs are kept.
+
+Plugin code (``--plugin`` files, a config's or suite's ``plugins``) is imported only by the
+commands that resolve or run methods: ``run``, ``sweep`` (``--dry-run`` too), ``leaderboard``
+and ``plot tradeoff``/``plot cd`` of a suite file, ``list`` and ``data``. ``show``,
+``leaderboard``/``plot`` of a runs folder without ``--plugin``, ``plot groups``/``ablation``
+and ``runs check``/``repair`` never import plugin code.
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -17,6 +25,7 @@ import click
 from fairbench.cli.bench import BENCH_COMMANDS
 from fairbench.cli.check import check_cmd
 from fairbench.cli.data import data_group
+from fairbench.cli.runs import runs_group
 from fairbench.core.errors import FairbenchError, ParamError
 from fairbench.core.version import __version__
 
@@ -42,19 +51,44 @@ CONFIG_TYPES: dict[str, tuple[type, ...]] = {
 }
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that every cleanup on the way out runs (the unfinished
+    run's temporary folder, a half-built cache entry, claims and locks)."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise Terminated()
+
+
 class FairbenchGroup(click.Group):
-    """Turns :class:`FairbenchError` into one line on stderr and exit code 2."""
+    """Turns :class:`FairbenchError` into one line on stderr and exit code 2, and SIGTERM
+    into the same clean stop as Ctrl-C."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        previous = None
+        try:
+            previous = signal.signal(signal.SIGTERM, _on_sigterm)
+        except (ValueError, OSError):  # not the main thread: leave signals alone
+            pass
         try:
             return super().invoke(ctx)
         except FairbenchError as exc:
             click.echo(f"error: {exc}", err=True)
             ctx.exit(EXIT_USAGE)
-        except KeyboardInterrupt:
-            click.echo("interrupted; finished runs are kept, the unfinished one was discarded",
+        except OSError as exc:  # unreadable data, unwritable output: the environment's
+            if exc.filename is None:
+                raise
+            click.echo(f"error: {exc.strerror or exc}: {exc.filename!r}; check that it exists "
+                       "and that this user may read (or write) it", err=True)
+            ctx.exit(EXIT_USAGE)
+        except KeyboardInterrupt as exc:
+            what = "terminated" if isinstance(exc, Terminated) else "interrupted"
+            click.echo(f"{what}; finished runs are kept, the unfinished one was discarded",
                        err=True)
-            ctx.exit(130)
+            ctx.exit(143 if isinstance(exc, Terminated) else 130)
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
 
 
 def _load_plugins(plugins: tuple[str, ...] | list[str]) -> None:
@@ -62,6 +96,43 @@ def _load_plugins(plugins: tuple[str, ...] | list[str]) -> None:
 
     for path in plugins:
         load_plugin_file(path)
+
+
+def _check_names_early(method: str, dataset: str, plugins: list[str]) -> None:
+    """Refuse an unknown method or dataset before plugin code runs and, in a fresh process,
+    before torch is imported (seconds): built-in names are read from the sources (or from the
+    registries when they are loaded already), a plugin file's from its literal
+    ``@register_...("name")`` decorators. Undecidable cases (a plugin that registers names in
+    another way, installed plugin packages) are left to the registry."""
+    import re
+
+    from fairbench.core.registry import _REGISTER_CALL, check_name_early
+
+    extra: set[str] = set()
+    for plugin in plugins:
+        try:
+            text = Path(plugin).expanduser().read_text(errors="replace")
+        except OSError:
+            return  # the plugin loader reports it
+        found = set(_REGISTER_CALL.findall(text))
+        calls = len(re.findall(r"register\w*\s*\(", text))
+        if calls > len(_REGISTER_CALL.findall(text)):
+            return  # names registered another way: nothing to decide here
+        extra |= found
+    loaded = "fairbench.run.method" in sys.modules
+    for kind, name, package in (("method", method, "fairbench.methods"),
+                                ("dataset", dataset, "fairbench.datasets")):
+        if name in extra:
+            continue
+        if loaded:  # in-process use: the registries (with their plugins) decide
+            from fairbench.data.dataset import DATASETS
+            from fairbench.run.method import METHODS
+
+            registry = METHODS if kind == "method" else DATASETS
+            if name not in registry:
+                registry.get(name)  # raises the registry's own message
+            continue
+        check_name_early(kind, name, package=package, group=package)
 
 
 def _read_config(path: str | None) -> dict[str, Any]:
@@ -131,7 +202,9 @@ def main(verbose: bool) -> None:
 @click.option("--backbone", "-b", default=None, help="Backbone name, timm:<model> or tv:<model>; for segmentation unet:<encoder>, e.g. unet:tu-resnet18. [default: the dataset's]")
 @click.option("--backbone-param", "backbone_params", multiple=True, metavar="KEY=VALUE",
               help="Backbone option, e.g. width=16 or encoder_depth=3 (repeatable).")
-@click.option("--weights", default=None, help="Local weights file for the backbone (never downloaded).")
+@click.option("--weights", default=None, help="Local weights file for the backbone (never downloaded); what does not load is reported.")
+@click.option("--allow-partial-weights", is_flag=True, default=False,
+              help="Load a --weights file that covers less than 90% of the backbone.")
 @click.option("--seed", type=int, default=None, help="Training seed. [default: 0]")
 @click.option("--epochs", type=int, default=None, help="Training epochs (shortcut for --train epochs=N).")
 @click.option("--device", default=None, help="auto, cpu or cuda. [default: auto]")
@@ -149,7 +222,7 @@ def main(verbose: bool) -> None:
 @click.option("--config", "config_file", default=None, help="TOML file with any of these settings; flags win.")
 @click.option("--runs-dir", default=None, help="Where run directories go. [default: ./runs]")
 @click.option("--cache-dir", default=None, help="Tensor cache folder. [default: $FAIRBENCH_CACHE or ~/.cache/fairbench]")
-@click.option("--plugin", "plugins", multiple=True, metavar="FILE.py", help="Load a local plugin file (repeatable).")
+@click.option("--plugin", "plugins", multiple=True, metavar="FILE.py", help="Load a local plugin file (repeatable; its code runs, as the config's plugins do).")
 @click.option("--save-weights", is_flag=True, default=None, help="Store the fitted model's weights in the run.")
 @click.option("--force", is_flag=True, help="Recompute even if an identical run is finished.")
 @click.option("--tracking", type=click.Choice(["mlflow"]), default=None,
@@ -171,14 +244,16 @@ def run(**opts: Any) -> None:
       fairbench run --method fairquantize -p beta=0.75 --print-config > my_run.toml
     """
     from fairbench.core.params import parse_assignments
-    from fairbench.run.report import run_summary
-    from fairbench.run.runner import RunConfig, run_experiment
 
     file_cfg = _read_config(opts["config_file"])
-    _load_plugins(list(file_cfg.get("plugins", [])) + list(opts["plugins"]))
 
     def pick(key: str, default: Any = None) -> Any:
         return opts.get(key) if opts.get(key) is not None else file_cfg.get(key, default)
+
+    plugins = list(file_cfg.get("plugins", [])) + list(opts["plugins"])
+    _check_names_early(str(pick("method", "vanilla")), str(pick("dataset", "synthderm")),
+                       plugins)
+    _load_plugins(plugins)
 
     method_params = dict(file_cfg.get("method_params", {}))
     method_params.update(file_cfg.get("params", {}))
@@ -200,6 +275,9 @@ def run(**opts: Any) -> None:
         train_flags["epochs"] = opts["epochs"]
     train.update(train_flags)
     fractions = file_cfg.get("split_fractions", (0.6, 0.2, 0.2))
+    from fairbench.run.report import run_summary
+    from fairbench.run.runner import RunConfig, run_experiment
+
     config = RunConfig(
         method=pick("method", "vanilla"),
         method_params=method_params,
@@ -224,6 +302,7 @@ def run(**opts: Any) -> None:
         cache_dir=pick("cache_dir"),
         save_weights=bool(pick("save_weights", False)),
         force=bool(opts["force"]),
+        allow_partial_weights=bool(opts["allow_partial_weights"]),
         progress=not opts["quiet"],
         tracking=opts["tracking"],
         tracking_uri=opts["tracking_uri"],
@@ -343,26 +422,21 @@ def show(run_dir: str, part: str, fmt: str) -> None:
       fairbench show RUN_DIR --format md --part both
       fairbench show RUN_DIR --format latex > table.tex
     """
-    from fairbench.core.files import read_json
     from fairbench.run.report import (
         comparison_frame,
         comparison_text,
         find_vanilla_run,
         run_summary,
     )
-    from fairbench.run.store import is_finished
+    from fairbench.run.store import read_run_files
 
     path = Path(run_dir)
     if not path.is_dir():
         raise FairbenchError(f"run directory {run_dir!r} does not exist")
-    if not is_finished(path):
-        raise FairbenchError(
-            f"{run_dir!r} is not a finished run directory (it lacks config.json, metrics.json "
-            "or predictions.csv)")
+    config, metrics = read_run_files(path)  # a damaged run: one line, the way out
     parts = ("val", "test") if part == "both" else (part,)
-    config, metrics = read_json(path / "config.json"), read_json(path / "metrics.json")
     vanilla_dir = find_vanilla_run(path)
-    vanilla = read_json(vanilla_dir / "metrics.json") if vanilla_dir else None
+    vanilla = read_run_files(vanilla_dir)[1] if vanilla_dir else None
     if config.get("method") == "vanilla":
         where = "this run is the vanilla model"
     elif vanilla_dir is None:
@@ -380,6 +454,7 @@ def show(run_dir: str, part: str, fmt: str) -> None:
 
 main.add_command(data_group, "data")
 main.add_command(check_cmd, "check")
+main.add_command(runs_group, "runs")
 for _name, _command in BENCH_COMMANDS.items():  # sweep, leaderboard, plot (cli_bench.py)
     main.add_command(_command, _name)
 

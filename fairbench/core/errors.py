@@ -32,3 +32,13 @@ class PluginError(FairbenchError):
 
 class CurvatureError(FairbenchError):
     """The backbone cannot be handled by BackPACK with the chosen estimator."""
+
+
+class TrainingDiverged(FairbenchError):
+    """The loss or the model's outputs became non-finite (NaN or inf): the settings (often the
+    learning rate) make training diverge. A run that raises it is recorded as failed."""
+
+    def __init__(self, message: str, *, stage: str = "", epoch: int | None = None) -> None:
+        super().__init__(message)
+        self.stage = stage
+        self.epoch = epoch

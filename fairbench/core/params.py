@@ -134,6 +134,8 @@ def coerce_value(name: str, raw: Any, tp: Any) -> Any:
             raise bad from None
         if math.isnan(value):
             raise bad
+        if math.isinf(value):
+            raise ParamError(f"parameter {name}={raw!r} is not a finite number")
         return value
     if inner is str:
         if isinstance(raw, (dict, list)):
@@ -154,6 +156,8 @@ def range_text(lo: float | None, hi: float | None, lo_exclusive: bool, hi_exclus
 def _check_range(name: str, value: Any, meta: Mapping[str, Any]) -> None:
     if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
         return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise ParamError(f"parameter {name}={value!r} is not a finite number")
     lo, hi = meta.get("min"), meta.get("max")
     lo_x, hi_x = meta.get("min_exclusive", False), meta.get("max_exclusive", False)
     if lo is None and hi is None:

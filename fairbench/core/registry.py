@@ -13,6 +13,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib
+import re
 import warnings
 from collections.abc import Callable
 from importlib import metadata
@@ -21,6 +22,20 @@ from typing import Any, Generic, TypeVar
 from fairbench.core.errors import PluginError, UnknownNameError
 
 T = TypeVar("T")
+
+#: what a registered name may be: it becomes a folder name of every run (``runs/<dataset>/
+#: <method>/...``), so letters, digits, ``_``, ``-``, ``.`` and ``+``, starting with a letter or
+#: a digit (no ``/``, no ``..``, no spaces)
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}")
+
+
+def check_name(kind: str, name: object) -> str:
+    """``name`` if it is a valid registry name (see :data:`NAME_PATTERN`), else ``ValueError``."""
+    if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name:
+        raise ValueError(
+            f"invalid {kind} name {name!r}: use letters, digits, '_', '-', '.' or '+' "
+            "(starting with a letter or digit, at most 64 characters; it names run folders)")
+    return name
 
 
 class Registry(Generic[T]):
@@ -37,11 +52,12 @@ class Registry(Generic[T]):
 
     # -- registration -------------------------------------------------------------------------
     def register(self, name: str, *, override: bool = False) -> Callable[[T], T]:
-        """Decorator registering ``obj`` under ``name`` (lower case, no spaces)."""
-        if not name or name != name.strip() or " " in name:
-            raise ValueError(f"invalid {self.kind} name {name!r}")
+        """Decorator registering ``obj`` under ``name`` (see :data:`NAME_PATTERN`)."""
+        check_name(self.kind, name)
 
         def decorator(obj: T) -> T:
+            # the built-ins first, so that a plugin taking a built-in name is the one refused
+            self._ensure_builtins()
             if name in self._entries and self._entries[name] is not obj and not override:
                 existing = self._entries[name]
                 same_origin = (
@@ -49,7 +65,11 @@ class Registry(Generic[T]):
                     and getattr(existing, "__module__", None) == getattr(obj, "__module__", None)
                 )
                 if not same_origin:  # a module imported twice re-registers the same object
-                    raise ValueError(f"{self.kind} {name!r} is already registered")
+                    origin = getattr(existing, "__module__", "") or ""
+                    whose = (" by a built-in" if self.builtins and origin.startswith(
+                        self.builtins) else f" by {origin}" if origin else "")
+                    raise ValueError(f"{self.kind} {name!r} is already registered{whose}; "
+                                     "register yours under another name")
             self._entries[name] = obj
             try:
                 obj.registered_name = name  # type: ignore[attr-defined]
@@ -60,12 +80,16 @@ class Registry(Generic[T]):
         return decorator
 
     # -- lookup -------------------------------------------------------------------------------
+    def _ensure_builtins(self) -> None:
+        if self.builtins and not getattr(self, "_builtins_loaded", False):
+            self._builtins_loaded = True  # set first: the built-ins register through here
+            importlib.import_module(self.builtins)
+
     def _ensure_entry_points(self) -> None:
         if self._entry_points_loaded:
             return
         self._entry_points_loaded = True
-        if self.builtins:
-            importlib.import_module(self.builtins)
+        self._ensure_builtins()
         try:
             eps = metadata.entry_points(group=self.entry_point_group)
         except Exception:  # pragma: no cover - broken installation metadata
@@ -81,6 +105,13 @@ class Registry(Generic[T]):
             # Loading the module normally registers it through the decorator; an entry point
             # may also point at the object itself, registered here under the entry-point name.
             if ep.name not in self._entries and not isinstance(obj, type(metadata)):
+                try:
+                    check_name(self.kind, ep.name)
+                except ValueError as exc:
+                    msg = f"{self.kind} plugin {ep.name!r} ({ep.value}) is refused: {exc}"
+                    self.plugin_errors[ep.name] = msg
+                    warnings.warn(msg, stacklevel=2)
+                    continue
                 self._entries[ep.name] = obj
 
     def names(self) -> list[str]:
@@ -117,6 +148,51 @@ class Registry(Generic[T]):
         factory = self.get(name)
         kwargs = {k: v for k, v in kwargs.items() if v is not None}
         return factory(**kwargs)  # type: ignore[operator]
+
+
+_REGISTER_CALL = re.compile(
+    r"""@\s*(?:\w+\.)*register\w*\(\s*['"]([^'"]+)['"]""")
+
+
+def static_names(package: str) -> set[str] | None:
+    """The names that the modules of ``package`` register with a literal decorator
+    (``@register_method("vanilla")``), read from their source without importing them (so
+    without torch); ``None`` when the package cannot be found."""
+    import importlib.util
+    from pathlib import Path
+
+    try:
+        spec = importlib.util.find_spec(package)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    names: set[str] = set()
+    for folder in spec.submodule_search_locations:
+        for file in Path(folder).glob("*.py"):
+            try:
+                names.update(_REGISTER_CALL.findall(file.read_text(errors="replace")))
+            except OSError:
+                return None
+    return names
+
+
+def check_name_early(kind: str, name: str, *, package: str, group: str) -> None:
+    """Refuse an unknown ``name`` before anything heavy is imported, when that can be decided:
+    the built-ins of ``package`` are read from their source, and no plugin is installed in the
+    entry-point ``group`` (a plugin package may register any name, so then nothing is
+    decided here and the registry decides later)."""
+    try:
+        if any(True for _ in metadata.entry_points(group=group)):
+            return
+    except Exception:  # pragma: no cover - broken installation metadata
+        return
+    names = static_names(package)
+    if not names or name in names:
+        return
+    close = difflib.get_close_matches(name, sorted(names), n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}?" if close else f"known: {', '.join(sorted(names))}"
+    raise UnknownNameError(f"unknown {kind} {name!r}; {hint} (see `fairbench list {kind}s`)")
 
 
 def load_plugin_file(path: str) -> None:

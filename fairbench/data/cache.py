@@ -7,12 +7,20 @@ fingerprint, so changing an option or an image builds a new entry. An entry is b
 temporary directory and renamed into place when complete: an interrupted build never leaves
 a directory that reads as valid, and the next build starts again cleanly (removing the
 temporary directory of a killed build on the same host).
+
+An entry is checked whenever it is opened (:func:`entry_problem`): ``meta.json`` parses and
+names the table's sample ids, the arrays' headers parse, their shapes fit the table and the
+image size, and their files hold all their bytes. A damaged entry (a truncated array, a garbled
+``meta.json``, a folder without ``meta.json``) is rebuilt from the source images with one
+warning line. The pixels themselves carry no checksum (hashing gigabytes at every run would
+cost more than decoding them): a same-length overwrite of pixel bytes goes unnoticed.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 from dataclasses import dataclass
@@ -26,6 +34,8 @@ from fairbench.core.progress import progress_bar
 from fairbench.data.dataset import DatasetAdapter, ImageSpec, SampleTable
 
 CACHE_FORMAT = 1
+
+log = logging.getLogger("fairbench")
 
 
 def default_cache_dir() -> Path:
@@ -67,9 +77,74 @@ def load_or_build(
     cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
     key = cache_key(adapter, table, size)
     entry = cache_dir / "images" / f"{adapter.name}-{size}px-{key}"
-    if not (entry / "meta.json").is_file():
+    if entry.exists():
+        problem = entry_problem(entry, table, size)
+        if problem is not None:
+            log.warning("the tensor cache entry %s is damaged (%s); building it again from "
+                        "the source images", entry, problem)
+            discard_entry(entry)
+    if not entry.exists():
         _build(adapter, table, size, entry, progress=progress)
+        problem = entry_problem(entry, table, size)
+        if problem is not None:
+            raise DataError(f"the tensor cache entry {str(entry)!r} is damaged right after it "
+                            f"was built ({problem}); check the disk, or set --cache-dir")
     return _open(entry)
+
+
+def _array_problem(path: Path, shape: tuple[int, ...]) -> str | None:
+    """Why ``path`` is not a complete uint8 ``.npy`` array of ``shape`` (``None``: it is)."""
+    fmt = np.lib.format
+    try:
+        with path.open("rb") as fh:
+            version = fmt.read_magic(fh)
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            got, _, dtype = read(fh)
+            offset = fh.tell()
+    except FileNotFoundError:
+        return f"{path.name} is missing"
+    except (OSError, ValueError, EOFError) as exc:
+        return f"{path.name} has no valid array header ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+    if tuple(got) != tuple(shape) or np.dtype(dtype) != np.uint8:
+        return f"{path.name} holds a {np.dtype(dtype)} array of shape {tuple(got)}, not uint8 {tuple(shape)}"
+    expected = offset + int(np.prod(shape))
+    actual = path.stat().st_size
+    if actual != expected:
+        return f"{path.name} has {actual} bytes instead of {expected} (truncated)" \
+            if actual < expected else f"{path.name} has {actual - expected} bytes too many"
+    return None
+
+
+def entry_problem(entry: Path, table: SampleTable, size: int) -> str | None:
+    """Why the cache entry at ``entry`` cannot be used for ``table`` at ``size`` px (``None``
+    when it can): see the module docstring."""
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+    except FileNotFoundError:
+        return "meta.json is missing"
+    except (OSError, ValueError):
+        return "meta.json is not valid JSON (truncated or garbled)"
+    ids = meta.get("sample_ids") if isinstance(meta, dict) else None
+    if not isinstance(ids, list):
+        return "meta.json lacks the sample ids"
+    if ids != [str(s) for s in table.sample_ids]:
+        return "meta.json lists other samples than the table"
+    n = len(table)
+    problem = _array_problem(entry / "images.npy", (n, size, size, 3))
+    if problem is None and (table.has_masks or (entry / "masks.npy").exists()):
+        problem = _array_problem(entry / "masks.npy", (n, size, size))
+    return problem
+
+
+def discard_entry(entry: Path) -> None:
+    """Remove a cache entry (renamed aside first, so that it never reads as half-removed)."""
+    trash = entry.with_name(f".{entry.name}.damaged-{os.getpid()}")
+    shutil.rmtree(trash, ignore_errors=True)
+    try:
+        os.replace(entry, trash)
+    except FileNotFoundError:  # another process discarded it first
+        return
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _open(entry: Path) -> CachedImages:

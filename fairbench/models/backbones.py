@@ -11,7 +11,10 @@ Names: ``smallcnn`` (a 4-block CNN for CPU runs), ``resnet18`` (timm), ``vgg11``
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +22,14 @@ import torch
 from torch import nn
 
 from fairbench.core.errors import FairbenchError, ParamError, UnknownNameError
+from fairbench.core.params import coerce_value
 from fairbench.core.registry import Registry
+
+log = logging.getLogger("fairbench")
+
+#: a --weights file must supply at least this fraction of the backbone's values (its body,
+#: the classifier head excluded) unless the run allows partial weights
+MIN_WEIGHTS_COVERAGE = 0.9
 
 
 class Classifier(nn.Module):
@@ -64,9 +74,11 @@ def create_backbone(
     num_classes: int,
     image_size: int,
     weights: str | Path | None = None,
+    allow_partial_weights: bool = False,
     **params: Any,
 ) -> Classifier:
-    """Build backbone ``name`` with random weights, then load local ``weights`` if given."""
+    """Build backbone ``name`` with random weights, then load local ``weights`` if given
+    (see :func:`load_weights`; ``allow_partial_weights`` lifts its coverage threshold)."""
     if name.startswith("timm:"):
         model = _timm_classifier(name[5:], num_classes, **params)
     elif name.startswith("tv:"):
@@ -78,8 +90,113 @@ def create_backbone(
         except TypeError as exc:
             raise ParamError(f"bad parameters for backbone {name!r}: {exc}") from None
     if weights:
-        load_weights(model, weights)
+        load_weights(model, weights, allow_partial=allow_partial_weights)
     return model
+
+
+_NONE = {"none", "null"}
+
+
+def _literal(raw: Any) -> Any:
+    """A backbone option given as a string, typed as what it reads as: an int, a float, a
+    boolean, none, or else the string itself (for options that no signature declares)."""
+    if not isinstance(raw, str):
+        return raw
+    text = raw.strip()
+    if text.lower() in _NONE:
+        return None
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def declared_params(name: str) -> tuple[dict[str, Any], bool] | None:
+    """``({option: annotation}, takes_more)`` of a registered backbone factory (``takes_more``:
+    it passes further options on to timm or torchvision); ``None`` for other names."""
+    if name.startswith(("timm:", "tv:")) or name not in BACKBONES:
+        return None
+    factory = BACKBONES.get(name)
+    try:
+        sig = inspect.signature(factory)
+        hints = {k: v for k, v in getattr(factory, "__annotations__", {}).items()}
+    except (TypeError, ValueError):
+        return None
+    declared: dict[str, Any] = {}
+    more = False
+    for p in sig.parameters.values():
+        if p.kind is p.VAR_KEYWORD:
+            more = True
+        elif p.name not in ("num_classes", "image_size") and p.kind is not p.VAR_POSITIONAL:
+            ann = hints.get(p.name, p.annotation)
+            declared[p.name] = _annotation(ann)
+    return declared, more
+
+
+def _annotation(ann: Any) -> Any:
+    """A string annotation (``from __future__ import annotations``) as its type, where simple."""
+    if isinstance(ann, str):
+        return {"int": int, "float": float, "bool": bool, "str": str}.get(ann, Any)
+    return ann if ann is not inspect.Parameter.empty else Any
+
+
+def type_backbone_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+    """``params`` typed like method parameters: by the factory's annotations where it declares
+    them (``width=16`` → 16), else by what each value reads as; an option that the factory
+    does not take is refused here when the factory declares all of its options."""
+    declared = declared_params(name)
+    out: dict[str, Any] = {}
+    for key, raw in params.items():
+        key = str(key).replace("-", "_")
+        if declared is not None and key in declared[0] and declared[0][key] in (int, float, bool,
+                                                                                  str):
+            out[key] = coerce_value(key, raw, declared[0][key])
+        else:
+            out[key] = _literal(raw)
+        if declared is not None and key not in declared[0] and not declared[1]:
+            import difflib
+
+            valid = sorted(declared[0])
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f"did you mean {close[0]}?" if close else (
+                f"valid: {', '.join(valid)}" if valid else "it takes no options")
+            raise UnknownNameError(f"unknown --backbone-param {key!r} for backbone {name!r}; "
+                                   f"{hint}")
+    return out
+
+
+def check_backbone_params(name: str, params: Mapping[str, Any], *, image_size: int,
+                          n_outputs: int = 3, weights: str | Path | None = None,
+                          allow_partial: bool = False,
+                          build: Callable[..., nn.Module] | None = None) -> dict[str, Any]:
+    """The backbone options of a run, typed (:func:`type_backbone_params`) and checked by
+    building the model on the ``meta`` device (no memory, no time): an option the model does
+    not take is one clear error before any work; so is a ``weights`` file that covers less than
+    :data:`MIN_WEIGHTS_COVERAGE` of the backbone, unless ``allow_partial``. ``build(**typed)``
+    replaces the classifier factory (segmentors)."""
+    typed = type_backbone_params(name, params)
+    try:
+        with torch.device("meta"):
+            if build is not None:
+                model: nn.Module = build(**typed)
+            else:
+                model = create_backbone(name, num_classes=n_outputs, image_size=image_size,
+                                        **typed)
+    except TypeError as exc:
+        raise ParamError(f"bad --backbone-param for backbone {name!r}: {exc}") from None
+    except FairbenchError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - a model that cannot be built on "meta"
+        log.debug("could not check backbone %s on the meta device: %s", name, exc)
+        return typed
+    if weights and isinstance(model, Classifier):
+        _, match = match_weights(model, read_state_dict(Path(weights).expanduser()))
+        _check_coverage(Path(weights), name, match, allow_partial)
+    return typed
 
 
 def check_backbone_name(name: str) -> None:
@@ -118,11 +235,49 @@ def read_state_dict(file: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_weights(model: Classifier, path: str | Path) -> None:
-    """Load a local state dict: a whole fairbench model, or a body-only (timm/torchvision)
-    checkpoint whose classifier keys do not match; reports what did not load."""
-    file = Path(path).expanduser()
-    state = read_state_dict(file)
+@dataclass
+class WeightsMatch:
+    """What a state dict supplies to a backbone: tensors loaded, tensors of the backbone left
+    at their random values (``missing``), tensors of the file not used (unknown names or other
+    shapes), and the fraction of the backbone's body values it supplies."""
+
+    loaded: list[str]
+    missing: list[str]
+    unused: list[str]
+    loaded_values: int
+    total_values: int
+
+    @property
+    def coverage(self) -> float:
+        return self.loaded_values / self.total_values if self.total_values else 1.0
+
+    def describe(self) -> str:
+        text = (f"loaded {len(self.loaded)} of {len(self.loaded) + len(self.missing)} tensors "
+                f"({self.coverage:.0%} of the backbone's values)")
+        if self.missing:
+            text += f"; not loaded: {_grouped(self.missing)}"
+        if self.unused:
+            text += f"; unused from the file: {_grouped(self.unused)}"
+        return text
+
+
+def _grouped(keys: list[str], limit: int = 4) -> str:
+    """``layer4 (17 tensors), fc (2 tensors)``: keys grouped by their first component(s)."""
+    groups: dict[str, int] = {}
+    for k in keys:
+        parts = k.split(".")
+        head = ".".join(parts[:2] if parts[0] in ("body", "model") and len(parts) > 2 else
+                        parts[:1])
+        groups[head] = groups.get(head, 0) + 1
+    items = [f"{g} ({n} tensor{'s' if n > 1 else ''})" for g, n in groups.items()]
+    return ", ".join(items[:limit]) + (f" and {len(items) - limit} more" if len(items) > limit
+                                       else "")
+
+
+def match_weights(model: Classifier, state: Mapping[str, torch.Tensor]
+                  ) -> tuple[tuple[nn.Module, dict[str, torch.Tensor]], WeightsMatch]:
+    """Where ``state`` goes in ``model`` (the whole model, or its body for a body-only timm or
+    torchvision checkpoint) and what it covers; the classifier head is not counted."""
     own = model.state_dict()
     if set(state) <= set(own):
         target, prefix = model, ""
@@ -130,17 +285,50 @@ def load_weights(model: Classifier, path: str | Path) -> None:
         target, prefix = model.body, "body."
     own_target = {k[len(prefix):]: v for k, v in own.items() if k.startswith(prefix)}
     usable = {k: v for k, v in state.items() if k in own_target and own_target[k].shape == v.shape}
-    if not usable:
+    counted = {k: v for k, v in own_target.items()
+               if not (prefix == "" and k.startswith("classifier."))
+               and not k.endswith("num_batches_tracked")}
+    loaded = [k for k in counted if k in usable]
+    missing = [k for k in counted if k not in usable]
+    unused = [k for k in state if k not in usable]
+    match = WeightsMatch(loaded, missing, unused,
+                         sum(counted[k].numel() for k in loaded),
+                         sum(v.numel() for v in counted.values()))
+    return (target, usable), match
+
+
+def _check_coverage(file: Path, name: str, match: WeightsMatch, allow_partial: bool) -> None:
+    if not match.loaded:
         raise FairbenchError(
-            f"weights file {str(file)!r} matches no parameter of this backbone; "
-            "check that it was saved from the same architecture"
-        )
+            f"weights file {str(file)!r} matches no parameter of backbone {name!r}; "
+            "check that it was saved from the same architecture")
+    if match.coverage < MIN_WEIGHTS_COVERAGE and not allow_partial:
+        raise FairbenchError(
+            f"weights file {str(file)!r} covers only {match.coverage:.0%} of backbone "
+            f"{name!r} ({match.describe()}); use a checkpoint of the same architecture, or "
+            f"--allow-partial-weights to load it anyway")
+
+
+def load_weights(model: Classifier, path: str | Path, *, allow_partial: bool = False
+                 ) -> WeightsMatch:
+    """Load a local state dict: a whole fairbench model, or a body-only (timm/torchvision)
+    checkpoint whose classifier keys do not match. What did not load is reported (a warning
+    naming the stages left at random values); a file that supplies less than
+    :data:`MIN_WEIGHTS_COVERAGE` of the backbone's values is refused unless
+    ``allow_partial``."""
+    file = Path(path).expanduser()
+    state = read_state_dict(file)
+    (target, usable), match = match_weights(model, state)
+    _check_coverage(file, type(model).__name__, match, allow_partial)
+    if match.missing or match.unused:
+        log.warning("weights file %s: %s", file, match.describe())
     target.load_state_dict(usable, strict=False)
+    return match
 
 
 # -- small CNN ---------------------------------------------------------------------------------
 @register_backbone("smallcnn")
-def smallcnn(num_classes: int, image_size: int, width: int = 32, **_: Any) -> Classifier:
+def smallcnn(num_classes: int, image_size: int, width: int = 32) -> Classifier:
     """Four conv-BN-ReLU-maxpool blocks (width, 2w, 4w, 8w channels), global average pool.
 
     Small enough for CPU runs on ``synthderm``; built only from layers BackPACK supports.
@@ -153,6 +341,8 @@ def smallcnn(num_classes: int, image_size: int, width: int = 32, **_: Any) -> Cl
         return [nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout),
                 nn.ReLU(), nn.MaxPool2d(2)]
 
+    if width < 1:
+        raise ParamError(f"backbone 'smallcnn' width={width} must be at least 1")
     w = width
     body = nn.Sequential(*block(3, w), *block(w, 2 * w), *block(2 * w, 4 * w),
                          *block(4 * w, 8 * w), nn.AdaptiveAvgPool2d(1), nn.Flatten())

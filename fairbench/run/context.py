@@ -21,6 +21,7 @@ from fairbench.core.errors import FairbenchError
 from fairbench.core.files import (
     config_hash,
     file_lock,
+    file_sha256,
     remove_stale_temporaries,
     temporary_path,
     write_json,
@@ -30,6 +31,7 @@ from fairbench.data.dataset import DatasetAdapter, SampleTable
 from fairbench.data.loaders import Augment, BatchLoader, DeviceData
 from fairbench.data.splits import Split
 from fairbench.models.backbones import create_backbone
+from fairbench.run.store import vanilla_problem
 from fairbench.training.curvature import PassSize
 from fairbench.training.trainer import EpochLog, FitResult, TrainConfig, Trainer, TrainHooks
 
@@ -68,6 +70,8 @@ class BackboneSpec:
     weights: str | None = None
     #: sha256 of the weights file (what identifies the initialisation; the path does not)
     weights_sha256: str | None = None
+    #: load a weights file that covers only part of the backbone (--allow-partial-weights)
+    allow_partial: bool = False
 
 
 class RunContext:
@@ -232,6 +236,7 @@ class RunContext:
                                     **self.backbone.params)
         return create_backbone(self.backbone.name, num_classes=num_classes or self.n_classes,
                                image_size=self.bundle.image_size, weights=weights,
+                               allow_partial_weights=self.backbone.allow_partial,
                                **self.backbone.params)
 
     def task_loss(self, output: torch.Tensor, batch: Any, *,
@@ -333,13 +338,14 @@ class RunContext:
     def _load_or_train_vanilla(self) -> tuple[torch.nn.Module, dict[str, Any]]:
         final = self.vanilla_dir()
         final.parent.mkdir(parents=True, exist_ok=True)
+        # the lock file is removed when released (also when training fails)
         with file_lock(final.with_suffix(".lock")):
-            if not (final / "meta.json").is_file():
+            loaded = self._read_vanilla(final) if final.exists() else None
+            if loaded is None:
                 self._train_vanilla(final)
-            meta = json.loads((final / "meta.json").read_text())
-            model = self._build_model()
-            state = torch.load(final / "model.pt", map_location="cpu", weights_only=True)
-            model.load_state_dict(state)
+                loaded = self._read_vanilla(final, retrain=False)
+            assert loaded is not None
+            model, meta = loaded
             self.trainer.prepare(model, self.train_config)
             # the baseline's training log belongs to this run's record too
             log_rows = final / "train_log.csv"
@@ -349,6 +355,35 @@ class RunContext:
                     for row in csv.DictReader(fh):
                         self.log.write(row)
             return model, meta
+
+    def _read_vanilla(self, final: Path, *, retrain: bool = True
+                      ) -> tuple[torch.nn.Module, dict[str, Any]] | None:
+        """The cached baseline at ``final``, checked: its ``meta.json`` parses, names this
+        baseline's identity and the sha256 of ``model.pt``, and the weights load. A damaged or
+        swapped entry is removed (with one warning line) and ``None`` returned, so that it is
+        trained again; with ``retrain=False`` (just written) a problem is an error."""
+        problem = vanilla_problem(final, self.vanilla_identity())
+        model = None
+        if problem is None:
+            model = self._build_model()
+            try:
+                state = torch.load(final / "model.pt", map_location="cpu", weights_only=True)
+                model.load_state_dict(state)
+            except Exception as exc:  # noqa: BLE001 - truncated, garbled, other architecture
+                problem = f"model.pt does not load ({type(exc).__name__})"
+        if problem is None:
+            assert model is not None
+            return model, json.loads((final / "meta.json").read_text())
+        if not retrain:
+            raise FairbenchError(f"the cached vanilla model {str(final)!r} is damaged just "
+                                 f"after training ({problem}); check the disk")
+        self.logger.warning("the cached vanilla model %s is damaged or not this baseline "
+                            "(%s); training it again", final, problem)
+        trash = final.with_name(f".{final.name}.damaged-{os.getpid()}")
+        shutil.rmtree(trash, ignore_errors=True)
+        os.replace(final, trash)
+        shutil.rmtree(trash, ignore_errors=True)
+        return None
 
     def _train_vanilla(self, final: Path) -> None:
         remove_stale_temporaries(final)
@@ -366,6 +401,7 @@ class RunContext:
                        tmp / "model.pt")
             write_json(tmp / "meta.json", {
                 "identity": self.vanilla_identity(),
+                "model_sha256": file_sha256(tmp / "model.pt"),
                 "best_epoch": result.best_epoch,
                 "seconds": round(result.seconds, 3),
                 "val": val,

@@ -133,11 +133,14 @@ def time_line(seconds: dict[str, Any], device: str | None = None) -> str:
 
 
 def find_vanilla_run(run_dir: str | Path) -> Path | None:
-    """The finished vanilla run of the same runs folder, dataset configuration, split,
-    attribute, backbone, train settings and seed as ``run_dir`` (``None`` when there is
-    none, or when ``run_dir`` is itself a vanilla run)."""
+    """The finished (verified) vanilla run of the same runs folder, dataset configuration,
+    split, attribute, backbone, train settings and seed as ``run_dir`` (``None`` when there is
+    none, when ``run_dir`` is no readable run, or when it is itself a vanilla run); damaged
+    candidates are passed over."""
+    from fairbench.run.store import check_run
+
     run_dir = Path(run_dir)
-    if not (run_dir / "config.json").is_file():
+    if not check_run(run_dir).finished:
         return None
     cfg = read_json(run_dir / "config.json")
     if cfg.get("method") == "vanilla":
@@ -145,12 +148,12 @@ def find_vanilla_run(run_dir: str | Path) -> Path | None:
     ident = cfg.get("identity", {})
     same = ("dataset", "split", "attribute", "backbone", "backbone_params", "weights",
             "image_size", "train", "seed")
-    for candidate in sorted(run_dir.parent.parent.glob("vanilla/*/config.json")):
-        other = read_json(candidate)
-        oid = other.get("identity", {})
-        if all(oid.get(k) == ident.get(k) for k in same if k in ident) and \
-                (candidate.parent / "metrics.json").is_file():
-            return candidate.parent
+    for candidate in sorted(run_dir.parent.parent.glob("vanilla/*")):
+        if not check_run(candidate).finished:
+            continue
+        oid = read_json(candidate / "config.json").get("identity", {})
+        if all(oid.get(k) == ident.get(k) for k in same if k in ident):
+            return candidate
     return None
 
 

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import platform
 import random
+import socket
 import sys
 import time
 from dataclasses import dataclass, field
@@ -17,9 +19,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from fairbench.core.errors import FairbenchError
+from fairbench.core.errors import FairbenchError, TrainingDiverged
 from fairbench.core.files import (
     config_hash,
+    contained_path,
     ensure_writable_dir,
     file_sha256,
     read_json,
@@ -34,11 +37,18 @@ from fairbench.data.dataset import ATTR_PREFIX, DatasetAdapter, SampleTable, get
 from fairbench.data.loaders import DeviceData
 from fairbench.data.splits import PARTS, Split, check_split, load_split, make_split, save_split
 from fairbench.metrics import HIGHER_IS_BETTER, evaluate_classification, evaluate_segmentation
-from fairbench.models.backbones import check_backbone_name
+from fairbench.models.backbones import check_backbone_name, check_backbone_params
 from fairbench.models.segmentors import is_segmentor_name
 from fairbench.run.context import BackboneSpec, DataBundle, RunContext
 from fairbench.run.method import Method, get_method_class
-from fairbench.run.store import RunWriter, is_finished
+from fairbench.run.store import (
+    DamagedRunError,
+    RunWriter,
+    check_run,
+    claim_run,
+    is_finished,
+    write_failed,
+)
 from fairbench.training.trainer import Predictions, SegmentationScores, TrainConfig
 
 log = logging.getLogger("fairbench")
@@ -77,6 +87,13 @@ class RunConfig:
     #: experiment tracking of the finished run: None or "mlflow" (see fairbench.run.tracking)
     tracking: str | None = None
     tracking_uri: str | None = None
+    #: a damaged run (files that do not match its manifest) is computed again instead of
+    #: reported (a sweep sets it; a single run asks for --force)
+    redo_damaged: bool = False
+    #: when another process computes the same run: wait for it (True) or raise RunClaimed
+    wait_for_claim: bool = True
+    #: load a --weights file that covers less than MIN_WEIGHTS_COVERAGE of the backbone
+    allow_partial_weights: bool = False
 
 
 @dataclass
@@ -147,7 +164,14 @@ def prepare(config: RunConfig) -> Prepared:
         raw_train.setdefault("select", "Dice")
     train = build_params(TrainConfig, raw_train, owner="training (--train)")
     check_select_for_task(train.select, task)
-    image_size = config.image_size or dataset_cls.default_image_size
+    if config.image_size is not None and (isinstance(config.image_size, bool) or
+                                          not isinstance(config.image_size, int)):
+        raise FairbenchError(f"image_size {config.image_size!r} must be an integer number of "
+                             "pixels")
+    if config.image_size is not None and config.image_size < 8:
+        raise FairbenchError(f"--image-size {config.image_size} is too small; use at least 8")
+    image_size = config.image_size if config.image_size is not None \
+        else dataset_cls.default_image_size
     if task == "segmentation":
         from fairbench.models.segmentors import check_segmentor_name, check_segmentor_size
 
@@ -177,8 +201,20 @@ def prepare(config: RunConfig) -> Prepared:
                                  f"({exc.strerror or exc})") from None
     if image_size < 8:
         raise FairbenchError(f"--image-size {image_size} is too small; use at least 8")
-    if config.seed < 0 or config.split_seed < 0:
-        raise FairbenchError("seeds must be non-negative integers")
+    for what, seed in (("seed", config.seed), ("split_seed", config.split_seed)):
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise FairbenchError(f"{what} {seed!r} must be a non-negative integer")
+    # typed like method parameters, unknown keys refused; a partial --weights file refused
+    build = None
+    if task == "segmentation":
+        from fairbench.models.segmentors import create_segmentor
+
+        def build(**params: Any) -> torch.nn.Module:
+            return create_segmentor(backbone, n_mask_classes=3, image_size=image_size, **params)
+    backbone_params = check_backbone_params(
+        backbone, dict(config.backbone_params), image_size=image_size, n_outputs=3,
+        weights=config.weights, allow_partial=config.allow_partial_weights, build=build)
+    config = dataclasses.replace(config, backbone_params=backbone_params)
     return Prepared(config, method, adapter, train, backbone, image_size, weights_sha256, task)
 
 
@@ -249,7 +285,8 @@ def resolve_split(p: Prepared) -> tuple[SampleTable, str, Split]:
 def load_data(p: Prepared, device: torch.device, runs_dir: Path) -> DataBundle:
     config = p.config
     table, attribute, split = resolve_split(p)
-    split_file = save_split(split, runs_dir / "splits" / f"{config.dataset}-{split.sha256[:12]}.csv")
+    split_file = save_split(split, contained_path(runs_dir, "splits", what="split")
+                            / f"{config.dataset}-{split.sha256[:12]}.csv")
     cache_dir = Path(config.cache_dir).expanduser() if config.cache_dir else default_cache_dir()
     cached = load_or_build(p.adapter, table, p.image_size, cache_dir, progress=config.progress)
     attrs = {name: table.attr(name) for name in table.attributes}
@@ -287,9 +324,13 @@ def run_identity(p: Prepared, bundle: DataBundle) -> dict[str, Any]:
 
 
 def run_dir_for(runs_dir: Path, identity: dict[str, Any]) -> Path:
+    """``<runs>/<dataset>/<method>/<backbone>-s<seed>-<hash>``, checked to lie inside
+    ``runs_dir`` (a name that would climb out of it is refused)."""
     digest = config_hash(identity)[:10]
-    name = f"{identity['backbone'].replace(':', '_')}-s{identity['seed']}-{digest}"
-    return runs_dir / identity["dataset"]["name"] / identity["method"] / name
+    backbone = "".join(ch if ch.isalnum() or ch in "_.+-" else "_" for ch in identity["backbone"])
+    name = f"{backbone}-s{identity['seed']}-{digest}"
+    return contained_path(runs_dir, str(identity["dataset"]["name"]), str(identity["method"]),
+                          name)
 
 
 def final_metrics(ctx: RunContext, p: Prepared, model: torch.nn.Module
@@ -337,18 +378,62 @@ def run_experiment(config: RunConfig, *, keep_model: bool = False) -> RunResult:
         bundle = load_data(p, device, runs_dir)
     identity = run_identity(p, bundle)
     final_dir = run_dir_for(runs_dir, identity)
-    if is_finished(final_dir) and not config.force:
-        log.info("run already finished: %s", final_dir)
-        return RunResult(final_dir, read_json(final_dir / "config.json"),
-                         read_json(final_dir / "metrics.json"), reused=True)
-    final_dir.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temporaries(final_dir)
+    with claim_run(final_dir, wait=config.wait_for_claim):
+        if not config.force:
+            if is_finished(final_dir):
+                log.info("run already finished: %s", final_dir)
+                return RunResult(final_dir, read_json(final_dir / "config.json"),
+                                 read_json(final_dir / "metrics.json"), reused=True)
+            state = check_run(final_dir)
+            if state.state == "damaged":
+                if not config.redo_damaged:
+                    raise DamagedRunError(state.message())
+                log.warning("run %s is damaged (%s); computing it again", final_dir,
+                            state.problem)
+        # no other process can be writing this run while we hold its claim
+        remove_stale_temporaries(final_dir, any_host=True)
+        run_dir, record, metrics, model, ctx = _compute(
+            config, p, bundle, identity, final_dir, runs_dir, device, timer, started)
+        if record is None:  # an identical run finished meanwhile (a process without claims)
+            return RunResult(run_dir, read_json(run_dir / "config.json"),
+                             read_json(run_dir / "metrics.json"), reused=True)
+    if config.tracking == "mlflow":
+        from fairbench.run.tracking import log_run_mlflow
+
+        try:
+            log_run_mlflow(run_dir, record, metrics, tracking_uri=config.tracking_uri,
+                           runs_dir=runs_dir)
+        except Exception as exc:  # noqa: BLE001 - the run is saved; tracking is a copy
+            log.warning("the run is saved in %s, but logging it to MLflow failed (%s: %s); "
+                        "check --tracking-uri", run_dir, type(exc).__name__, exc)
+    return RunResult(run_dir, record, metrics, reused=False,
+                     model=model if keep_model else None, context=ctx if keep_model else None)
+
+
+def device_record(device: torch.device) -> dict[str, Any]:
+    """What a run's numbers depend on besides its identity: torch's thread counts, the device's
+    name, the host and process that computed it (recorded in config.json)."""
+    out: dict[str, Any] = {"torch_threads": torch.get_num_threads(),
+                           "torch_interop_threads": torch.get_num_interop_threads(),
+                           "host": socket.gethostname(), "pid": os.getpid()}
+    if device.type == "cuda":
+        out["device_name"] = torch.cuda.get_device_name(device)
+    else:
+        out["device_name"] = platform.processor() or platform.machine()
+    return out
+
+
+def _compute(config: RunConfig, p: Prepared, bundle: DataBundle, identity: dict[str, Any],
+             final_dir: Path, runs_dir: Path, device: torch.device, timer: PhaseTimer,
+             started: float) -> tuple[Path, dict[str, Any] | None, dict[str, Any], Any, Any]:
+    """Compute the run (its claim held) and commit it; ``(run_dir, record, metrics, model,
+    ctx)``, with ``record`` None when an identical run finished meanwhile."""
     writer = RunWriter(final_dir)
     try:
         ctx = RunContext(
             bundle=bundle,
-            backbone=BackboneSpec(p.backbone, dict(config.backbone_params), config.weights,
-                                  p.weights_sha256),
+            backbone=BackboneSpec(p.backbone, dict(p.config.backbone_params), config.weights,
+                                  p.weights_sha256, config.allow_partial_weights),
             train_config=p.train, device=device, seed=config.seed, run_dir=writer.path,
             runs_dir=runs_dir, privileged=config.privileged, progress=config.progress,
             timer=timer)
@@ -394,7 +479,7 @@ def run_experiment(config: RunConfig, *, keep_model: bool = False) -> RunResult:
             **({"mask_classes": bundle.mask_classes} if p.task == "segmentation" else {}),
             "threshold": threshold,
             "backbone": p.backbone,
-            "backbone_params": config.backbone_params,
+            "backbone_params": p.config.backbone_params,
             "weights": config.weights,
             "weights_sha256": p.weights_sha256,
             "image_size": p.image_size,
@@ -405,6 +490,7 @@ def run_experiment(config: RunConfig, *, keep_model: bool = False) -> RunResult:
             "split_sizes": bundle.split.sizes(),
             "train": identity["train"],
             "device": str(device),
+            **device_record(device),
             "versions": package_versions(),
             "command": " ".join(sys.argv),
             "notes": ctx.notes,
@@ -424,25 +510,23 @@ def run_experiment(config: RunConfig, *, keep_model: bool = False) -> RunResult:
             # an identical run finished meanwhile (another process): keep it, drop ours
             writer.abort()
             log.info("an identical run finished meanwhile: %s", final_dir)
-            return RunResult(final_dir, read_json(final_dir / "config.json"),
-                             read_json(final_dir / "metrics.json"), reused=True)
+            return final_dir, None, {}, None, None
         # a directory under the final name without the run files is no result (a copy cut
         # short, files deleted by hand): it is replaced, never needs --force
         run_dir = writer.commit(replace=True)
+    except TrainingDiverged as exc:
+        writer.abort()
+        message = f"method {config.method!r} failed: {exc}"
+        failed = write_failed(final_dir, {
+            "state": "failed", "error": message, "method": config.method,
+            "stage": exc.stage, "epoch": exc.epoch, "identity": identity,
+            "config_hash": config_hash(identity), "command": " ".join(sys.argv)})
+        raise TrainingDiverged(f"{message} (recorded in {str(failed)!r})", stage=exc.stage,
+                               epoch=exc.epoch) from None
     except BaseException:
         writer.abort()
         raise
-    if config.tracking == "mlflow":
-        from fairbench.run.tracking import log_run_mlflow
-
-        try:
-            log_run_mlflow(run_dir, record, metrics, tracking_uri=config.tracking_uri,
-                           runs_dir=runs_dir)
-        except Exception as exc:  # noqa: BLE001 - the run is saved; tracking is a copy
-            log.warning("the run is saved in %s, but logging it to MLflow failed (%s: %s); "
-                        "check --tracking-uri", run_dir, type(exc).__name__, exc)
-    return RunResult(run_dir, record, metrics, reused=False,
-                     model=model if keep_model else None, context=ctx if keep_model else None)
+    return run_dir, record, metrics, model, ctx
 
 
 THRESHOLD_RULE = "max validation macro-F1 (binary task)"

@@ -42,7 +42,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fairbench.core.errors import ParamError
+from fairbench.core.errors import ParamError, TrainingDiverged
 from fairbench.core.params import param, params_to_dict
 from fairbench.core.progress import progress_bar
 from fairbench.core.timing import synchronize
@@ -212,6 +212,17 @@ def _selection_score(metrics: dict[str, Any], select: str, task: str) -> float:
                          f"task; use e.g. {example} or last") from None
 
 
+def _check_finite_outputs(values: torch.Tensor, config: TrainConfig | None) -> None:
+    """One :class:`TrainingDiverged` line when a model's outputs hold NaN or inf (weights that
+    diverged without a non-finite training loss, or a method's own optimisation)."""
+    if bool(torch.isfinite(values).all()):
+        return
+    lr = f" (--train lr={config.lr:g} now)" if config is not None else ""
+    raise TrainingDiverged(
+        "the model's outputs are not finite (NaN or inf): its weights diverged; lower the "
+        f"learning rate{lr} or clip gradients (--train grad_clip=1)")
+
+
 class EpochLog:
     """Appends one CSV row per epoch to ``path`` (columns grow as new keys appear)."""
 
@@ -292,7 +303,9 @@ class Trainer:
                 probs.append(torch.softmax(logits.float(), dim=1))
                 index.append(batch.index)
         model.train(was_training)
-        return Predictions(torch.cat(probs).cpu().numpy(), torch.cat(index).cpu().numpy())
+        out = torch.cat(probs)
+        _check_finite_outputs(out, config)
+        return Predictions(out.cpu().numpy(), torch.cat(index).cpu().numpy())
 
     @torch.no_grad()
     def predict_segmentation(self, model: nn.Module, loader: BatchLoader,
@@ -307,14 +320,19 @@ class Trainer:
         model.eval()
         counts, index = [], []
         forward = _compiled(model) if config is not None and config.compile else model
+        finite = torch.ones((), dtype=torch.bool, device=self.device)
         with self.autocast(config):
             for batch in loader:
                 if batch.mask is None:
                     raise ValueError("the loader's data has no masks")
-                pred = hard_masks(forward(batch.x))
+                logits = forward(batch.x)
+                finite &= torch.isfinite(logits).all()  # checked once, after the loop
+                pred = hard_masks(logits)
                 counts.append(overlap_counts_torch(pred, batch.mask, len(self.mask_classes)))
                 index.append(batch.index)
         model.train(was_training)
+        if not bool(finite):
+            _check_finite_outputs(torch.tensor([float("nan")]), config)
         dice, iou = dice_iou_from_counts(torch.cat(counts).cpu().numpy())
         return SegmentationScores(dice, iou, torch.cat(index).cpu().numpy())
 
@@ -441,9 +459,16 @@ class Trainer:
                         total += loss.detach().to(total.dtype) * len(batch)
                         count += len(batch)
                         bar.update(1)
+                    mean_loss = float(total) / max(1, count)
+                    if not math.isfinite(mean_loss):
+                        raise TrainingDiverged(
+                            f"training diverged in stage {stage!r}, epoch {epoch + 1}: the "
+                            f"training loss is {mean_loss} (not finite); lower the learning "
+                            f"rate (--train lr={config.lr:g} now) or clip gradients "
+                            f"(--train grad_clip=1)", stage=stage, epoch=epoch + 1)
                     row: dict[str, Any] = {
                         "stage": stage, "epoch": epoch + 1,
-                        "train_loss": float(total) / max(1, count),
+                        "train_loss": mean_loss,
                         "lr": optimizer.param_groups[0]["lr"],
                         "train_seconds": round(time.perf_counter() - t0, 3),
                     }
@@ -452,7 +477,12 @@ class Trainer:
                         row["compile_seconds"] = round(compile_seconds, 3)
                     if val is not None:
                         evaluate = hooks.evaluate or (lambda m, ld: self.evaluate(m, ld, config))
-                        metrics = evaluate(model, val)
+                        try:
+                            metrics = evaluate(model, val)
+                        except TrainingDiverged as exc:
+                            raise TrainingDiverged(
+                                f"training diverged in stage {stage!r}, epoch {epoch + 1}: "
+                                f"{exc}", stage=stage, epoch=epoch + 1) from None
                         state.metrics = metrics
                         flat = flatten(metrics)
                         for key in ("F1", "accuracy", "AUC", "EOdd", "worst.F1", "Dice", "IoU",
