@@ -72,3 +72,22 @@ def test_show_without_a_vanilla_run_says_how_to_get_one(runs, tmp_path):
     shutil.copytree(_fq(runs, 0), lone)
     res = CliRunner().invoke(main, ["show", str(lone)])
     assert res.exit_code == 0 and "run `fairbench run --method vanilla`" in res.output
+
+
+def test_a_run_leaves_the_vanilla_run_folder_of_its_baseline(tmp_path):
+    """A method run that used the shared vanilla model leaves the run folder `--method vanilla`
+    would write (same identity, same numbers), so `show` and leaderboards have the baseline."""
+    from fairbench import run_experiment
+    from fairbench.testing import tiny_run_config
+
+    runs = tmp_path / "runs"
+    res = run_experiment(tiny_run_config("fairprune", runs, params={
+        "estimator": "ggn_mc", "beta_grid": "1.0", "ratio_grid": "0.01", "score_samples": 8}))
+    vanilla_dirs = list((runs / "synthderm" / "vanilla").iterdir())
+    assert len(vanilla_dirs) == 1
+    again = run_experiment(tiny_run_config("vanilla", runs))
+    assert again.reused and again.run_dir == vanilla_dirs[0]
+    assert find_vanilla_run(res.run_dir) == vanilla_dirs[0]
+    out = CliRunner().invoke(main, ["show", str(res.run_dir), "--format", "csv"])
+    frame = pd.read_csv(io.StringIO(out.output)).set_index("metric")
+    assert frame.loc["F1", "vanilla"] == pytest.approx(again.metrics["test"]["F1"])

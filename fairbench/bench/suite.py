@@ -131,6 +131,8 @@ class Suite:
     def expand(self) -> list[PlannedConfig]:
         """Every run of the suite: datasets × backbones × methods × grid × seeds."""
         out: list[PlannedConfig] = []
+        # a suite with vanilla writes the vanilla runs itself; without, each run leaves its own
+        leave_vanilla = not any(m.name == "vanilla" for m in self.methods)
         for d in self.datasets:
             for backbone in d.backbones:
                 for m in self.methods:
@@ -152,7 +154,8 @@ class Suite:
                                 runs_dir=self.runs_dir, cache_dir=self.cache_dir,
                                 save_weights=self.save_weights, progress=False,
                                 plugins=tuple(self.plugins), tracking=self.tracking,
-                                tracking_uri=self.tracking_uri)
+                                tracking_uri=self.tracking_uri,
+                                leave_vanilla_run=leave_vanilla)
                             out.append(PlannedConfig(cfg, d.label, m.label, setting,
                                                      {a: setting[a] for a in m.grid}))
         return out

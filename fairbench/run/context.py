@@ -329,6 +329,11 @@ class RunContext:
                 self._vanilla, self._vanilla_meta = self._load_or_train_vanilla()
         return copy.deepcopy(self._vanilla)
 
+    @property
+    def used_vanilla(self) -> bool:
+        """Whether the method asked for the shared vanilla model (:meth:`vanilla`)."""
+        return self._vanilla is not None
+
     def vanilla_meta(self) -> dict[str, Any]:
         if self._vanilla_meta is None:
             self.vanilla()

@@ -43,6 +43,7 @@ from fairbench.run.context import BackboneSpec, DataBundle, RunContext
 from fairbench.run.method import Method, get_method_class
 from fairbench.run.store import (
     DamagedRunError,
+    RunClaimed,
     RunWriter,
     check_run,
     claim_run,
@@ -94,6 +95,9 @@ class RunConfig:
     wait_for_claim: bool = True
     #: load a --weights file that covers less than MIN_WEIGHTS_COVERAGE of the backbone
     allow_partial_weights: bool = False
+    #: a run whose method used the shared vanilla model also leaves the vanilla run folder of
+    #: the same options (what `--method vanilla` writes), so its baseline row exists
+    leave_vanilla_run: bool = True
 
 
 @dataclass
@@ -397,6 +401,8 @@ def run_experiment(config: RunConfig, *, keep_model: bool = False) -> RunResult:
         if record is None:  # an identical run finished meanwhile (a process without claims)
             return RunResult(run_dir, read_json(run_dir / "config.json"),
                              read_json(run_dir / "metrics.json"), reused=True)
+    if config.leave_vanilla_run and config.method != "vanilla" and ctx.used_vanilla:
+        leave_vanilla_run(config)
     if config.tracking == "mlflow":
         from fairbench.run.tracking import log_run_mlflow
 
@@ -408,6 +414,23 @@ def run_experiment(config: RunConfig, *, keep_model: bool = False) -> RunResult:
                         "check --tracking-uri", run_dir, type(exc).__name__, exc)
     return RunResult(run_dir, record, metrics, reused=False,
                      model=model if keep_model else None, context=ctx if keep_model else None)
+
+
+def leave_vanilla_run(config: RunConfig) -> Path | None:
+    """Write the vanilla run folder of ``config``'s options (the run ``--method vanilla`` would
+    write; its model is the cached one the method started from, so this costs a prediction
+    pass) unless it is finished or another process is computing it. A failure here is logged,
+    never raised: the method's run is saved already."""
+    vanilla = replace(config, method="vanilla", method_params={}, force=False,
+                      wait_for_claim=False, leave_vanilla_run=False)
+    try:
+        return run_experiment(vanilla).run_dir
+    except RunClaimed:
+        return None  # another process is writing it
+    except Exception as exc:  # noqa: BLE001 - the method's run is saved; this is a by-product
+        log.warning("could not write the vanilla run folder beside the run (%s: %s)",
+                    type(exc).__name__, exc)
+        return None
 
 
 def device_record(device: torch.device) -> dict[str, Any]:
