@@ -380,3 +380,31 @@ def test_show_bad_dirs(tmp_path):
     _assert_clean_error(r, "does not exist")
     r = CliRunner().invoke(main, ["show", str(tmp_path)])
     _assert_clean_error(r, "not a finished run")
+
+
+def test_verbose_means_the_same_in_every_command_and_list_is_aligned():
+    import click
+
+    def leaves(group, prefix=()):
+        for name, cmd in group.commands.items():
+            if isinstance(cmd, click.Group):
+                yield from leaves(cmd, (*prefix, name))
+            else:
+                yield (*prefix, name), cmd
+
+    commands = list(leaves(main))
+    assert len(commands) >= 15
+    for path, cmd in commands:
+        opts = {o for p in cmd.params for o in getattr(p, "opts", ())}
+        assert {"-v", "--verbose"} <= opts, path
+    runner = CliRunner()
+    after = runner.invoke(main, ["list", "methods", "fairprune", "-v"])
+    before = runner.invoke(main, ["-v", "list", "methods", "fairprune"])
+    assert after.exit_code == before.exit_code == 0
+    assert after.output == before.output
+    lines = after.output.splitlines()[1:]
+    header = lines[0]
+    assert header.split() == ["parameter", "default", "type", "help"]
+    col = header.index("default")
+    for line in lines[1:]:  # every default starts in the header's column
+        assert line[col - 1] == " " and line[col] != " ", line

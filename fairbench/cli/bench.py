@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from fairbench.cli.options import verbose_requested
 from fairbench.core.errors import FairbenchError
 
 
@@ -153,7 +154,7 @@ def sweep_cmd(suite_file: str, dry_run: bool, executor: str, devices: str | None
                        retry_failed=retry_failed, progress=not quiet, echo=click.echo)
     if report.failed:
         first = report.failed[0]
-        if first.traceback and click.get_current_context().find_root().params.get("verbose"):
+        if first.traceback and verbose_requested():
             click.echo(first.traceback, err=True)
         click.echo(f"error: {len(report.failed)} run(s) failed (first: {first.task.label}: "
                    f"{first.error}); finished runs are kept, run the sweep again to resume",

@@ -25,6 +25,7 @@ import click
 from fairbench.cli.bench import BENCH_COMMANDS
 from fairbench.cli.check import check_cmd
 from fairbench.cli.data import data_group
+from fairbench.cli.options import VERBOSE_HELP, add_verbose_everywhere, verbose_requested
 from fairbench.cli.runs import runs_group
 from fairbench.core.errors import FairbenchError, ParamError
 from fairbench.core.version import __version__
@@ -178,7 +179,7 @@ def _read_config(path: str | None) -> dict[str, Any]:
 @click.group(cls=FairbenchGroup, context_settings={"help_option_names": ["-h", "--help"]})
 # the version of the code (the distribution is named fairbench-med, the command fairbench)
 @click.version_option(version=__version__, prog_name="fairbench")
-@click.option("-v", "--verbose", is_flag=True, help="Log what happens (INFO level).")
+@click.option("-v", "--verbose", is_flag=True, help=VERBOSE_HELP)
 def main(verbose: bool) -> None:
     """fairbench: every bias-mitigation method on identical, hashed splits, with one trainer
     and one metrics module.
@@ -334,8 +335,7 @@ def run(**opts: Any) -> None:
 @click.argument("kind", type=click.Choice(["methods", "datasets", "backbones", "train"]))
 @click.argument("pattern", required=False, default="*")
 @click.option("--plugin", "plugins", multiple=True, metavar="FILE.py", help="Load a local plugin file first.")
-@click.option("--verbose", "-v", "details", is_flag=True, help="Show parameters and defaults.")
-def list_cmd(kind: str, pattern: str, plugins: tuple[str, ...], details: bool) -> None:
+def list_cmd(kind: str, pattern: str, plugins: tuple[str, ...]) -> None:
     """List registered methods, datasets or backbones matching PATTERN (wildcards: 'fair*'),
     or the training settings (`list train`: every --train key with its type, default and help).
     """
@@ -345,6 +345,7 @@ def list_cmd(kind: str, pattern: str, plugins: tuple[str, ...], details: bool) -
     from fairbench.run.method import get_method_class, list_methods
 
     _load_plugins(plugins)
+    details = verbose_requested()
     if kind == "train":
         from fairbench.cli.resolved import aligned, train_settings
 
@@ -358,19 +359,23 @@ def list_cmd(kind: str, pattern: str, plugins: tuple[str, ...], details: bool) -
             click.echo(line)
         return
     if kind == "methods":
-        for name in list_methods(pattern):
+        names = list_methods(pattern)
+        width = max([16, *(len(n) + 1 for n in names)])
+        for name in names:
             cls = get_method_class(name)
             tasks = "cls+seg" if "segmentation" in cls.tasks else "cls"
-            click.echo(f"{name:16s} {cls.kind:12s} {tasks:8s} {cls.summary()}")
+            click.echo(f"{name:{width}s} {cls.kind:12s} {tasks:8s} {cls.summary()}")
             if details:
                 _echo_params(describe_params(cls.Params))
     elif kind == "datasets":
-        for name in list_datasets(pattern):
+        names = list_datasets(pattern)
+        width = max([16, *(len(n) + 1 for n in names)])
+        for name in names:
             cls = get_dataset_class(name)
             doc = (cls.__doc__ or "").strip().splitlines()
             tasks = "+".join({"classification": "cls", "segmentation": "seg"}.get(t, t)
                              for t in cls.tasks)
-            click.echo(f"{name:16s} {tasks:8s} {doc[0] if doc else ''}")
+            click.echo(f"{name:{width}s} {tasks:8s} {doc[0] if doc else ''}")
             if details:
                 _echo_params(describe_params(cls.Params))
     else:
@@ -389,10 +394,16 @@ def list_cmd(kind: str, pattern: str, plugins: tuple[str, ...], details: bool) -
 
 
 def _echo_params(rows: list[tuple[str, str, Any, str]]) -> None:
+    """The parameters of one method or dataset as aligned columns: name, default, type, help."""
+    from fairbench.cli.resolved import aligned
+
     if not rows:
         click.echo("    (no parameters)")
-    for name, type_name, default, help_text in rows:
-        click.echo(f"    {name}={default!s:<10} {type_name:10s} {help_text}")
+        return
+    table = [(name, str(default), type_name, help_text)
+             for name, type_name, default, help_text in rows]
+    for line in aligned(table, ("parameter", "default", "type", "help")):
+        click.echo(f"    {line}")
 
 
 def _plugin_errors() -> list[str]:
@@ -457,6 +468,7 @@ main.add_command(check_cmd, "check")
 main.add_command(runs_group, "runs")
 for _name, _command in BENCH_COMMANDS.items():  # sweep, leaderboard, plot (cli_bench.py)
     main.add_command(_command, _name)
+add_verbose_everywhere(main)
 
 
 def entry() -> None:  # pragma: no cover
