@@ -230,3 +230,27 @@ def test_worker_pool_executor(swept, tmp_path):
     report = run_suite(load_suite(suite_file), executor=ex, progress=False, echo=lambda s: None)
     assert not report.failed, [o.error for o in report.failed]
     assert sorted(o.run_dir for o in report.ran) == sorted(victims)
+
+
+def test_in_process_runs_report_their_phases_and_a_finished_sweep_shows_no_bar(tmp_path):
+    from fairbench.bench.executors import LocalExecutor, RunTask
+    from fairbench.bench.sweep import run_suite
+    from fairbench.testing import tiny_run_config
+
+    seen: list[tuple[str, str]] = []
+    task = RunTask(0, tiny_run_config("vanilla", tmp_path / "runs"), "tiny vanilla")
+    (outcome,) = list(LocalExecutor().run([task], on_phase=lambda t, ph: seen.append(
+        (t.label, ph))))
+    assert outcome.ok
+    phases = [ph for _, ph in seen]
+    assert phases[0] == "start" and {"data", "vanilla", "evaluate"} <= set(phases)
+    assert {label for label, _ in seen} == {"tiny vanilla"}
+    # the callback never reaches the run's identity or its files
+    assert "on_phase" not in (outcome.run_dir / "config.json").read_text()
+    # a suite whose runs are all finished: one line, no progress bar
+    suite_file = write_suite(tmp_path, tmp_path / "sruns")
+    lines: list[str] = []
+    run_suite(load_suite(suite_file), echo=lines.append, progress=False)
+    lines.clear()
+    report = run_suite(load_suite(suite_file), echo=lines.append, progress=True)
+    assert not report.ran and lines[-1].endswith("nothing to run")

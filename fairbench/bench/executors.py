@@ -24,10 +24,11 @@ compute none twice.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 import traceback
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,8 +100,11 @@ class Executor(ABC):
     name = "base"
 
     @abstractmethod
-    def run(self, tasks: Sequence[RunTask]) -> Iterator[TaskOutcome]:
-        """Yield one outcome per task; stop starting tasks when the iterator is closed."""
+    def run(self, tasks: Sequence[RunTask], *,
+            on_phase: Callable[[RunTask, str], None] | None = None) -> Iterator[TaskOutcome]:
+        """Yield one outcome per task; stop starting tasks when the iterator is closed.
+        ``on_phase(task, phase)``: told when a task starts (``"start"``) and each phase it
+        enters, where the executor can see it (runs in this process)."""
 
     def describe(self) -> str:
         return self.name
@@ -131,12 +135,18 @@ class LocalExecutor(Executor):
         return "local" if not self.devices or len(self.devices) < 2 else \
             f"local ({len(self.devices)} workers: {', '.join(self.devices)})"
 
-    def run(self, tasks: Sequence[RunTask]) -> Iterator[TaskOutcome]:
+    def run(self, tasks: Sequence[RunTask], *,
+            on_phase: Callable[[RunTask, str], None] | None = None) -> Iterator[TaskOutcome]:
         devices = self._devices_for(tasks)
         if not devices:
             single = self.devices[0] if self.devices else None
+            if on_phase is not None:  # in this process: the phases can be shown
+                tasks = [dataclasses.replace(t, config=dataclasses.replace(
+                    t.config, on_phase=functools.partial(on_phase, t))) for t in tasks]
             later: list[RunTask] = []
             for task in tasks:  # first the runs that no other process computes
+                if on_phase is not None:
+                    on_phase(task, "start")
                 outcome = execute_task(task, single, wait=False)
                 if outcome.claimed_by is not None:
                     later.append(task)
@@ -308,7 +318,8 @@ class RayExecutor(Executor):
             return {"num_gpus": 1, "num_cpus": self.cpus_per_run}, "cuda"
         return {"num_gpus": 0, "num_cpus": self.cpus_per_run}, "cpu"
 
-    def run(self, tasks: Sequence[RunTask]) -> Iterator[TaskOutcome]:
+    def run(self, tasks: Sequence[RunTask], *,
+            on_phase: Callable[[RunTask, str], None] | None = None) -> Iterator[TaskOutcome]:
         if not tasks:
             return
         ray = self._init()

@@ -1,5 +1,7 @@
 """Run a benchmark suite: expand it, resolve every run's identity, skip the finished ones,
-run the rest through an executor, with one overall progress bar.
+run the rest through an executor, with one overall progress bar that names the current run and
+the phase it is in (data, vanilla, train, curvature, evaluate) when the runs execute in this
+process; no bar when nothing is left to run.
 
 * **Resume**: a run's directory is named by the hash of its resolved identity (method and
   resolved parameters, dataset options, split hash, backbone, training settings, seed; see
@@ -219,30 +221,40 @@ def run_suite(
                      run_dir=r.run_dir)
              for i, r in enumerate(pending)]
     by_index = {t.index: r for t, r in zip(tasks, pending)}
-    outcomes = executor.run(tasks)
-    try:
-        with progress_bar(total=len(tasks), desc=f"sweep {suite.name}", unit="run",
-                          enabled=progress, leave=True) as bar:
+    if not tasks:  # nothing left: no (empty) progress bar
+        echo(f"sweep {suite.name}: nothing to run")
+        report.seconds = time.perf_counter() - started
+        return report
+    with progress_bar(total=len(tasks), desc=f"sweep {suite.name}", unit="run",
+                      enabled=progress, leave=True) as bar:
+
+        def show_phase(task: RunTask, phase: str) -> None:
+            """The current run (shortened) and the phase it is in, beside the overall bar."""
+            where = "starting" if phase == "start" else phase
+            bar.set_postfix_str(f"{task.label[-56:]}: {where}", refresh=True)
+
+        outcomes = executor.run(tasks, on_phase=show_phase if progress else None)
+        try:
             for outcome in outcomes:
                 bar.update(1)
                 planned = by_index[outcome.task.index]
                 if outcome.ok:
                     report.ran.append(outcome)
-                    bar.set_postfix(last=outcome.task.label[-48:], refresh=False)
+                    bar.set_postfix_str(f"done: {outcome.task.label[-56:]}", refresh=False)
                     if planned.run_dir is not None and outcome.run_dir is not None and \
                             Path(outcome.run_dir).resolve() != planned.run_dir.resolve():
-                        log.warning("run %s landed in %s, not in the planned %s", outcome.task.label,
-                                    outcome.run_dir, planned.run_dir)
+                        log.warning("run %s landed in %s, not in the planned %s",
+                                    outcome.task.label, outcome.run_dir, planned.run_dir)
                     continue
                 report.failed.append(outcome)
                 echo(f"run failed: {outcome.task.label}: {outcome.error}")
                 if not keep_going and not outcome.diverged:
                     report.stopped_early = True
                     break
-    finally:
-        close = getattr(outcomes, "close", None)
-        if close is not None:
-            close()
+        finally:
+            close = getattr(outcomes, "close", None)
+            if close is not None:
+                close()
     report.seconds = time.perf_counter() - started
     n_left = len(pending) - len(report.ran)
     n_elsewhere = sum(o.reused for o in report.ran)

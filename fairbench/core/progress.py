@@ -22,6 +22,9 @@ class _NullBar:
     def set_postfix(self, *args: Any, **kwargs: Any) -> None:
         pass
 
+    def set_postfix_str(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
     def set_description(self, *args: Any, **kwargs: Any) -> None:
         pass
 

@@ -23,7 +23,7 @@ A method can name more phases with ``with ctx.phase("name"):``.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -39,21 +39,31 @@ def synchronize(device: torch.device | None) -> None:
 class PhaseTimer:
     """Exclusive wall time per phase (see the module docstring)."""
 
-    def __init__(self, device: torch.device | None = None) -> None:
+    def __init__(self, device: torch.device | None = None, *,
+                 on_phase: Callable[[str], None] | None = None) -> None:
         self.device = device
         self.seconds: dict[str, float] = {}
         self._stack: list[list[float]] = []  # per open phase: [start, time in nested phases]
+        self._names: list[str] = []
+        #: told the name of the phase the run is in whenever it changes (progress displays)
+        self.on_phase = on_phase
 
     @contextmanager
     def phase(self, name: str) -> Iterator[None]:
         synchronize(self.device)
         frame = [time.perf_counter(), 0.0]
         self._stack.append(frame)
+        self._names.append(name)
+        if self.on_phase is not None:
+            self.on_phase(name)
         try:
             yield
         finally:
             synchronize(self.device)
             self._stack.pop()
+            self._names.pop()
+            if self.on_phase is not None and self._names:
+                self.on_phase(self._names[-1])
             elapsed = time.perf_counter() - frame[0]
             self.seconds[name] = self.seconds.get(name, 0.0) + elapsed - frame[1]
             if self._stack:

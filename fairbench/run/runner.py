@@ -11,6 +11,7 @@ import random
 import socket
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,6 +96,9 @@ class RunConfig:
     wait_for_claim: bool = True
     #: load a --weights file that covers less than MIN_WEIGHTS_COVERAGE of the backbone
     allow_partial_weights: bool = False
+    #: told the phase the run enters (data, vanilla, train, curvature, evaluate, ...): a
+    #: sweep's progress display; not part of the run's identity
+    on_phase: Callable[[str], None] | None = field(default=None, repr=False, compare=False)
     #: a run whose method used the shared vanilla model also leaves the vanilla run folder of
     #: the same options (what `--method vanilla` writes), so its baseline row exists
     leave_vanilla_run: bool = True
@@ -377,7 +381,7 @@ def run_experiment(config: RunConfig, *, keep_model: bool = False) -> RunResult:
     runs_dir = ensure_writable_dir(Path(config.runs_dir))
     device = resolve_device(config.device)
     seed_everything(config.seed)
-    timer = PhaseTimer(device)
+    timer = PhaseTimer(device, on_phase=config.on_phase)
     with timer.phase("data"):
         bundle = load_data(p, device, runs_dir)
     identity = run_identity(p, bundle)
@@ -422,7 +426,7 @@ def leave_vanilla_run(config: RunConfig) -> Path | None:
     pass) unless it is finished or another process is computing it. A failure here is logged,
     never raised: the method's run is saved already."""
     vanilla = replace(config, method="vanilla", method_params={}, force=False,
-                      wait_for_claim=False, leave_vanilla_run=False)
+                      wait_for_claim=False, leave_vanilla_run=False, on_phase=None)
     try:
         return run_experiment(vanilla).run_dir
     except RunClaimed:
