@@ -64,7 +64,7 @@ from fairbench.training.curvature import fair_saliency
 from fairbench.training.multiexit import exit_loss
 from fairbench.training.trainer import TrainHooks
 
-from .fairprune import ROW_METRICS, FairPrune, FairPruneParams
+from .fairprune import ROW_METRICS, FairPrune, FairPruneParams, chosen_setting
 
 
 def _taus(params: Any) -> tuple[float, ...]:
@@ -130,8 +130,9 @@ class MeFairPrune(FairPrune):
         model, (index, logits), f1_ref, rule = _start(ctx, params, spec)
         start = best_tau(sweep_tau(ctx, index, logits, self._taus, params.policy, rule))
         score, masks, info = self._prune(ctx, model, params, rule)
+        ctx.notes["chosen"] = chosen_setting(info)
         ctx.notes["me_fairprune"] = {
-            **info, "beta_grid": list(params.beta_grid) or [params.beta], "mode": params.mode,
+            **info, "beta_grid": list(params.beta_grid), "mode": params.mode,
             "ranking": params.ranking, "estimator": params.estimator,
             "curvature": "per-exit, combined with the exit weights",
             "within_f1_tolerance": within_tolerance(score), "final_exit_val_F1": f1_ref,
