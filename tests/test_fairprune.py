@@ -289,6 +289,15 @@ def test_explicit_beta_is_the_beta_used_and_recorded(runs, tiny_cache):
     assert sorted(float(r["ratio"]) for r in rows) == [0.05, 0.1]
     chosen = config["notes"]["chosen"]
     assert chosen["beta"] == 0.7 and chosen["ratio"] in (0.05, 0.1)
+    # the leaderboard row names the β and ratio the run used
+    from fairbench.bench.leaderboard import leaderboard
+
+    board = leaderboard(runs / "explicit_beta")
+    text = board.to_markdown()
+    assert f"chosen in run (seeds 0): beta=0.7, ratio={chosen['ratio']:g}" in text
+    frame = board.to_frame()
+    assert json.loads(frame["chosen_in_run"].iloc[0]) == {"beta": [0.7],
+                                                          "ratio": [chosen["ratio"]]}
 
 
 def test_beta_and_other_beta_grid_refused(tmp_path):
