@@ -151,10 +151,6 @@ class FairPruneParams:
         self.beta_grid = _resolve_grid("beta", self.beta, self.beta_grid, DEFAULT_BETA_GRID)
         self.ratio_grid = _resolve_grid("ratio", self.ratio, self.ratio_grid,
                                         DEFAULT_RATIO_GRID)
-        if self.mode == "iterative" and self.beta is None:
-            if len(self.beta_grid) != 1:
-                raise ParamError("iterative mode prunes with one β; give it with -p beta=0.5")
-            self.beta = self.beta_grid[0]
         if not self.ratio_grid:
             raise ParamError("parameter ratio_grid is empty; give at least one ratio")
         bad = [r for r in self.ratio_grid if not 0.0 < r <= 1.0]
@@ -164,6 +160,10 @@ class FairPruneParams:
         if self.mode == "iterative" and self.step > self.max_ratio + 1e-12:
             raise ParamError(f"parameter step={self.step} is larger than max_ratio="
                              f"{self.max_ratio}; use a step no larger than max_ratio")
+        if self.mode == "iterative" and self.beta is None:
+            if len(self.beta_grid) != 1:
+                raise ParamError("iterative mode prunes with one β; give it with -p beta=0.5")
+            self.beta = self.beta_grid[0]
         if any(b < 0 for b in self.beta_grid):
             raise ParamError("parameter beta_grid must hold non-negative values, e.g. "
                              "0.1,0.3,0.5,0.7,0.9")
