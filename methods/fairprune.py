@@ -78,7 +78,7 @@ from fairbench.run.posthoc import (
     within_tolerance,
     write_rows,
 )
-from fairbench.training.curvature import fair_saliency, select_lowest
+from fairbench.training.curvature import fair_saliency, scored_parameters, select_lowest
 from fairbench.training.trainer import TrainConfig, TrainHooks
 
 ROW_METRICS = ("F1", "precision", "recall", "accuracy", "EqOddsGap", "EOpp0", "EOpp1", "EOdd",
@@ -214,6 +214,8 @@ class FairPrune(Method):
 
     Params = FairPruneParams
     kind = "post-hoc"
+    #: whether the unpruned model is a candidate of the choice (ratio 0 in prune.csv)
+    unpruned_candidate = False
 
     def run(self, ctx: RunContext, params: FairPruneParams) -> nn.Module:
         preflight_curvature(ctx, estimator=params.estimator, scope="conv_linear")
@@ -238,10 +240,16 @@ class FairPrune(Method):
         asked); writes ``prune.csv``; returns the validation score, the masks and the info
         for the notes. Shared with ME-FairPrune, which overrides the steps it calls."""
         rows: list[dict[str, Any]] = []
+        start = None
+        if self.unpruned_candidate:
+            masks = {n: torch.zeros_like(p, dtype=torch.bool)
+                     for n, p in scored_parameters(model, "conv_linear").items()}
+            score, info = self._record(ctx, model, masks, rule, rows, ratio=0.0)
+            start = (score, snapshot(model), masks, {**info, "chosen_ratio": 0.0})
         if params.mode == "oneshot":
-            best = self._oneshot(ctx, model, params, rule, rows)
+            best = self._oneshot(ctx, model, params, rule, rows, start)
         else:
-            best = self._iterative(ctx, model, params, rule, rows)
+            best = self._iterative(ctx, model, params, rule, rows, start)
         score, state, masks, info = best
         model.load_state_dict(state)
         if params.finetune_epochs > 0:
@@ -286,12 +294,11 @@ class FairPrune(Method):
                        "val_EqOddsGap": val["EqOddsGap"], "val_EOdd": val["EOdd"]}
 
     def _oneshot(self, ctx: RunContext, model: nn.Module, params: FairPruneParams, rule: Any,
-                 rows: list[dict[str, Any]]) -> tuple[float, dict, dict, dict]:
+                 rows: list[dict[str, Any]], best: Any = None) -> tuple[float, dict, dict, dict]:
         betas = tuple(dict.fromkeys(params.beta_grid))
         per_beta = self._curvature_scores(ctx, model, params, seed=1, betas=betas)
         start = snapshot(model)
         ratios = sorted(set(params.ratio_grid))
-        best = None
         for beta, scores in per_beta.items():
             for ratio in ratios:
                 model.load_state_dict(start)
@@ -305,9 +312,9 @@ class FairPrune(Method):
         return best
 
     def _iterative(self, ctx: RunContext, model: nn.Module, params: FairPruneParams, rule: Any,
-                   rows: list[dict[str, Any]]) -> tuple[float, dict, dict, dict]:
+                   rows: list[dict[str, Any]], best: Any = None
+                   ) -> tuple[float, dict, dict, dict]:
         masks: dict[str, torch.Tensor] | None = None
-        best = None
         since_best, t = 0, 0
         while True:
             t += 1
