@@ -274,7 +274,30 @@ def test_head_only_teacher_keeps_the_body(tiny_ctx: Any) -> None:
     for k in b:
         if k.startswith("body."):
             assert torch.equal(b[k], t[k]), k  # weights and BatchNorm statistics
-    assert not torch.equal(b["classifier.weight"], t["classifier.weight"])
+    # the head moved, unless fine-tuning did not beat the base on the group's validation F1
+    assert info["kept_base"] == torch.equal(b["classifier.weight"], t["classifier.weight"])
+
+
+def test_teacher_is_never_worse_than_its_base_on_its_group(tiny_ctx: Any) -> None:
+    """The base model is a candidate checkpoint of every teacher: its validation F1 on its
+    own group is at least the base's, and a fine-tuning that only hurts (a learning rate
+    that wrecks the weights) returns the base model itself."""
+    ctx = tiny_ctx
+    base = ctx.vanilla()
+    wreck = build_params(fd.FairDiParams, {"teacher_epochs": 1, "teacher_lr": 50.0})
+    teacher, info = fd.train_teacher(ctx, base, 1, wreck)
+    assert info["kept_base"] and info["best_epoch"] == 0
+    for k, v in base.state_dict().items():
+        assert torch.equal(teacher.state_dict()[k], v), k
+    # the recorded validation F1 is the base's, recomputed independently on the group
+    from fairbench.metrics.classification import macro_prf
+
+    pred = ctx.trainer.predict(base, ctx.loader("val", groups=[1]), ctx.train_config)
+    f1 = macro_prf(ctx.table.labels[pred.index], pred.probs.argmax(1))[2]
+    assert info["val_F1"] == pytest.approx(f1) == pytest.approx(info["base_val_F1"])
+    gentle = build_params(fd.FairDiParams, {"teacher_epochs": 2, "teacher_lr": 1e-3})
+    _, info = fd.train_teacher(ctx, base, 0, gentle)
+    assert info["val_F1"] >= info["base_val_F1"]
 
 
 def test_teacher_routing() -> None:
