@@ -144,6 +144,26 @@ def test_feature_tap_captures_the_map_before_pooling() -> None:
     assert tap.value is None  # removed: nothing captured any more
 
 
+@pytest.mark.parametrize("name", ["timm_vgg11", pytest.param("vgg11", marks=pytest.mark.slow),
+                                  "resnet18"])
+def test_feature_tap_takes_a_real_feature_map(name: str) -> None:
+    """``features=map`` is a spatial map of the last convolutional stage on every paper
+    backbone: VGG's 512×s×s features (not the 4096-d pre-logits vector, which timm's VGG
+    computes with convolutions), ResNet's 512×h×w map before its global pooling."""
+    model = create_backbone(name, num_classes=3, image_size=64).eval()
+    tap = FeatureTap(model)
+    assert tap.found
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model(x)
+    fmap = tap.take()
+    tap.remove()
+    assert fmap.shape == (2, 512 * 2 * 2)  # 512 channels on a 2×2 map at 64 px
+    with torch.no_grad():
+        z = model.features(x)
+    assert z.shape[1] != fmap.shape[1]  # the map is not the embedding the classifier reads
+
+
 # -- adversaries -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("lam", [1.0, 0.25, 2.0])
 def test_gradient_reversal_flips_and_scales(lam: float) -> None:
