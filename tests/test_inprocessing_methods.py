@@ -63,6 +63,177 @@ def test_methods_differ_from_vanilla(tmp_path: Path, make_tiny_config) -> None:
             assert not np.allclose(probs[name], probs["vanilla"]), name
 
 
+# -- behaviour inside real runs --------------------------------------------------------------------
+def spy_fit(stage: str):
+    """A Trainer.fit wrapper that hands the call for ``stage`` to ``inspect(model, train,
+    hooks)`` before training, and the trained model to ``after`` (set on the returned dict)."""
+    from fairbench.training.trainer import Trainer
+
+    real = Trainer.fit
+    box: dict = {}
+
+    def fit(self, model, train, val=None, **kw):
+        if kw.get("stage") == stage and "inspect" in box:
+            box["inspect"](model, train, kw.get("hooks"))
+        return real(self, model, train, val, **kw)
+
+    return fit, box
+
+
+@pytest.mark.parametrize("by", ["group", "group_class"])
+def test_resampling_batches_are_balanced_as_configured(by: str, tmp_path: Path,
+                                                       make_tiny_config, monkeypatch) -> None:
+    from fairbench import run_experiment
+    from fairbench.training.trainer import Trainer
+
+    fit, box = spy_fit("resampling")
+    seen: list = []
+
+    def inspect(model, train, hooks):
+        for b in train:
+            seen.append((b.g.numpy().copy(), b.y.numpy().copy()))
+
+    box["inspect"] = inspect
+    monkeypatch.setattr(Trainer, "fit", fit)
+    cfg = make_tiny_config("resampling", tmp_path, params={"by": by},
+                           train={"batch_size": 12})
+    res = run_experiment(cfg, keep_model=True)
+    n_train = len(res.context.positions("train"))
+    assert len(seen) == n_train // 12
+    for g, y in seen:
+        assert len(g) == 12  # the configured batch size
+        keys = g if by == "group" else g * 10 + y
+        counts = np.unique(keys, return_counts=True)[1]
+        n_strata = 2 if by == "group" else len(np.unique(
+            res.context.table.attr(res.context.attribute)[res.context.positions("train")] * 10
+            + res.context.table.labels[res.context.positions("train")]))
+        assert len(counts) == min(n_strata, 12)
+        assert counts.max() - counts.min() <= 1
+    assert res.context.notes["resampling"]["by"] == by
+
+
+def test_groupdro_weights_reach_the_loss(tmp_path: Path, make_tiny_config,
+                                         monkeypatch) -> None:
+    """With the weights forced onto one group, the training loss is that group's mean
+    cross-entropy in the batch (computed independently), the other group's rows weigh 0."""
+    import fairbench.methods.groupdro as gd
+    from fairbench import run_experiment
+    from fairbench.training.trainer import StepState, Trainer
+
+    monkeypatch.setattr(gd, "dro_update", lambda q, losses, eta, adjust=None:
+                        torch.tensor([0.0, 1.0]))
+    fit, box = spy_fit("groupdro")
+    checked = []
+
+    def inspect(model, train, hooks):
+        model.eval()
+        for b in list(train)[:3]:
+            with torch.no_grad():
+                got = hooks.loss(model, b, StepState(model=model))
+                ce = F.cross_entropy(model(b.x), b.y, reduction="none")
+            want = ce[b.g == 1].mean() if bool((b.g == 1).any()) else torch.tensor(0.0)
+            checked.append((float(got), float(want)))
+        model.train()
+
+    box["inspect"] = inspect
+    monkeypatch.setattr(Trainer, "fit", fit)
+    run_experiment(make_tiny_config("groupdro", tmp_path, params={"groups": "group"}))
+    assert len(checked) == 3
+    for got, want in checked:
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-7)
+
+
+def test_mfd_teacher_stays_frozen(tmp_path: Path, make_tiny_config, monkeypatch) -> None:
+    """The teacher (the vanilla model) is in eval mode without gradients at every step, and
+    its weights and BatchNorm statistics are bit-identical to the vanilla model's after
+    training, while the student moved."""
+    from fairbench import RunContext, run_experiment
+
+    real_vanilla = RunContext.vanilla
+    teachers: list = []
+
+    def vanilla(self):
+        model = real_vanilla(self)
+        teachers.append(model)
+        return model
+
+    monkeypatch.setattr(RunContext, "vanilla", vanilla)
+    from fairbench.training.trainer import Trainer
+
+    fit, box = spy_fit("mfd")
+    modes: list = []
+
+    def inspect(model, train, hooks):
+        real_loss = hooks.loss
+
+        def loss(m, batch, state):
+            (t,) = teachers
+            modes.append((t.training, any(p.requires_grad for p in t.parameters())))
+            return real_loss(m, batch, state)
+
+        hooks.loss = loss
+
+    box["inspect"] = inspect
+    monkeypatch.setattr(Trainer, "fit", fit)
+    res = run_experiment(make_tiny_config("mfd", tmp_path, train={"epochs": 2}),
+                         keep_model=True)
+    (teacher,) = teachers
+    assert modes and all(m == (False, False) for m in modes)
+    cached = torch.load(next((tmp_path / "_vanilla").rglob("model.pt")), weights_only=True)
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v.cpu(), cached[k]), k
+    assert any(not torch.equal(v.cpu(), cached[k])
+               for k, v in res.model.state_dict().items() if v.is_floating_point())
+
+
+def test_adv_conf_alternates_per_step(tmp_path: Path, make_tiny_config, monkeypatch) -> None:
+    """As documented: every step the model takes its step, then the adversary takes
+    ``adv_steps`` steps (every ``adv_every`` steps); the model's step never moves the
+    adversary and the adversary's steps never move the model."""
+    from fairbench import run_experiment
+    from fairbench.training.trainer import Trainer
+
+    fit, box = spy_fit("adv_conf")
+    log: list = []
+
+    def inspect(model, train, hooks):
+        (aux,) = hooks.aux
+        adversary = aux.module
+
+        def snap(m):
+            return torch.cat([p.detach().flatten().clone() for p in m.parameters()])
+
+        real_loss, real_aux = hooks.loss, aux.loss
+
+        def loss(m, batch, state):
+            log.append(("model", state.global_step, snap(model), snap(adversary)))
+            return real_loss(m, batch, state)
+
+        def aux_loss(m, batch, state):
+            log.append(("adversary", state.global_step, snap(model), snap(adversary)))
+            return real_aux(m, batch, state)
+
+        hooks.loss, aux.loss = loss, aux_loss
+
+    box["inspect"] = inspect
+    monkeypatch.setattr(Trainer, "fit", fit)
+    run_experiment(make_tiny_config("adv_conf", tmp_path,
+                                    params={"adv_steps": 2, "adv_every": 2}))
+    kinds = [(k, s) for k, s, _, _ in log]
+    steps = sorted({s for _, s in kinds})
+    want = []
+    for s in steps:
+        want.append(("model", s))
+        if s % 2 == 0:
+            want += [("adversary", s), ("adversary", s)]
+    assert kinds == want
+    for (k1, _, m1, a1), (k2, _, m2, a2) in zip(log, log[1:]):
+        if k1 == "model":  # the model's step happened between these two calls
+            assert torch.equal(a1, a2)
+        else:  # an adversary step happened between these two calls
+            assert torch.equal(m1, m2)
+
+
 # -- MMD of MFD ------------------------------------------------------------------------------------
 def direct_mmd_sum(t: np.ndarray, s: np.ndarray, y: np.ndarray, g: np.ndarray,
                    sigma: float) -> float:
