@@ -275,7 +275,8 @@ def quantize(
         # every checkpoint of this step: (score, state, epoch, validation metrics)
         seen: list[tuple[float, dict[str, torch.Tensor] | None, int, dict[str, Any]]] = []
 
-        def record(metrics: dict[str, Any], epoch: int, state: bool) -> None:
+        def record(metrics: dict[str, Any], epoch: int, state: bool, t: int = t,
+                   eligible: bool = eligible, seen: list = seen) -> None:
             score = score_fn(metrics)
             seen.append((score, snapshot(model) if state else None, epoch, metrics))
             if checkpoints is not None:
@@ -293,9 +294,10 @@ def quantize(
                                batch_size=params.retrain_batch_size, epoch_size=n_train,
                                seed_offset=100 + t)
 
-            def evaluate(m: nn.Module, _loader: Any) -> dict[str, Any]:
+            def evaluate(m: nn.Module, _loader: Any, record: Any = record, seen: list = seen,
+                         keep: bool = eligible or steer) -> dict[str, Any]:
                 metrics = ctx.evaluate(m, "val")
-                record(metrics, len(seen), eligible or steer)
+                record(metrics, len(seen), keep)
                 return metrics
 
             # the trainer keeps the last epoch (select="last", no score): the choice is made

@@ -13,9 +13,6 @@ from typing import Any
 import pytest
 import torch
 import torch.nn.functional as F
-from torch import nn
-
-from fairbench import run_experiment
 from fairbench.methods.apple import (
     Apple,
     AppleParams,
@@ -23,6 +20,9 @@ from fairbench.methods.apple import (
     adversary_terms,
     bound_offset,
 )
+from torch import nn
+
+from fairbench import run_experiment
 from fairbench.core.params import build_params
 from fairbench.testing import tiny_run_config
 from fairbench.training.trainer import EpochLog

@@ -222,7 +222,7 @@ def test_balanced_order_batch_size_kept_with_any_number_of_strata(batch_size):
 def test_balanced_loader_epoch_has_the_split_size_with_many_strata():
     """The loader over more strata than its batch size: batches of the configured size and an
     epoch of the split's size (rounded down to whole batches), never enlarged."""
-    data, labels, _, groups = _data(n=90)
+    data, _, _, groups = _data(n=90)
     pos = np.arange(90)
     strata = groups[pos] * 100 + np.arange(90) % 30  # 60 strata, batch 16
     loader = BatchLoader(data, pos, batch_size=16, attribute="g", order="balanced",

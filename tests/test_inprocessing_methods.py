@@ -7,6 +7,7 @@ ends as one ``error:`` line with exit code 2 through the CLI.
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -117,6 +118,7 @@ def test_groupdro_weights_reach_the_loss(tmp_path: Path, make_tiny_config,
     """With the weights forced onto one group, the training loss is that group's mean
     cross-entropy in the batch (computed independently), the other group's rows weigh 0."""
     import fairbench.methods.groupdro as gd
+
     from fairbench import run_experiment
     from fairbench.training.trainer import StepState, Trainer
 
@@ -227,7 +229,7 @@ def test_adv_conf_alternates_per_step(tmp_path: Path, make_tiny_config, monkeypa
         if s % 2 == 0:
             want += [("adversary", s), ("adversary", s)]
     assert kinds == want
-    for (k1, _, m1, a1), (k2, _, m2, a2) in zip(log, log[1:]):
+    for (k1, _, m1, a1), (_, _, m2, a2) in itertools.pairwise(log):
         if k1 == "model":  # the model's step happened between these two calls
             assert torch.equal(a1, a2)
         else:  # an adversary step happened between these two calls

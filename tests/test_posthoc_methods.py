@@ -181,7 +181,7 @@ def test_bn_recalibrate_changes_only_running_statistics(tmp_path: Path, make_tin
     assert any(not torch.equal(m.running_mean, van_mods[n].running_mean) for n, m in bns)
     # independent check of the first layer: the per-channel mean of its input over the split
     ctx = res.context
-    first_name, first = bns[0]
+    _, first = bns[0]
     seen = []
     handle = first.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach()))
     res.model.eval()

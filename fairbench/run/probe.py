@@ -79,7 +79,7 @@ def attribute_probe(fit_x: np.ndarray, fit_g: np.ndarray, eval_x: np.ndarray,
         elif len(present) == len(groups):
             auc = float(roc_auc_score(eval_g, proba, multi_class="ovr", average="macro",
                                       labels=groups))
-    return ProbeResult(bal, auc, 1.0 / len(groups), int(len(fit_g)), int(len(eval_g)))
+    return ProbeResult(bal, auc, 1.0 / len(groups), len(fit_g), len(eval_g))
 
 
 def _as_2d(x: np.ndarray) -> np.ndarray:
