@@ -457,6 +457,7 @@ def test_cli_selection_as_released(runs, tiny_cache):
     assert (the_run_dir(root) / "metrics.json").is_file()
 
 
+@pytest.mark.slow
 def test_cli_ablation_every_step_for_several_betas(runs, tiny_cache):
     # the paper's Fig. 2 data: metrics at every ratio step for several β (no retraining)
     root = runs / "ablation"
@@ -555,6 +556,7 @@ def test_check_method_conformance(tmp_path):
     assert {"val", "test", "meta"} <= set(metrics)
 
 
+@pytest.mark.slow
 def test_curvature_out_of_memory_is_survived_and_recorded(runs, tiny_cache, monkeypatch):
     """A run whose curvature passes do not fit in memory at the score batch size goes on in
     smaller passes (found once, kept for every later step) and records the size in its notes."""

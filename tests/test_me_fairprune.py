@@ -129,6 +129,7 @@ def test_me_fairprune_notes_candidates_and_masks(pruned):
     assert me["unpruned"]["val_F1"] == pytest.approx(van["val_F1"])
 
 
+@pytest.mark.slow
 def test_me_fairprune_keeps_the_unpruned_model_when_pruning_does_not_help(tmp_path,
                                                                           tiny_cache):
     """With a ratio that destroys the model, no pruned candidate is within the tolerance of
@@ -181,6 +182,7 @@ def test_check_method_me_vanilla(tmp_path):
     assert {"val", "test", "meta"} <= set(metrics)
 
 
+@pytest.mark.slow
 def test_check_method_me_fairprune(tmp_path):
     from fairbench import check_method
 
