@@ -101,12 +101,15 @@ def mfd_mmd_terms(
 
 
 class FeatureTap:
-    """Captures a backbone's final feature map (the input of its global pooling) during a
-    normal forward pass, so one pass gives the logits and the map.
+    """Captures a backbone's final feature map (the output of its last convolutional stage)
+    during a normal forward pass, so one pass gives the logits and the map.
 
-    The tapped module is the last ``AdaptiveAvgPool2d``/``AdaptiveMaxPool2d`` of the body
-    (smallcnn, timm and torchvision ResNets); failing that, the body's first ``Flatten``
-    (torchvision VGG without its pooling). ``found`` is False for a body with neither: the
+    The map is the input of the body's last ``AdaptiveAvgPool2d``/``AdaptiveMaxPool2d`` (its
+    global pooling: smallcnn, timm and torchvision ResNets); a body without one (the VGGs)
+    has its last ``MaxPool2d`` tapped instead, the end of its convolutional features, so the
+    map is the 512×s×s output of VGG's features and never the 4096-d vector of the
+    pre-logits layers that follow (timm's VGG computes those with convolutions, the
+    torchvision one with linear layers). ``found`` is False for a body with neither: the
     caller then uses the pooled features. Call :meth:`remove` when training ends.
     """
 
@@ -114,15 +117,20 @@ class FeatureTap:
         body = getattr(model, "body", model)
         pools = [m for m in body.modules()
                  if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))]
-        flats = [m for m in body.modules() if isinstance(m, nn.Flatten)]
-        target = pools[-1] if pools else (flats[0] if flats else None)
-        self.found = target is not None
+        maxpools = [m for m in body.modules() if isinstance(m, nn.MaxPool2d)]
+        self.found = bool(pools or maxpools)
         self.value: torch.Tensor | None = None
-        self._handle = (target.register_forward_pre_hook(self._hook)
-                        if target is not None else None)
+        self._handle = None
+        if pools:  # the map entering the global pooling
+            self._handle = pools[-1].register_forward_pre_hook(self._pre_hook)
+        elif maxpools:  # the map leaving the last pooling of the convolutional features
+            self._handle = maxpools[-1].register_forward_hook(self._hook)
 
-    def _hook(self, module: nn.Module, inputs: tuple[Any, ...]) -> None:
+    def _pre_hook(self, module: nn.Module, inputs: tuple[Any, ...]) -> None:
         self.value = inputs[0]
+
+    def _hook(self, module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
+        self.value = output
 
     def take(self) -> torch.Tensor:
         assert self.value is not None, "the feature tap saw no forward pass"

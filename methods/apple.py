@@ -19,32 +19,54 @@ fairbench's where the paper is silent.
   feature maps, ``Linear → ReLU → Linear`` for vectors, hidden width ``hidden`` (0 = the
   latent's width); its last layer starts at zero, so ``G(f) = 0`` and the perturbed model
   equals the base model before training (tested).
+* **Bound** (``max_rel_norm``, default 0.1; recorded in the notes): each sample's
+  perturbation is scaled down to at most ``max_rel_norm·‖f‖`` (:func:`bound_offset`), the
+  latent-space counterpart of FAAP's clamp of its pixel perturbation to ±0.05. Without it
+  (``max_rel_norm=0``, the former default) the game collapsed on ``synthderm``: G grew its
+  perturbation to 40–80× the latent's norm and first made D confidently wrong (validation
+  balanced accuracy 0.5 with cross-entropy 26), then D won anyway, and a fresh probe read
+  skin tone from the perturbed latent at balanced accuracy 1.000 throughout.
 * **Discriminator** ``D``: global average pooling of each perturbed map (concatenated when
-  skips are perturbed), then ``Linear → ReLU → Linear`` to one logit per group.
+  skips are perturbed), a BatchNorm without scale and shift (every feature standardised, as
+  a linear probe sees them), then ``Linear → ReLU → Linear`` to one logit per group. It is
+  kept a real adversary: Adam at the perturber's learning rate (``disc_lr_ratio`` 1; it
+  was 0.2) with ``disc_steps`` = 2 steps per G step (weight decay 1e-4).
 * **Losses** (alternating, per batch: one ``G`` step through the shared trainer, then
   ``disc_steps`` ``D`` steps on the same, detached ``f_p``):
   ``L_D = CE(D(f_p), a)``;
-  ``L_G = task_weight · L_task − α · CE(D(f_p), a) − β · H(softmax(D(f_p)))``,
-  ``L_task`` = cross-entropy for classification, soft Dice + (B)CE against the true masks for
-  segmentation (the task's usual loss, :meth:`RunContext.task_loss`), optionally
-  ``+ norm_penalty · mean ‖G(f)‖²``. Rows whose group is unknown enter ``L_task`` only.
-  FAAP-style defaults: α = 0.4, β = 0.1, D's learning rate 0.2 × G's (Adam, D weight decay
-  1e-4); task weight 1 (FAAP's 0.7 is available as ``task_weight``). α was checked on
-  ``synthderm`` validation (classification, smallcnn, seed 0; vanilla: EOdd 0.0725, macro-F1
-  0.9425): α = 0.1 / 0.4 / 1.0 gave validation EOdd 0.0609 / 0.0485 / 0.0631 at macro-F1
-  0.9461 / 0.9291 / 0.9459, so FAAP's 0.4 is kept (lowest EOdd within 2 F1 points); β was not
-  tuned. Segmentation (U-Net, seed 0 validation; vanilla Dice 0.9066, gap 0.1735): with the
-  defaults no epoch beat the base model (the perturbed latent costs Dice at once), nor with
-  α 0.05 or 0.1, with skips at α 0.1 or 0.4, or with ``norm_penalty`` 1; the best variant
-  tried, ``perturb_skips=true, lr=2e-4`` (α 0.4), reached gap 0.1669 at Dice 0.8905 by lowering
-  the light group's Dice. The defaults are kept for both tasks (README, "Segmentation"). G trains with the run's
-  train config (optimizer, lr, schedule, epochs) on group-balanced batches (``sampler``,
-  default ``group``: the discriminator otherwise learns mostly the majority group).
+  ``L_G = task_weight · L_task + adversarial term``, ``L_task`` = cross-entropy for
+  classification, soft Dice + (B)CE against the true masks for segmentation (the task's
+  usual loss, :meth:`RunContext.task_loss`), optionally ``+ norm_penalty · mean ‖G(f)‖²``.
+  The adversarial term (:func:`adversarial_term`) is ``objective=confusion`` (default):
+  ``α · CE(softmax(D(f_p)), uniform)``, AdvConf's confusion loss, minimal exactly when D
+  cannot tell the groups apart, so G gains nothing by making D confidently wrong; or
+  ``objective=faap``: ``− α · CE(D(f_p), a) − β · H(softmax(D(f_p)))`` (FAAP's signs), which
+  G can also satisfy by flipping D's answers. Rows whose group is unknown enter ``L_task``
+  (and the confusion term, which needs no group) but not D's cross-entropy. α = 0.4 (FAAP's),
+  β = 0.1 (faap only), task weight 1 (FAAP's 0.7 is available as ``task_weight``).
+* **Measured** (``synthderm`` classification, smallcnn, seed 0, validation): with the bound
+  the perturbation sits at the bound (10 % of the latent's norm) and D stays accurate
+  (balanced accuracy 0.99–1.00 at every epoch, with either objective); a fresh linear probe
+  still reads skin tone from the perturbed latent at balanced accuracy 1.000, as from the
+  base latent: skin tone is too large a part of this latent for a perturbation within 10 %
+  (or 30 %, also tried) of its norm to hide it. On a controlled latent where the group is a
+  small part (the tests), the bounded perturbation lowers a fresh probe's balanced accuracy
+  from 0.885 to 0.747. Each epoch's validation metrics, score, D's balanced accuracy and
+  cross-entropy and the mean ``‖G(f)‖/‖f‖`` go to ``apple.csv``; after training, a fresh
+  probe (:func:`fairbench.run.probe.attribute_probe`, fitted on the training split, scored
+  on test) of the base and of the delivered latent goes to the notes (``probe_test``).
+  Earlier tuning (α, segmentation variants) was done with the former unbounded FAAP game
+  and is not repeated here.
+* G trains with the run's train config (optimizer, lr, schedule, epochs) on group-balanced
+  batches (``sampler``, default ``group``: the discriminator otherwise learns mostly the
+  majority group).
 * **Checkpoint**: chosen on validation only, with FairQuantize's rule: the lowest
-  ``select_metric`` (default ``EqOddsGap`` for classification, ``gap.Dice`` for segmentation) among
-  epochs whose validation utility (macro-F1 / Dice) is within ``tolerance`` of the base
-  model's; the base model itself (G = 0) is a candidate, so when no epoch helps the result is
-  the base model, recorded as such in the run's notes.
+  ``select_metric`` (default ``EqOddsGap`` for classification, ``gap.Dice`` for
+  segmentation) among epochs whose validation utility (macro-F1 / Dice) is within
+  ``tolerance`` of the base model's; the base model itself (G = 0, epoch 0 of
+  ``apple.csv``) is a candidate, so when no epoch helps the result is the base model,
+  recorded as such in the run's notes (``chosen``: the epoch). ``select_metric=last`` keeps
+  the last epoch without a choice (its logged scores then only count the epochs).
 * **Inference**: ``x → encode → f + G(f) → decode``; no attribute is needed.
 """
 
@@ -54,6 +76,7 @@ import copy
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -63,31 +86,44 @@ from fairbench.core.params import param
 from fairbench.metrics import HEADLINE_FAIRNESS, is_segmentation_metric
 from fairbench.run.context import RunContext
 from fairbench.run.method import Method, register_method
-from fairbench.run.posthoc import check_select_metric, tolerance_rule, within_tolerance
+from fairbench.run.posthoc import (
+    check_select_metric,
+    tolerance_rule,
+    within_tolerance,
+    write_rows,
+)
 from fairbench.training.trainer import AuxModule, StepState, TrainHooks
 
-from ._inprocessing import require_groups
+from ._inprocessing import confusion_loss, require_groups
 
 
 @dataclass
 class AppleParams:
-    alpha: float = param(0.4, help="weight of the discriminator's cross-entropy (maximised)",
-                         min=0.0)
-    beta: float = param(0.1, help="weight of the discriminator's entropy (maximised)", min=0.0)
+    objective: Literal["confusion", "faap"] = param(
+        "confusion", help="what G does to the discriminator: push its output to uniform "
+                          "(confusion) or maximise its cross-entropy and entropy (faap)")
+    alpha: float = param(0.4, help="weight of the adversarial term (confusion loss, or the "
+                                   "discriminator's cross-entropy for faap)", min=0.0)
+    beta: float = param(0.1, help="weight of the discriminator's entropy (maximised; faap "
+                                  "only)", min=0.0)
+    max_rel_norm: float = param(0.1, help="bound on each sample's perturbation, "
+                                          "||G(f)|| <= max_rel_norm * ||f|| (0 = unbounded)",
+                                min=0.0)
     task_weight: float = param(1.0, help="weight of the task loss", min=0.0, min_exclusive=True)
     norm_penalty: float = param(0.0, help="weight of mean ||G(f)||^2", min=0.0)
     hidden: int = param(0, help="hidden width of the perturber (0 = the latent's width)", min=0)
     disc_hidden: int = param(64, help="hidden width of the discriminator", min=1)
-    disc_lr_ratio: float = param(0.2, help="discriminator lr / perturber lr", min=0.0,
+    disc_lr_ratio: float = param(1.0, help="discriminator lr / perturber lr", min=0.0,
                                  min_exclusive=True)
-    disc_steps: int = param(1, help="discriminator steps per perturber step", min=1, max=10)
+    disc_steps: int = param(2, help="discriminator steps per perturber step", min=1, max=10)
     perturb_skips: bool = param(False, help="also perturb a U-Net's skip connections")
     epochs: int = param(0, help="perturber epochs (0 = the run's train epochs)", min=0)
     lr: float = param(0.0, help="perturber learning rate (0 = the run's train lr)", min=0.0)
     sampler: Literal["shuffle", "group", "group_class"] = param(
         "group", help="training batches: shuffled or balanced per group / group x class")
     select_metric: str = param("auto", help="fairness metric picking the checkpoint "
-                                            "(auto = EqOddsGap, or gap.Dice for segmentation)")
+                                            "(auto = EqOddsGap, or gap.Dice for segmentation; "
+                                            "last = no choice, the last epoch)")
     tolerance: float = param(0.02, help="allowed validation utility (F1 or Dice) drop from "
                                         "the base model", min=0.0, max=1.0)
 
@@ -126,35 +162,54 @@ class VectorPerturber(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """Pools each perturbed latent, concatenates, and predicts the group."""
+    """Pools each perturbed latent, concatenates, standardises every feature (a BatchNorm
+    without scale and shift, so a group signal in a low-variance feature is as visible to it
+    as to a linear probe on standardised features) and predicts the group."""
 
     def __init__(self, in_features: int, hidden: int, n_groups: int) -> None:
         super().__init__()
-        self.net = nn.Sequential(nn.Linear(in_features, hidden), nn.ReLU(inplace=True),
+        self.net = nn.Sequential(nn.BatchNorm1d(in_features, affine=False),
+                                 nn.Linear(in_features, hidden), nn.ReLU(inplace=True),
                                  nn.Linear(hidden, n_groups))
 
     def forward(self, latents: list[torch.Tensor]) -> torch.Tensor:
-        pooled = [f.float().mean(dim=(2, 3)) if f.dim() == 4 else f.float() for f in latents]
-        return self.net(torch.cat(pooled, dim=1))
+        return self.net(pooled(latents))
+
+
+def bound_offset(delta: torch.Tensor, f: torch.Tensor, max_rel_norm: float) -> torch.Tensor:
+    """``delta`` scaled down, per sample, so that ``‖delta‖ ≤ max_rel_norm·‖f‖`` (norms over
+    all of a sample's entries; a sample within the bound is unchanged; 0 = no bound)."""
+    if max_rel_norm <= 0:
+        return delta
+    dims = tuple(range(1, delta.dim()))
+    # clamped before the square root: its gradient at a zero perturbation (G starts at 0)
+    # would be infinite
+    n_delta = delta.float().pow(2).sum(dim=dims, keepdim=True).clamp_min(1e-24).sqrt()
+    n_f = f.detach().float().pow(2).sum(dim=dims, keepdim=True).sqrt()
+    scale = torch.clamp(max_rel_norm * n_f / n_delta, max=1.0)
+    return delta * scale.to(delta.dtype)
 
 
 class PerturbedModel(nn.Module):
     """A frozen base model with latent perturbers: ``forward(x)`` gives the task's logits.
 
     ``last_latents`` holds the perturbed latents of the last forward (for the
-    discriminator) and ``last_offsets`` the perturbations ``G(f)``."""
+    discriminator), ``last_clean`` the base model's latents and ``last_offsets`` the
+    perturbations ``G(f)`` (after the bound ``max_rel_norm``)."""
 
     def __init__(self, base: nn.Module, perturbers: dict[int, nn.Module],
-                 segmentation: bool, latent_width: int) -> None:
+                 segmentation: bool, latent_width: int, max_rel_norm: float = 0.0) -> None:
         super().__init__()
         self.base = base
         #: channels (or features) of the perturbed latents together: the discriminator's input
         self.latent_width = latent_width
+        self.max_rel_norm = max_rel_norm
         for p in self.base.parameters():
             p.requires_grad_(False)
         self.perturbers = nn.ModuleDict({str(k): m for k, m in perturbers.items()})
         self.segmentation = segmentation
         self.last_latents: list[torch.Tensor] = []
+        self.last_clean: list[torch.Tensor] = []
         self.last_offsets: list[torch.Tensor] = []
         self.base.eval()
 
@@ -164,24 +219,26 @@ class PerturbedModel(nn.Module):
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        latents, offsets = [], []
+        latents, clean, offsets = [], [], []
         if self.segmentation:
             feats = self.base.encode(x)
             for key, g in self.perturbers.items():
                 k = int(key)
-                delta = g(feats[k])
+                clean.append(feats[k])
+                delta = bound_offset(g(feats[k]), feats[k], self.max_rel_norm)
                 feats[k] = feats[k] + delta
                 latents.append(feats[k])
                 offsets.append(delta)
             out = self.base.decode(feats)
         else:
             z = self.base.features(x)
-            delta = self.perturbers["0"](z)
+            clean.append(z)
+            delta = bound_offset(self.perturbers["0"](z), z, self.max_rel_norm)
             z = z + delta
             latents.append(z)
             offsets.append(delta)
             out = self.base.head(z)
-        self.last_latents, self.last_offsets = latents, offsets
+        self.last_latents, self.last_clean, self.last_offsets = latents, clean, offsets
         return out
 
 
@@ -206,7 +263,70 @@ def build_perturbed(ctx: RunContext, base: nn.Module, params: AppleParams) -> Pe
         hidden = params.hidden or width
         perturbers[k] = (MapPerturber(width, hidden) if segmentation
                          else VectorPerturber(width, hidden))
-    return PerturbedModel(base, perturbers, segmentation, sum(shapes.values())).to(ctx.device)
+    return PerturbedModel(base, perturbers, segmentation, sum(shapes.values()),
+                          params.max_rel_norm).to(ctx.device)
+
+
+def pooled(latents: list[torch.Tensor]) -> torch.Tensor:
+    """The discriminator's view of the latents: each map averaged over its positions, the
+    pieces concatenated (B×width)."""
+    return torch.cat([f.float().mean(dim=(2, 3)) if f.dim() == 4 else f.float()
+                      for f in latents], dim=1)
+
+
+@torch.no_grad()
+def adversary_diagnostics(ctx: RunContext, model: PerturbedModel, disc: nn.Module
+                          ) -> dict[str, float]:
+    """On the validation part: the discriminator's balanced accuracy and cross-entropy on the
+    perturbed latents (rows of known group) and the mean relative perturbation norm
+    ``‖G(f)‖ / ‖f‖`` (per sample, over all latents together)."""
+    from sklearn.metrics import balanced_accuracy_score
+
+    was = model.training, disc.training
+    model.eval()
+    disc.eval()
+    preds, groups, ces, rel = [], [], [], []
+    for batch in ctx.loader("val"):
+        model(batch.x)
+        logits = disc(model.last_latents).float()
+        g = batch.g if batch.g is not None else torch.full_like(batch.y, -1)
+        known = g >= 0
+        if bool(known.any()):
+            ces.append(F.cross_entropy(logits[known], g[known], reduction="sum").item())
+            preds.append(logits[known].argmax(1).cpu().numpy())
+            groups.append(g[known].cpu().numpy())
+        d2 = sum(d.float().flatten(1).pow(2).sum(1) for d in model.last_offsets)
+        f2 = sum(f.float().flatten(1).pow(2).sum(1) for f in model.last_clean)
+        rel.append((d2.sqrt() / f2.sqrt().clamp_min(1e-12)).cpu().numpy())
+    model.train(was[0])
+    disc.train(was[1])
+    out = {"perturb_rel_norm": float(np.concatenate(rel).mean())}
+    if groups:
+        y, p = np.concatenate(groups), np.concatenate(preds)
+        out["disc_balanced_accuracy"] = float(balanced_accuracy_score(y, p))
+        out["disc_ce"] = float(sum(ces) / len(y))
+    return out
+
+
+def latent_probe(ctx: RunContext, model: PerturbedModel, part: str = "test"
+                 ) -> dict[str, dict[str, Any]]:
+    """A fresh linear probe of the group (:func:`fairbench.run.probe.attribute_probe`) on
+    the pooled latents, fitted on the training split and scored on ``part``: of the base
+    model's latent (what APPLE starts from) and of the perturbed latent it delivers."""
+    from fairbench.run.probe import attribute_probe, collect_representations
+
+    model.eval()
+
+    def both(x: torch.Tensor) -> torch.Tensor:
+        model(x)
+        return torch.cat([pooled(model.last_clean), pooled(model.last_latents)], dim=1)
+
+    fit_x, fit_g = collect_representations(ctx, "train", both)
+    ev_x, ev_g = collect_representations(ctx, part, both)
+    w = fit_x.shape[1] // 2
+    return {name: attribute_probe(fit_x[:, cols], fit_g, ev_x[:, cols], ev_g,
+                                  seed=ctx.seed).as_dict()
+            for name, cols in (("base", slice(0, w)), ("perturbed", slice(w, None)))}
 
 
 def adversary_terms(logits: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor,
@@ -220,6 +340,19 @@ def adversary_terms(logits: torch.Tensor, groups: torch.Tensor) -> tuple[torch.T
     logp = F.log_softmax(logits, dim=1)
     entropy = -(logp.exp() * logp).sum(dim=1).mean()
     return ce, entropy
+
+
+def adversarial_term(logits: torch.Tensor, groups: torch.Tensor,
+                     params: AppleParams) -> torch.Tensor:
+    """The discriminator term of G's loss: ``α·L_conf`` (``objective=confusion``: the
+    cross-entropy of D's softmax against the uniform distribution, minimal, = α·log|A|,
+    exactly when D cannot tell the groups apart) or ``−α·CE(D, a) − β·H(D)``
+    (``objective=faap``: G maximises D's error and entropy, which G can also satisfy by
+    making D confidently wrong, i.e. by flipping the groups)."""
+    if params.objective == "confusion":
+        return params.alpha * confusion_loss(logits)
+    ce, entropy = adversary_terms(logits, groups)
+    return -params.alpha * ce - params.beta * entropy
 
 
 @register_method("apple")
@@ -236,6 +369,9 @@ class Apple(Method):
         select = params.select_metric
         if select == "auto":
             select = "gap.Dice" if segmentation else HEADLINE_FAIRNESS
+        last = select == "last"
+        if last:  # no choice: the perturber of the last epoch (checked by its utility only)
+            select = "gap.Dice" if segmentation else HEADLINE_FAIRNESS
         check_select_metric(select)
         if is_segmentation_metric(select) != segmentation:
             raise ParamError(f"apple select_metric={select!r} is not a metric of a {ctx.task} "
@@ -251,15 +387,19 @@ class Apple(Method):
         utility = ctx.utility_metric
         start = ctx.evaluate(model, "val")
         rule = tolerance_rule(select, float(start[utility]), params.tolerance, utility=utility)
+        if last:
+            rule = _epoch_counter()
         start_score = rule(start)
+        epochs: list[dict[str, Any]] = [
+            {"epoch": 0, "score": start_score, **_row(start, select, utility),
+             "perturb_rel_norm": 0.0}]
 
         def generator_loss(m: nn.Module, batch: Any, state: StepState) -> torch.Tensor:
             out = m(batch.x)
             loss = params.task_weight * ctx.task_loss(out, batch)
             latents = model.last_latents
             state.cache["latents"] = [f.detach() for f in latents]
-            ce, entropy = adversary_terms(disc(latents), batch.g)
-            loss = loss - params.alpha * ce - params.beta * entropy
+            loss = loss + adversarial_term(disc(latents), batch.g, params)
             if params.norm_penalty > 0:
                 loss = loss + params.norm_penalty * sum(
                     d.float().pow(2).flatten(1).sum(1).mean() for d in model.last_offsets)
@@ -269,13 +409,20 @@ class Apple(Method):
             ce, _ = adversary_terms(disc(state.cache["latents"]), batch.g)
             return ce
 
+        def evaluate(m: nn.Module, _loader: Any) -> dict[str, Any]:
+            metrics = ctx.evaluate(m, "val")
+            epochs.append({"epoch": len(epochs), "score": rule(metrics),
+                           **_row(metrics, select, utility),
+                           **adversary_diagnostics(ctx, model, disc)})
+            return metrics
+
         config = replace(ctx.train_config, epochs=params.epochs or ctx.train_config.epochs,
                          lr=params.lr or ctx.train_config.lr, sampler=params.sampler)
         hooks = TrainHooks(
             loss=generator_loss,
             aux=[AuxModule(disc, loss=disc_loss, lr=config.lr * params.disc_lr_ratio,
                            optimizer="adam", weight_decay=1e-4, steps=params.disc_steps)],
-            score=rule)
+            evaluate=evaluate, score=rule)
         result = ctx.fit(model, hooks=hooks, config=config, stage="apple")
         kept_start = result.best_score is None or result.best_score <= start_score
         if kept_start:
@@ -285,18 +432,45 @@ class Apple(Method):
                         for k, v in model.base.state_dict().items())
         if not unchanged:  # pragma: no cover - guarded by design, checked by the tests
             raise RuntimeError("apple changed the base model's weights")
+        write_rows(ctx.run_dir / "apple.csv", epochs)
+        best_epoch = 0 if kept_start else result.best_epoch
+        ctx.notes["chosen"] = {"epoch": best_epoch}
         ctx.notes["apple"] = {
             "select_metric": select,
             "utility": utility,
+            "objective": params.objective,
+            "max_rel_norm": params.max_rel_norm,
             "start_val": {utility: start[utility], select: _flat(start, select)},
             "final_val": {utility: final[utility], select: _flat(final, select)},
             "best_epoch": None if kept_start else result.best_epoch,
             "kept_base_model": kept_start,
             "start_within_tolerance": within_tolerance(start_score),
             "latent_levels": [int(k) for k in model.perturbers],
+            "last_epoch_val": {k: epochs[-1].get(k) for k in (
+                "disc_balanced_accuracy", "disc_ce", "perturb_rel_norm")},
+            "probe_test": latent_probe(ctx, model, "test"),
         }
         model.eval()
         return model
+
+
+def _epoch_counter() -> Any:
+    """A score that grows with every call: with it, the last checkpoint wins."""
+    calls = [0]
+
+    def score(_metrics: dict[str, Any]) -> float:
+        calls[0] += 1
+        return float(calls[0])
+
+    return score
+
+
+def _row(metrics: dict[str, Any], select: str, utility: str) -> dict[str, Any]:
+    from fairbench.metrics import flatten
+
+    flat = flatten(metrics)
+    keys = dict.fromkeys([utility, select, "EqOddsGap", "EOdd", f"gap.{utility}"])
+    return {f"val_{k}": flat.get(k) for k in keys if k in flat}
 
 
 def _flat(metrics: dict[str, Any], key: str) -> float:

@@ -6,11 +6,15 @@ the fair identity scaling of FairVision (github.com/Harvard-Ophthalmology-AI-Lab
 * **Step 0, the base.** ``base=vanilla`` (default): the run's cached vanilla model
   (cross-entropy with the run's train config), shared with every other method.
   ``base=fis``: a model trained from scratch with the run's train config and the fair identity
-  scaling loss of FairVision (:func:`fis_loss`, reference §2.3), as the FairDi paper's step 0.
+  scaling loss of FairVision (:func:`fis_loss`; weights scaled by the batch size, unlike
+  FairVision's code, see :func:`fis_weights`), as the FairDi paper's step 0.
 * **Step 1, teachers.** One teacher per group a: a copy of the base fine-tuned for
   ``teacher_epochs`` (run's optimizer, ``teacher_lr``, cosine schedule, augmentation as the
   run) on the training samples of group a only; the checkpoint is the best macro-F1 on the
-  validation samples of group a (the last epoch if the group has none). ``teacher_scope=full``
+  validation samples of group a **among the base model and the fine-tuned epochs**, so a
+  teacher is never worse on its own group's validation samples than the model it started
+  from (the base is kept when fine-tuning does not beat it; ``kept_base`` in the notes; the
+  last epoch if the group has no validation samples). ``teacher_scope=full``
   (default) trains the whole network; ``head`` trains only the linear classifier, the body kept
   in eval mode (its BatchNorm statistics frozen too), as the only public FairDi-style code
   (DIAGNOSE, third-party) does. A group with fewer than ``min_teacher_samples`` training
@@ -118,14 +122,17 @@ def wasserstein2_1d(u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
 
 def fis_weights(losses: torch.Tensor, group_distance: torch.Tensor, *, c: float,
                 temperature: float, r: float) -> torch.Tensor:
-    """Fair identity scaling weights of a batch (FairVision, reference §2.3)::
+    """Fair identity scaling weights of a batch (FairVision, ``src/modules.py``)::
 
         w_i = r·B·[(1 − c)·softmax_i(ℓ_i / T) + c·softmax_i(δ_{a_i} / T)]
 
     ``losses`` ℓ (B, with gradient: as in FairVision's code, the weights are not detached) and
-    each sample's group distance δ_{a_i} (B). The B factor makes the weights average r, as
-    FairVision's code does (reference §2.3 writes r·softmax, which would shrink the loss B
-    times); the loss is mean_i(w_i·ℓ_i)."""
+    each sample's group distance δ_{a_i} (B). The factor B is fairbench's: it makes the
+    weights average r, so the FIS loss stays on the scale of the plain mean cross-entropy.
+    FairVision's released ``Fair_Loss_Scaler`` has that multiplication commented out and
+    uses r·softmax, which makes its loss B times smaller (a rescaled learning rate for SGD;
+    nearly no change under Adam, which is invariant to a constant loss scale up to its ε);
+    the loss is mean_i(w_i·ℓ_i)."""
     b = losses.shape[0]
     w_ind = torch.softmax(losses / temperature, dim=0)
     w_grp = torch.softmax(group_distance.to(losses.dtype) / temperature, dim=0)
@@ -232,15 +239,27 @@ def train_teacher(ctx: RunContext, base: nn.Module, group: int,
                                  select=ctx.utility_metric if has_val else "last", patience=0)
     train = ctx.loader("train", groups=[group], seed_offset=300 + group)
     val = ctx.loader("val", groups=[group]) if has_val else None
+    evaluate = _group_f1(ctx)
+    base_score = None
+    if val is not None:  # the base model is a candidate checkpoint of its own teacher
+        base_score = float(evaluate(teacher, val)[ctx.utility_metric])
+    base_state = {k: v.detach().clone() for k, v in teacher.state_dict().items()}
     result = ctx.trainer.fit(trained, train, val, config=config,
-                             hooks=TrainHooks(evaluate=_group_f1(ctx)),
+                             hooks=TrainHooks(evaluate=evaluate),
                              stage=f"fairdi teacher {ctx.group_names[group]}")
+    kept_base = base_score is not None and not (
+        result.best_score is not None and np.isfinite(result.best_score)
+        and result.best_score > base_score)
+    if kept_base:
+        teacher.load_state_dict(base_state)
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
     return teacher, {"group": ctx.group_names[group], "train_samples": len(train.positions),
-                     "best_epoch": result.best_epoch,
-                     f"val_{ctx.utility_metric}": result.best_score}
+                     "best_epoch": 0 if kept_base else result.best_epoch,
+                     "kept_base": kept_base, f"base_val_{ctx.utility_metric}": base_score,
+                     f"val_{ctx.utility_metric}": base_score if kept_base
+                     else result.best_score}
 
 
 def teacher_logits(teachers: list[nn.Module], x: torch.Tensor, g: torch.Tensor,

@@ -18,21 +18,27 @@ the conventions of the same group's FairQuantize code (github.com/guoyb17/FairQu
   pruned), ranked **per layer** by default (each tensor loses the fraction p), or over all of
   them at once (``ranking=global``).
 * **Ratio**: ``ratio=None`` (default) chooses p on **validation** from ``ratio_grid`` by the
-  selection rule below; a number prunes exactly that fraction. The default grid is small
+  selection rule below; a number prunes exactly that fraction (the recorded ``ratio_grid``
+  is then that one value). The default grid is small
   (0.1 % to 5 %): on ``synthderm`` with the small CNN, pruning the weights that matter most to
   the privileged group destroys the model quickly (validation macro-F1 falls from 0.94 to
   about 0.80 at 2 % per layer), so larger ratios never pass the F1 tolerance there.
-* **β**: ``beta_grid`` (default {0.1, 0.3, 0.5, 0.7, 0.9, 1.0}, the reproductions' grid plus
-  1.0) is swept jointly with p on validation from the same curvature pass (oneshot mode);
-  ``beta`` (0.5) is used when ``beta_grid`` is empty and in iterative mode. Tuned on
-  validation: with β fixed at 0.5, no candidate lowered validation EOdd below the vanilla
-  model's on any of seeds 0-2 (0.074/0.092/0.084 against 0.076/0.073/0.083); the joint sweep
-  reached 0.060/0.069/0.072.
-* **BatchNorm recalibration** (``recalibrate_bn``, on by default; a fairbench choice, not in the
-  paper): after pruning, BatchNorm running statistics are re-estimated with one gradient-free
-  pass over the training split, since zeroed weights shift the channel statistics the frozen
-  running averages describe. No weight is trained; backbones without BatchNorm (VGG-11) are
-  unaffected.
+* **β**: ``beta=None`` (default) sweeps ``beta_grid`` (default {0.1, 0.3, 0.5, 0.7, 0.9, 1.0},
+  the reproductions' grid plus 1.0) jointly with p on validation from the same curvature pass
+  (oneshot mode). An explicit ``beta`` means that β and no grid: the recorded ``beta_grid``
+  becomes that one value, and an explicit ``beta`` together with an explicit other
+  ``beta_grid`` is refused. Iterative mode takes one β (``beta``). With β fixed at 0.5 no
+  candidate lowered validation EOdd below the vanilla model's on any of seeds 0-2 (measured
+  with BatchNorm re-estimation on, the former default), hence the sweep.
+* **BatchNorm re-estimation** (``recalibrate_bn``, off by default, as the paper: post-hoc
+  pruning with nothing re-estimated): with ``true``, BatchNorm running statistics are
+  re-estimated after pruning with one gradient-free pass over the training split
+  (:func:`fairbench.run.posthoc.recalibrate_batchnorm`), since zeroed weights shift the
+  channel statistics that the frozen running averages describe. No weight is trained, but on
+  small BatchNorm models the re-estimation alone changes F1 and the fairness gaps (it
+  accounted for most of a measured gain), so the control method ``bn_recalibrate`` applies
+  it to the vanilla model with nothing pruned: a suite with both separates the two effects.
+  Backbones without BatchNorm (VGG-11) are unaffected.
 * **Modes**: ``oneshot`` (default, post-hoc, no fine-tuning: one curvature pass, nested
   candidate masks) or ``iterative``: rounds of ``step`` more pruning, the curvature recomputed
   on the pruned model each round, stopping when the validation ``select_metric`` has not
@@ -43,7 +49,8 @@ the conventions of the same group's FairQuantize code (github.com/guoyb17/FairQu
 * **Selection, validation only**: best validation ``EqOddsGap`` (``select_metric``) among candidates
   whose validation macro-F1 is within ``f1_tolerance`` (0.02) of the vanilla model's; if none
   is, the candidate with the best F1. Every candidate's validation metrics go to
-  ``prune.csv`` in the run directory and the choice to the run's notes.
+  ``prune.csv`` in the run directory and the choice to the run's notes (``chosen``: the β
+  and ratio used, which the leaderboard shows beside the row).
 * The pruned model needs no sensitive attribute at inference.
 """
 
@@ -71,21 +78,43 @@ from fairbench.run.posthoc import (
     within_tolerance,
     write_rows,
 )
-from fairbench.training.curvature import fair_saliency, select_lowest
+from fairbench.training.curvature import fair_saliency, scored_parameters, select_lowest
 from fairbench.training.trainer import TrainConfig, TrainHooks
 
 ROW_METRICS = ("F1", "precision", "recall", "accuracy", "EqOddsGap", "EOpp0", "EOpp1", "EOdd",
                "worst.F1")
 
 
+DEFAULT_BETA_GRID = (0.1, 0.3, 0.5, 0.7, 0.9, 1.0)
+DEFAULT_RATIO_GRID = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05)
+
+
+def _resolve_grid(name: str, value: float | None, grid: tuple[float, ...],
+                  default: tuple[float, ...]) -> tuple[float, ...]:
+    """The candidate values of ``name``: ``grid`` when ``value`` is None, else ``(value,)``;
+    an explicit value beside an explicit other grid is refused (one line)."""
+    if value is None:
+        if not grid:
+            raise ParamError(f"parameter {name}_grid is empty and {name} is not given; give "
+                             f"-p {name}=VALUE or a non-empty {name}_grid")
+        return tuple(grid)
+    if tuple(grid) not in ((), tuple(default), (value,)):
+        raise ParamError(f"parameters {name}={value} and {name}_grid={','.join(map(str, grid))} "
+                         f"contradict each other; give {name} (one value) or {name}_grid "
+                         "(chosen on validation), not both")
+    return (value,)
+
+
 @dataclass
 class FairPruneParams:
-    beta: float = param(0.5, help="weight of the privileged group's saliency", min=0.0)
+    beta: float | None = param(
+        None, help="weight of the privileged group's saliency (None = choose on validation "
+                   "from beta_grid)", min=0.0)
     ratio: float | None = param(
         None, help="fraction of conv/linear weights to prune (None = choose on validation "
                    "from ratio_grid)", min=0.0, max=1.0, min_exclusive=True)
     ratio_grid: tuple[float, ...] = param(
-        (0.001, 0.002, 0.005, 0.01, 0.02, 0.05), help="candidate ratios when ratio is None")
+        DEFAULT_RATIO_GRID, help="candidate ratios when ratio is None")
     ranking: Literal["per_layer", "global"] = param("per_layer", help="rank weights per layer "
                                                      "or over the whole network")
     mode: Literal["oneshot", "iterative"] = param("oneshot", help="prune once, or in rounds "
@@ -101,11 +130,12 @@ class FairPruneParams:
     score_batch_size: int = param(32, help="batch size of the curvature pass", min=1)
     score_samples: int | None = param(None, help="cap on score-set size per group", min=1)
     beta_grid: tuple[float, ...] = param(
-        (0.1, 0.3, 0.5, 0.7, 0.9, 1.0),
+        DEFAULT_BETA_GRID,
         help="β values swept on validation together with the ratios, from one curvature pass "
-             "(oneshot mode; empty = beta only; iterative mode uses beta)")
-    recalibrate_bn: bool = param(True, help="re-estimate BatchNorm running statistics on the "
-                                 "training split after pruning (no gradients)")
+             "(oneshot mode) when beta is None")
+    recalibrate_bn: bool = param(False, help="re-estimate BatchNorm running statistics on the "
+                                 "training split after pruning (no gradients; not in the "
+                                 "paper)")
     finetune_epochs: int = param(0, help="fine-tuning epochs with the masks kept (0 = none)",
                                  min=0)
     finetune_optimizer: Literal["sgd", "adam"] = param("adam", help="fine-tuning optimizer")
@@ -116,6 +146,11 @@ class FairPruneParams:
     f1_tolerance: float = param(0.02, help="allowed validation macro-F1 drop", min=0.0)
 
     def validate(self) -> None:
+        """Checks, and makes the recorded grids the values used: an explicit ``beta`` (or
+        ``ratio``) replaces the default grid by that one value."""
+        self.beta_grid = _resolve_grid("beta", self.beta, self.beta_grid, DEFAULT_BETA_GRID)
+        self.ratio_grid = _resolve_grid("ratio", self.ratio, self.ratio_grid,
+                                        DEFAULT_RATIO_GRID)
         if not self.ratio_grid:
             raise ParamError("parameter ratio_grid is empty; give at least one ratio")
         bad = [r for r in self.ratio_grid if not 0.0 < r <= 1.0]
@@ -125,6 +160,10 @@ class FairPruneParams:
         if self.mode == "iterative" and self.step > self.max_ratio + 1e-12:
             raise ParamError(f"parameter step={self.step} is larger than max_ratio="
                              f"{self.max_ratio}; use a step no larger than max_ratio")
+        if self.mode == "iterative" and self.beta is None:
+            if len(self.beta_grid) != 1:
+                raise ParamError("iterative mode prunes with one β; give it with -p beta=0.5")
+            self.beta = self.beta_grid[0]
         if any(b < 0 for b in self.beta_grid):
             raise ParamError("parameter beta_grid must hold non-negative values, e.g. "
                              "0.1,0.3,0.5,0.7,0.9")
@@ -161,12 +200,22 @@ def prune_masks(
     return out
 
 
+def chosen_setting(info: dict[str, Any]) -> dict[str, Any]:
+    """The settings a pruning run chose on validation (β, ratio and, on multi-exit models, τ),
+    for the run's notes (``notes.chosen`` in ``config.json``, shown by the leaderboard)."""
+    keys = {"chosen_beta": "beta", "chosen_ratio": "ratio", "chosen_tau": "tau",
+            "finetune_epoch": "finetune_epoch"}
+    return {name: info[k] for k, name in keys.items() if info.get(k) is not None}
+
+
 @register_method("fairprune")
 class FairPrune(Method):
     """Fairness-aware pruning by group-wise second-order saliency (Wu et al., MICCAI 2022)."""
 
     Params = FairPruneParams
     kind = "post-hoc"
+    #: whether the unpruned model is a candidate of the choice (ratio 0 in prune.csv)
+    unpruned_candidate = False
 
     def run(self, ctx: RunContext, params: FairPruneParams) -> nn.Module:
         preflight_curvature(ctx, estimator=params.estimator, scope="conv_linear")
@@ -174,8 +223,9 @@ class FairPrune(Method):
         f1_start = ctx.evaluate(model, "val")["F1"]
         rule = tolerance_rule(params.select_metric, f1_start, params.f1_tolerance)
         score, masks, info = self._prune(ctx, model, params, rule)
+        ctx.notes["chosen"] = chosen_setting(info)
         ctx.notes["fairprune"] = {
-            **info, "beta_grid": list(params.beta_grid) or [params.beta], "mode": params.mode,
+            **info, "beta_grid": list(params.beta_grid), "mode": params.mode,
             "ranking": params.ranking,
             "estimator": params.estimator, "within_f1_tolerance": within_tolerance(score),
             "vanilla_val_F1": f1_start,
@@ -190,10 +240,16 @@ class FairPrune(Method):
         asked); writes ``prune.csv``; returns the validation score, the masks and the info
         for the notes. Shared with ME-FairPrune, which overrides the steps it calls."""
         rows: list[dict[str, Any]] = []
+        start = None
+        if self.unpruned_candidate:
+            masks = {n: torch.zeros_like(p, dtype=torch.bool)
+                     for n, p in scored_parameters(model, "conv_linear").items()}
+            score, info = self._record(ctx, model, masks, rule, rows, ratio=0.0)
+            start = (score, snapshot(model), masks, {**info, "chosen_ratio": 0.0})
         if params.mode == "oneshot":
-            best = self._oneshot(ctx, model, params, rule, rows)
+            best = self._oneshot(ctx, model, params, rule, rows, start)
         else:
-            best = self._iterative(ctx, model, params, rule, rows)
+            best = self._iterative(ctx, model, params, rule, rows, start)
         score, state, masks, info = best
         model.load_state_dict(state)
         if params.finetune_epochs > 0:
@@ -238,12 +294,11 @@ class FairPrune(Method):
                        "val_EqOddsGap": val["EqOddsGap"], "val_EOdd": val["EOdd"]}
 
     def _oneshot(self, ctx: RunContext, model: nn.Module, params: FairPruneParams, rule: Any,
-                 rows: list[dict[str, Any]]) -> tuple[float, dict, dict, dict]:
-        betas = tuple(dict.fromkeys(params.beta_grid)) or (params.beta,)
+                 rows: list[dict[str, Any]], best: Any = None) -> tuple[float, dict, dict, dict]:
+        betas = tuple(dict.fromkeys(params.beta_grid))
         per_beta = self._curvature_scores(ctx, model, params, seed=1, betas=betas)
         start = snapshot(model)
-        ratios = [params.ratio] if params.ratio is not None else sorted(set(params.ratio_grid))
-        best = None
+        ratios = sorted(set(params.ratio_grid))
         for beta, scores in per_beta.items():
             for ratio in ratios:
                 model.load_state_dict(start)
@@ -257,19 +312,21 @@ class FairPrune(Method):
         return best
 
     def _iterative(self, ctx: RunContext, model: nn.Module, params: FairPruneParams, rule: Any,
-                   rows: list[dict[str, Any]]) -> tuple[float, dict, dict, dict]:
+                   rows: list[dict[str, Any]], best: Any = None
+                   ) -> tuple[float, dict, dict, dict]:
         masks: dict[str, torch.Tensor] | None = None
-        best = None
         since_best, t = 0, 0
         while True:
             t += 1
             ratio = min(params.max_ratio, t * params.step)
+            assert params.beta is not None  # set by FairPruneParams.validate
             scores = self._curvature_scores(ctx, model, params, seed=t)[params.beta]
             masks = prune_masks(scores, ratio, ranking=params.ranking, already=masks)
             self._apply(ctx, model, masks, params)
             score, info = self._record(ctx, model, masks, rule, rows, round=t, ratio=ratio)
             if best is None or score > best[0]:
-                best = (score, snapshot(model), dict(masks), {**info, "chosen_ratio": ratio})
+                best = (score, snapshot(model), dict(masks),
+                        {**info, "chosen_ratio": ratio, "chosen_beta": params.beta})
                 since_best = 0
             else:
                 since_best += 1

@@ -6,13 +6,18 @@ shared trainer, batched exit policy A/B) is trained once per (dataset, split, at
 backbone, train config, seed, exit architecture, τ grid and policy of checkpoint selection) and
 cached under ``<runs_dir>/_me_vanilla/`` like the vanilla baseline; both methods start from it.
 
-**Selection, validation only** (both methods, so the leaderboard separates the effect of the
-exits from that of the pruning): the reference is the validation macro-F1 of the multi-exit
-model's **final exit** (the network as an ordinary classifier); a candidate is scored by
-:func:`fairbench.run.posthoc.tolerance_rule`: best validation ``select_metric`` (``EqOddsGap``) among
-candidates whose validation macro-F1 under the exit policy is within ``f1_tolerance`` of the
-reference, else the best F1. ``me_vanilla``'s candidates are the thresholds τ of ``tau_grid``
-(or the given ``tau``); ``me_fairprune``'s are (β, ratio, τ).
+**Selection, validation only**: a candidate is scored by
+:func:`fairbench.run.posthoc.tolerance_rule`: best validation ``select_metric``
+(``EqOddsGap``) among candidates whose validation macro-F1 under the exit policy is within
+``f1_tolerance`` of a reference, else the best F1. ``me_vanilla``'s candidates are the
+thresholds τ of ``tau_grid`` (or the given ``tau``), its reference the validation macro-F1 of
+the multi-exit model's **final exit** (the network as an ordinary classifier).
+``me_fairprune``'s candidates are (β, ratio, τ) **and the unpruned model at every τ**
+(ratio 0 in ``prune.csv``), its reference the validation macro-F1 of the unpruned model under
+its exit policy at me_vanilla's τ: pruning has to beat the model it starts from, within 2
+points of it, or the unpruned model is returned (``kept_unpruned`` in the notes), so the
+leaderboard separates the effect of the exits (me_vanilla against vanilla) from that of the
+pruning (me_fairprune against me_vanilla).
 
 **ME-FairPrune** (not released: github.com/chiuhaohao/Fair-Multi-Exit-Framework holds the
 multi-exit training and evaluation only; fairbench's reconstruction from the paper):
@@ -64,7 +69,7 @@ from fairbench.training.curvature import fair_saliency
 from fairbench.training.multiexit import exit_loss
 from fairbench.training.trainer import TrainHooks
 
-from .fairprune import ROW_METRICS, FairPrune, FairPruneParams
+from .fairprune import ROW_METRICS, FairPrune, FairPruneParams, chosen_setting
 
 
 def _taus(params: Any) -> tuple[float, ...]:
@@ -119,6 +124,7 @@ class MeFairPrune(FairPrune):
 
     Params = MeFairPruneParams
     kind = "post-hoc"
+    unpruned_candidate = True
 
     def run(self, ctx: RunContext, params: MeFairPruneParams) -> nn.Module:  # type: ignore[override]
         spec = resolve_exit_spec(ctx.backbone.name, params)
@@ -127,17 +133,23 @@ class MeFairPrune(FairPrune):
         probe_curvature(ctx, spec, estimator=params.estimator, scope="conv_linear")
         self._taus = _taus(params)
         self._policy = params.policy
-        model, (index, logits), f1_ref, rule = _start(ctx, params, spec)
-        start = best_tau(sweep_tau(ctx, index, logits, self._taus, params.policy, rule))
+        model, (index, logits), f1_ref, vanilla_rule = _start(ctx, params, spec)
+        # the unpruned multi-exit model as me_vanilla delivers it (τ by me_vanilla's rule): the
+        # F1 tolerance is anchored on its validation F1, and it is itself a candidate
+        start = best_tau(sweep_tau(ctx, index, logits, self._taus, params.policy, vanilla_rule))
+        rule = tolerance_rule(params.select_metric, float(start.metrics["F1"]),
+                              params.f1_tolerance)
         score, masks, info = self._prune(ctx, model, params, rule)
+        ctx.notes["chosen"] = chosen_setting(info)
         ctx.notes["me_fairprune"] = {
-            **info, "beta_grid": list(params.beta_grid) or [params.beta], "mode": params.mode,
+            **info, "beta_grid": list(params.beta_grid), "mode": params.mode,
             "ranking": params.ranking, "estimator": params.estimator,
             "curvature": "per-exit, combined with the exit weights",
             "within_f1_tolerance": within_tolerance(score), "final_exit_val_F1": f1_ref,
+            "kept_unpruned": info.get("chosen_ratio") == 0.0,
             "unpruned": {"tau": start.tau, "val_F1": start.metrics["F1"],
-
-                         "val_EqOddsGap": start.metrics["EqOddsGap"], "val_EOdd": start.metrics["EOdd"]},
+                         "val_EqOddsGap": start.metrics["EqOddsGap"],
+                         "val_EOdd": start.metrics["EOdd"]},
             "realized_ratio_per_tensor": {n: round(float(m.float().mean()), 6)
                                           for n, m in masks.items()},
         }

@@ -20,11 +20,15 @@ Follows the official code (github.com/DQle38/Fair-Feature-Distillation-for-Visua
   official code (:func:`fairbench.methods._inprocessing.mfd_mmd_terms`). No Hinton KD term
   (λ_h = 0 in every published command).
 * **Features** (``features``): ``map`` (default, as the official code) is the
-  backbone's final feature map before global pooling, flattened (smallcnn at 32 px: 256×2×2;
-  ResNet-18: 512×h×w), captured by a forward hook on the pooling layer so one pass gives
-  both the logits and the map; ``pooled`` uses the pooled embedding (``model.features``),
-  as the dermatology tables' MFD (§4.2). A backbone without a global pooling or flatten
-  layer falls back to ``pooled`` (recorded in the run's notes).
+  backbone's final feature map, flattened: the input of the global pooling (smallcnn at
+  32 px: 256×2×2; ResNet-18: 512×h×w), or for the VGGs, which have no global pooling, the
+  output of the last max-pool of their convolutional features (512×s×s, s = image size /
+  32), never the 4096-d pre-logits vector; captured by a forward hook
+  (:class:`~fairbench.methods._inprocessing.FeatureTap`) so one pass gives both the logits
+  and the map. ``pooled`` uses the embedding the classifier reads (``model.features``:
+  pooled for ResNet and smallcnn, the 4096-d pre-logits vector for the VGGs), as the
+  dermatology tables' MFD. A backbone with no pooling layer at all falls back to
+  ``pooled`` (recorded in the run's notes).
 * **Batches**: group × class balanced (``sampler=group_class``, the official ``--labelwise``
   sampler); rows of unknown group are left out by that sampler.
 * **λ, σ**: the official CIFAR-10S/UTKFace values, λ = 3, σ = 1, kept as defaults: on

@@ -1,13 +1,25 @@
-"""``resampling``: group × class balanced sampling, nothing else (MEDFAIR's strong baseline).
+"""``resampling``: group-balanced sampling, nothing else (MEDFAIR's resampling baseline).
 
 A fresh backbone is trained with plain cross-entropy and the run's train config, except that
-every training batch holds equal counts of each stratum (``by``): group × class (default) or
-group only. Strata are walked in fresh seeded permutations, small ones repeated, so the
-expected loss is :math:`\\frac1{|S|}\\sum_s \\mathbb E[\\mathrm{CE}\\mid s]` instead of the
-empirical mean (:func:`fairbench.data.loaders.balanced_order`). An epoch keeps the number of batches
-of the unbalanced one. Rows of unknown group (g = −1) cannot be balanced against the groups
-and are left out (counted in the run's notes). Nothing else changes, so the difference from
-``vanilla`` is the sampling alone; the model needs no sensitive attribute at inference.
+the training batches are balanced over strata (``by``):
+
+* ``group`` (default): every group equally often, MEDFAIR's resampling
+  (github.com/ys-zong/MEDFAIR: a ``WeightedRandomSampler`` with weight 1 / (size of the
+  sample's group), drawn with replacement, as many draws as training samples). It is the
+  default because that is the baseline the name stands for, and because it changes one thing
+  only, the group mix: balancing classes as well changes the class prior, which by itself
+  moves macro-F1 and the per-class error rates that the fairness gaps are made of.
+* ``group_class``: every group × class cell equally often (the ``--labelwise`` sampler of
+  MFD's code), offered for comparison.
+
+fairbench draws the same expected composition without the variance of independent draws:
+each batch holds the configured number of rows with equal counts per stratum up to one row,
+strata are walked in fresh seeded permutations (small ones repeated), and an epoch has the
+split's size (:func:`fairbench.data.loaders.balanced_order`), so the expected loss is
+:math:`\\frac1{|S|}\\sum_s \\mathbb E[\\mathrm{CE}\\mid s]` instead of the empirical mean. Rows
+of unknown group (g = −1) cannot be balanced against the groups and are left out (counted in
+the run's notes). Nothing else changes, so the difference from ``vanilla`` is the sampling
+alone; the model needs no sensitive attribute at inference.
 """
 
 from __future__ import annotations
@@ -26,13 +38,13 @@ from ._inprocessing import require_groups, train_setup
 
 @dataclass
 class ResamplingParams:
-    by: Literal["group_class", "group"] = param(
-        "group_class", help="strata balanced in every batch: group × class, or group")
+    by: Literal["group", "group_class"] = param(
+        "group", help="strata balanced in every batch: group (MEDFAIR), or group × class")
 
 
 @register_method("resampling")
 class Resampling(Method):
-    """Cross-entropy with group × class balanced batches (no other change)."""
+    """Cross-entropy with group-balanced (or group × class balanced) batches, nothing else."""
 
     Params = ResamplingParams
     kind = "in-training"

@@ -27,8 +27,12 @@ Decisions (the method's docstring lists them; the source of each in brackets):
   ``body.0.18``, the last 3×3 convolution [released code: ``features[18]``]; for ``smallcnn``
   ``body.12``.
 * **Pruning = masking.** A pruned channel's output is made exactly zero: for a ``Conv2d``, its
-  weights (and bias, unless ``mask_bias=false``, which reproduces the released code that leaves
-  the bias) and the scale and shift of the BatchNorm that follows it. For a residual stage or
+  weights, its bias and the scale and shift of the BatchNorm that follows it.
+  ``mask_bias=false`` reproduces the released code, which masks the convolution's weights
+  only (``torch.nn.utils.prune.custom_from_mask`` on ``features[18]``): the channel then
+  outputs a constant, its bias (VGG-11 without BN), or with a BatchNorm after it that
+  BatchNorm's normalised constant, so neither the bias nor the BatchNorm's scale and shift
+  is masked in that mode. For a residual stage or
   block, the channel of the stage's output is removed by masking it in every layer that writes
   into the residual stream: each block's last convolution and its BatchNorm, and the
   downsample convolution and its BatchNorm; masking only the last convolution (a literal
@@ -42,6 +46,18 @@ Decisions (the method's docstring lists them; the source of each in brackets):
   the validation ``select_metric`` (``EqOddsGap``) has not improved for ``patience`` rounds in a row or
   the budget ``max_channels`` (default 10 % of the layer, rounded up) is reached. The last
   round prunes only what the budget leaves.
+* **Defaults against the released values.** The released code prunes 5 or 7 channels of
+  512 (its comments suggest n ∈ {5, 10, 15, 20}; the hard-coded list in ``train_cnn.py``
+  has 7) and fine-tunes for 200 epochs of SGD (lr 0.01, momentum 0.9, Nesterov, weight
+  decay 1e-5, StepLR(100, 0.1), batch 256, class-balanced sampling). fairbench's defaults
+  are sized for a CPU run on ``synthderm``: ``n_per_round`` 8 channels per round up to 10 %
+  of the layer, ``finetune_epochs`` 2 per round with the run's optimizer (Adam) at
+  ``finetune_lr`` 5e-4. For the released setting on a paper backbone:
+  ``-p n_per_round=7 -p max_channels=7 -p finetune_epochs=200 -p finetune_lr=0.01`` with
+  ``--train optimizer=sgd momentum=0.9 nesterov=true weight_decay=1e-5 schedule=step
+  step_size=100 gamma=0.1 batch_size=256 sampler=class``.
+* **Choice** of the round: every round's validation metrics and its score by the rule below
+  go to ``snnl_prune.csv``; the run's notes name the chosen round (``chosen``).
 * **Selection, validation only**: among the pruned rounds (the unpruned model is no
   candidate), the best validation ``select_metric`` whose validation macro-F1 is within
   ``f1_tolerance`` of the vanilla model's; if none is, the best F1. Each round's pruned
@@ -99,8 +115,8 @@ class SNNLPruneParams:
     patience: int = param(2, help="stop after this many rounds without a better validation "
                                   "select_metric", min=1)
     score_batch_size: int = param(128, help="batch size of the SNNL (released: 128)", min=2)
-    mask_bias: bool = param(True, help="also mask the conv bias of pruned channels (false = as "
-                                       "released)")
+    mask_bias: bool = param(True, help="also mask the conv bias and the following BatchNorm's "
+                                       "scale and shift (false = weights only, as released)")
     finetune_epochs: int = param(2, help="fine-tuning epochs per round (0 = none)", min=0)
     finetune_lr: float = param(5e-4, help="fine-tuning learning rate", min=0.0,
                                min_exclusive=True)
@@ -162,10 +178,15 @@ def _following_bn(model: nn.Module, conv_name: str, channels: int) -> str | None
 
 
 def _conv_writers(model: nn.Module, conv_name: str, mask_bias: bool) -> list[str]:
+    """The parameters masked for a pruned output channel of ``conv_name``: its weight, and
+    unless ``mask_bias`` is false (the released code's weight-only mask) its bias and the
+    scale and shift of the BatchNorm that follows it."""
     conv = dict(model.named_modules())[conv_name]
     assert isinstance(conv, nn.Conv2d)
     writers = [f"{conv_name}.weight"]
-    if conv.bias is not None and mask_bias:
+    if not mask_bias:
+        return writers
+    if conv.bias is not None:
         writers.append(f"{conv_name}.bias")
     bn = _following_bn(model, conv_name, conv.out_channels)
     if bn is not None and dict(model.named_modules())[bn].affine:
@@ -397,6 +418,7 @@ class SNNLPrune(Method):
         write_rows(ctx.run_dir / "snnl_prune.csv", rows)
         write_rows(ctx.run_dir / "snnl_scores.csv", score_rows)
         chosen = [c for r in rounds[:best[2]] for c in r["pruned"]]
+        ctx.notes["chosen"] = {"round": best[2]}
         ctx.notes["snnl_prune"] = {
             "layer": plan.name, "layer_channels": plan.channels, "masked_parameters": plan.writers,
             "budget": budget, "rounds": rounds, "chosen_round": best[2],

@@ -191,6 +191,48 @@ def test_balanced_order_function():
         assert np.bincount(strata[row], minlength=3).tolist() == [3, 3, 3]
 
 
+@pytest.mark.parametrize("batch_size", [7, 10, 16])
+def test_balanced_order_batch_size_kept_with_any_number_of_strata(batch_size):
+    """With more strata than rows in a batch (Fitzpatrick-17k: 114 classes × 2 groups against
+    batch 64) or a batch size that is no multiple of the number of strata, every batch keeps
+    exactly the configured size, strata differ by at most one row within a batch, and over
+    the epoch every stratum gets the same number of rows up to one (the expected composition
+    of weighted sampling with weights 1 / stratum size)."""
+    rng = np.random.default_rng(3)
+    sizes = np.random.default_rng(0).integers(1, 30, size=23)  # 23 strata, sizes 1..29
+    strata = np.repeat(np.arange(23) * 5, sizes)  # keys need not be 0..K-1
+    n_batches = len(strata) // batch_size
+    order = balanced_order(strata, batch_size, n_batches, rng)
+    assert order.shape == (n_batches * batch_size,)
+    keys = np.unique(strata)
+    per_batch = np.stack([np.array([(strata[row] == k).sum() for k in keys])
+                          for row in order.reshape(n_batches, batch_size)])
+    assert (per_batch.sum(1) == batch_size).all()
+    assert (per_batch.max(1) - per_batch.min(1) <= 1).all()
+    total = per_batch.sum(0)
+    assert total.max() - total.min() <= 1
+    # each stratum is walked without repetition before any of its rows comes twice
+    for k in keys:
+        seen = order[strata[order] == k]
+        members = np.flatnonzero(strata == k)
+        first = seen[:len(members)]
+        assert len(set(first.tolist())) == len(first)
+
+
+def test_balanced_loader_epoch_has_the_split_size_with_many_strata():
+    """The loader over more strata than its batch size: batches of the configured size and an
+    epoch of the split's size (rounded down to whole batches), never enlarged."""
+    data, _, _, groups = _data(n=90)
+    pos = np.arange(90)
+    strata = groups[pos] * 100 + np.arange(90) % 30  # 60 strata, batch 16
+    loader = BatchLoader(data, pos, batch_size=16, attribute="g", order="balanced",
+                         strata=strata, seed=0)
+    batches = list(loader)
+    assert len(batches) == len(loader) == 90 // 16
+    assert all(len(b) == 16 for b in batches)
+    assert sum(len(b) for b in batches) == 16 * (90 // 16)
+
+
 def test_augmentation_keeps_shapes_and_moves_masks_with_images():
     n, size = 40, 12
     # every pixel encodes its own position, so a crop/flip is visible and checkable

@@ -275,6 +275,90 @@ def test_iterative_mode_nested_rounds(runs, tiny_cache):
         assert int((weights[n] == 0).sum()) == math.ceil(round(chosen * zero1.numel(), 9)), n
 
 
+def test_explicit_beta_is_the_beta_used_and_recorded(runs, tiny_cache):
+    """``-p beta=0.7`` with the default β grid: only β 0.7 is tried, and the recorded
+    parameters say so (beta_grid [0.7]); the chosen β and ratio are in ``notes.chosen``."""
+    params = {k: v for k, v in FAST.items() if k not in ("beta_grid",)}
+    params.update(beta="0.7", ratio="none", ratio_grid="0.05,0.1")
+    rec = spied_run(runs / "explicit_beta", tiny_cache, params)
+    config = json.loads((rec["run_dir"] / "config.json").read_text())
+    assert config["method_params"]["beta"] == 0.7
+    assert config["method_params"]["beta_grid"] == [0.7]
+    rows = read_rows(rec["run_dir"] / "prune.csv")
+    assert {float(r["beta"]) for r in rows} == {0.7}
+    assert sorted(float(r["ratio"]) for r in rows) == [0.05, 0.1]
+    chosen = config["notes"]["chosen"]
+    assert chosen["beta"] == 0.7 and chosen["ratio"] in (0.05, 0.1)
+    # the leaderboard row names the β and ratio the run used
+    from fairbench.bench.leaderboard import leaderboard
+
+    board = leaderboard(runs / "explicit_beta")
+    text = board.to_markdown()
+    assert f"chosen in run (seeds 0): beta=0.7, ratio={chosen['ratio']:g}" in text
+    frame = board.to_frame()
+    assert json.loads(frame["chosen_in_run"].iloc[0]) == {"beta": [0.7],
+                                                          "ratio": [chosen["ratio"]]}
+
+
+def test_beta_and_other_beta_grid_refused(tmp_path):
+    result = invoke(tmp_path / "runs", tmp_path / "cache",
+                    {**FAST, "beta": "0.7", "beta_grid": "0.1,0.3"})
+    assert_cli_error(result, "beta=0.7", "beta_grid", "not both")
+    assert not (tmp_path / "runs").exists()
+
+
+def rule_score(row: dict[str, str], f1_start: float, tol: float) -> float:
+    """The documented selection rule recomputed from a logged row: −EqOddsGap within the F1
+    tolerance of the vanilla model, else −1000 + F1 (so the best F1 wins among those)."""
+    f1 = float(row["val_F1"])
+    return -float(row["val_EqOddsGap"]) if f1 >= f1_start - tol - 1e-12 else -1e3 + f1
+
+
+def test_chosen_beta_and_ratio_are_the_best_logged_candidate(runs, tiny_cache):
+    """The (β, ratio) the run keeps is the best of ``prune.csv`` by the documented rule, the
+    score logged for every candidate is that rule, and the saved model is that candidate's
+    (its zeros are the chosen ratio's count per layer)."""
+    params = {**FAST, "beta": "none", "beta_grid": "0.1,0.5,1.0", "ratio": "none",
+              "ratio_grid": "0.02,0.1,0.3", "f1_tolerance": "0.05"}
+    rec = spied_run(runs / "grid", tiny_cache, params)
+    config = json.loads((rec["run_dir"] / "config.json").read_text())
+    notes = config["notes"]["fairprune"]
+    rows = read_rows(rec["run_dir"] / "prune.csv")
+    assert len(rows) == 9
+    f1_start = notes["vanilla_val_F1"]
+    for r in rows:
+        assert float(r["score"]) == pytest.approx(rule_score(r, f1_start, 0.05), abs=1e-9)
+    scores = [float(r["score"]) for r in rows]
+    best = rows[scores.index(max(scores))]  # the first of equal scores wins
+    chosen = config["notes"]["chosen"]
+    assert chosen == {"beta": float(best["beta"]), "ratio": float(best["ratio"])}
+    assert notes["chosen_beta"] == chosen["beta"] and notes["chosen_ratio"] == chosen["ratio"]
+    weights = rec["weights"]
+    for n in conv_linear_names(weights):
+        k = math.ceil(round(chosen["ratio"] * weights[n].numel(), 9))
+        assert int((weights[n] == 0).sum()) >= k, n
+
+
+def test_default_keeps_batchnorm_statistics_and_option_reestimates(runs, tiny_cache):
+    """By default (as the paper) pruning re-estimates nothing: every BatchNorm buffer of the
+    saved model equals the vanilla model's; ``recalibrate_bn=true`` changes them."""
+    from fairbench.methods.fairprune import FairPruneParams
+
+    assert FairPruneParams().recalibrate_bn is False
+    off = spied_run(runs / "bn_off", tiny_cache, {**FAST, "recalibrate_bn": "false"})
+    on = spied_run(runs / "bn_on", tiny_cache, {**FAST, "recalibrate_bn": "true"})
+    vanilla = torch.load(next((runs / "bn_off" / "_vanilla").rglob("model.pt")),
+                         weights_only=True)
+    stats = [k for k in vanilla if k.endswith(("running_mean", "running_var"))]
+    assert stats
+    for k in stats:
+        assert torch.equal(off["weights"][k], vanilla[k]), k
+    assert any(not torch.equal(on["weights"][k], vanilla[k]) for k in stats)
+    # the same weights were pruned either way: only the statistics differ
+    for n in conv_linear_names(off["weights"]):
+        assert torch.equal(off["weights"][n], on["weights"][n]), n
+
+
 # -- bad input ---------------------------------------------------------------------------------
 
 
@@ -287,7 +371,10 @@ PARAM_ERRORS = {
     "empty ratio grid": ({"ratio": "none", "ratio_grid": ""}, ["ratio_grid"]),
     "ratio grid outside": ({"ratio": "none", "ratio_grid": "0.1,1.5"}, ["ratio_grid", "1.5"]),
     "zero in ratio grid": ({"ratio": "none", "ratio_grid": "0,0.1"}, ["ratio_grid"]),
-    "negative beta grid": ({"beta_grid": "0.5,-0.1"}, ["beta_grid"]),
+    "negative beta grid": ({"beta": "none", "beta_grid": "0.5,-0.1"}, ["beta_grid"]),
+    "no beta and empty grid": ({"beta": "none", "beta_grid": ""}, ["beta_grid", "beta="]),
+    "iterative with a beta grid": ({"mode": "iterative", "beta": "none",
+                                    "beta_grid": "0.1,0.5"}, ["iterative", "beta"]),
     "unknown ranking": ({"ranking": "by_channel"}, ["ranking", "global"]),
     "unknown estimator": ({"estimator": "kfac"}, ["estimator"]),
     "zero max ratio": ({"mode": "iterative", "max_ratio": "0"}, ["max_ratio"]),

@@ -153,6 +153,10 @@ def spied(runs, tiny_cache):
     """A tiny fairquantize run (scope=all, selection=paper) with the model recorded at the start
     of every step (``group_curvature``), right before and after every retraining (``ctx.fit``)
     with the frozen masks, and the curvature handed to the score."""
+    return spy_run(runs / "spied", tiny_cache, {**FAST, "beta": "0.7", "scope": "all"})
+
+
+def spy_run(root: Path, tiny_cache: Path, params: dict[str, str]) -> dict:
     rec: dict[str, list] = {"start": [], "curv": [], "fit": []}
     real_gc, real_fit = fq.group_curvature, RunContext.fit
 
@@ -172,12 +176,10 @@ def spied(runs, tiny_cache):
         rec["fit"].append((masks, before, snap(model)))
         return result
 
-    root = runs / "spied"
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(fq, "group_curvature", spy_gc)
         mp.setattr(RunContext, "fit", spy_fit)
-        result = invoke(root, tiny_cache, {**FAST, "beta": "0.7", "scope": "all"},
-                        "--save-weights")
+        result = invoke(root, tiny_cache, params, "--save-weights")
     assert result.exit_code == 0, result.output
     run_dir = the_run_dir(root)
     rec["run_dir"] = run_dir
@@ -269,6 +271,144 @@ def test_quantized_entries_frozen_through_retraining(spied):
         assert_powers_of_two(weights[n][m])
 
 
+# -- the schedule between steps and the choice of the checkpoint ------------------------------
+def rule_score(row: dict[str, str], f1_start: float, tol: float) -> float:
+    """The documented rule from a logged row: −EqOddsGap within the F1 tolerance of the
+    starting model, else −1000 + F1."""
+    f1 = float(row["val_F1"])
+    return -float(row["val_EqOddsGap"]) if f1 >= f1_start - tol - 1e-12 else -1e3 + f1
+
+
+def assert_choice_follows_rule(run_dir: Path, tol: float) -> dict:
+    """Every logged score is the documented rule on the logged values, and the chosen
+    checkpoint is the best eligible row of checkpoints.csv (the first of equal scores)."""
+    config = json.loads((run_dir / "config.json").read_text())
+    summary = config["notes"]["fairquantize"]
+    rows = read_rows(run_dir / "checkpoints.csv")
+    for r in rows:
+        assert float(r["score"]) == pytest.approx(
+            rule_score(r, summary["start_val_F1"], tol), abs=1e-9)
+    eligible = [r for r in rows if r["eligible"] == "True"]
+    assert eligible
+    scores = [float(r["score"]) for r in eligible]
+    best = eligible[scores.index(max(scores))]
+    chosen = config["notes"]["chosen"]
+    assert (chosen["step"], chosen["epoch"]) == (int(best["step"]), int(best["epoch"]))
+    assert summary["selected"]["val_F1"] == pytest.approx(float(best["val_F1"]))
+    return {"rows": rows, "eligible": eligible, "chosen": chosen}
+
+
+@pytest.fixture(scope="module")
+def paper_schedule(runs, tiny_cache):
+    return spy_run(runs / "paper_schedule", tiny_cache,
+                   {**FAST, "beta": "0.7", "retrain_epochs": "2", "f1_tolerance": "0.1"})
+
+
+def test_default_schedule_continues_from_the_retrained_model(paper_schedule):
+    """The paper's schedule: every step starts from the previous step's retrained model (its
+    last epoch), never from the state right after quantizing."""
+    starts, fits = paper_schedule["start"], paper_schedule["fit"]
+    assert len(fits) == 3
+    for t in range(1, 3):
+        _, before, after = fits[t - 1]
+        assert any(not torch.equal(after[n], before[n]) for n in after)
+        for n, v in starts[t].items():
+            assert torch.equal(v, after[n]), (t, n)
+    rows = read_rows(paper_schedule["run_dir"] / "steps.csv")
+    assert [int(r["continued_from_epoch"]) for r in rows] == [2, 2, 2]
+
+
+def test_default_choice_is_the_best_final_step_retraining_epoch(paper_schedule):
+    out = assert_choice_follows_rule(paper_schedule["run_dir"], 0.1)
+    assert {(int(r["step"]), int(r["epoch"])) for r in out["rows"]} == {
+        (t, e) for t in (1, 2, 3) for e in (0, 1, 2)}
+    # eligible: the final step's retraining epochs only (never the quantized state)
+    assert {(int(r["step"]), int(r["epoch"])) for r in out["eligible"]} == {(3, 1), (3, 2)}
+    assert out["chosen"]["step"] == 3 and out["chosen"]["epoch"] >= 1
+
+
+def test_path_steering_option_continues_from_the_selected_checkpoint(runs, tiny_cache):
+    rec = spy_run(runs / "steered", tiny_cache,
+                  {**FAST, "beta": "0.7", "retrain_epochs": "2", "continue_from": "selected",
+                   "f1_tolerance": "0.1"})
+    out = assert_choice_follows_rule(rec["run_dir"], 0.1)
+    # eligible: every checkpoint of the final step, the quantized state (epoch 0) included
+    assert {(int(r["step"]), int(r["epoch"])) for r in out["eligible"]} == {
+        (3, 0), (3, 1), (3, 2)}
+    rows = read_rows(rec["run_dir"] / "steps.csv")
+    for t, r in enumerate(rows, start=1):
+        assert r["continued_from_epoch"] == r["selected_epoch"]
+        epochs = [c for c in out["rows"] if int(c["step"]) == t]
+        scores = [float(c["score"]) for c in epochs]
+        assert int(r["selected_epoch"]) == int(epochs[scores.index(max(scores))]["epoch"])
+    # a step that kept its quantized state starts the next one from exactly that state
+    for t in range(1, 3):
+        if rows[t - 1]["selected_epoch"] == "0":
+            _, before, _ = rec["fit"][t - 1]
+            for n, v in rec["start"][t].items():
+                assert torch.equal(v, before[n]), (t, n)
+
+
+def test_quantize_step_global_ranking_is_the_network_wide_lowest_k():
+    """``ranking=global`` (the paper's Algorithm 1): the ⌈r·N⌉ lowest fair scores over all
+    scored weights together, already quantized entries counting toward it and kept; the
+    per-layer default takes ⌈r·N_l⌉ in every tensor."""
+    from types import SimpleNamespace
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.Linear(5, 6))
+    names = ["0.weight", "1.weight"]
+    named = dict(model.named_parameters())
+    gen = torch.Generator().manual_seed(1)
+    curv = SimpleNamespace(
+        h_u={n: torch.rand(named[n].shape, generator=gen) for n in names},
+        h_p={n: torch.rand(named[n].shape, generator=gen) * 3 for n in names})
+    start = {n: named[n].detach().clone() for n in names}
+    w = torch.cat([start[n].reshape(-1).double() for n in names])
+    q = torch.from_numpy(reference_pow2(w.numpy()))
+    score = (0.5 * (q - w) ** 2 * (torch.cat([curv.h_u[n].reshape(-1) for n in names]).double()
+                                   - 0.7 * torch.cat([curv.h_p[n].reshape(-1)
+                                                      for n in names]).double())).numpy()
+    already = {n: torch.zeros_like(named[n], dtype=torch.bool) for n in names}
+    already["1.weight"].view(-1)[:3] = True  # three entries quantized before
+    params = fq.FairQuantizeParams(ranking="global")
+    masks = fq.quantize_step(model, names, already, curv, 0.3, 0.7, params)
+    got = torch.cat([masks[n].reshape(-1) for n in names]).numpy()
+    prev = torch.cat([already[n].reshape(-1) for n in names]).numpy()
+    k = math.ceil(0.3 * w.numel())
+    free = [i for i in np.argsort(score, kind="stable") if not prev[i]]
+    want = prev.copy()
+    want[free[:k - int(prev.sum())]] = True
+    assert np.array_equal(got, want) and int(got.sum()) == k
+    after = torch.cat([named[n].detach().reshape(-1).double() for n in names]).numpy()
+    new = want & ~prev
+    assert np.array_equal(after[new], q.numpy()[new])  # new entries hold Q(w)
+    assert np.array_equal(after[~new], w.numpy()[~new])  # the others are untouched
+    # per layer: ceil(r·N_l) in every tensor
+    for n in names:
+        named[n].data.copy_(start[n])
+    per_layer = fq.quantize_step(model, names, {n: torch.zeros_like(named[n], dtype=torch.bool)
+                                                for n in names}, curv, 0.3, 0.7,
+                                 fq.FairQuantizeParams())
+    for n in names:
+        assert int(per_layer[n].sum()) == math.ceil(0.3 * named[n].numel())
+
+
+def test_cli_global_ranking_realizes_the_ratio_over_the_network(runs, tiny_cache):
+    root = runs / "global"
+    result = invoke(root, tiny_cache, {**FAST, "retrain_epochs": "0", "ranking": "global",
+                                       "scope": "conv_linear"})
+    assert result.exit_code == 0, result.output
+    rows = read_rows(the_run_dir(root) / "steps.csv")
+    config = json.loads((the_run_dir(root) / "config.json").read_text())
+    assert config["method_params"]["ranking"] == "global"
+    shares = config["notes"]["fairquantize"]["realized_ratio_per_tensor"]
+    for r in rows:
+        # ⌈r·N⌉ over the network: the realized share is r up to one weight in N
+        assert float(r["realized_ratio"]) == pytest.approx(float(r["target_ratio"]), abs=1e-3)
+    assert max(shares.values()) - min(shares.values()) > 0.01  # not the per-layer split
+
+
 # -- command line end to end -------------------------------------------------------------------
 def test_cli_end_to_end_records_privileged_group(spied):
     run_dir = spied["run_dir"]
@@ -317,6 +457,7 @@ def test_cli_selection_as_released(runs, tiny_cache):
     assert (the_run_dir(root) / "metrics.json").is_file()
 
 
+@pytest.mark.slow
 def test_cli_ablation_every_step_for_several_betas(runs, tiny_cache):
     # the paper's Fig. 2 data: metrics at every ratio step for several β (no retraining)
     root = runs / "ablation"
@@ -415,6 +556,7 @@ def test_check_method_conformance(tmp_path):
     assert {"val", "test", "meta"} <= set(metrics)
 
 
+@pytest.mark.slow
 def test_curvature_out_of_memory_is_survived_and_recorded(runs, tiny_cache, monkeypatch):
     """A run whose curvature passes do not fit in memory at the score batch size goes on in
     smaller passes (found once, kept for every later step) and records the size in its notes."""

@@ -7,6 +7,7 @@ ends as one ``error:`` line with exit code 2 through the CLI.
 
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
 
@@ -61,6 +62,178 @@ def test_methods_differ_from_vanilla(tmp_path: Path, make_tiny_config) -> None:
         probs[name] = ctx.trainer.predict(res.model, ctx.loader("val"), ctx.train_config).probs
         if name != "vanilla":
             assert not np.allclose(probs[name], probs["vanilla"]), name
+
+
+# -- behaviour inside real runs --------------------------------------------------------------------
+def spy_fit(stage: str):
+    """A Trainer.fit wrapper that hands the call for ``stage`` to ``inspect(model, train,
+    hooks)`` before training, and the trained model to ``after`` (set on the returned dict)."""
+    from fairbench.training.trainer import Trainer
+
+    real = Trainer.fit
+    box: dict = {}
+
+    def fit(self, model, train, val=None, **kw):
+        if kw.get("stage") == stage and "inspect" in box:
+            box["inspect"](model, train, kw.get("hooks"))
+        return real(self, model, train, val, **kw)
+
+    return fit, box
+
+
+@pytest.mark.parametrize("by", ["group", "group_class"])
+def test_resampling_batches_are_balanced_as_configured(by: str, tmp_path: Path,
+                                                       make_tiny_config, monkeypatch) -> None:
+    from fairbench import run_experiment
+    from fairbench.training.trainer import Trainer
+
+    fit, box = spy_fit("resampling")
+    seen: list = []
+
+    def inspect(model, train, hooks):
+        for b in train:
+            seen.append((b.g.numpy().copy(), b.y.numpy().copy()))
+
+    box["inspect"] = inspect
+    monkeypatch.setattr(Trainer, "fit", fit)
+    cfg = make_tiny_config("resampling", tmp_path, params={"by": by},
+                           train={"batch_size": 12})
+    res = run_experiment(cfg, keep_model=True)
+    n_train = len(res.context.positions("train"))
+    assert len(seen) == n_train // 12
+    for g, y in seen:
+        assert len(g) == 12  # the configured batch size
+        keys = g if by == "group" else g * 10 + y
+        counts = np.unique(keys, return_counts=True)[1]
+        n_strata = 2 if by == "group" else len(np.unique(
+            res.context.table.attr(res.context.attribute)[res.context.positions("train")] * 10
+            + res.context.table.labels[res.context.positions("train")]))
+        assert len(counts) == min(n_strata, 12)
+        assert counts.max() - counts.min() <= 1
+    assert res.context.notes["resampling"]["by"] == by
+
+
+def test_groupdro_weights_reach_the_loss(tmp_path: Path, make_tiny_config,
+                                         monkeypatch) -> None:
+    """With the weights forced onto one group, the training loss is that group's mean
+    cross-entropy in the batch (computed independently), the other group's rows weigh 0."""
+    import fairbench.methods.groupdro as gd
+
+    from fairbench import run_experiment
+    from fairbench.training.trainer import StepState, Trainer
+
+    monkeypatch.setattr(gd, "dro_update", lambda q, losses, eta, adjust=None:
+                        torch.tensor([0.0, 1.0]))
+    fit, box = spy_fit("groupdro")
+    checked = []
+
+    def inspect(model, train, hooks):
+        model.eval()
+        for b in list(train)[:3]:
+            with torch.no_grad():
+                got = hooks.loss(model, b, StepState(model=model))
+                ce = F.cross_entropy(model(b.x), b.y, reduction="none")
+            want = ce[b.g == 1].mean() if bool((b.g == 1).any()) else torch.tensor(0.0)
+            checked.append((float(got), float(want)))
+        model.train()
+
+    box["inspect"] = inspect
+    monkeypatch.setattr(Trainer, "fit", fit)
+    run_experiment(make_tiny_config("groupdro", tmp_path, params={"groups": "group"}))
+    assert len(checked) == 3
+    for got, want in checked:
+        assert got == pytest.approx(want, rel=1e-5, abs=1e-7)
+
+
+def test_mfd_teacher_stays_frozen(tmp_path: Path, make_tiny_config, monkeypatch) -> None:
+    """The teacher (the vanilla model) is in eval mode without gradients at every step, and
+    its weights and BatchNorm statistics are bit-identical to the vanilla model's after
+    training, while the student moved."""
+    from fairbench import RunContext, run_experiment
+
+    real_vanilla = RunContext.vanilla
+    teachers: list = []
+
+    def vanilla(self):
+        model = real_vanilla(self)
+        teachers.append(model)
+        return model
+
+    monkeypatch.setattr(RunContext, "vanilla", vanilla)
+    from fairbench.training.trainer import Trainer
+
+    fit, box = spy_fit("mfd")
+    modes: list = []
+
+    def inspect(model, train, hooks):
+        real_loss = hooks.loss
+
+        def loss(m, batch, state):
+            (t,) = teachers
+            modes.append((t.training, any(p.requires_grad for p in t.parameters())))
+            return real_loss(m, batch, state)
+
+        hooks.loss = loss
+
+    box["inspect"] = inspect
+    monkeypatch.setattr(Trainer, "fit", fit)
+    res = run_experiment(make_tiny_config("mfd", tmp_path, train={"epochs": 2}),
+                         keep_model=True)
+    (teacher,) = teachers
+    assert modes and all(m == (False, False) for m in modes)
+    cached = torch.load(next((tmp_path / "_vanilla").rglob("model.pt")), weights_only=True)
+    for k, v in teacher.state_dict().items():
+        assert torch.equal(v.cpu(), cached[k]), k
+    assert any(not torch.equal(v.cpu(), cached[k])
+               for k, v in res.model.state_dict().items() if v.is_floating_point())
+
+
+def test_adv_conf_alternates_per_step(tmp_path: Path, make_tiny_config, monkeypatch) -> None:
+    """As documented: every step the model takes its step, then the adversary takes
+    ``adv_steps`` steps (every ``adv_every`` steps); the model's step never moves the
+    adversary and the adversary's steps never move the model."""
+    from fairbench import run_experiment
+    from fairbench.training.trainer import Trainer
+
+    fit, box = spy_fit("adv_conf")
+    log: list = []
+
+    def inspect(model, train, hooks):
+        (aux,) = hooks.aux
+        adversary = aux.module
+
+        def snap(m):
+            return torch.cat([p.detach().flatten().clone() for p in m.parameters()])
+
+        real_loss, real_aux = hooks.loss, aux.loss
+
+        def loss(m, batch, state):
+            log.append(("model", state.global_step, snap(model), snap(adversary)))
+            return real_loss(m, batch, state)
+
+        def aux_loss(m, batch, state):
+            log.append(("adversary", state.global_step, snap(model), snap(adversary)))
+            return real_aux(m, batch, state)
+
+        hooks.loss, aux.loss = loss, aux_loss
+
+    box["inspect"] = inspect
+    monkeypatch.setattr(Trainer, "fit", fit)
+    run_experiment(make_tiny_config("adv_conf", tmp_path,
+                                    params={"adv_steps": 2, "adv_every": 2}))
+    kinds = [(k, s) for k, s, _, _ in log]
+    steps = sorted({s for _, s in kinds})
+    want = []
+    for s in steps:
+        want.append(("model", s))
+        if s % 2 == 0:
+            want += [("adversary", s), ("adversary", s)]
+    assert kinds == want
+    for (k1, _, m1, a1), (_, _, m2, a2) in itertools.pairwise(log):
+        if k1 == "model":  # the model's step happened between these two calls
+            assert torch.equal(a1, a2)
+        else:  # an adversary step happened between these two calls
+            assert torch.equal(m1, m2)
 
 
 # -- MMD of MFD ------------------------------------------------------------------------------------
@@ -142,6 +315,26 @@ def test_feature_tap_captures_the_map_before_pooling() -> None:
     with torch.no_grad():
         model(x)
     assert tap.value is None  # removed: nothing captured any more
+
+
+@pytest.mark.parametrize("name", ["timm_vgg11", pytest.param("vgg11", marks=pytest.mark.slow),
+                                  "resnet18"])
+def test_feature_tap_takes_a_real_feature_map(name: str) -> None:
+    """``features=map`` is a spatial map of the last convolutional stage on every paper
+    backbone: VGG's 512×s×s features (not the 4096-d pre-logits vector, which timm's VGG
+    computes with convolutions), ResNet's 512×h×w map before its global pooling."""
+    model = create_backbone(name, num_classes=3, image_size=64).eval()
+    tap = FeatureTap(model)
+    assert tap.found
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        model(x)
+    fmap = tap.take()
+    tap.remove()
+    assert fmap.shape == (2, 512 * 2 * 2)  # 512 channels on a 2×2 map at 64 px
+    with torch.no_grad():
+        z = model.features(x)
+    assert z.shape[1] != fmap.shape[1]  # the map is not the embedding the classifier reads
 
 
 # -- adversaries -----------------------------------------------------------------------------------

@@ -63,10 +63,17 @@ def pruned(tmp_path_factory):
             "config": json.loads((run_dir / "config.json").read_text())}
 
 
+def rule_score(row: dict[str, str], f1_ref: float, tol: float = 0.02) -> float:
+    """The documented rule from a logged row: −EqOddsGap within the F1 tolerance of the
+    reference, else −1000 + F1."""
+    f1 = float(row["val_F1"])
+    return -float(row["val_EqOddsGap"]) if f1 >= f1_ref - tol - 1e-12 else -1e3 + f1
+
+
 def test_me_fairprune_notes_candidates_and_masks(pruned):
     notes = pruned["config"]["notes"]
     me, ex = notes["me_fairprune"], notes["multiexit"]
-    assert me["chosen_beta"] in (0.5, 1.0) and me["chosen_tau"] in (0.5, 0.9)
+    assert me["chosen_tau"] in (0.5, 0.9)
     assert ex["tau"] == pytest.approx(me["chosen_tau"], abs=1e-6)
     assert ex["stages"] == list(KNOWN_STAGES["smallcnn"]) and len(ex["mmac_per_exit"]) == 5
     sizes = pruned["config"]["split_sizes"]
@@ -76,21 +83,69 @@ def test_me_fairprune_notes_candidates_and_masks(pruned):
         assert min(ex["mmac_per_exit"]) <= rep["mean_mmac_per_sample"] <= max(ex["mmac_per_exit"])
     with (pruned["run_dir"] / "prune.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert len(rows) == 2 * 2  # β × τ (one ratio)
-    # heads are pruned too: every conv/linear weight of the whole network lost ~5 %
-    ratios = me["realized_ratio_per_tensor"]
-    assert any(n.startswith("heads.") for n in ratios)
-    assert all(0.04 <= r <= 0.2 for r in ratios.values()), ratios
+    # the unpruned model at every τ (ratio 0), then β × τ (one ratio)
+    assert [(r["beta"], float(r["ratio"])) for r in rows[:2]] == [("", 0.0), ("", 0.0)]
+    assert len(rows) == 2 + 2 * 2
+    # the tolerance is anchored on the unpruned model under its exit policy, and the choice
+    # is the best logged candidate by the documented rule (the first of equal scores)
+    anchor = me["unpruned"]["val_F1"]
+    for r in rows:
+        assert float(r["score"]) == pytest.approx(rule_score(r, anchor), abs=1e-9)
+    scores = [float(r["score"]) for r in rows]
+    best = rows[scores.index(max(scores))]
+    assert float(best["tau"]) == me["chosen_tau"]
+    assert float(best["ratio"]) == me["chosen_ratio"]
+    assert me["kept_unpruned"] == (me["chosen_ratio"] == 0.0)
+    assert notes["chosen"]["tau"] == me["chosen_tau"]
     state = torch.load(pruned["run_dir"] / "weights.pt", weights_only=True)
+    assert float(state["tau"]) == pytest.approx(me["chosen_tau"], abs=1e-6)
+    ratios = me["realized_ratio_per_tensor"]
+    assert any(n.startswith("heads.") for n in ratios)  # heads are scored and pruned too
     for n, r in ratios.items():
         assert float((state[n] == 0).float().mean()) >= r - 1e-6
-    assert float(state["tau"]) == pytest.approx(me["chosen_tau"], abs=1e-6)
+    if not me["kept_unpruned"]:
+        assert me["chosen_beta"] in (0.5, 1.0)
+        # every conv/linear weight of the whole network lost ~5 %
+        assert all(0.04 <= r <= 0.2 for r in ratios.values()), ratios
     # the trained multi-exit model is cached and shared with me_vanilla
     assert len(list((pruned["runs"] / "_me_vanilla").glob("*/model.pt"))) == 1
     result = invoke("me_vanilla", pruned["runs"], pruned["cache"],
                     {"tau_grid": "0.5,0.9", "policy": "A"})
     assert result.exit_code == 0, result.output
     assert len(list((pruned["runs"] / "_me_vanilla").glob("*/model.pt"))) == 1
+    # me_vanilla's τ is the best of its tau.csv by the rule anchored on the final exit
+    (van_dir,) = [p for p in (pruned["runs"] / "synthderm" / "me_vanilla").iterdir()
+                  if p.is_dir()]
+    van = json.loads((van_dir / "config.json").read_text())["notes"]["me_vanilla"]
+    with (van_dir / "tau.csv").open() as fh:
+        taus = list(csv.DictReader(fh))
+    for r in taus:
+        assert float(r["score"]) == pytest.approx(
+            rule_score(r, van["final_exit_val_F1"]), abs=1e-9)
+    tau_scores = [float(r["score"]) for r in taus]
+    assert float(taus[tau_scores.index(max(tau_scores))]["tau"]) == van["chosen_tau"]
+    # me_fairprune's unpruned reference is me_vanilla's delivered model
+    assert me["unpruned"]["tau"] == van["chosen_tau"]
+    assert me["unpruned"]["val_F1"] == pytest.approx(van["val_F1"])
+
+
+@pytest.mark.slow
+def test_me_fairprune_keeps_the_unpruned_model_when_pruning_does_not_help(tmp_path,
+                                                                          tiny_cache):
+    """With a ratio that destroys the model, no pruned candidate is within the tolerance of
+    the unpruned one: the unpruned multi-exit model is returned unchanged."""
+    runs = tmp_path / "runs"
+    params = {**FAST_PRUNE, "ratio": "0.9", "beta_grid": "1.0"}
+    result = invoke("me_fairprune", runs, tiny_cache, params, "--save-weights")
+    assert result.exit_code == 0, result.output
+    (run_dir,) = [p for p in (runs / "synthderm" / "me_fairprune").iterdir() if p.is_dir()]
+    me = json.loads((run_dir / "config.json").read_text())["notes"]["me_fairprune"]
+    assert me["kept_unpruned"] and me["chosen_ratio"] == 0.0
+    state = torch.load(run_dir / "weights.pt", weights_only=True)
+    cached = torch.load(next((runs / "_me_vanilla").glob("*/model.pt")), weights_only=True)
+    for k, v in cached.items():
+        if k != "tau":
+            assert torch.equal(state[k], v), k
 
 
 # -- bad input -------------------------------------------------------------------------------------
@@ -127,6 +182,7 @@ def test_check_method_me_vanilla(tmp_path):
     assert {"val", "test", "meta"} <= set(metrics)
 
 
+@pytest.mark.slow
 def test_check_method_me_fairprune(tmp_path):
     from fairbench import check_method
 

@@ -12,6 +12,7 @@ from fairbench.models.multiexit import (
     KNOWN_STAGES,
     MultiExit,
     exit_costs,
+    exit_fallback,
     exit_policy,
     exit_report,
     pooled_size,
@@ -122,3 +123,28 @@ def test_exit_report_histogram_and_compute():
     assert rep["counts"] == [2, 1, 1] and rep["fractions"] == [0.5, 0.25, 0.25]
     assert rep["mean_mmac_per_sample"] == pytest.approx(37.5)
     assert rep["mean_compute_vs_backbone"] == pytest.approx(37.5 / 80, abs=1e-4)
+
+
+def test_fallback_samples_cost_the_whole_backbone_and_every_head():
+    """Policy A sends a sample that no exit lets out to its most confident exit, but deciding
+    so ran every exit: it is charged the final exit's total (backbone plus every head), not
+    the cost of the exit it was given."""
+    costs = {"per_exit": [10e6, 30e6, 100e6], "backbone": 80e6, "heads": [10e6, 10e6]}
+    sure, unsure = [8.0, 0.0], [0.2, 0.0]  # softmax max 0.9997 / 0.55
+    # sample 0: exit 0 confident; sample 1: none confident, exit 1 the most confident;
+    # sample 2: none confident, exit 0 the most confident; sample 3: exit 1 confident
+    logits = torch.tensor([
+        [sure, [0.3, 0.0], [0.5, 0.0], unsure],
+        [unsure, [0.6, 0.0], [0.1, 0.0], sure],
+        [unsure, [0.2, 0.0], [0.2, 0.0], unsure],
+    ])
+    _, chosen = exit_policy(logits, 0.9, "A")
+    assert chosen.tolist() == [0, 1, 0, 1]
+    back = exit_fallback(logits, 0.9)
+    assert back.tolist() == [False, True, True, False]
+    rep = exit_report(chosen, costs, back)
+    assert rep["counts"] == [2, 2, 0] and rep["fallbacks"] == 2
+    # by the documented rule: 10 + 100 + 100 + 30 MMAC over 4 samples
+    assert rep["mean_mmac_per_sample"] == pytest.approx((10 + 100 + 100 + 30) / 4)
+    # the former rule (charge the chosen exit) would have said (10 + 30 + 10 + 30) / 4
+    assert exit_report(chosen, costs)["mean_mmac_per_sample"] == pytest.approx(20.0)

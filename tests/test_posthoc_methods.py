@@ -159,3 +159,37 @@ def test_backbone_backpack_cannot_handle_exits_2(tmp_path: Path, tiny_cache: Pat
     code, out, _ = _run(tmp_path, tiny_cache, "fairquantize", "-p", "estimator=hessian_exact")
     assert code == 2, out
     assert "Traceback" not in out and "hessian" in out.lower()
+
+
+# -- the BatchNorm control -------------------------------------------------------------------------
+def test_bn_recalibrate_changes_only_running_statistics(tmp_path: Path, make_tiny_config) -> None:
+    """The control ``bn_recalibrate`` is the vanilla model with its BatchNorm running mean and
+    variance re-estimated: every parameter is bit-identical to the vanilla model's, the
+    statistics differ and equal an exact average over the unaugmented training split."""
+    from fairbench import check_method, run_experiment
+
+    van = run_experiment(make_tiny_config("vanilla", tmp_path), keep_model=True)
+    res = run_experiment(make_tiny_config("bn_recalibrate", tmp_path), keep_model=True)
+    before = dict(van.model.named_parameters())
+    after = dict(res.model.named_parameters())
+    assert before.keys() == after.keys()
+    for n, p in after.items():
+        assert torch.equal(p, before[n]), n
+    bns = [(n, m) for n, m in res.model.named_modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns
+    van_mods = dict(van.model.named_modules())
+    assert any(not torch.equal(m.running_mean, van_mods[n].running_mean) for n, m in bns)
+    # independent check of the first layer: the per-channel mean of its input over the split
+    ctx = res.context
+    _, first = bns[0]
+    seen = []
+    handle = first.register_forward_hook(lambda mod, inp, out: seen.append(inp[0].detach()))
+    res.model.eval()
+    with torch.no_grad():
+        for batch in ctx.loader("train", sampler="sequential", augment=False, drop_last=False):
+            res.model(batch.x)
+    handle.remove()
+    x = torch.cat(seen)
+    assert torch.allclose(first.running_mean, x.mean(dim=(0, 2, 3)), atol=1e-5)
+    assert res.context.notes["bn_recalibrate"]["layers"] == len(bns)
+    check_method("bn_recalibrate", tmp_path / "check")

@@ -19,7 +19,7 @@ from fairbench.core.params import build_params
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 PRESETS = {
     "fairquantize_fitzpatrick17k_vgg11.toml": ("fitzpatrick17k", "vgg11", 0.2, 1.0),
-    "fairquantize_isic2019_resnet18.toml": ("isic2019", "resnet18", 0.8, 0.75),
+    "fairquantize_isic2019_resnet18.toml": ("isic2019", "resnet18", 0.8, 0.778),
 }
 
 
@@ -52,3 +52,21 @@ def test_synthetic_fitzpatrick_size_preset_trains_as_the_paper_preset(tmp_path: 
     assert synth["dataset"] == "synthderm"
     adapter = create_dataset("synthderm", **synth["dataset_params"])
     assert adapter.params.n_samples == 16577
+
+
+def test_fitzpatrick_presets_keep_unknown_skin_type_rows_for_training() -> None:
+    """As the released FairQuantize code: Fitzpatrick type -1 rows are trained on (they only
+    lack a group, so every group metric leaves them out); no stale schedule comment."""
+    preset = BENCH / "fairquantize_fitzpatrick17k_vgg11.toml"
+    cfg = _read_config(str(preset))
+    assert cfg["dataset_params"]["unknown_skin_type"] == "keep"
+    assert "no schedule" not in preset.read_text()
+    suite = tomllib.loads((BENCH / "suite_fitzpatrick17k_vgg11.toml").read_text())
+    (fitz,) = suite["datasets"]
+    assert fitz["params"]["unknown_skin_type"] == "keep"
+
+
+def test_isic_suite_uses_the_papers_beta() -> None:
+    suite = tomllib.loads((BENCH / "suite_isic2019_resnet18.toml").read_text())
+    (fq,) = [m for m in suite["methods"] if m["name"] == "fairquantize"]
+    assert fq["params"]["beta"] == 0.778

@@ -132,6 +132,38 @@ def test_default_layer_and_masks_zero_the_channel(name: str, size: int, layer: s
     assert float(seen["o"][:, [0, 2]].abs().max()) > 0.0
 
 
+def test_mask_bias_false_masks_the_weights_only_as_released() -> None:
+    """``mask_bias=false`` is the released weight-only mask: the conv bias and the following
+    BatchNorm's scale and shift stay, so the pruned channel leaves the layer as a constant
+    (the same value for every input), not as zero."""
+    torch.manual_seed(0)
+    model = create_backbone("smallcnn", num_classes=3, image_size=16, width=4).eval()
+    cpu = torch.device("cpu")
+    full = sp.plan_layer(model, "body.12", image_size=16, device=cpu)
+    assert full.writers == ["body.12.weight", "body.13.weight", "body.13.bias"]
+    plan = sp.plan_layer(model, "body.12", image_size=16, device=cpu, mask_bias=False)
+    assert plan.writers == ["body.12.weight"]
+    with torch.no_grad():
+        model.body[13].bias.add_(0.5)  # a visible shift (a fresh BatchNorm's is zero)
+    pruned = torch.zeros(plan.channels, dtype=torch.bool)
+    pruned[2] = True
+    named = dict(model.named_parameters())
+    with torch.no_grad():
+        for n, m in plan.masks(model, pruned).items():
+            named[n].masked_fill_(m, 0.0)
+    seen: dict[str, torch.Tensor] = {}
+    hook = model.body[13].register_forward_hook(lambda m, i, o: seen.__setitem__("o", o))
+    with torch.no_grad():
+        model(torch.randn(3, 3, 16, 16))
+    hook.remove()
+    channel = seen["o"][:, 2]
+    assert float((channel - channel.flatten()[0]).abs().max()) == 0.0  # a constant ...
+    assert float(channel.abs().max()) > 0.0  # ... that is not zero
+    vgg = create_backbone("vgg11", num_classes=3, image_size=32)
+    released = sp.plan_layer(vgg, None, image_size=32, device=cpu, mask_bias=False)
+    assert released.writers == ["body.0.18.weight"]
+
+
 def test_layer_errors_list_valid_names() -> None:
     model = create_backbone("resnet18", num_classes=3, image_size=32)
     cpu = torch.device("cpu")
@@ -221,7 +253,8 @@ def test_pruned_channels_stay_zero_through_finetuning(tmp_path: Path, tiny_cache
         mp.setattr(Trainer, "fit", spy)
         r = invoke("snnl_prune", tmp_path, tiny_cache,
                    {"n_per_round": "4", "max_channels": "8", "finetune_epochs": "1",
-                    "patience": "3", "score_batch_size": "32"}, "--save-weights")
+                    "patience": "3", "score_batch_size": "32", "f1_tolerance": "0.02"},
+                   "--save-weights")
     assert r.exit_code == 0, r.output
     (run_dir,) = [p for p in (tmp_path / "synthderm" / "snnl_prune").iterdir() if p.is_dir()]
     notes = json.loads((run_dir / "config.json").read_text())["notes"]["snnl_prune"]
@@ -238,6 +271,21 @@ def test_pruned_channels_stay_zero_through_finetuning(tmp_path: Path, tiny_cache
     kept = [c for c in range(256) if c not in chosen]
     assert not torch.equal(w["body.12.weight"][kept], v["body.12.weight"][kept])  # fine-tuned
     assert (run_dir / "snnl_prune.csv").is_file() and (run_dir / "snnl_scores.csv").is_file()
+    # the kept round is the best pruned round of snnl_prune.csv by the documented rule
+    import csv
+
+    with (run_dir / "snnl_prune.csv").open() as fh:
+        rows = [r for r in csv.DictReader(fh) if int(r["round"]) > 0]
+    f1_ref = notes["vanilla_val_F1"]
+    for row in rows:
+        f1 = float(row["val_F1"])
+        want = -float(row["val_EqOddsGap"]) if f1 >= f1_ref - 0.02 - 1e-12 else -1e3 + f1
+        assert float(row["score"]) == pytest.approx(want, abs=1e-9)
+    scores = [float(row["score"]) for row in rows]
+    best = int(rows[scores.index(max(scores))]["round"])
+    assert notes["chosen_round"] == best
+    assert json.loads((run_dir / "config.json").read_text())["notes"]["chosen"] == {
+        "round": best}
 
 
 # -- FairDi ------------------------------------------------------------------------------------------
@@ -274,7 +322,30 @@ def test_head_only_teacher_keeps_the_body(tiny_ctx: Any) -> None:
     for k in b:
         if k.startswith("body."):
             assert torch.equal(b[k], t[k]), k  # weights and BatchNorm statistics
-    assert not torch.equal(b["classifier.weight"], t["classifier.weight"])
+    # the head moved, unless fine-tuning did not beat the base on the group's validation F1
+    assert info["kept_base"] == torch.equal(b["classifier.weight"], t["classifier.weight"])
+
+
+def test_teacher_is_never_worse_than_its_base_on_its_group(tiny_ctx: Any) -> None:
+    """The base model is a candidate checkpoint of every teacher: its validation F1 on its
+    own group is at least the base's, and a fine-tuning that only hurts (a learning rate
+    that wrecks the weights) returns the base model itself."""
+    ctx = tiny_ctx
+    base = ctx.vanilla()
+    wreck = build_params(fd.FairDiParams, {"teacher_epochs": 1, "teacher_lr": 50.0})
+    teacher, info = fd.train_teacher(ctx, base, 1, wreck)
+    assert info["kept_base"] and info["best_epoch"] == 0
+    for k, v in base.state_dict().items():
+        assert torch.equal(teacher.state_dict()[k], v), k
+    # the recorded validation F1 is the base's, recomputed independently on the group
+    from fairbench.metrics.classification import macro_prf
+
+    pred = ctx.trainer.predict(base, ctx.loader("val", groups=[1]), ctx.train_config)
+    f1 = macro_prf(ctx.table.labels[pred.index], pred.probs.argmax(1))[2]
+    assert info["val_F1"] == pytest.approx(f1) == pytest.approx(info["base_val_F1"])
+    gentle = build_params(fd.FairDiParams, {"teacher_epochs": 2, "teacher_lr": 1e-3})
+    _, info = fd.train_teacher(ctx, base, 0, gentle)
+    assert info["val_F1"] >= info["base_val_F1"]
 
 
 def test_teacher_routing() -> None:

@@ -192,7 +192,21 @@ class MethodRow:
             text = (text or "settings") + f" (chosen of {self.n_settings} settings)"
         if fixed:
             text += ("; " if text else "") + "fixed " + ", ".join(f"{k}={v}" for k, v in fixed.items())
+        chosen = self.chosen_in_run()
+        if chosen:  # settings a method chose on validation inside each run, seed by seed
+            text += ("; " if text else "") + "chosen in run (seeds " + "/".join(
+                map(str, self.seeds)) + "): " + ", ".join(
+                f"{k}=" + "/".join("–" if v is None else f"{v:g}" if isinstance(v, float)
+                                   else str(v) for v in vals) for k, vals in chosen.items())
         return text or "defaults"
+
+    def chosen_in_run(self) -> dict[str, list[Any]]:
+        """``notes.chosen`` of each run's config.json (seed order): the values a method chose
+        on validation inside the run (FairPrune's β and ratio, for example)."""
+        runs = sorted(self.runs, key=lambda r: r.seed)
+        per_run = [r.config.get("notes", {}).get("chosen") or {} for r in runs]
+        keys = list(dict.fromkeys(k for c in per_run for k in c))
+        return {k: [c.get(k) for c in per_run] for k in keys}
 
     @property
     def params(self) -> dict[str, Any]:
@@ -461,6 +475,7 @@ class Leaderboard:
                                expected_seeds=len(row.expected_seeds),
                                n_settings=row.n_settings,
                                params=json.dumps(row.params, sort_keys=True),
+                               chosen_in_run=json.dumps(row.chosen_in_run(), sort_keys=True),
                                rule=row.selection.rule, selected_because=row.selection.reason)
                     records.append(rec)
         return pd.DataFrame.from_records(records)

@@ -5,9 +5,10 @@ accelerator when they fit in half its free memory. Otherwise the images stay in 
 each batch is gathered into a pinned buffer and copied on a side CUDA stream one batch ahead
 of the model, so the copy overlaps the model's work instead of stalling it.
 :class:`BatchLoader` iterates over a subset of rows in sequential, shuffled or balanced order
-(equal counts per stratum in every batch, e.g. per group or per group × class), and turns the
-uint8 NHWC rows into normalised float NCHW batches; random crops and flips are one gather on
-the device.
+(equal counts per stratum in every batch, up to one row, e.g. per group or per group ×
+class; batches keep their configured size and an epoch its length whatever the number of
+strata), and turns the uint8 NHWC rows into normalised float NCHW batches; random crops and
+flips are one gather on the device.
 """
 
 from __future__ import annotations
@@ -144,34 +145,59 @@ class Augment:
     vflip: bool = True
 
 
+def stratum_counts(n_strata: int, batch_size: int, n_batches: int,
+                   rng: np.random.Generator) -> np.ndarray:
+    """How many rows of each stratum every batch holds (``n_batches`` × ``n_strata``).
+
+    Each batch holds ``batch_size`` rows: ``batch_size // n_strata`` of every stratum, and the
+    ``batch_size % n_strata`` rows left over go to distinct strata, each time to those that
+    have had the fewest left-over rows so far (ties broken at random). So every batch has
+    exactly ``batch_size`` rows, no stratum differs from another by more than one row within a
+    batch, and over the epoch every stratum gets the same number of rows up to one: the
+    expected composition of weighted sampling with weights 1 / (stratum size), whatever the
+    number of strata (more strata than rows in a batch included)."""
+    base, rest = divmod(batch_size, n_strata)
+    counts = np.full((n_batches, n_strata), base, dtype=np.int64)
+    if rest:
+        extra = np.zeros(n_strata, dtype=np.int64)
+        for b in range(n_batches):
+            chosen = np.lexsort((rng.random(n_strata), extra))[:rest]
+            counts[b, chosen] += 1
+            extra[chosen] += 1
+    return counts
+
+
 def balanced_order(strata: np.ndarray, batch_size: int, n_batches: int,
                    rng: np.random.Generator) -> np.ndarray:
-    """Positions for ``n_batches`` batches with equal counts per stratum in each batch.
+    """Positions (into ``strata``) for ``n_batches`` batches of exactly ``batch_size`` rows with
+    (near-)equal counts per stratum in each batch (:func:`stratum_counts`).
 
     Each stratum is walked in fresh random permutations (small strata are repeated), so every
-    sample of a stratum is seen before any is seen twice. ``batch_size`` is rounded down to a
-    multiple of the number of strata.
+    sample of a stratum is seen before any is seen twice; the rows of each batch are then
+    shuffled. Returns ``n_batches * batch_size`` positions, batch after batch.
     """
-    keys = np.unique(strata)
-    per = max(1, batch_size // len(keys))
-    need = per * n_batches
-    streams = []
-    for key in keys:
-        members = np.flatnonzero(strata == key)
-        reps = -(-need // len(members))
+    keys, inverse = np.unique(strata, return_inverse=True)
+    counts = stratum_counts(len(keys), batch_size, n_batches, rng)
+    # the stratum of every slot, batch after batch (strata in key order inside a batch)
+    slot_stratum = np.repeat(np.tile(np.arange(len(keys)), n_batches), counts.reshape(-1))
+    out = np.empty(len(slot_stratum), dtype=np.int64)
+    for k in range(len(keys)):
+        members = np.flatnonzero(inverse == k)
+        slots = np.flatnonzero(slot_stratum == k)
+        if len(slots) == 0:
+            continue
+        reps = -(-len(slots) // len(members))
         stream = np.concatenate([members[rng.permutation(len(members))] for _ in range(reps)])
-        streams.append(stream[:need].reshape(n_batches, per))
-    order = np.concatenate(streams, axis=1)  # (n_batches, per * n_strata)
-    for row in order:
-        rng.shuffle(row)
-    return order.reshape(-1)
+        out[slots] = stream[:len(slots)]
+    return rng.permuted(out.reshape(n_batches, batch_size), axis=1).reshape(-1)
 
 
 class BatchLoader:
     """Iterates over ``positions`` (rows of ``data``) in batches.
 
     ``order``: ``sequential`` (evaluation), ``shuffle`` or ``balanced`` (needs ``strata``, one
-    key per position). Each ``iter()`` is a new epoch with its own seeded permutation, so two
+    key per position; :func:`balanced_order`: ``epoch_size // batch_size`` full batches).
+    Each ``iter()`` is a new epoch with its own seeded permutation, so two
     loaders built with the same seed yield the same batches.
     """
 
@@ -225,11 +251,9 @@ class BatchLoader:
             idx = rng.permutation(n)
         else:
             assert self.strata is not None
-            n_batches = len(self)
-            idx = balanced_order(self.strata, self.batch_size, n_batches, rng)
-            per_batch = len(idx) // n_batches
-            return [self.positions[idx[i * per_batch:(i + 1) * per_batch]]
-                    for i in range(n_batches)]
+            n_batches, bs = len(self), self.batch_size
+            idx = balanced_order(self.strata, bs, n_batches, rng)
+            return [self.positions[idx[i * bs:(i + 1) * bs]] for i in range(n_batches)]
         bs = self.batch_size
         chunks = [idx[i:i + bs] for i in range(0, len(idx), bs)]
         if self.drop_last and chunks and len(chunks[-1]) < bs:

@@ -53,8 +53,8 @@ sensitive attribute; ``tau`` is a buffer, so it travels with the state dict.
 (BN, activations and pooling not counted) that a sequential early-exit deployment runs to
 decide at each exit: the trunk up to the stage plus every head up to and including it; a
 sample that no head lets out (the final exit, or policy A's fallback to any exit) costs the
-whole backbone plus every head. :func:`exit_report` gives the exit histogram and the mean cost
-per sample, absolute and relative to the plain backbone.
+whole backbone plus every head (:func:`exit_fallback` finds them). :func:`exit_report` gives
+the exit histogram and the mean cost per sample, absolute and relative to the plain backbone.
 """
 
 from __future__ import annotations
@@ -331,14 +331,37 @@ def exit_costs(model: MultiExit, image_size: int) -> dict[str, Any]:
     return {"per_exit": per_exit, "backbone": running, "heads": heads}
 
 
-def exit_report(chosen: torch.Tensor | np.ndarray, costs: dict[str, Any]) -> dict[str, Any]:
-    """Exit histogram (counts and fractions, depth order) and mean compute per sample."""
+def exit_fallback(exit_logits: Sequence[torch.Tensor] | torch.Tensor,
+                  tau: float | torch.Tensor) -> torch.Tensor:
+    """Per sample (B, bool): no exit reached confidence τ, so the policy fell back (policy A:
+    to the most confident exit, policy B: to the final classifier) after running every exit."""
+    logits = exit_logits if isinstance(exit_logits, torch.Tensor) else torch.stack(
+        [lg.to(exit_logits[-1].dtype) for lg in exit_logits])
+    conf = torch.softmax(logits.float(), dim=-1).amax(dim=-1)  # K×B
+    return ~(conf >= tau).any(dim=0)
+
+
+def exit_report(chosen: torch.Tensor | np.ndarray, costs: dict[str, Any],
+                fell_back: torch.Tensor | np.ndarray | None = None) -> dict[str, Any]:
+    """Exit histogram (counts and fractions, depth order) and mean compute per sample.
+
+    A sample is charged its exit's cost (``costs["per_exit"]``), except one that fell back
+    (``fell_back``, :func:`exit_fallback`): deciding that no exit is confident enough ran the
+    whole backbone and every head, so it costs the final exit's total whatever exit it was
+    given (``fallbacks`` counts them)."""
     chosen = np.asarray(torch.as_tensor(chosen).cpu())
     per_exit = np.asarray(costs["per_exit"], dtype=np.float64)
     counts = np.bincount(chosen, minlength=len(per_exit))
     n = max(1, int(counts.sum()))
-    mean = float((counts * per_exit).sum() / n)
+    charged = per_exit[chosen]
+    n_fallback = 0
+    if fell_back is not None:
+        back = np.asarray(torch.as_tensor(fell_back).cpu(), dtype=bool)
+        charged = np.where(back, per_exit[-1], charged)
+        n_fallback = int(back.sum())
+    mean = float(charged.sum() / n)
     return {"counts": counts.tolist(), "fractions": [round(c / n, 4) for c in counts],
+            "fallbacks": n_fallback,
             "mean_mmac_per_sample": round(mean / 1e6, 4),
             "mean_compute_vs_backbone": round(mean / max(1, costs["backbone"]), 4)}
 

@@ -31,6 +31,7 @@ from fairbench.models.multiexit import (
     MultiExit,
     Policy,
     exit_costs,
+    exit_fallback,
     exit_module,
     exit_policy,
     exit_report,
@@ -135,6 +136,7 @@ class TauResult:
     score: float
     metrics: dict[str, Any]
     chosen: torch.Tensor
+    fell_back: torch.Tensor | None = None
 
 
 def sweep_tau(ctx: RunContext, index: np.ndarray, logits: torch.Tensor, taus: Iterable[float],
@@ -145,7 +147,8 @@ def sweep_tau(ctx: RunContext, index: np.ndarray, logits: torch.Tensor, taus: It
     for tau in taus:
         chosen_logits, chosen = exit_policy(logits, float(tau), policy)
         metrics = part_metrics(ctx, index, chosen_logits)
-        out.append(TauResult(float(tau), float(score(metrics)), metrics, chosen))
+        out.append(TauResult(float(tau), float(score(metrics)), metrics, chosen,
+                             exit_fallback(logits, float(tau))))
     return out
 
 
@@ -332,10 +335,10 @@ def exit_notes(ctx: RunContext, model: MultiExit, results: Sequence[TauResult] |
     for part in ("val", "test"):
         _, logits = exit_logits(ctx, model, part)
         _, chosen = exit_policy(logits, tau, model.policy)
-        out[part] = exit_report(chosen, costs)
+        out[part] = exit_report(chosen, costs, exit_fallback(logits, tau))
     if results:
         out["tau_sweep_val"] = [
             {"tau": r.tau, "score": round(r.score, 6), "F1": r.metrics["F1"],
              "EqOddsGap": r.metrics["EqOddsGap"], "EOdd": r.metrics["EOdd"],
-             **exit_report(r.chosen, costs)} for r in results]
+             **exit_report(r.chosen, costs, r.fell_back)} for r in results]
     return out

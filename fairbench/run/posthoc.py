@@ -95,10 +95,13 @@ def write_rows(path: Path, rows: list[dict[str, Any]]) -> None:
 
 def recalibrate_batchnorm(ctx: RunContext, model: nn.Module) -> int:
     """Re-estimate every BatchNorm layer's running mean and variance on the training split
-    (one pass, no augmentation, no gradients, labels unused), as an exact average over the
-    split (``momentum=None``). Zeroing or moving weights shifts each channel's statistics,
-    which the frozen running statistics of the unpruned model do not know. Returns the number
-    of layers recalibrated (0 for a backbone without BatchNorm); the model ends in eval mode."""
+    (one pass, no augmentation, no gradients, labels unused). Batch i of n_i rows enters with
+    momentum n_i / (n_1 + … + n_i), so the running mean is the exact mean over the split's
+    rows and the running variance the row-weighted mean of the batches' (unbiased) variances
+    (a final batch smaller than the others counts for its rows only, not as a whole batch).
+    Zeroing or moving weights shifts each channel's statistics, which the frozen running
+    statistics of the unpruned model do not know. Returns the number of layers recalibrated
+    (0 for a backbone without BatchNorm); the model ends in eval mode."""
     layers = [m for m in model.modules()
               if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
     if not layers:
@@ -106,11 +109,14 @@ def recalibrate_batchnorm(ctx: RunContext, model: nn.Module) -> int:
     momenta = [m.momentum for m in layers]
     for m in layers:
         m.reset_running_stats()
-        m.momentum = None
     model.train()
     loader = ctx.loader("train", sampler="sequential", augment=False, drop_last=False)
+    seen = 0
     with torch.no_grad():
         for batch in loader:
+            seen += len(batch)
+            for m in layers:
+                m.momentum = len(batch) / seen
             model(batch.x)
     for m, momentum in zip(layers, momenta):
         m.momentum = momentum
