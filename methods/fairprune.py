@@ -65,6 +65,7 @@ from torch import nn
 
 from fairbench.core.errors import ParamError
 from fairbench.core.params import param
+from fairbench.core.progress import progress_bar
 from fairbench.metrics import HEADLINE_FAIRNESS, flatten
 from fairbench.run.context import RunContext
 from fairbench.run.method import Method, register_method
@@ -299,15 +300,20 @@ class FairPrune(Method):
         per_beta = self._curvature_scores(ctx, model, params, seed=1, betas=betas)
         start = snapshot(model)
         ratios = sorted(set(params.ratio_grid))
-        for beta, scores in per_beta.items():
-            for ratio in ratios:
-                model.load_state_dict(start)
-                masks = prune_masks(scores, ratio, ranking=params.ranking)
-                self._apply(ctx, model, masks, params)
-                score, info = self._record(ctx, model, masks, rule, rows, beta=beta, ratio=ratio)
-                if best is None or score > best[0]:
-                    best = (score, snapshot(model), masks,
-                            {**info, "chosen_ratio": ratio, "chosen_beta": beta})
+        with progress_bar(total=len(per_beta) * len(ratios), desc="fairprune candidates",
+                          unit="cand", enabled=ctx.progress) as bar:
+            for beta, scores in per_beta.items():
+                for ratio in ratios:
+                    model.load_state_dict(start)
+                    masks = prune_masks(scores, ratio, ranking=params.ranking)
+                    self._apply(ctx, model, masks, params)
+                    score, info = self._record(ctx, model, masks, rule, rows, beta=beta,
+                                               ratio=ratio)
+                    if best is None or score > best[0]:
+                        best = (score, snapshot(model), masks,
+                                {**info, "chosen_ratio": ratio, "chosen_beta": beta})
+                    bar.update(1)
+                    bar.set_postfix_str(f"beta {beta:g}, ratio {ratio:g}", refresh=False)
         assert best is not None
         return best
 

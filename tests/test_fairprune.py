@@ -296,6 +296,7 @@ def test_explicit_beta_is_the_beta_used_and_recorded(runs, tiny_cache):
     text = board.to_markdown()
     assert f"chosen in run (seeds 0): beta=0.7, ratio={chosen['ratio']:g}" in text
     frame = board.to_frame()
+    frame = frame[frame.method == "fairprune"]   # (beside the vanilla run the run left)
     assert json.loads(frame["chosen_in_run"].iloc[0]) == {"beta": [0.7],
                                                           "ratio": [chosen["ratio"]]}
 
@@ -404,3 +405,18 @@ def test_check_method_conformance(tmp_path):
         "estimator": "fisher", "score_samples": 8, "score_batch_size": 8, "ratio": 0.05,
         "beta_grid": (), "beta": 0.5})
     assert {"val", "test", "meta"} <= set(metrics)
+
+
+def test_candidate_search_has_its_own_progress_bar(tmp_path, monkeypatch, capfd):
+    import dataclasses
+
+    from fairbench import run_experiment
+    from fairbench.testing import tiny_run_config
+
+    monkeypatch.delenv("FAIRBENCH_NO_PROGRESS", raising=False)
+    config = tiny_run_config("fairprune", tmp_path / "runs", params={
+        "estimator": "ggn_mc", "beta_grid": "0.5,1.0", "ratio_grid": "0.01,0.02",
+        "score_samples": 8})
+    run_experiment(dataclasses.replace(config, progress=True))
+    err = capfd.readouterr().err
+    assert "fairprune candidates" in err and "/4 " in err  # 2 betas x 2 ratios

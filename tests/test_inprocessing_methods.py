@@ -7,6 +7,7 @@ ends as one ``error:`` line with exit code 2 through the CLI.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 from pathlib import Path
@@ -177,8 +178,10 @@ def test_mfd_teacher_stays_frozen(tmp_path: Path, make_tiny_config, monkeypatch)
 
     box["inspect"] = inspect
     monkeypatch.setattr(Trainer, "fit", fit)
-    res = run_experiment(make_tiny_config("mfd", tmp_path, train={"epochs": 2}),
-                         keep_model=True)
+    # (the vanilla run folder a run leaves would ask for the vanilla model once more)
+    res = run_experiment(dataclasses.replace(make_tiny_config("mfd", tmp_path,
+                                                              train={"epochs": 2}),
+                                             leave_vanilla_run=False), keep_model=True)
     (teacher,) = teachers
     assert modes and all(m == (False, False) for m in modes)
     cached = torch.load(next((tmp_path / "_vanilla").rglob("model.pt")), weights_only=True)
