@@ -38,18 +38,21 @@ def bootstrap_ci(
     """
     rng = np.random.default_rng(seed)
     estimate = float(statistic(np.arange(n)))
-    values = np.empty(n_resamples)
-    if clusters is not None:
-        clusters = np.asarray(clusters)
-        uniq, inverse = np.unique(clusters, return_inverse=True)
-        members = [np.flatnonzero(inverse == k) for k in range(len(uniq))]
-    for b in range(n_resamples):
-        if clusters is None:
-            idx = rng.integers(0, n, n)
-        else:
-            pick = rng.integers(0, len(members), len(members))
-            idx = np.concatenate([members[k] for k in pick])
-        values[b] = statistic(idx)
+    members = _cluster_members(n, clusters)
+    values = np.array([statistic(_draw(rng, n, members)) for _ in range(n_resamples)])
+    return _percentile_interval(values, estimate, confidence)
+
+
+def _draw(rng: np.random.Generator, n: int, members: list[np.ndarray] | None) -> np.ndarray:
+    """One resample of row indices: ``n`` rows with replacement, or as many clusters as
+    there are (with replacement), all rows of each."""
+    if members is None:
+        return rng.integers(0, n, n)
+    pick = rng.integers(0, len(members), len(members))
+    return np.concatenate([members[k] for k in pick])
+
+
+def _percentile_interval(values: np.ndarray, estimate: float, confidence: float) -> Interval:
     finite = values[np.isfinite(values)]
     if len(finite) == 0:
         return Interval(estimate, float("nan"), float("nan"), confidence)
@@ -97,17 +100,5 @@ def two_stage_bootstrap_ci(
     values = np.empty(n_resamples)
     for b in range(n_resamples):
         units = rng.integers(0, n_units, n_units)
-        total = 0.0
-        for u in units:
-            if members is None:
-                idx = rng.integers(0, n, n)
-            else:
-                pick = rng.integers(0, len(members), len(members))
-                idx = np.concatenate([members[k] for k in pick])
-            total += statistic(int(u), idx)
-        values[b] = total / n_units
-    finite = values[np.isfinite(values)]
-    if len(finite) == 0:
-        return Interval(estimate, float("nan"), float("nan"), confidence)
-    lo, hi = np.quantile(finite, [(1 - confidence) / 2, (1 + confidence) / 2])
-    return Interval(estimate, float(lo), float(hi), confidence)
+        values[b] = sum(statistic(int(u), _draw(rng, n, members)) for u in units) / n_units
+    return _percentile_interval(values, estimate, confidence)
