@@ -37,6 +37,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
@@ -84,6 +85,53 @@ class SynthDermParams:
     marker_shortcut: float = param(0.8, help="ink-mark rate on the last class, light skin only",
                                    min=0.0, max=1.0)
     marker_base_rate: float = param(0.1, help="ink-mark rate otherwise", min=0.0, max=1.0)
+    scenario: Literal["custom", "control", "representation", "prevalence", "presentation",
+                      "annotation", "shortcut"] = param(
+        "custom", help="one isolated bias mechanism (control, representation, prevalence, "
+                       "presentation, annotation, shortcut) setting the knobs' defaults; "
+                       "custom = the knobs as given")
+    dark_class_imbalance: float | None = param(
+        None, help="class imbalance on dark skin (prevalence disparity); None = as "
+                   "class_imbalance", min=0.0, max=0.95)
+    lesion_contrast: float = param(1.0, help="lesion contrast on every skin (the lesion's "
+                                             "difficulty)", min=0.0, max=1.0, min_exclusive=True)
+    marker_dark_rate: float | None = param(
+        None, help="ink-mark rate on dark skin, any class; None = marker_base_rate",
+        min=0.0, max=1.0)
+
+
+#: the knobs of a world without any bias mechanism: groups alike in size, class mix,
+#: rendering, labels and markers
+ALIKE: dict[str, Any] = {
+    "dark_fraction": 0.5, "dark_contrast": 1.0, "label_noise_light": 0.0,
+    "label_noise_dark": 0.0, "marker_shortcut": 0.0, "marker_base_rate": 0.0,
+    "dark_class_imbalance": None, "lesion_contrast": 1.0, "marker_dark_rate": None,
+}
+
+#: named scenarios: each switches on one mechanism of :data:`ALIKE` (calibrated by measuring
+#: a vanilla model; see the module docstring)
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "control": dict(ALIKE),
+    "representation": {**ALIKE, "dark_fraction": 0.08},
+    "prevalence": {**ALIKE, "dark_class_imbalance": 0.7},
+    "presentation": {**ALIKE, "dark_contrast": 0.35},
+    "annotation": {**ALIKE, "label_noise_dark": 0.3},
+    "shortcut": {**ALIKE, "marker_shortcut": 1.0, "marker_dark_rate": 0.2,
+                 "lesion_contrast": 0.4},
+}
+
+#: knobs added after the first release, left out of a table's identity while at these
+#: values so that runs and caches made before them keep their names
+_LATER_KNOBS: dict[str, Any] = {"scenario": "custom", "dark_class_imbalance": None,
+                                "lesion_contrast": 1.0, "marker_dark_rate": None}
+
+
+def scenario_params(raw: dict[str, Any]) -> dict[str, Any]:
+    """``raw`` dataset parameters with a named scenario's knobs filled in: the scenario sets
+    the defaults, knobs given explicitly win (a mixture on top of one mechanism)."""
+    raw = {str(k).replace("-", "_"): v for k, v in raw.items()}
+    name = str(raw.get("scenario", "custom")).strip()
+    return {**SCENARIOS[name], **raw} if name in SCENARIOS else raw
 
 
 @register_dataset("synthderm")
@@ -95,6 +143,19 @@ class SynthDerm(DatasetAdapter):
     default_image_size = 32
     default_backbone = "smallcnn"
     tasks = ("classification", "segmentation")
+    scenarios = SCENARIOS
+
+    def __init__(self, params: Any = None, data_root: Any = None) -> None:
+        if params is None or isinstance(params, dict):
+            params = scenario_params(dict(params or {}))
+        super().__init__(params, data_root)
+
+    def config(self) -> dict[str, Any]:
+        cfg = super().config()
+        for key, neutral in _LATER_KNOBS.items():
+            if cfg["params"].get(key, neutral) == neutral:
+                cfg["params"].pop(key, None)
+        return cfg
 
     def build_table(self) -> SampleTable:
         return SampleTable(
@@ -133,15 +194,23 @@ def build_metadata(p: SynthDermParams) -> pd.DataFrame:
     fitz_p = np.where(dark_p, rng.integers(3, 6, n_patients), rng.integers(0, 3, n_patients))
     male_p = rng.random(n_patients) >= p.female_fraction
     weights = (1.0 - p.class_imbalance) ** np.arange(p.n_classes)
-    true_label = rng.choice(p.n_classes, size=n, p=weights / weights.sum())
     dark = dark_p[patient_of]
+    if p.dark_class_imbalance is None:
+        true_label = rng.choice(p.n_classes, size=n, p=weights / weights.sum())
+    else:  # prevalence disparity: each group draws its classes from its own mix
+        dark_weights = (1.0 - p.dark_class_imbalance) ** np.arange(p.n_classes)
+        cdf = np.stack([np.cumsum(w / w.sum()) for w in (weights, dark_weights)])
+        u = rng.random(n)
+        true_label = np.minimum((u[:, None] >= cdf[dark.astype(int)]).sum(1), p.n_classes - 1)
     noise = np.where(dark, p.label_noise_dark, p.label_noise_light)
     flip = rng.random(n) < noise
     other = (true_label + rng.integers(1, p.n_classes, n)) % p.n_classes
     label = np.where(flip, other, true_label)
     shortcut_class = p.n_classes - 1
-    marker_p = np.where(~dark & (true_label == shortcut_class), max(p.marker_shortcut, p.marker_base_rate),
-                        p.marker_base_rate)
+    dark_rate = p.marker_base_rate if p.marker_dark_rate is None else p.marker_dark_rate
+    marker_p = np.where(~dark & (true_label == shortcut_class),
+                        max(p.marker_shortcut, p.marker_base_rate),
+                        np.where(dark, dark_rate, p.marker_base_rate))
     marker = rng.random(n) < marker_p
     return pd.DataFrame({
         "sample_id": [f"sd{p.seed}-{i:06d}" for i in range(n)],
@@ -221,7 +290,7 @@ def render_into(
     light_dir = rng.normal(0, 0.06, (n, 2)).astype(np.float32)
     speckle = rng.normal(0, 1, (n, 6, 6)).astype(np.float32)
     pore_seed = rng.integers(0, 2**31, n)
-    contrast = np.where(dark, p.dark_contrast, 1.0).astype(np.float32)
+    contrast = (np.where(dark, p.dark_contrast, 1.0) * p.lesion_contrast).astype(np.float32)
     marker = df["marker"].to_numpy().astype(bool)
     marker_angle = rng.uniform(0, 2 * np.pi, n).astype(np.float32)
     marker_tilt = rng.uniform(-0.6, 0.6, n).astype(np.float32)
