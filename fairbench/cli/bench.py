@@ -62,6 +62,12 @@ def _seeds(value: str | None) -> list[int] | None:
               help="Ray executor: CPUs (and torch threads) per CPU run.")
 @click.option("--num-cpus", type=int, default=None,
               help="Ray executor without --address: CPUs of the local Ray instance. [default: all]")
+@click.option("--jobs", "-j", type=int, default=1, show_default=True,
+              help="Local executor: CPU runs side by side (one worker process each; each "
+                   "baseline first).")
+@click.option("--threads-per-job", type=int, default=None, metavar="T",
+              help="Local executor: torch threads per run. [default: cores / jobs with "
+                   "--jobs, else torch's default]")
 @click.option("--tracking", type=click.Choice(["mlflow"]), default=None,
               help="Also log every finished run to MLflow (needs the mlflow extra).")
 @click.option("--tracking-uri", default=None, metavar="URI",
@@ -75,7 +81,7 @@ def _seeds(value: str | None) -> list[int] | None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def sweep_cmd(suite_file: str, dry_run: bool, executor: str, devices: str | None,
               address: str | None, cpus_per_run: int, num_cpus: int | None,
-              tracking: str | None, tracking_uri: str | None,
+              jobs: int, threads_per_job: int | None, tracking: str | None, tracking_uri: str | None,
               runs_dir: str | None, data_roots: tuple[str, ...], seeds: str | None,
               keep_going: bool, plugins: tuple[str, ...], quiet: bool) -> None:
     """Run every run of a benchmark suite that is not finished yet.
@@ -89,6 +95,7 @@ def sweep_cmd(suite_file: str, dry_run: bool, executor: str, devices: str | None
       fairbench sweep benchmarks/quick.toml
       fairbench sweep benchmarks/suite_isic2019_resnet18.toml --data-root /data/isic2019
       fairbench sweep benchmarks/quick.toml --executor ray --address auto
+      fairbench sweep benchmarks/mechanisms.toml --jobs 2 --threads-per-job 1
     """
     from fairbench.bench.executors import get_executor
     from fairbench.bench.suite import attach_run_options, load_suite
@@ -109,6 +116,11 @@ def sweep_cmd(suite_file: str, dry_run: bool, executor: str, devices: str | None
         if executor != "local":
             raise FairbenchError("--devices applies to the local executor only")
         options["devices"] = [d.strip() for d in devices.split(",") if d.strip()]
+    if jobs != 1 or threads_per_job is not None:
+        if executor != "local":
+            raise FairbenchError("--jobs and --threads-per-job apply to the local executor "
+                                 "only (Ray: --cpus-per-run)")
+        options.update(jobs=jobs, threads=threads_per_job)
     if executor == "ray":
         options.update(address=address, cpus_per_run=cpus_per_run, num_cpus=num_cpus)
     elif address is not None or num_cpus is not None:
