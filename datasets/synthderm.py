@@ -112,10 +112,10 @@ ALIKE: dict[str, Any] = {
 #: a vanilla model; see the module docstring)
 SCENARIOS: dict[str, dict[str, Any]] = {
     "control": dict(ALIKE),
-    "representation": {**ALIKE, "dark_fraction": 0.08},
-    "prevalence": {**ALIKE, "dark_class_imbalance": 0.7},
+    "representation": {**ALIKE, "dark_fraction": 0.1},
+    "prevalence": {**ALIKE, "dark_class_imbalance": 0.6},
     "presentation": {**ALIKE, "dark_contrast": 0.35},
-    "annotation": {**ALIKE, "label_noise_dark": 0.3},
+    "annotation": {**ALIKE, "label_noise_dark": 0.4},
     "shortcut": {**ALIKE, "marker_shortcut": 1.0, "marker_dark_rate": 0.2,
                  "lesion_contrast": 0.4},
 }

@@ -142,8 +142,13 @@ def sweep_cmd(suite_file: str, dry_run: bool, executor: str, devices: str | None
 @click.argument("source", metavar="SUITE_OR_RUNS_DIR", type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(["md", "csv", "latex"]), default="md",
               show_default=True, help="Output format.")
-@click.option("--view", type=click.Choice(["paper", "compact"]), default="paper", show_default=True,
-              help="paper: rows per group, Avg, Diff; compact: one row per method.")
+@click.option("--view", type=click.Choice(["paper", "compact", "matrix"]), default="paper",
+              show_default=True,
+              help="paper: rows per group, Avg, Diff; compact: one row per method; matrix: "
+                   "methods x scenarios, change against vanilla (EqOddsGap, worst-group F1).")
+@click.option("--labels", type=click.Choice(["observed", "true"]), default=None,
+              help="Test metrics against the observed labels or the true labels of "
+                   "synthetic data. [default: observed; true for --view matrix]")
 @click.option("--rule", default=None, metavar="RULE[:k=v,...]",
               help="Selection rule over each method's grid (validation only): best_f1, best_auc, "
                    "best:metric=X, worst_group, minimax_pareto, dto, fair_within_eps[:eps=0.02,"
@@ -166,7 +171,8 @@ def sweep_cmd(suite_file: str, dry_run: bool, executor: str, devices: str | None
               help="Data folder of the suite's datasets (to resolve its runs).")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
 @click.option("--plugin", "plugins", multiple=True, metavar="FILE.py", help="Load a local plugin file (repeatable).")
-def leaderboard_cmd(source: str, fmt: str, view: str, rule: str | None, part: str,
+def leaderboard_cmd(source: str, fmt: str, view: str, labels: str | None, rule: str | None,
+                    part: str,
                     split: str | None, test_name: str, alpha: float, ci: bool, ci_kind: str,
                     n_boot: int,
                     runs_dir: str | None, data_roots: tuple[str, ...], out: str | None,
@@ -183,16 +189,25 @@ def leaderboard_cmd(source: str, fmt: str, view: str, rule: str | None, part: st
       fairbench leaderboard benchmarks/quick.toml
       fairbench leaderboard benchmarks/quick.toml --view compact --ci
       fairbench leaderboard runs --view compact --format latex --out table.tex
+      fairbench leaderboard benchmarks/mechanisms.toml --view matrix [--labels observed]
     """
     from fairbench.bench.leaderboard import leaderboard
 
     _load_plugins(plugins)
     if n_boot < 10:
         raise FairbenchError("--n-boot must be at least 10")
+    labels = labels or ("true" if view == "matrix" else "observed")
+    matrix = view == "matrix"
     board = leaderboard(source, rule=rule, part=part, split=split, test=test_name, alpha=alpha,
-                        runs_dir=runs_dir, data_roots=_data_roots(data_roots), ci=ci,
-                        n_resamples=n_boot, ci_kind=ci_kind)
-    text = board.render(fmt, view)
+                        runs_dir=runs_dir, data_roots=_data_roots(data_roots),
+                        ci=ci and not matrix, n_resamples=n_boot, ci_kind=ci_kind,
+                        labels=labels)
+    if matrix:  # intervals of the paired differences, always
+        from fairbench.bench.matrix import build_matrix
+
+        text = build_matrix(board, n_resamples=n_boot).render(fmt)
+    else:
+        text = board.render(fmt, view)
     if board.missing:
         click.echo(f"note: {board.missing} run(s) of the suite are not finished and are left out",
                    err=True)
@@ -206,7 +221,7 @@ def leaderboard_cmd(source: str, fmt: str, view: str, rule: str | None, part: st
 
 @click.group("plot")
 def plot_group() -> None:
-    """Figures (PNG and PDF): tradeoff, ablation, groups, cd."""
+    """Figures (PNG and PDF): tradeoff, ablation, groups, cd, matrix."""
 
 
 @plot_group.command("tradeoff")
@@ -244,6 +259,31 @@ def plot_tradeoff_cmd(source: str, out: str, rule: str | None, split: str | None
         y = y_metric or ("Dice" if seg else "F1")
         for p in plot_tradeoff(table, target, x=x, y=y):
             click.echo(f"wrote {p}")
+
+
+@plot_group.command("matrix")
+@click.argument("source", metavar="SUITE_OR_RUNS_DIR", type=click.Path())
+@click.option("--out", default="plots/matrix", show_default=True, help="Output path without extension.")
+@click.option("--labels", type=click.Choice(["true", "observed"]), default="true",
+              show_default=True, help="Test metrics against the true or the observed labels.")
+@click.option("--rule", default=None, help="Selection rule.")
+@click.option("--runs-dir", default=None, help="Runs directory of a suite.")
+@click.option("--n-boot", type=int, default=1000, show_default=True, help="Bootstrap resamples.")
+def plot_matrix_cmd(source: str, out: str, labels: str, rule: str | None,
+                    runs_dir: str | None, n_boot: int) -> None:
+    """The mechanism matrix as annotated heatmaps: methods x scenarios, the change against
+    vanilla of the equalized-odds gap and of the worst-group F1 (blue = better, red = worse;
+    ▲/▼ and bold where significant). Example:
+      fairbench plot matrix benchmarks/mechanisms.toml
+    """
+    from fairbench.bench.leaderboard import leaderboard
+    from fairbench.bench.matrix import build_matrix, plot_matrix
+
+    if n_boot < 10:
+        raise FairbenchError("--n-boot must be at least 10")
+    board = leaderboard(source, rule=rule, runs_dir=runs_dir, labels=labels)
+    for p in plot_matrix(build_matrix(board, n_resamples=n_boot), out):
+        click.echo(f"wrote {p}")
 
 
 @plot_group.command("ablation")
