@@ -25,6 +25,38 @@ The bias knobs (with their defaults) make a vanilla model measurably worse on da
   learns the shortcut from the majority is misled on the minority: this is the part of the gap
   that mitigation can close (0 turns it off).
 
+Three more knobs serve the scenarios below (at their defaults they change nothing):
+``dark_class_imbalance`` (None: as ``class_imbalance``) gives dark skin its own class mix,
+``lesion_contrast`` (1.0) fades every lesion, on every skin, toward the skin colour, and
+``marker_dark_rate`` (None: ``marker_base_rate``) is the ink-mark rate on dark skin.
+
+**Scenarios** (``scenario=NAME``, e.g. ``--data-param scenario=annotation``; in a suite
+``params = { scenario = "annotation" }``) each switch on one bias mechanism, after Jones et
+al. (Nature Machine Intelligence 2024: prevalence, presentation, annotation) plus
+under-representation and a spurious shortcut, with everything else alike between the groups
+(half the images on dark skin, the same class mix, rendering, exact labels, no ink marks):
+
+* ``control``: no mechanism (the two skin tones differ in skin colour only);
+* ``representation``: dark skin is a small minority (``dark_fraction`` 0.1);
+* ``prevalence``: the class mix differs between groups: on dark skin class k has weight
+  0.4^k (``dark_class_imbalance`` 0.6) instead of 0.7^k;
+* ``presentation``: lesions are fainter on dark skin (``dark_contrast`` 0.35), labels exact;
+* ``annotation``: 40 % of the dark-skin labels are replaced by a random other class
+  (``label_noise_dark`` 0.4) in every split part; the images show the true class, which the
+  table keeps (``true_label``) so that runs report test metrics against both;
+* ``shortcut``: an ink mark on every light-skin image of the last class and on no other
+  light-skin image, on 20 % of dark-skin images whatever their class, and fainter lesions on
+  every skin (``lesion_contrast`` 0.4), so the mark is the easier cue on light skin and
+  misleads on dark skin.
+
+A scenario sets the knobs' defaults; knobs given explicitly win, so a mixture is a scenario
+plus knobs (``scenario=annotation label_noise_dark=0.2 dark_fraction=0.2``), or the default
+``custom`` with any knobs. The strengths were calibrated by measuring a vanilla model
+(``benchmarks/bench_scenarios.py``: 1,200 images, 32 px, smallcnn, 6 epochs): each
+mechanism opens a light − dark F1 gap of at least 5 points, ``control`` none; with a lesion
+as clear as the mark, a vanilla model ignored the mark, hence the fainter lesions of
+``shortcut``.
+
 Patients carry 1 or more images (``images_per_patient``, mean), sharing skin type and sex, so
 patient-grouped splits are exercised. Everything is deterministic from ``seed``: the table
 (classes, attributes, noisy labels) from one random stream, the drawing parameters from a
