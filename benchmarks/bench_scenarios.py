@@ -9,6 +9,14 @@ equalized-odds gap (observed, true), and the mean wall time of a run. Example::
 
     OMP_NUM_THREADS=1 python benchmarks/bench_scenarios.py --seeds 0 1 --n-samples 1500 \\
         --epochs 8 --set shortcut:lesion_contrast=0.3
+
+``--suite FILE`` instead reads the finished vanilla runs of a suite with one dataset entry per
+scenario (``benchmarks/mechanisms.toml``) and prints, per scenario, the dark − light F1
+difference on observed and on true labels, the worst-group F1 and the equalized-odds gap,
+each as mean ± std over seeds with its two-stage bootstrap interval (seeds, then test
+patients; :func:`fairbench.bench.stats.bootstrap_runs`)::
+
+    python benchmarks/bench_scenarios.py --suite benchmarks/mechanisms.toml
 """
 
 from __future__ import annotations
@@ -49,7 +57,12 @@ def main() -> None:
     ap.add_argument("--runs-dir", default="runs/calibrate")
     ap.add_argument("--set", action="append", default=[], metavar="SCENARIO:KEY=VALUE",
                     help="override one scenario knob (repeatable)")
+    ap.add_argument("--suite", default=None, help="read a suite's vanilla runs instead")
+    ap.add_argument("--n-boot", type=int, default=1000)
     args = ap.parse_args()
+    if args.suite:
+        from_suite(args.suite, args.n_boot)
+        return
 
     from fairbench import RunConfig, run_experiment
 
@@ -82,6 +95,31 @@ def main() -> None:
         print(f"| {scen} | {knobs} | {fmt(rows['worst'])} | {fmt(rows['gap'])} | "
               f"{fmt(rows['gap_t'])} | {fmt(rows['eo'])} | {fmt(rows['eo_t'])} | "
               f"{fmt(rows['s'], 1.0)} |", flush=True)
+
+
+def from_suite(suite_file: str, n_boot: int) -> None:
+    from fairbench import load_suite
+    from fairbench.bench.stats import RunPredictions, bootstrap_runs
+    from fairbench.bench.sweep import plan
+
+    planned = [p for p in plan(load_suite(suite_file))
+               if p.finished and p.planned.config.method == "vanilla"]
+    keys = [("Diff_signed.F1", "label", "dark − light F1 (obs)"),
+            ("Diff_signed.F1", "true_label", "dark − light F1 (true)"),
+            ("worst.F1", "true_label", "worst-group F1 (true)"),
+            ("EqOddsGap", "label", "EqOddsGap (obs)"),
+            ("EqOddsGap", "true_label", "EqOddsGap (true)")]
+    print("| scenario | seeds | " + " | ".join(k[2] for k in keys) + " |")
+    print("|---|---:|" + "---:|" * len(keys))
+    for scen in dict.fromkeys(p.planned.dataset for p in planned):
+        runs = [p for p in planned if p.planned.dataset == scen]
+        cells = []
+        for key, column, _ in keys:
+            preds = [RunPredictions.read(p.run_dir, label_column=column) for p in runs]
+            values = [r.metric(key) for r in preds]
+            iv = bootstrap_runs(preds, key, n_resamples=n_boot)
+            cells.append(f"{fmt(values)} [{iv.low * 100:.2f}, {iv.high * 100:.2f}]")
+        print(f"| {scen} | {len(runs)} | " + " | ".join(cells) + " |", flush=True)
 
 
 if __name__ == "__main__":

@@ -37,9 +37,9 @@ under-representation and a spurious shortcut, with everything else alike between
 (half the images on dark skin, the same class mix, rendering, exact labels, no ink marks):
 
 * ``control``: no mechanism (the two skin tones differ in skin colour only);
-* ``representation``: dark skin is a small minority (``dark_fraction`` 0.1);
+* ``representation``: dark skin is a small minority (``dark_fraction`` 0.05);
 * ``prevalence``: the class mix differs between groups: on dark skin class k has weight
-  0.4^k (``dark_class_imbalance`` 0.6) instead of 0.7^k;
+  0.3^k (``dark_class_imbalance`` 0.7) instead of 0.7^k;
 * ``presentation``: lesions are fainter on dark skin (``dark_contrast`` 0.35), labels exact;
 * ``annotation``: 40 % of the dark-skin labels are replaced by a random other class
   (``label_noise_dark`` 0.4) in every split part; the images show the true class, which the
@@ -144,8 +144,8 @@ ALIKE: dict[str, Any] = {
 #: a vanilla model; see the module docstring)
 SCENARIOS: dict[str, dict[str, Any]] = {
     "control": dict(ALIKE),
-    "representation": {**ALIKE, "dark_fraction": 0.1},
-    "prevalence": {**ALIKE, "dark_class_imbalance": 0.6},
+    "representation": {**ALIKE, "dark_fraction": 0.05},
+    "prevalence": {**ALIKE, "dark_class_imbalance": 0.7},
     "presentation": {**ALIKE, "dark_contrast": 0.35},
     "annotation": {**ALIKE, "label_noise_dark": 0.4},
     "shortcut": {**ALIKE, "marker_shortcut": 1.0, "marker_dark_rate": 0.2,
