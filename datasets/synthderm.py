@@ -25,10 +25,12 @@ The bias knobs (with their defaults) make a vanilla model measurably worse on da
   learns the shortcut from the majority is misled on the minority: this is the part of the gap
   that mitigation can close (0 turns it off).
 
-Three more knobs serve the scenarios below (at their defaults they change nothing):
+More knobs serve the scenarios below (at their defaults they change nothing):
 ``dark_class_imbalance`` (None: as ``class_imbalance``) gives dark skin its own class mix,
-``lesion_contrast`` (1.0) fades every lesion, on every skin, toward the skin colour, and
-``marker_dark_rate`` (None: ``marker_base_rate``) is the ink-mark rate on dark skin.
+``lesion_contrast`` (1.0) fades every lesion, on every skin, toward the skin colour,
+``marker_dark_rate`` (None: ``marker_base_rate``) is the ink-mark rate on dark skin, and
+``lookalike`` (0) draws the last class's lesion closer to the first class's (colour, shape,
+size, and from 0.5 its texture), on every skin.
 
 **Scenarios** (``scenario=NAME``, e.g. ``--data-param scenario=annotation``; in a suite
 ``params = { scenario = "annotation" }``) each switch on one bias mechanism, after Jones et
@@ -45,17 +47,20 @@ under-representation and a spurious shortcut, with everything else alike between
   (``label_noise_dark`` 0.4) in every split part; the images show the true class, which the
   table keeps (``true_label``) so that runs report test metrics against both;
 * ``shortcut``: an ink mark on every light-skin image of the last class and on no other
-  light-skin image, on 20 % of dark-skin images whatever their class, and fainter lesions on
-  every skin (``lesion_contrast`` 0.4), so the mark is the easier cue on light skin and
-  misleads on dark skin.
+  light-skin image, on 20 % of dark-skin images whatever their class; the last class's lesion
+  is drawn close to the first class's (``lookalike`` 0.8, on every skin), so on light skin the
+  mark is the easier cue, and on dark skin it misleads.
 
 A scenario sets the knobs' defaults; knobs given explicitly win, so a mixture is a scenario
 plus knobs (``scenario=annotation label_noise_dark=0.2 dark_fraction=0.2``), or the default
 ``custom`` with any knobs. The strengths were calibrated by measuring a vanilla model
 (``benchmarks/bench_scenarios.py``: 1,200 images, 32 px, smallcnn, 6 epochs): each
-mechanism opens a light − dark F1 gap of at least 5 points, ``control`` none; with a lesion
-as clear as the mark, a vanilla model ignored the mark, hence the fainter lesions of
-``shortcut``.
+mechanism opens a light − dark F1 gap of at least 5 points, ``control`` none. With a lesion
+as clear as the mark, a vanilla model ignored the mark; fading every lesion
+(``lesion_contrast`` 0.4) made it use the mark but also opened a gap of its own (fainter
+lesions are harder to see on dark skin: 10 points without any mark), while the look-alike
+class opens none without the mark (``control`` with ``lookalike`` 0.8: −1 ± 4 points), so the
+shortcut scenario uses the look-alike class.
 
 Patients carry 1 or more images (``images_per_patient``, mean), sharing skin type and sex, so
 patient-grouped splits are exercised. Everything is deterministic from ``seed``: the table
@@ -130,6 +135,9 @@ class SynthDermParams:
     marker_dark_rate: float | None = param(
         None, help="ink-mark rate on dark skin, any class; None = marker_base_rate",
         min=0.0, max=1.0)
+    lookalike: float = param(0.0, help="how far the last class's lesion is drawn toward the "
+                                       "first class's (colour, shape, size; its texture from "
+                                       "0.5): 0 = its own, 1 = the same", min=0.0, max=1.0)
 
 
 #: the knobs of a world without any bias mechanism: groups alike in size, class mix,
@@ -138,6 +146,7 @@ ALIKE: dict[str, Any] = {
     "dark_fraction": 0.5, "dark_contrast": 1.0, "label_noise_light": 0.0,
     "label_noise_dark": 0.0, "marker_shortcut": 0.0, "marker_base_rate": 0.0,
     "dark_class_imbalance": None, "lesion_contrast": 1.0, "marker_dark_rate": None,
+    "lookalike": 0.0,
 }
 
 #: named scenarios: each switches on one mechanism of :data:`ALIKE` (calibrated by measuring
@@ -148,14 +157,14 @@ SCENARIOS: dict[str, dict[str, Any]] = {
     "prevalence": {**ALIKE, "dark_class_imbalance": 0.7},
     "presentation": {**ALIKE, "dark_contrast": 0.35},
     "annotation": {**ALIKE, "label_noise_dark": 0.4},
-    "shortcut": {**ALIKE, "marker_shortcut": 1.0, "marker_dark_rate": 0.2,
-                 "lesion_contrast": 0.4},
+    "shortcut": {**ALIKE, "marker_shortcut": 1.0, "marker_dark_rate": 0.2, "lookalike": 0.8},
 }
 
 #: knobs added after the first release, left out of a table's identity while at these
 #: values so that runs and caches made before them keep their names
 _LATER_KNOBS: dict[str, Any] = {"scenario": "custom", "dark_class_imbalance": None,
-                                "lesion_contrast": 1.0, "marker_dark_rate": None}
+                                "lesion_contrast": 1.0, "marker_dark_rate": None,
+                                "lookalike": 0.0}
 
 
 def scenario_params(raw: dict[str, Any]) -> dict[str, Any]:
@@ -308,6 +317,12 @@ def render_into(
     proto_irr = np.array([PROTOTYPES[k][3] for k in range(MAX_CLASSES)], np.float32)
     proto_rad = np.array([PROTOTYPES[k][4] for k in range(MAX_CLASSES)], np.float32)
     proto_tex = np.array([TEXTURES.index(PROTOTYPES[k][5]) for k in range(MAX_CLASSES)])
+    if p.lookalike > 0:  # the last class drawn closer to the first: a subtle distinction
+        last, a = p.n_classes - 1, np.float32(p.lookalike)
+        for arr in (proto_rgb, proto_aspect, proto_irr, proto_rad):
+            arr[last] = (1 - a) * arr[last] + a * arr[0]
+        if p.lookalike >= 0.5:
+            proto_tex[last] = proto_tex[0]
     # per-sample drawing parameters, all drawn up front
     skin = SKIN_RGB[fitz] + rng.normal(0, 7, (n, 3)).astype(np.float32)
     lesion = (proto_rgb[true_label] * np.exp(rng.normal(0, 0.12, (n, 1)))

@@ -74,7 +74,7 @@ def test_shortcut_marks_the_last_class_on_light_skin_only():
     assert marker[~dark & last].all() and not marker[~dark & ~last].any()
     for cls in (last, ~last):  # on dark skin, the mark says nothing about the class
         assert abs(marker[dark & cls].mean() - 0.2) < 0.05
-    assert ds.params.lesion_contrast == 0.4
+    assert ds.params.lookalike == 0.8 and ds.params.lesion_contrast == 1.0
 
 
 def _lesion_contrast(scenario: str, **knobs) -> tuple[float, float]:
@@ -97,8 +97,26 @@ def test_presentation_fades_dark_lesions_and_nothing_else():
     control_light, control_dark = _lesion_contrast("control")
     assert dark_c < 0.6 * control_dark  # fainter on dark skin...
     assert light_c == pytest.approx(control_light, rel=1e-6)  # ...and unchanged on light
-    short_light, _ = _lesion_contrast("shortcut")
-    assert short_light < 0.6 * control_light  # shortcut fades every lesion
+    assert _lesion_contrast("control", lesion_contrast=0.4)[0] < 0.6 * control_light
+
+
+def test_lookalike_draws_the_last_class_toward_the_first_on_every_skin():
+    def class_colours(**knobs):
+        ds = create_dataset("synthderm", n_samples=600, scenario="control", **knobs)
+        table = ds.build_table()
+        images = np.zeros((600, 32, 32, 3), np.uint8)
+        masks = np.zeros((600, 32, 32), np.uint8)
+        ds.fill_images(table, ImageSpec(32), images, masks)
+        colour = np.array([images[i][masks[i] == 1].mean(0) for i in range(600)])
+        y, dark = table.df["true_label"].to_numpy(), table.attr("skin_tone") == 1
+        return {(k, d): colour[(y == k) & (dark == d)].mean(0) for k in (0, 4)
+                for d in (False, True)}
+
+    own, alike = class_colours(), class_colours(lookalike=0.8)
+    for dark in (False, True):
+        dist_own = np.abs(own[(4, dark)] - own[(0, dark)]).sum()
+        dist_alike = np.abs(alike[(4, dark)] - alike[(0, dark)]).sum()
+        assert dist_alike < 0.4 * dist_own
 
 
 def test_explicit_knobs_win_over_the_scenario_and_custom_keeps_the_defaults():
@@ -110,7 +128,7 @@ def test_explicit_knobs_win_over_the_scenario_and_custom_keeps_the_defaults():
     assert default.params.scenario == "custom" and default.params.dark_contrast == 0.4
     # tables made before the scenarios keep their identity (run folders, caches)
     assert set(default.config()["params"]) == set(ALIKE) - {
-        "dark_class_imbalance", "lesion_contrast", "marker_dark_rate"} | {
+        "dark_class_imbalance", "lesion_contrast", "marker_dark_rate", "lookalike"} | {
         "n_samples", "n_classes", "seed", "female_fraction", "class_imbalance",
         "images_per_patient"}
     assert create_dataset("synthderm", scenario="control").config()["params"][
