@@ -68,6 +68,19 @@ class Cell:
 
 
 @dataclass
+class LeakageCell:
+    """The leakage probe's balanced accuracy of one method on one scenario, over seeds, and
+    its paired test against vanilla (no direction: less leakage is not better by itself)."""
+
+    mean: float
+    std: float
+    n: int
+    p_holm: float = math.nan
+    differs: bool = False
+    representation: str = ""
+
+
+@dataclass
 class Matrix:
     """The matrix of one leaderboard (see the module docstring)."""
 
@@ -84,6 +97,8 @@ class Matrix:
     confidence: float | None = None
     n_resamples: int = 0
     missing: list[str] = field(default_factory=list)
+    #: (method or "vanilla", scenario) -> the leakage probe's balanced accuracy over seeds
+    leakage: dict[tuple[str, str], LeakageCell] = field(default_factory=dict)
 
     # -- frames -------------------------------------------------------------------------------
     def to_frame(self) -> pd.DataFrame:
@@ -104,6 +119,14 @@ class Matrix:
                         "p_holm": cell.p_holm if cell else math.nan,
                         "vs_vanilla": (cell.direction or "") if cell else "",
                         "untestable": (cell.untestable or "") if cell else "missing"})
+        for (method, scen), leak in self.leakage.items():
+            ref = self.leakage.get(("vanilla", scen))
+            rows.append({"metric": "leakage.balanced_accuracy", "labels": "", "method": method,
+                         "scenario": scen, "vanilla_mean": ref.mean if ref else math.nan,
+                         "vanilla_std": ref.std if ref else math.nan, "value": leak.mean,
+                         "value_std": leak.std, "n_pairs": leak.n, "p_holm": leak.p_holm,
+                         "vs_vanilla": "differs" if leak.differs else "",
+                         "representation": leak.representation})
         return pd.DataFrame.from_records(rows)
 
     # -- text -----------------------------------------------------------------------------------
@@ -153,8 +176,32 @@ class Matrix:
                 out.append(f"| {method.replace('_', chr(92) + '_')} | " + " | ".join(cells)
                            + " |")
             out.append("")
+        if self.leakage:
+            out.extend(self.leakage_markdown())
         out.extend(self.notes())
         return "\n".join(out).rstrip() + "\n"
+
+    def _leak_text(self, cell: LeakageCell | None) -> str:
+        if cell is None or not math.isfinite(cell.mean):
+            return "–"
+        text = f"{cell.mean:.3f}" + (f" ± {cell.std:.3f}" if math.isfinite(cell.std) else "")
+        return text + ("†" if cell.differs else "")
+
+    def leakage_markdown(self) -> list[str]:
+        out = ["### Leakage: balanced accuracy of a linear probe of the attribute (chance "
+               "0.5)\n", "| Method | " + " | ".join(self.scenarios) + " | representation |",
+               "|:--|" + "|".join(["--:"] * len(self.scenarios)) + "|:--|"]
+        for method in ["vanilla", *self.methods]:
+            cells = [self._leak_text(self.leakage.get((method, s))) for s in self.scenarios]
+            rep = next((c.representation for s in self.scenarios
+                        if (c := self.leakage.get((method, s))) is not None), "")
+            out.append(f"| {method.replace('_', chr(92) + '_')} | " + " | ".join(cells)
+                       + f" | {rep} |")
+        out += ["", "Leakage: probe fit on the train part's representations, scored on the "
+                "test part, mean ± std over seeds; †: differs from vanilla (paired t-test "
+                "over seeds, Holm-corrected over the methods of the scenario, p < "
+                f"{self.alpha:g}).", ""]
+        return out
 
     def notes(self) -> list[str]:
         directions = ", ".join(
@@ -303,9 +350,44 @@ def build_matrix(board: Leaderboard, *, metrics: Sequence[str] = MATRIX_METRICS,
                         n_resamples=n_resamples, confidence=confidence, seed=seed)
                 cells[(metric, row.label, t.dataset)] = cell
         missing.extend(f"{t.dataset}: {m}" for m in t.missing)
-    return Matrix(board.source, "true" if part == "test_true" else "observed", part,
-                  list(metrics), scenarios, methods, cells, vanilla, board.alpha, board.test,
-                  confidence if ci else None, n_resamples if ci else 0, missing)
+    matrix = Matrix(board.source, "true" if part == "test_true" else "observed", part,
+                    list(metrics), scenarios, methods, cells, vanilla, board.alpha, board.test,
+                    confidence if ci else None, n_resamples if ci else 0, missing)
+    for t in tables:
+        matrix.leakage.update(_leakage_cells(t, board.test, board.alpha))
+    return matrix
+
+
+def _leakage_cells(table: Table, test: str, alpha: float
+                   ) -> dict[tuple[str, str], LeakageCell]:
+    """The probe's balanced accuracy per method of ``table`` (``metrics.json`` ``leakage``),
+    with a paired test of each method against vanilla, Holm-corrected over the methods."""
+    from fairbench.bench.stats import compare_to_reference
+
+    values: dict[str, dict[int, float]] = {}
+    reps: dict[str, str] = {}
+    for row in table.rows:
+        values[row.label] = {}
+        for r in row.runs:
+            leak = r.metrics.get("leakage") or {}
+            if "balanced_accuracy" in leak:
+                values[row.label][r.seed] = float(leak["balanced_accuracy"])
+                reps[row.label] = str(leak.get("representation", ""))
+    if not any(values.values()):
+        return {}
+    comps = {c.method: c for c in compare_to_reference(values, str(table.reference),
+                                                         "leakage", test=test, alpha=alpha)}
+    out = {}
+    for row in table.rows:
+        v = [x for x in values[row.label].values() if math.isfinite(x)]
+        if not v:
+            continue
+        comp = comps.get(row.label)
+        out[("vanilla" if row.label == table.reference else row.label, table.dataset)] = \
+            LeakageCell(float(np.mean(v)), float(np.std(v, ddof=1)) if len(v) > 1 else math.nan,
+                        len(v), comp.p_holm if comp else math.nan,
+                        bool(comp and comp.significant), reps.get(row.label, ""))
+    return out
 
 
 # -- the figure -----------------------------------------------------------------------------
