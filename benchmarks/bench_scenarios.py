@@ -22,6 +22,7 @@ patients; :func:`fairbench.bench.stats.bootstrap_runs`)::
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 from typing import Any
 
@@ -36,7 +37,7 @@ def _value(text: str) -> Any:
 
 
 def fmt(values: list[float], scale: float = 100.0) -> str:
-    vals = [v * scale for v in values if v == v]
+    vals = [v * scale for v in values if math.isfinite(v)]
     if not vals:
         return "–"
     if len(vals) == 1:

@@ -27,12 +27,10 @@ def main() -> None:
 
     planned = plan(load_suite(args.suite, runs_dir=args.runs_dir))
     per: dict[str, list[dict]] = defaultdict(list)
-    threads = set()
     for p in planned:
         if p.finished and p.run_dir is not None:
             cfg = json.loads((Path(p.run_dir) / "config.json").read_text())
             per[p.planned.method].append(cfg["seconds"])
-            threads.add(cfg.get("torch_threads", "?"))
     phases = ["data", "vanilla", "train", "curvature", "other", "evaluate", "leakage"]
     print(f"| method | runs | s/run | {' | '.join(phases)} |")
     print("|---|---:|---:|" + "---:|" * len(phases))

@@ -39,9 +39,8 @@ def test_metrics_against_observed_and_true_labels(tmp_path, make_tiny_config):
 
 
 def test_no_true_part_without_ground_truth(tmp_path, fresh_registries):
-    from fairbench.run.runner import true_labels
-
     from fairbench import create_dataset
+    from fairbench.run.runner import true_labels
 
     table = create_dataset("synthderm", n_samples=100).build_table()
     assert np.array_equal(true_labels(table), table.df["true_label"].to_numpy())

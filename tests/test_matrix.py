@@ -16,7 +16,7 @@ from bench_helpers import GROUPS, make_run
 from click.testing import CliRunner
 
 from fairbench import evaluate_classification
-from fairbench.bench.leaderboard import build_tables, Leaderboard, read_run
+from fairbench.bench.leaderboard import Leaderboard, build_tables, read_run
 from fairbench.bench.matrix import build_matrix, paired_interval, plot_matrix
 from fairbench.bench.stats import RunPredictions
 from fairbench.cli.main import main

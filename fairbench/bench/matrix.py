@@ -188,8 +188,8 @@ class Matrix:
         return text + ("†" if cell.differs else "")
 
     def leakage_markdown(self) -> list[str]:
-        out = ["### Leakage: balanced accuracy of a linear probe of the attribute (chance "
-               "0.5)\n", "| Method | " + " | ".join(self.scenarios) + " | representation |",
+        out = [("### Leakage: balanced accuracy of a linear probe of the attribute (chance "
+                "0.5)\n"), "| Method | " + " | ".join(self.scenarios) + " | representation |",
                "|:--|" + "|".join(["--:"] * len(self.scenarios)) + "|:--|"]
         for method in ["vanilla", *self.methods]:
             cells = [self._leak_text(self.leakage.get((method, s))) for s in self.scenarios]
@@ -197,10 +197,10 @@ class Matrix:
                         if (c := self.leakage.get((method, s))) is not None), "")
             out.append(f"| {method.replace('_', chr(92) + '_')} | " + " | ".join(cells)
                        + f" | {rep} |")
-        out += ["", "Leakage: probe fit on the train part's representations, scored on the "
-                "test part, mean ± std over seeds; †: differs from vanilla (paired t-test "
-                "over seeds, Holm-corrected over the methods of the scenario, p < "
-                f"{self.alpha:g}).", ""]
+        out += ["", ("Leakage: probe fit on the train part's representations, scored on the "
+                     "test part, mean ± std over seeds; †: differs from vanilla (paired t-test "
+                     "over seeds, Holm-corrected over the methods of the scenario, p < "
+                     f"{self.alpha:g})."), ""]
         return out
 
     def notes(self) -> list[str]:
@@ -208,8 +208,8 @@ class Matrix:
             f"{COLUMN_TITLES.get(m, m)} {'higher' if higher_is_better(m) else 'lower'} is "
             "better" for m in self.metrics if higher_is_better(m) is not None)
         lines = [
-            "Cells: method − vanilla in points, mean over the seeds both have "
-            f"({directions}); the vanilla row gives vanilla's value, mean ± std over seeds."]
+            ("Cells: method − vanilla in points, mean over the seeds both have "
+             f"({directions}); the vanilla row gives vanilla's value, mean ± std over seeds.")]
         if self.confidence:
             lines.append(
                 f"[low, high]: {self.confidence:.0%} two-stage paired bootstrap ({self.n_resamples} "
@@ -232,10 +232,10 @@ class Matrix:
         out = ["% requires \\usepackage{booktabs,amssymb}"]
         for metric in self.metrics:
             out += ["\\begin{table}[t]", "\\centering", "\\small",
-                    f"\\caption{{{_tex(self.title(metric))}. Method $-$ vanilla in points, "
-                    "mean over paired seeds, with the 95\\% two-stage paired bootstrap "
-                    "interval; $^\\blacktriangle$/$^\\blacktriangledown$: better/worse than "
-                    f"vanilla (paired {_tex(self.test)}, Holm, $p<{self.alpha:g}$).}}",
+                    (f"\\caption{{{_tex(self.title(metric))}. Method $-$ vanilla in points, "
+                     "mean over paired seeds, with the 95\\% two-stage paired bootstrap "
+                     "interval; $^\\blacktriangle$/$^\\blacktriangledown$: better/worse than "
+                     f"vanilla (paired {_tex(self.test)}, Holm, $p<{self.alpha:g}$).}}"),
                     f"\\begin{{tabular}}{{l{'r' * len(self.scenarios)}}}", "\\toprule",
                     " & ".join(["Method"] + [_tex(s) for s in self.scenarios]) + " \\\\",
                     "\\midrule",
@@ -319,10 +319,10 @@ def build_matrix(board: Leaderboard, *, metrics: Sequence[str] = MATRIX_METRICS,
         read = _reader(t) if ci else None
         cache: dict[str, Any] = {}
 
-        def preds(run: Any) -> Any:
+        def preds(run: Any, cache: dict[str, Any] = cache, read: Any = read) -> Any:
             key = str(run.path)
             if key not in cache:
-                cache[key] = read(run)  # type: ignore[misc]
+                cache[key] = read(run)
             return cache[key]
 
         for metric in metrics:
