@@ -189,7 +189,7 @@ class Matrix:
 
     def leakage_markdown(self) -> list[str]:
         out = [("### Leakage: balanced accuracy of a linear probe of the attribute (chance "
-                "0.5)\n"), "| Method | " + " | ".join(self.scenarios) + " | representation |",
+                "0.5)\n"), "| Method | " + " | ".join(self.scenarios) + " | probed |",
                "|:--|" + "|".join(["--:"] * len(self.scenarios)) + "|:--|"]
         for method in ["vanilla", *self.methods]:
             cells = [self._leak_text(self.leakage.get((method, s))) for s in self.scenarios]
