@@ -221,6 +221,7 @@ class AdvRev(Method):
         ctx.notes["adv_rev"] = {"best_epoch": result.best_epoch,
                                 "adversary_val_accuracy": _adversary_accuracy(
                                     ctx, model, predict_groups)}
+        model.representation_site = params.input  # what the leakage probe reads
         return model
 
 

@@ -241,6 +241,13 @@ class PerturbedModel(nn.Module):
         self.last_latents, self.last_clean, self.last_offsets = latents, clean, offsets
         return out
 
+    def representation(self, x: torch.Tensor) -> torch.Tensor:
+        """The perturbed latents as the discriminator reads them (maps pooled, then
+        concatenated): what the run's leakage probe reads (fairbench.run.leakage)."""
+        self(x)
+        return torch.cat([f.float().mean(dim=(2, 3)) if f.dim() == 4 else f.float()
+                          for f in self.last_latents], dim=1)
+
 
 def build_perturbed(ctx: RunContext, base: nn.Module, params: AppleParams) -> PerturbedModel:
     """Perturbers sized from a probe forward of ``base`` on one training image."""

@@ -126,4 +126,6 @@ class MFD(Method):
         ctx.notes["mfd"] = {"features": "map" if use_map else "pooled",
                             "best_epoch": result.best_epoch,
                             "first_batch_mmd_per_epoch": first_batch_mmd}
+        # what the leakage probe reads: the representation the MMD term aligned
+        student.representation_site = "pre_pool" if use_map else "features"
         return student

@@ -9,7 +9,9 @@ written atomically, and the vanilla baseline is shared through ``ctx.vanilla()``
 file lock whichever process gets there first.
 
 * :class:`LocalExecutor` runs tasks one by one in this process; with several devices (e.g.
-  every visible GPU) it runs one worker process per device.
+  every visible GPU) it runs one worker process per device; with ``jobs=N`` it runs N CPU
+  runs side by side (one worker process each, ``threads`` torch threads per run), each
+  group's baseline first.
 
 **Claims**: a run is computed by the process holding its claim (:func:`fairbench.run.store.
 claim_run`). The local executor first takes every run that no other process has claimed,
@@ -23,8 +25,10 @@ compute none twice.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
+import os
 import time
 import traceback
 from abc import ABC, abstractmethod
@@ -113,12 +117,32 @@ class Executor(ABC):
 class LocalExecutor(Executor):
     """Runs on this machine: one task at a time in this process, or one worker process per
     device when ``devices`` lists several (``None``: every visible GPU when the runs' device is
-    ``auto`` or ``cuda`` and there is more than one, else in-process)."""
+    ``auto`` or ``cuda`` and there is more than one, else in-process).
+
+    ``jobs=N`` (N > 1) runs N CPU runs side by side, one worker process each, with
+    ``threads`` torch threads per run (default: the cores divided among the jobs, at least
+    one). Tasks are grouped by the vanilla baseline they share (:func:`baseline_groups`):
+    every group's first task (its vanilla run) is queued before any other, and the rest of a
+    group only once its first has finished, so no worker waits on another's baseline. A run
+    computes the same numbers whichever worker runs it: with ``threads`` equal to the thread
+    count of a serial sweep the results are identical to that sweep's. ``threads`` also sets
+    the thread count of in-process runs (``jobs=1``), restored afterwards."""
 
     name = "local"
 
-    def __init__(self, devices: Sequence[str] | None = None) -> None:
+    def __init__(self, devices: Sequence[str] | None = None, *, jobs: int = 1,
+                 threads: int | None = None) -> None:
+        if jobs < 1:
+            raise FairbenchError(f"--jobs must be at least 1, not {jobs}")
+        if threads is not None and threads < 1:
+            raise FairbenchError(f"--threads-per-job must be at least 1, not {threads}")
+        if jobs > 1 and devices is not None:
+            raise FairbenchError("--jobs runs CPU runs side by side; it cannot be combined "
+                                 "with --devices")
         self.devices = list(devices) if devices is not None else None
+        self.jobs = jobs
+        self.threads = threads if threads is not None else (
+            max(1, (os.cpu_count() or 1) // jobs) if jobs > 1 else None)
 
     def _devices_for(self, tasks: Sequence[RunTask]) -> list[str] | None:
         if self.devices is not None:
@@ -132,11 +156,18 @@ class LocalExecutor(Executor):
         return [f"cuda:{i}" for i in range(n)] if n > 1 else None
 
     def describe(self) -> str:
-        return "local" if not self.devices or len(self.devices) < 2 else \
+        if self.jobs > 1:
+            return f"local ({self.jobs} jobs side by side, {self.threads} thread(s) each)"
+        threads = f", {self.threads} thread(s)" if self.threads else ""
+        return ("local" + threads) if not self.devices or len(self.devices) < 2 else \
             f"local ({len(self.devices)} workers: {', '.join(self.devices)})"
 
     def run(self, tasks: Sequence[RunTask], *,
             on_phase: Callable[[RunTask, str], None] | None = None) -> Iterator[TaskOutcome]:
+        if self.jobs > 1:
+            yield from _run_pool(tasks, ["cpu"] * self.jobs, threads=self.threads,
+                                 ordered_by_baseline=True)
+            return
         devices = self._devices_for(tasks)
         if not devices:
             single = self.devices[0] if self.devices else None
@@ -144,27 +175,44 @@ class LocalExecutor(Executor):
                 tasks = [dataclasses.replace(t, config=dataclasses.replace(
                     t.config, on_phase=functools.partial(on_phase, t))) for t in tasks]
             later: list[RunTask] = []
-            for task in tasks:  # first the runs that no other process computes
-                if on_phase is not None:
-                    on_phase(task, "start")
-                outcome = execute_task(task, single, wait=False)
-                if outcome.claimed_by is not None:
-                    later.append(task)
-                    continue
-                yield outcome
-            for task in later:  # then wait for the others: reused, or taken over
-                yield execute_task(task, single)
+            with _torch_threads(self.threads):
+                for task in tasks:  # first the runs that no other process computes
+                    if on_phase is not None:
+                        on_phase(task, "start")
+                    outcome = execute_task(task, single, wait=False)
+                    if outcome.claimed_by is not None:
+                        later.append(task)
+                        continue
+                    yield outcome
+                for task in later:  # then wait for the others: reused, or taken over
+                    yield execute_task(task, single)
             return
         yield from _run_pool(tasks, devices)
 
 
-def _worker_init(queue: Any) -> None:
+@contextlib.contextmanager
+def _torch_threads(threads: int | None) -> Iterator[None]:
+    """Run the block with ``threads`` torch threads (None: unchanged), restored afterwards."""
+    if threads is None:
+        yield
+        return
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _worker_init(queue: Any, threads: int | None = None) -> None:
     global _WORKER_DEVICE
     _WORKER_DEVICE = queue.get()
     if _WORKER_DEVICE == "cpu":
         import torch
 
-        torch.set_num_threads(1)
+        torch.set_num_threads(threads or 1)
 
 
 _WORKER_DEVICE: str | None = None
@@ -176,7 +224,11 @@ def _worker_run(task: RunTask, wait: bool = True) -> TaskOutcome:
     return outcome
 
 
-def _run_pool(tasks: Sequence[RunTask], devices: list[str]) -> Iterator[TaskOutcome]:
+def _run_pool(tasks: Sequence[RunTask], devices: list[str], *, threads: int | None = None,
+              ordered_by_baseline: bool = False) -> Iterator[TaskOutcome]:
+    """One worker process per entry of ``devices``. With ``ordered_by_baseline``, each
+    baseline group's first task is queued before every other task and the group's other
+    tasks only once it has finished (see :class:`LocalExecutor`)."""
     import multiprocessing as mp
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
@@ -186,8 +238,15 @@ def _run_pool(tasks: Sequence[RunTask], devices: list[str]) -> Iterator[TaskOutc
     for d in devices:
         queue.put(d)
     pool = ProcessPoolExecutor(max_workers=len(devices), mp_context=ctx,
-                               initializer=_worker_init, initargs=(queue,))
-    todo = [(t, False) for t in tasks]  # (task, wait for its claim)
+                               initializer=_worker_init, initargs=(queue, threads))
+    waiting: dict[int, list[RunTask]] = {}
+    if ordered_by_baseline:
+        groups = baseline_groups(tasks)
+        first_tasks = [first for first, _ in groups if first is not None]
+        waiting = {first.index: rest for first, rest in groups if first is not None}
+    else:
+        first_tasks = list(tasks)
+    todo = [(t, False) for t in first_tasks]  # (task, wait for its claim)
     running: dict[Any, RunTask] = {}
     try:
         while todo or running:
@@ -195,7 +254,7 @@ def _run_pool(tasks: Sequence[RunTask], devices: list[str]) -> Iterator[TaskOutc
                 task, patient = todo.pop(0)
                 running[pool.submit(_worker_run, task, patient)] = task
             done, _ = wait(list(running), return_when=FIRST_COMPLETED)
-            for fut in done:
+            for fut in sorted(done, key=lambda f: running[f].index):
                 task = running.pop(fut)
                 try:
                     outcome = fut.result()
@@ -204,6 +263,8 @@ def _run_pool(tasks: Sequence[RunTask], devices: list[str]) -> Iterator[TaskOutc
                 if outcome.claimed_by is not None:  # another process has it: wait at the end
                     todo.append((task, True))
                     continue
+                # the group's baseline exists now (or failed: its runs report it)
+                todo.extend((t, False) for t in waiting.pop(task.index, []))
                 yield outcome
     finally:
         for fut in running:

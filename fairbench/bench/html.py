@@ -1,12 +1,14 @@
 """A leaderboard as one self-contained HTML page: every table (with its notes: the marks, the
-seeds, the missing runs and the selection of every row) and, per table, the accuracy–fairness
-trade-off figure embedded as inline SVG, so the page can be sent to a colleague as one file
-(no scripts, no external files)."""
+seeds, the missing runs and the selection of every row), per table the accuracy–fairness
+trade-off figure, and with ``--view matrix`` the mechanism matrix and its heatmap, figures
+embedded as inline SVG, so the page can be sent to a colleague as one file (no scripts, no
+external files)."""
 
 from __future__ import annotations
 
 import html
 import math
+from typing import Any
 
 from fairbench.bench.leaderboard import COLUMN_TITLES, Leaderboard, Table
 from fairbench.metrics import HEADLINE_FAIRNESS, higher_is_better
@@ -81,3 +83,44 @@ def render_html(board: Leaderboard, view: str = "compact", *, figures: bool = Tr
             f"<h1>{html.escape(title)}</h1>"
             f'<p class="notes">Rule: {html.escape(board.rule)}; paired {board.test}, alpha '
             f"{board.alpha:g}.</p>\n" + "\n".join(body) + "\n</body></html>\n")
+
+
+def markdown_table_html(lines: list[str]) -> list[str]:
+    """A Markdown table (``| a | b |`` lines, the second the alignment row) as HTML rows;
+    ``**bold**`` becomes ``<strong>``."""
+    import re
+
+    def cells(line: str) -> list[str]:
+        parts = [c.strip().replace("\\_", "_") for c in line.strip().strip("|").split("|")]
+        return [re.sub(r"\*\*(.+?)\*\*", r"<strong>\1</strong>", html.escape(c).replace(
+            "&lt;strong&gt;", "<strong>")) for c in parts]
+
+    out = ["<table>", "<thead><tr>" + "".join(f"<th>{c}</th>" for c in cells(lines[0]))
+           + "</tr></thead><tbody>"]
+    out += ["<tr>" + "".join(f'<td class="{"label" if i == 0 else ""}">{c}</td>'
+                             for i, c in enumerate(cells(line))) + "</tr>" for line in lines[2:]]
+    return out + ["</tbody></table>"]
+
+
+def matrix_section(matrix: Any) -> list[str]:
+    """The mechanism matrix (its tables, notes and heatmap) as HTML blocks."""
+    from fairbench.bench.matrix import matrix_figure
+    from fairbench.bench.plots import svg_text
+
+    out = ["<h2>Which method fixes which bias: the mechanism matrix</h2>"]
+    table: list[str] = []
+    for line in matrix.to_markdown().splitlines() + [""]:
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        if table:
+            out += markdown_table_html(table)
+            table = []
+        if line.startswith("#"):
+            out.append(f"<h3>{html.escape(line.lstrip('# '))}</h3>")
+        elif line.strip():
+            out.append(f'<p class="notes">{html.escape(line.lstrip("- "))}</p>')
+    out.append(f'<figure class="matrix">{svg_text(matrix_figure(matrix))}'
+               "<figcaption>Change against vanilla per method and scenario.</figcaption>"
+               "</figure>")
+    return out

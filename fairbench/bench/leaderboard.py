@@ -86,6 +86,15 @@ DAGGER = "†"
 MARKS = {"better": "▲", "worse": "▼", "higher": DAGGER, "lower": DAGGER}
 
 
+#: metrics.json parts a table can show: validation, test, test against true labels
+PARTS = ("val", "test", "test_true")
+
+
+def part_source(part: str) -> tuple[str, str]:
+    """Where a table part's per-sample rows are: (predictions.csv part, label column)."""
+    return ("test", "true_label") if part == "test_true" else (part, "label")
+
+
 # -- runs ---------------------------------------------------------------------------------------
 @dataclass
 class RunRecord:
@@ -99,7 +108,10 @@ class RunRecord:
 
     def __post_init__(self) -> None:
         self.label = self.label or self.config["method"]
-        self.dataset_label = self.dataset_label or self.config["dataset"]
+        if not self.dataset_label:  # a named scenario of a dataset is a table of its own
+            scenario = (self.config.get("dataset_params") or {}).get("scenario")
+            self.dataset_label = self.config["dataset"] + (
+                f"[{scenario}]" if scenario not in (None, "custom") else "")
 
     @property
     def identity(self) -> dict[str, Any]:
@@ -353,8 +365,8 @@ def build_tables(runs: Sequence[RunRecord], *, rule: Rule | str | None = None,
     that some run of the table has. ``missing_runs``: per dataset label, runs planned but not
     finished (listed under that dataset's tables)."""
     rule = parse_rule(rule)
-    if part not in ("val", "test"):
-        raise FairbenchError(f"part must be val or test, not {part!r}")
+    if part not in PARTS:
+        raise FairbenchError(f"part must be val, test or test_true, not {part!r}")
     if split:
         runs = [r for r in runs if r.split.startswith(split)]
         if not runs:
@@ -714,9 +726,19 @@ def leaderboard(source: str | Path, *, rule: str | None = None, part: str = "tes
                 split: str | None = None, test: str = "ttest", alpha: float = 0.05,
                 runs_dir: str | None = None, data_roots: dict[str, str] | None = None,
                 ci: bool = False, n_resamples: int = 1000, confidence: float = 0.95,
-                seed: int = 0, ci_kind: str = "seeds+samples") -> Leaderboard:
+                seed: int = 0, ci_kind: str = "seeds+samples",
+                labels: str = "observed") -> Leaderboard:
     """The leaderboard of a suite file (only its runs; its rule unless ``rule``) or of every
-    finished run under a runs directory."""
+    finished run under a runs directory. ``labels="true"`` shows the test metrics against
+    the true labels of synthetic data (``test_true``; selection still reads validation
+    metrics on observed labels only)."""
+    if labels not in ("observed", "true"):
+        raise FairbenchError(f"unknown labels {labels!r}; use observed or true")
+    if labels == "true":
+        if part != "test":
+            raise FairbenchError("true labels are reported for the test part only; use "
+                                 "--part test with --labels true")
+        part = "test_true"
     if test not in ("ttest", "wilcoxon"):
         raise FairbenchError(f"unknown paired test {test!r}; use ttest or wilcoxon")
     if not 0 < alpha < 1:
@@ -783,8 +805,11 @@ def add_bootstrap(board: Leaderboard, *, keys: Sequence[str] = CI_KEYS,
         segmentation = t.task == "segmentation"
         reader = SegmentationPredictions if segmentation else RunPredictions
         table_keys = [SEGMENTATION_CI_KEYS.get(k, k) for k in keys] if segmentation else keys
+        source, column = part_source(t.part)
         for row in t.rows:
-            preds = [reader.read(r.path, part=t.part, config=r.config) for r in row.runs]
+            preds = [reader.read(r.path, part=source, config=r.config,
+                                 **({"label_column": column} if not segmentation else {}))
+                     for r in row.runs]
             for key in table_keys:
                 iv = bootstrap_runs(preds, key, n_resamples=n_resamples, confidence=confidence,
                                     seed=seed, kind=kind)

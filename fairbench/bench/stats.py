@@ -400,10 +400,15 @@ class RunPredictions:
 
     @classmethod
     def read(cls, run_dir: str | Path, *, part: str = "test",
-             config: Mapping[str, Any] | None = None) -> RunPredictions:
+             config: Mapping[str, Any] | None = None,
+             label_column: str = "label") -> RunPredictions:
+        """``label_column``: ``label`` (observed) or ``true_label`` (synthetic data)."""
         df, config, groups, clusters = _read_part(run_dir, part, config)
+        if label_column not in df.columns:
+            raise FairbenchError(f"{str(run_dir)!r}: predictions.csv lacks column "
+                                 f"{label_column!r} (true labels exist for synthetic data only)")
         probs = df[[c for c in df.columns if c.startswith("prob_")]].to_numpy(dtype=float)
-        return cls(df["sample_id"].to_numpy(), df["label"].to_numpy(dtype=np.int64),
+        return cls(df["sample_id"].to_numpy(), df[label_column].to_numpy(dtype=np.int64),
                    df["pred"].to_numpy(dtype=np.int64), probs, groups,
                    list(config["groups"]), clusters)
 

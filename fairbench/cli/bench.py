@@ -92,6 +92,12 @@ def _seeds(value: str | None) -> list[int] | None:
               help="Ray executor: CPUs (and torch threads) per CPU run.")
 @click.option("--num-cpus", type=int, default=None,
               help="Ray executor without --address: CPUs of the local Ray instance. [default: all]")
+@click.option("--jobs", "-j", type=int, default=1, show_default=True,
+              help="Local executor: CPU runs side by side (one worker process each; each "
+                   "baseline first).")
+@click.option("--threads-per-job", type=int, default=None, metavar="T",
+              help="Local executor: torch threads per run. [default: cores / jobs with "
+                   "--jobs, else torch's default]")
 @click.option("--tracking", type=click.Choice(["mlflow"]), default=None,
               help="Also log every finished run to MLflow (needs the mlflow extra).")
 @click.option("--tracking-uri", default=None, metavar="URI",
@@ -106,7 +112,7 @@ def _seeds(value: str | None) -> list[int] | None:
 @click.option("--quiet", "-q", is_flag=True, help="No progress bar.")
 def sweep_cmd(suite_file: str, dry_run: bool, executor: str, devices: str | None,
               address: str | None, cpus_per_run: int, num_cpus: int | None,
-              tracking: str | None, tracking_uri: str | None,
+              jobs: int, threads_per_job: int | None, tracking: str | None, tracking_uri: str | None,
               runs_dir: str | None, data_roots: tuple[str, ...], seeds: str | None,
               keep_going: bool, retry_failed: bool, plugins: tuple[str, ...],
               quiet: bool) -> None:
@@ -125,6 +131,7 @@ def sweep_cmd(suite_file: str, dry_run: bool, executor: str, devices: str | None
       fairbench sweep benchmarks/quick.toml
       fairbench sweep benchmarks/suite_isic2019_resnet18.toml --data-root /data/isic2019
       fairbench sweep benchmarks/quick.toml --executor ray --address auto
+      fairbench sweep benchmarks/mechanisms.toml --jobs 2 --threads-per-job 1
     """
     from fairbench.bench.executors import get_executor
     from fairbench.bench.suite import attach_run_options, load_suite
@@ -145,6 +152,11 @@ def sweep_cmd(suite_file: str, dry_run: bool, executor: str, devices: str | None
         if executor != "local":
             raise FairbenchError("--devices applies to the local executor only")
         options["devices"] = [d.strip() for d in devices.split(",") if d.strip()]
+    if jobs != 1 or threads_per_job is not None:
+        if executor != "local":
+            raise FairbenchError("--jobs and --threads-per-job apply to the local executor "
+                                 "only (Ray: --cpus-per-run)")
+        options.update(jobs=jobs, threads=threads_per_job)
     if executor == "ray":
         options.update(address=address, cpus_per_run=cpus_per_run, num_cpus=num_cpus)
     elif address is not None or num_cpus is not None:
@@ -167,9 +179,14 @@ def sweep_cmd(suite_file: str, dry_run: bool, executor: str, devices: str | None
 @click.option("--format", "fmt", type=click.Choice(["md", "csv", "latex", "html"]), default="md",
               show_default=True,
               help="Output format; html: one self-contained page with the tables, their notes "
-                   "and the trade-off figures (inline SVG).")
-@click.option("--view", type=click.Choice(["paper", "compact"]), default="paper", show_default=True,
-              help="paper: rows per group, Avg, Diff; compact: one row per method.")
+                   "and the figures (inline SVG).")
+@click.option("--view", type=click.Choice(["paper", "compact", "matrix"]), default="paper",
+              show_default=True,
+              help="paper: rows per group, Avg, Diff; compact: one row per method; matrix: "
+                   "methods x scenarios, change against vanilla (EqOddsGap, worst-group F1).")
+@click.option("--labels", type=click.Choice(["observed", "true"]), default=None,
+              help="Test metrics against the observed labels or the true labels of "
+                   "synthetic data. [default: observed; true for --view matrix]")
 @click.option("--rule", default=None, metavar="RULE[:k=v,...]",
               help="Selection rule over each method's grid (validation only): best_f1, best_auc, "
                    "best:metric=X, worst_group, minimax_pareto, dto, fair_within_eps[:eps=0.02,"
@@ -192,7 +209,8 @@ def sweep_cmd(suite_file: str, dry_run: bool, executor: str, devices: str | None
               help="Data folder of the suite's datasets (to resolve its runs).")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
 @click.option("--plugin", "plugins", multiple=True, metavar="FILE.py", help="Load a local plugin file (repeatable).")
-def leaderboard_cmd(source: str, fmt: str, view: str, rule: str | None, part: str,
+def leaderboard_cmd(source: str, fmt: str, view: str, labels: str | None, rule: str | None,
+                    part: str,
                     split: str | None, test_name: str, alpha: float, ci: bool, ci_kind: str,
                     n_boot: int,
                     runs_dir: str | None, data_roots: tuple[str, ...], out: str | None,
@@ -214,6 +232,7 @@ def leaderboard_cmd(source: str, fmt: str, view: str, rule: str | None, part: st
       fairbench leaderboard benchmarks/quick.toml --view compact --ci
       fairbench leaderboard runs --view compact --format latex --out table.tex
       fairbench leaderboard benchmarks/quick.toml --format html --out quick.html
+      fairbench leaderboard benchmarks/mechanisms.toml --view matrix [--labels observed]
     """
     from fairbench.bench.leaderboard import leaderboard
 
@@ -221,10 +240,23 @@ def leaderboard_cmd(source: str, fmt: str, view: str, rule: str | None, part: st
     if n_boot < 10:
         raise FairbenchError("--n-boot must be at least 10")
     target = _out_path(out) if out else None
+    labels = labels or ("true" if view == "matrix" else "observed")
+    matrix = view == "matrix"
     board = leaderboard(source, rule=rule, part=part, split=split, test=test_name, alpha=alpha,
-                        runs_dir=runs_dir, data_roots=_data_roots(data_roots), ci=ci,
-                        n_resamples=n_boot, ci_kind=ci_kind)
-    if fmt == "html":
+                        runs_dir=runs_dir, data_roots=_data_roots(data_roots),
+                        ci=ci and not matrix, n_resamples=n_boot, ci_kind=ci_kind,
+                        labels=labels)
+    if matrix:  # intervals of the paired differences, always
+        from fairbench.bench.matrix import build_matrix
+
+        built = build_matrix(board, n_resamples=n_boot)
+        if fmt == "html":
+            from fairbench.bench.html import matrix_section, render_html
+
+            text = render_html(board, "compact", extra_sections=matrix_section(built))
+        else:
+            text = built.render(fmt)
+    elif fmt == "html":
         from fairbench.bench.html import render_html
 
         text = render_html(board, view)
@@ -246,13 +278,14 @@ def leaderboard_cmd(source: str, fmt: str, view: str, rule: str | None, part: st
 
 @click.group("plot")
 def plot_group() -> None:
-    """Figures (PNG and PDF): tradeoff, ablation, groups, cd.
+    """Figures (PNG and PDF): tradeoff, ablation, groups, cd, matrix.
 
     \b
     Examples:
       fairbench plot tradeoff benchmarks/quick.toml
       fairbench plot groups runs/quick/synthderm/resampling/*
       fairbench plot cd benchmarks/suite_isic2019_resnet18.toml
+      fairbench plot matrix benchmarks/mechanisms.toml
     """
 
 
@@ -299,6 +332,31 @@ def plot_tradeoff_cmd(source: str, out: str, rule: str | None, split: str | None
         y = y_metric or ("Dice" if seg else "F1")
         for p in plot_tradeoff(table, target, x=x, y=y):
             click.echo(f"wrote {p}")
+
+
+@plot_group.command("matrix")
+@click.argument("source", metavar="SUITE_OR_RUNS_DIR", type=click.Path())
+@click.option("--out", default="plots/matrix", show_default=True, help="Output path without extension.")
+@click.option("--labels", type=click.Choice(["true", "observed"]), default="true",
+              show_default=True, help="Test metrics against the true or the observed labels.")
+@click.option("--rule", default=None, help="Selection rule.")
+@click.option("--runs-dir", default=None, help="Runs directory of a suite.")
+@click.option("--n-boot", type=int, default=1000, show_default=True, help="Bootstrap resamples.")
+def plot_matrix_cmd(source: str, out: str, labels: str, rule: str | None,
+                    runs_dir: str | None, n_boot: int) -> None:
+    """The mechanism matrix as annotated heatmaps: methods x scenarios, the change against
+    vanilla of the equalized-odds gap and of the worst-group F1 (blue = better, red = worse;
+    ▲/▼ and bold where significant). Example:
+      fairbench plot matrix benchmarks/mechanisms.toml
+    """
+    from fairbench.bench.leaderboard import leaderboard
+    from fairbench.bench.matrix import build_matrix, plot_matrix
+
+    if n_boot < 10:
+        raise FairbenchError("--n-boot must be at least 10")
+    board = leaderboard(source, rule=rule, runs_dir=runs_dir, labels=labels)
+    for p in plot_matrix(build_matrix(board, n_resamples=n_boot), out):
+        click.echo(f"wrote {p}")
 
 
 @plot_group.command("ablation")

@@ -378,6 +378,12 @@ def list_cmd(kind: str, pattern: str, plugins: tuple[str, ...]) -> None:
             click.echo(f"{name:{width}s} {tasks:8s} {doc[0] if doc else ''}")
             if details:
                 _echo_params(describe_params(cls.Params))
+                for scen, knobs in getattr(cls, "scenarios", {}).items():
+                    changed = {k: v for k, v in knobs.items()
+                               if v != getattr(cls, "scenarios", {}).get("control", {}).get(k)}
+                    text = ", ".join(f"{k}={v}" for k, v in changed.items()) or \
+                        ", ".join(f"{k}={v}" for k, v in knobs.items())
+                    click.echo(f"    scenario={scen:15s} {text}")
     else:
         for name in BACKBONES.list(pattern):
             factory = BACKBONES.get(name)

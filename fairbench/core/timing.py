@@ -15,7 +15,8 @@ A run records (``config.json``, ``seconds.phases``):
 * ``curvature``: second-order saliency passes (:func:`fairbench.run.posthoc.group_curvature`);
 * ``other``: the rest of the method's own work (selection, quantisation, candidate
   evaluation...);
-* ``evaluate``: the final predictions on validation and test and their metrics.
+* ``evaluate``: the final predictions on validation and test and their metrics;
+* ``leakage``: the leakage probe of a classification run (:mod:`fairbench.run.leakage`).
 
 A method can name more phases with ``with ctx.phase("name"):``.
 """

@@ -103,6 +103,15 @@ def run_summary(config: dict[str, Any], metrics: dict[str, Any], *, parts: tuple
             out.append(segmentation_table(metrics[part], groups, meta.get("mask_classes", []),
                                           title=title) if segmentation
                        else paper_table(metrics[part], groups, title=title))
+    if "test" in parts and "test_true" in metrics:
+        out.append("")
+        out.append(paper_table(metrics["test_true"], groups,
+                               title="[test, true labels] values in % (synthetic data: the "
+                                     "same predictions against each image's true class)"))
+        out.append(ground_truth_line(metrics["test"], metrics["test_true"]))
+    leak = leakage_line(metrics.get("leakage"), config.get("attribute"))
+    if leak:
+        out.append(leak)
     diff_sign = meta.get("diff_sign")
     if segmentation:
         out.append(f"\nDice and IoU per image, then averaged; Diff = |{diff_sign}|; "
@@ -118,6 +127,34 @@ def run_summary(config: dict[str, Any], metrics: dict[str, Any], *, parts: tuple
     if timing:
         out.append(timing)
     return "\n".join(out)
+
+
+def ground_truth_line(observed: dict[str, Any], true: dict[str, Any]) -> str:
+    """The headline numbers on observed and on true labels, side by side."""
+    def pair(key: str, sub: str | None = None) -> str:
+        a = observed.get(sub, {}).get(key) if sub else observed.get(key)
+        b = true.get(sub, {}).get(key) if sub else true.get(key)
+        return f"{_fmt(a, 0).strip()} / {_fmt(b, 0).strip()}"
+
+    return (f"observed / true labels (test): F1 {pair('F1')}, worst-group F1 "
+            f"{pair('F1', 'worst')}, EqOddsGap {pair('EqOddsGap')}")
+
+
+def leakage_line(leak: dict[str, Any] | None, attribute: str | None) -> str:
+    """The leakage probe of a run in one line (empty when the run has none)."""
+    if not leak:
+        return ""
+    if "skipped" in leak:
+        return f"leakage probe: skipped ({leak['skipped']})"
+    text = (f"leakage of {attribute or 'the attribute'} from the {leak.get('representation')} "
+            f"({leak.get('dim')}-d; linear probe fit on {leak.get('fit_part')}, scored on "
+            f"{leak.get('score_part')}): balanced accuracy {leak['balanced_accuracy']:.3f}, "
+            f"AUC {leak['auc']:.3f} (chance {leak.get('chance', 0.5):.2f})")
+    pooled = leak.get("pooled")
+    if pooled:
+        text += (f"; pooled embedding: balanced accuracy {pooled['balanced_accuracy']:.3f}, "
+                 f"AUC {pooled['auc']:.3f}")
+    return text
 
 
 def time_line(seconds: dict[str, Any], device: str | None = None) -> str:

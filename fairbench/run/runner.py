@@ -361,7 +361,37 @@ def final_metrics(ctx: RunContext, p: Prepared, model: torch.nn.Module
         for part in ("val", "test"):
             metrics[part], frame = _score(bundle, preds[part], part, threshold)
             frames.append(frame)
+        true = true_labels(bundle.table)
+        if true is not None:  # evaluation only: nothing above saw the true labels
+            metrics[TRUE_PART] = _score_true(bundle, preds["test"], threshold, true)
     return metrics, frames, threshold
+
+
+#: the metrics.json part holding the test metrics against the true labels (synthetic data)
+TRUE_PART = "test_true"
+#: the sample table column of a synthetic dataset's true class (beside the observed label)
+TRUE_LABEL_COLUMN = "true_label"
+
+
+def true_labels(table: SampleTable) -> np.ndarray | None:
+    """The true class of every row where the dataset knows it (generated data keeps it in a
+    ``true_label`` column beside the observed ``label``), else None. For evaluation only:
+    no choice of a run (checkpoints, thresholds, settings, the privileged group) reads it."""
+    if TRUE_LABEL_COLUMN not in table.df.columns:
+        return None
+    return table.df[TRUE_LABEL_COLUMN].to_numpy(dtype=np.int64)
+
+
+def _score_true(bundle: DataBundle, pred: Predictions, threshold: float | None,
+                true: np.ndarray) -> dict[str, Any]:
+    """The test metrics of ``pred`` against the true labels (same predictions, same
+    validation-chosen decision rule)."""
+    from fairbench.metrics.decision import apply_threshold
+
+    rows = pred.index
+    groups = bundle.table.attr(bundle.attribute)[rows]
+    return evaluate_classification(true[rows], pred.probs, groups, bundle.group_names,
+                                   y_pred=apply_threshold(pred.probs, threshold))
 
 
 def run_experiment(config: RunConfig, *, keep_model: bool = False) -> RunResult:
@@ -472,6 +502,9 @@ def _compute(config: RunConfig, p: Prepared, bundle: DataBundle, identity: dict[
         method_seconds = time.perf_counter() - t_method
         with timer.phase("evaluate"):
             metrics, frames, threshold = final_metrics(ctx, p, model)
+        if p.task == "classification":
+            with timer.phase("leakage"):
+                metrics["leakage"] = _leakage(ctx, model)
         metrics["meta"] = {
             "task": p.task,
             **({"mask_classes": bundle.mask_classes} if p.task == "segmentation" else {}),
@@ -559,6 +592,19 @@ def _compute(config: RunConfig, p: Prepared, bundle: DataBundle, identity: dict[
 THRESHOLD_RULE = "max validation macro-F1 (binary task)"
 
 
+def _leakage(ctx: RunContext, model: torch.nn.Module) -> dict[str, Any]:
+    """The leakage probe of the returned model (:mod:`fairbench.run.leakage`); a model it
+    cannot read or data it cannot score (a single group in a part) is recorded as the reason
+    instead of failing the run."""
+    from fairbench.run.leakage import run_leakage
+
+    try:
+        return run_leakage(ctx, model)
+    except ValueError as exc:
+        log.warning("leakage probe skipped: %s", exc)
+        return {"skipped": str(exc)}
+
+
 def _val_threshold(bundle: DataBundle, val: Predictions) -> float | None:
     """Binary tasks: the threshold on p(class 1) maximising validation macro-F1; else None."""
     from fairbench.metrics.decision import binary_threshold
@@ -585,6 +631,9 @@ def _score(bundle: DataBundle, pred: Predictions, part: str,
         "label": labels,
         "pred": y_pred,
     })
+    true = true_labels(table)
+    if true is not None:
+        frame[TRUE_LABEL_COLUMN] = true[rows]
     if table.patient_ids is not None:  # lets bootstrap CIs resample patients
         frame["patient_id"] = table.patient_ids[rows]
     for name in table.attributes:
