@@ -106,7 +106,7 @@ def test_threads_apply_to_in_process_runs_and_are_restored(monkeypatch):
     from fairbench import RunConfig
 
     seen = []
-    monkeypatch.setattr(ex, "execute_task", lambda task, device=None: seen.append(
+    monkeypatch.setattr(ex, "execute_task", lambda task, device=None, wait=True: seen.append(
         torch.get_num_threads()) or ex.TaskOutcome(task, True))
     before = torch.get_num_threads()
     target = 2 if before != 2 else 3

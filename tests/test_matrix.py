@@ -193,6 +193,12 @@ def test_cli_matrix_view_and_plot_from_a_runs_directory(tmp_path, runs):
     res = cli.invoke(main, ["leaderboard", str(root), "--view", "matrix", "--labels",
                             "observed", "--format", "csv", "--n-boot", "20"])
     assert res.exit_code == 0 and "observed" in res.output
+    page = tmp_path / "matrix.html"
+    res = cli.invoke(main, ["leaderboard", str(root), "--view", "matrix", "--format", "html",
+                            "--n-boot", "20", "--out", str(page)])
+    assert res.exit_code == 0, res.output
+    text = page.read_text()
+    assert "mechanism matrix" in text and text.count("<svg") >= 2 and "<table>" in text
     res = cli.invoke(main, ["leaderboard", str(root), "--view", "compact", "--labels", "true"])
     assert res.exit_code == 0 and "test_true" in res.output
     res = cli.invoke(main, ["leaderboard", str(root), "--labels", "true", "--part", "val"])
