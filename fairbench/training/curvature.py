@@ -55,6 +55,7 @@ from torch import nn
 from fairbench.core.errors import CurvatureError, FairbenchError
 from fairbench.core.progress import progress_bar
 from fairbench.data.loaders import Batch
+from fairbench.training.persample import SquaredProducts, Unsupported, columns_for
 
 Estimator = Literal["ggn_exact", "ggn_mc", "hessian_exact", "fisher"]
 
@@ -197,9 +198,33 @@ def _extension(estimator: str, mc_samples: int) -> object:
     raise ValueError(f"unknown estimator {estimator!r}; use one of {', '.join(ESTIMATORS)}")
 
 
+#: which engine computes each estimator: ``"autograd"`` (:mod:`fairbench.training.persample`,
+#: BackPACK only where it cannot handle the model) or ``"backpack"``. Measured with
+#: ``benchmarks/bench_curvature.py --engines autograd backpack``: the autograd engine is
+#: faster for all three per-sample estimators on every backbone measured (``benchmarks/README.md``);
+#: the exact Hessian diagonal has no per-sample form and stays with BackPACK.
+ENGINES: dict[str, str] = {"ggn_exact": "autograd", "ggn_mc": "autograd", "fisher": "autograd",
+                           "hessian_exact": "backpack"}
+
+
+class _AutogradPass:
+    """The autograd engine's counterpart of a BackPACK extension: one pass's results."""
+
+    def __init__(self, engine: SquaredProducts, estimator: str, mc_samples: int) -> None:
+        self.engine, self.estimator, self.mc_samples = engine, estimator, mc_samples
+        self.values: dict[str, torch.Tensor] = {}
+
+    def run(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.values = self.engine.step(x, columns_for(self.estimator, y, self.mc_samples))
+
+
 def _backpack_step(model: nn.Module, loss_fn: nn.Module, ext: object, x: torch.Tensor,
                    y: torch.Tensor) -> None:
-    """One forward and backward pass of the batch-mean loss with the extension active."""
+    """One forward and backward pass of the batch-mean loss with the extension active (or the
+    autograd engine's pass; tests inject allocator failures here)."""
+    if isinstance(ext, _AutogradPass):
+        ext.run(x, y)
+        return
     from backpack import backpack
 
     with backpack(ext):
@@ -263,46 +288,81 @@ def diagonal_curvature(
     """Diagonal curvature of the cross-entropy loss of ``model`` over ``batches``, per scored
     parameter name (names as in ``model.named_parameters()``). ``model`` is not modified.
     ``pass_size``, if given, starts from its size and keeps the size that fitted."""
-    from backpack import extend
-
-    ext = _extension(estimator, mc_samples)
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; use one of {', '.join(ESTIMATORS)}")
     work = copy.deepcopy(model).float().eval()
     work = work.to(memory_format=torch.contiguous_format)
     targets = scored_parameters(work, scope)
     target_ids = {id(p): name for name, p in targets.items()}
     for p in work.parameters():
         p.requires_grad_(id(p) in target_ids)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ext_model = extend(work, use_converter=True)
-    except Exception as exc:  # torch.fx cannot trace it
-        raise CurvatureError(
-            f"BackPACK cannot trace this backbone ({type(exc).__name__}: {str(exc)[:120]}); "
-            "use smallcnn, resnet18, tv_resnet18, vgg11 or timm_vgg11") from None
-    params = [p for p in ext_model.parameters() if id(p) in target_ids]
-    loss_fn = extend(nn.CrossEntropyLoss())
+    engine: SquaredProducts | None = None
+    if ENGINES.get(estimator) == "autograd":
+        try:
+            engine = SquaredProducts(work, targets)
+        except Unsupported as exc:
+            log.debug("%s through BackPACK: %s", estimator, exc)
     attr = _SAVED_AS[estimator]
     acc = {name: torch.zeros_like(p) for name, p in targets.items()}
+    state: dict[str, object] = {}
+
+    def use_backpack() -> None:
+        from backpack import extend
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                state["model"] = extend(work, use_converter=True)
+        except Exception as exc:  # torch.fx cannot trace it
+            raise CurvatureError(
+                f"BackPACK cannot trace this backbone ({type(exc).__name__}: {str(exc)[:120]}); "
+                "use smallcnn, resnet18, tv_resnet18, vgg11 or timm_vgg11") from None
+        state["params"] = [p for p in state["model"].parameters()  # type: ignore[attr-defined]
+                           if id(p) in target_ids]
+        state["loss"] = extend(nn.CrossEntropyLoss())
+
+    def new_extension() -> object:
+        if engine is not None:
+            return _AutogradPass(engine, estimator, mc_samples)
+        return _extension(estimator, mc_samples)
+
+    if engine is None:
+        use_backpack()
+    else:
+        state.update(model=work, params=[], loss=None)
+    ext = new_extension()
 
     def clear() -> None:
-        for p in params:
+        for p in state["params"]:  # type: ignore[attr-defined]
             if hasattr(p, attr):
                 delattr(p, attr)
             p.grad = None
 
     def accumulate(x: torch.Tensor, y: torch.Tensor, weight: float) -> None:
+        nonlocal engine, ext
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                _backpack_step(ext_model, loss_fn, ext, x, y)
+                _backpack_step(state["model"], state["loss"], ext, x, y)  # type: ignore[arg-type]
+        except Unsupported as exc:  # found in the first pass, before anything was added
+            log.debug("%s through BackPACK: %s", estimator, exc)
+            engine = None
+            use_backpack()
+            ext = new_extension()
+            accumulate(x, y, weight)
+            return
         except NotImplementedError as exc:
             raise CurvatureError(_unsupported_message(estimator, str(exc))) from None
         except AssertionError as exc:  # BackPACK asserts on layer settings it cannot handle
             if not _raised_in_backpack(exc):
                 raise
             raise CurvatureError(_unsupported_message(estimator, str(exc))) from None
-        for p in params:
+        if isinstance(ext, _AutogradPass):
+            for name, value in ext.values.items():
+                acc[name].add_(value, alpha=weight)
+            ext.values = {}
+            return
+        for p in state["params"]:  # type: ignore[attr-defined]
             value = getattr(p, attr)
             if estimator == "fisher":
                 value = value * int(x.shape[0])  # (1/m) Σ g_n² from Σ (g_n / m)²
@@ -329,7 +389,7 @@ def diagonal_curvature(
                     if not _is_out_of_memory(exc):
                         raise
                     clear()
-                    ext = _extension(estimator, mc_samples)  # drop half-backpropagated state
+                    ext = new_extension()  # drop half-backpropagated state
                     if x.device.type == "cuda":
                         torch.cuda.empty_cache()
                     if m == 1:
