@@ -212,12 +212,12 @@ def main() -> None:
         torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore")
 
-    import backpack
+    from importlib.metadata import version
 
     from fairbench import create_backbone
 
     print(f"device: {device} ({torch.cuda.get_device_name(device) if cuda else platform.processor() or platform.machine()}), "
-          f"torch {torch.__version__}, BackPACK {getattr(backpack, '__version__', '?')}, "
+          f"torch {torch.__version__}, BackPACK {version('backpack-for-pytorch')}, "
           f"threads {torch.get_num_threads()}")
     print(f"{size} px, batch {bs}, {n} images per timing, fp32, eval mode, scope={args.scope}, "
           f"{args.clock} clock")

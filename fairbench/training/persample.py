@@ -18,9 +18,11 @@ estimator       columns ``s_vn``                                                
 ``fisher``      :math:`(p_n - e_{y_n})/\\sqrt B`: per-sample gradients of the loss     1
 ==============  ==================================================================  ========
 
-These are BackPACK's factors (``DiagGGNExact``, ``DiagGGNMC`` with its sampling, and the
-rescaled ``SumGradSquared``), so the results are the same to float rounding and ``ggn_mc``
-draws the same labels from the same random state.
+These give BackPACK's results (``DiagGGNExact``, ``DiagGGNMC``, the rescaled
+``SumGradSquared``) to float rounding; ``ggn_mc`` draws its labels as BackPACK does (one
+``Categorical(probs=softmax).sample`` per pass), so a single batch gets the same labels from the
+same random state. For ``ggn_exact`` the factor has C−1 columns instead of BackPACK's C
+(:func:`softmax_hessian_factor`): the same matrix, one backward pass fewer.
 
 With the model in eval mode the samples of a batch do not interact, so one backward pass of
 column ``v`` for the whole batch, ``autograd.grad(logits, outputs, s_v)`` taken at the outputs
@@ -399,7 +401,7 @@ Factor = Callable[[torch.Tensor], torch.Tensor]
 
 
 def softmax_hessian_factor(p: torch.Tensor) -> torch.Tensor:
-    """``S`` of shape (C−1) × N × C with :math:`\sum_v s_{vn} s_{vn}^\top = \mathrm{diag}(p_n) -
+    r"""``S`` of shape (C−1) × N × C with :math:`\sum_v s_{vn} s_{vn}^\top = \mathrm{diag}(p_n) -
     p_n p_n^\top` for probabilities ``p`` (N × C): the Hessian of the cross-entropy in the
     logits has rank C−1, so C−1 columns suffice (BackPACK back-propagates C).
 
@@ -481,8 +483,10 @@ class SquaredProducts:
     def step(self, x: torch.Tensor, columns: Factor) -> dict[str, torch.Tensor]:
         """One pass over the samples ``x``: the sums of squares per scored weight name."""
         logits = self._forward(x)
-        if any(layer.modified_in_place() for layer in self.layers):
-            logits = self._forward(x)  # once more with copies of what was overwritten
+        for _ in range(len(self.layers)):  # again, copying what was overwritten, until none is
+            if not [layer for layer in self.layers if layer.modified_in_place()]:
+                break
+            logits = self._forward(x)
         shared = [layer.name for layer in self.layers if layer.calls > 1]
         if shared:
             raise Unsupported(f"a scored layer is called more than once ({shared[0]})")
