@@ -59,7 +59,7 @@ def main() -> None:
                          y=torch.randint(0, args.classes, (bs,)), g=None, index=torch.arange(bs))
                    for _ in range(max(1, args.n // bs))]
 
-        def fwd_bwd() -> float:
+        def fwd_bwd(model: torch.nn.Module = model, batches: list = batches) -> float:
             t = time.perf_counter()
             for b in batches:
                 model.zero_grad()

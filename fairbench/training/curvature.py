@@ -2,20 +2,28 @@
 
 :func:`diagonal_curvature` computes, for every scored parameter tensor, the diagonal of a
 curvature matrix of the cross-entropy loss over a stream of batches, with the model in eval
-mode (BatchNorm uses its running statistics), through BackPACK:
+mode (BatchNorm uses its running statistics):
 
 ==================  ======================================================================
-``ggn_exact``       exact diagonal of the generalised Gauss-Newton matrix (``DiagGGNExact``;
-                    the FairQuantize default). For cross-entropy it is PSD, so h ≥ 0. It
-                    back-propagates one column per class: cost and memory grow with C.
+``ggn_exact``       exact diagonal of the generalised Gauss-Newton matrix (the FairQuantize
+                    default, BackPACK's ``DiagGGNExact``). For cross-entropy it is PSD, so
+                    h ≥ 0. It back-propagates C−1 columns (C classes): cost grows with C.
 ``ggn_mc``          Monte-Carlo estimate of the same diagonal with one sampled label per
-                    sample (``DiagGGNMC``); the fast one.
-``hessian_exact``   exact diagonal of the Hessian (``DiagHessian``); BackPACK supports it only
-                    for some layers (not BatchNorm, not ``nn.Identity``): a clear error names
-                    the layer otherwise. Works for torchvision's VGG-11 (no BN).
-``fisher``          empirical Fisher diagonal, the mean of squared per-sample gradients
-                    (from BackPACK's ``SumGradSquared``), as StructuredFairPrune uses.
+                    sample (BackPACK's ``DiagGGNMC``); the fast one.
+``hessian_exact``   exact diagonal of the Hessian (BackPACK's ``DiagHessian``); BackPACK
+                    supports it only for some layers (not BatchNorm, not ``nn.Identity``): a
+                    clear error names the layer otherwise. Works for torchvision's VGG-11.
+``fisher``          empirical Fisher diagonal, the mean of squared per-sample gradients (as
+                    BackPACK's ``SumGradSquared`` gives them), as StructuredFairPrune uses.
 ==================  ======================================================================
+
+Two engines (:data:`ENGINES`): ``ggn_exact``, ``ggn_mc`` and ``fisher`` are sums of squared
+per-sample products, computed by :mod:`fairbench.training.persample` with plain autograd (one
+backward pass per column, per-sample weight products from each scored layer's input and output
+gradient; several times faster than BackPACK, ``benchmarks/README.md``); a model that engine
+cannot handle (a scored layer type other than Conv/Linear/BatchNorm, shared layers, ...) and
+``hessian_exact`` go through BackPACK, with fairbench's Conv2d weight-diagonal paths
+(:func:`conv_weight_diag_few_positions`, :func:`conv_weight_diag_chunked`).
 
 Scale: every estimator is computed for the batch-mean loss and **summed over batches**, as
 the released FairQuantize code does; a final partial batch is weighted by its size, so the
@@ -23,8 +31,9 @@ total is :math:`\\frac1B\\sum_n c_n` for per-sample contributions :math:`c_n` an
 size :math:`B`. Both groups' score sets have the same size, so their totals are on the same
 scale.
 
-Memory: the exact GGN back-propagates one column per class, so at 114 classes and 224 px a
-batch of 32 can need tens of GiB. When a backward pass runs out of memory (CUDA's
+Memory: the exact GGN back-propagates one column per class (through BackPACK all at once, so
+at 114 classes and 224 px a batch of 32 can need tens of GiB; the autograd engine one at a
+time). When a backward pass runs out of memory (CUDA's
 ``OutOfMemoryError`` or the CPU allocator's error), the batch is split in halves, and the
 smaller size is kept for the rest of the pass, down to one sample; a run keeps it for its later
 passes too (``RunContext.curvature_pass_size``) and records it in its notes. Each piece is
@@ -313,7 +322,7 @@ def diagonal_curvature(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 state["model"] = extend(work, use_converter=True)
-        except Exception as exc:  # torch.fx cannot trace it
+        except Exception as exc:  # noqa: BLE001  (torch.fx cannot trace it)
             raise CurvatureError(
                 f"BackPACK cannot trace this backbone ({type(exc).__name__}: {str(exc)[:120]}); "
                 "use smallcnn, resnet18, tv_resnet18, vgg11 or timm_vgg11") from None
@@ -373,9 +382,6 @@ def diagonal_curvature(
     size = pass_size if pass_size is not None else PassSize()  # shrinks when memory runs out
     with progress_bar(total=total, desc=desc, unit="batch", enabled=progress) as bar:
         for batch in batches:
-            # (a backward pass taken w.r.t. the input alone would skip the unused parameter
-            # gradients, ~5% faster, but BackPACK then keeps a backpropagated quantity for the
-            # input that is never consumed and collides with a later batch's: not done)
             x = batch.x.float().contiguous()
             y = batch.y
             b = int(x.shape[0])

@@ -1,21 +1,21 @@
-"""Diagonal curvature as sums of squared per-sample products, through plain autograd.
+r"""Diagonal curvature as sums of squared per-sample products, through plain autograd.
 
 Three of the estimators of :func:`fairbench.training.curvature.diagonal_curvature` share one
 form. For a weight ``w``, the Jacobian ``J_n`` of sample ``n``'s logits and columns ``s_vn``
 at the logits,
 
-.. math::  \\operatorname{diag} \\sum_v \\sum_n (J_n^\\top s_{vn})(J_n^\\top s_{vn})^\\top
-           = \\sum_v \\sum_n (J_n^\\top s_{vn})^{\\odot 2},
+.. math::  \operatorname{diag} \sum_v \sum_n (J_n^\top s_{vn})(J_n^\top s_{vn})^\top
+           = \sum_v \sum_n (J_n^\top s_{vn})^{\odot 2},
 
 with (``p_n`` the softmax, ``e_c`` a one-hot vector, ``B`` the samples in the pass)
 
 ==============  ==================================================================  ========
 estimator       columns ``s_vn``                                                    ``V``
 ==============  ==================================================================  ========
-``ggn_exact``   :math:`\\sqrt{p_{nc}}\\,(e_c - p_n)/\\sqrt B`, one per class c          C
-                (a symmetric factor of :math:`\\mathrm{diag}(p) - pp^\\top`)
-``ggn_mc``      :math:`(p_n - e_{\\hat y_{vn}})/\\sqrt{B\\,V}`, :math:`\\hat y \\sim p_n`  mc_samples
-``fisher``      :math:`(p_n - e_{y_n})/\\sqrt B`: per-sample gradients of the loss     1
+``ggn_exact``   :math:`\sqrt{p_{nc}}\,(e_c - p_n)/\sqrt B`, one per class c          C
+                (a symmetric factor of :math:`\mathrm{diag}(p) - pp^\top`)
+``ggn_mc``      :math:`(p_n - e_{\hat y_{vn}})/\sqrt{B\,V}`, :math:`\hat y \sim p_n`  mc_samples
+``fisher``      :math:`(p_n - e_{y_n})/\sqrt B`: per-sample gradients of the loss     1
 ==============  ==================================================================  ========
 
 These give BackPACK's results (``DiagGGNExact``, ``DiagGGNMC``, the rescaled
@@ -29,30 +29,38 @@ column ``v`` for the whole batch, ``autograd.grad(logits, outputs, s_v)`` taken 
 of the scored layers (never at the weights), gives each layer's output gradient ``g`` per
 sample, and the weight's per-sample product from the layer input ``a``:
 
-* Linear: :math:`(J^\\top s)[m,k] = \\sum_l g[m,l]\\,a[k,l]` (``l``: positions of a
+* Linear: :math:`(J^\top s)[m,k] = \sum_l g[m,l]\,a[k,l]` (``l``: positions of a
   sequence, one for a plain vector);
 * Conv (any dimension, groups): the same with the unfolded input ``U[k,l]`` (``k`` runs over
   input channel × kernel offset, ``l`` over output positions);
-* BatchNorm in eval mode: :math:`(J^\\top s)[c] = \\sum_l g[c,l]\\,\\hat a[c,l]` with
-  :math:`\\hat a = (a - \\mu)/\\sqrt{\\sigma^2 + \\epsilon}` from the running statistics.
+* BatchNorm in eval mode: :math:`(J^\top s)[c] = \sum_l g[c,l]\,\hat a[c,l]` with
+  :math:`\hat a = (a - \mu)/\sqrt{\sigma^2 + \epsilon}` from the running statistics.
 
-The squares of the Linear/Conv products are summed in one of two exact ways, whichever the
-cost model :func:`pairs_cheaper` predicts faster for the layer's shape:
+The output gradients of a layer are kept for a few columns (up to :data:`CHUNK_BYTES`) and
+their products' squares summed in one of three exact forms, the one :func:`product_mode`
+predicts cheapest for the layer's shape (V columns, N samples, M outputs, K inputs per output,
+L positions):
 
-* **direct**: per column, the per-sample products ``G_n = g_n U_nᵀ`` (a batched GEMM, formed in
-  cache-sized blocks of samples) squared and summed: ``V·N·M·K·(2L + 1)`` operations;
-* **pairs**: expanding the square, :math:`\\sum_v (\\sum_l g_l U_l)^2 = \\sum_{l \\le l'}
-  w_{ll'} (\\sum_v g_l g_{l'}) (U_l U_{l'})` with ``w`` 1 on the diagonal and 2 off it: the
-  column sums :math:`P = \\sum_v g_l g_{l'}` (``N·M·L(L+1)/2`` numbers, accumulated per
-  column) and then one GEMM of P with the input pair products over (sample, pair), once per
-  batch. Its cost does not grow with V beyond the accumulation, so it wins for layers with
-  few positions (the last stages, every Linear: one position) and many columns.
+* **direct**: the per-sample products ``G_vn = g_vn U_nᵀ`` (batched GEMMs with the columns
+  stacked as rows, in cache-sized blocks, :data:`PRODUCT_BYTES`) squared and summed:
+  ``V·N·M·K`` products of ``2L`` FLOPs each, plus their squares;
+* **grouped** (convolutions with few rows per sample): the same products as the weight
+  gradient of one convolution with a group per (column, sample), through the backend's
+  convolution kernels;
+* **pairs**: expanding the square, :math:`\sum_v (\sum_l g_l U_l)^2 = \sum_{l \le l'}
+  w_{ll'} (\sum_v g_l g_{l'}) (U_l U_{l'})` with ``w`` 1 on the diagonal and 2 off it: the
+  column sums :math:`P = \sum_v g_l g_{l'}` (a small batched GEMM per group of columns) and
+  then one GEMM of P with the input pair products over (sample, pair), once per batch. Its
+  cost hardly grows with V, so it wins for layers with few positions (the last stages, and
+  every Linear: one position, where it is exactly the weight-gradient GEMM of ``g²`` and
+  ``a²``).
 
 Cost against the floor: a backward pass computes, per layer, the gradient for its input and
-the weight gradient ``Σ_n g_n U_nᵀ`` (the same GEMM FLOPs as the direct per-sample products).
-Here each column pays the input gradients (``autograd.grad`` at the layer outputs computes no
-weight gradient) plus the products, so V columns cost about V backward passes, less where the
-pairs form applies.
+the weight gradient ``Σ_n g_n U_nᵀ`` (the same GEMM FLOPs as one column's direct per-sample
+products). Here each column pays the input gradients (``autograd.grad`` at the layer outputs
+computes no weight gradient) plus the products, so V columns cost about V backward passes:
+less where the pairs form applies, more where the per-sample products (``N·M·K`` numbers per
+column instead of ``M·K``) are bound by memory traffic.
 
 What this engine does not handle is reported by :class:`Unsupported` before anything is
 accumulated, and :func:`~fairbench.training.curvature.diagonal_curvature` then uses BackPACK:
@@ -70,8 +78,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: per-sample product blocks of at most this many bytes (CPU: cache-sized; CUDA: few launches)
-CHUNK_BYTES: dict[str, int] = {"cpu": 4 << 20, "cuda": 256 << 20}
+#: output gradients a layer keeps before reducing them, in bytes (also the grouped and GPU
+#: product blocks; CPU: cache-sized; CUDA: few launches, bounded memory per layer)
+CHUNK_BYTES: dict[str, int] = {"cpu": 4 << 20, "cuda": 64 << 20}
 
 #: per-sample product blocks of the direct form, in bytes (CPU: fits a core's L2 cache)
 PRODUCT_BYTES: dict[str, int] = {"cpu": 1 << 20}
@@ -410,9 +419,10 @@ def softmax_hessian_factor(p: torch.Tensor) -> torch.Tensor:
     Householder reflection :math:`R = I - 2ww^\top/w^\top w` with :math:`w = q + e_k`, k the
     largest entry of q (so :math:`w^\top w = 2(1 + q_k) \ge 2`), maps q to :math:`-e_k`; its
     columns other than k are such a basis, and :math:`s_j = D^{1/2} R e_j`, j ≠ k. Computed in
-    float64 and rounded once."""
+    float64 (where the device has it) and rounded once."""
     n, c = p.shape
-    q = p.double().sqrt()
+    wide = torch.float64 if p.device.type in ("cpu", "cuda") else p.dtype  # MPS has no float64
+    q = p.to(wide).sqrt()
     k = q.argmax(dim=1)
     w = q.clone()
     w[torch.arange(n, device=p.device), k] += 1.0
