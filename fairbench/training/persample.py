@@ -479,6 +479,7 @@ class SquaredProducts:
             self.layers.append(_Layer(name, module))
             self.weights[name] = p
         self._checked_unused = False
+        self._probed = False
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         handles = [layer.module.register_forward_hook(layer.hook) for layer in self.layers]
@@ -492,6 +493,12 @@ class SquaredProducts:
 
     def step(self, x: torch.Tensor, columns: Factor) -> dict[str, torch.Tensor]:
         """One pass over the samples ``x``: the sums of squares per scored weight name."""
+        if not self._probed:  # which captured tensors the forward overwrites: one sample
+            self._probed = True  # without a graph finds them (version counters count anyway)
+            with torch.no_grad():
+                self._forward(x[:1])
+            for layer in self.layers:
+                layer.modified_in_place()
         logits = self._forward(x)
         for _ in range(len(self.layers)):  # again, copying what was overwritten, until none is
             if not [layer for layer in self.layers if layer.modified_in_place()]:
