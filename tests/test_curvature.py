@@ -866,12 +866,24 @@ class WeightOutsideForward(nn.Module):
         return self.head(torch.tanh(F.linear(x, self.lin.weight)))
 
 
+class TiedHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 4)
+        self.head.weight = self.lin.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.lin(x)))
+
+
 @pytest.mark.parametrize("model, reason", [(SharedLayer(), "called more than once"),
-                                           (WeightOutsideForward(), "outside its module")])
+                                           (WeightOutsideForward(), "outside its module"),
+                                           (TiedHead(), "share one weight")])
 def test_autograd_engine_refuses_what_it_cannot_compute(model, reason):
-    """A layer called twice (its per-sample products add up before squaring) or a weight
-    used without its module's forward: the engine says so (diagonal_curvature then uses
-    BackPACK) rather than returning a wrong sum."""
+    """A layer called twice or two layers with one weight (their per-sample products add up
+    before squaring), a weight used without its module's forward: the engine says so
+    (diagonal_curvature then uses BackPACK) rather than returning a wrong sum."""
     from fairbench.training.persample import SquaredProducts, Unsupported, columns_for
 
     work = copy.deepcopy(model).eval()

@@ -65,8 +65,10 @@ column instead of ``M·K``) are bound by memory traffic.
 What this engine does not handle is reported by :class:`Unsupported` before anything is
 accumulated, and :func:`~fairbench.training.curvature.diagonal_curvature` then uses BackPACK:
 a scored layer of another type or with a padding mode other than zeros, a BatchNorm without
-running statistics, a layer called twice in one forward pass (shared weights), a scored weight
-used outside its module's forward, logits that are not ``batch × classes``.
+running statistics, a layer called twice in one forward pass or two layers sharing a weight
+(the per-sample products would have to be added before squaring), a scored weight used outside
+its module's forward, a layer called without a positional input, logits that are not
+``batch × classes``.
 """
 
 from __future__ import annotations
@@ -174,6 +176,8 @@ class _Layer:
     # forward ------------------------------------------------------------------------------
     def hook(self, module: nn.Module, inputs: tuple, output: torch.Tensor) -> torch.Tensor | None:
         self.calls += 1
+        if not inputs or not isinstance(inputs[0], torch.Tensor):
+            raise Unsupported(f"{self.name}: its module is called without a positional input")
         a = inputs[0]
         self.inp = (a.detach().clone() if self.clone_in else a.detach())
         self.out = output
@@ -471,6 +475,8 @@ class SquaredProducts:
                  if isinstance(getattr(m, "weight", None), torch.Tensor)}
         self.layers: list[_Layer] = []
         self.weights: dict[str, nn.Parameter] = {}
+        if len({id(p) for p in targets.values()}) < len(targets):
+            raise Unsupported("two scored layers share one weight tensor")
         for name, p in targets.items():
             mod_name, module = owner[id(p)]
             reason = unsupported_reason(module)
