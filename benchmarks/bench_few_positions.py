@@ -1,13 +1,15 @@
-"""fairbench's Conv2d weight-diagonal paths in :mod:`fairbench.training.curvature` against BackPACK's
-own extension: diagonal-curvature time relative to one forward+backward of the same batches,
-timed alternately in one process (best of ``--repeats``), so a loaded machine slows every
-column alike. Modes:
+"""fairbench's Conv2d weight-diagonal paths for the BackPACK engine of
+:mod:`fairbench.training.curvature` against BackPACK's own extension, and against the autograd
+engine that fairbench uses by default: diagonal-curvature time relative to one forward+backward
+of the same batches, timed alternately in one process (best of ``--repeats``), so a loaded
+machine slows every column alike. Modes:
 
 * ``backpack``: BackPACK's extension for every convolution (whole-batch ``JᵀS`` product);
 * ``few``: the few-positions GEMMs for convolutions with at most ``--few-positions`` output
   positions, BackPACK's product for the others;
 * ``chunked``: BackPACK's product formed in cache-sized blocks for every convolution;
-* ``fairbench``: few-positions, else chunked (what fairbench uses).
+* ``both``: few-positions, else chunked (the BackPACK engine, fairbench's fallback);
+* ``autograd``: the autograd engine (:mod:`fairbench.training.persample`, the default).
 
     python benchmarks/bench_few_positions.py --backbones resnet18 vgg11 --estimators ggn_mc
 """
@@ -21,9 +23,10 @@ import warnings
 import torch
 import torch.nn.functional as F
 
-#: mode → (few-positions path on, chunked path on)
-MODES = {"backpack": (False, False), "few": (True, False), "chunked": (False, True),
-         "fairbench": (True, True)}
+#: mode → (few-positions path on, chunked path on) under the BackPACK engine; None: autograd
+MODES: dict[str, tuple[bool, bool] | None] = {
+    "backpack": (False, False), "few": (True, False), "chunked": (False, True),
+    "both": (True, True), "autograd": None}
 
 
 def main() -> None:
@@ -56,7 +59,7 @@ def main() -> None:
                          y=torch.randint(0, args.classes, (bs,)), g=None, index=torch.arange(bs))
                    for _ in range(max(1, args.n // bs))]
 
-        def fwd_bwd() -> float:
+        def fwd_bwd(model: torch.nn.Module = model, batches: list = batches) -> float:
             t = time.perf_counter()
             for b in batches:
                 model.zero_grad()
@@ -68,9 +71,13 @@ def main() -> None:
             for _ in range(args.repeats):
                 times["fb"].append(fwd_bwd())
                 for mode in args.modes:
-                    few, chunked = MODES[mode]
-                    S.FEW_POSITIONS = few_threshold if few else 0
-                    S.CHUNK_BYTES = chunk_bytes if chunked else {}
+                    paths = MODES[mode]
+                    if paths is None:
+                        S.ENGINES[est] = "autograd"
+                    else:
+                        S.ENGINES[est] = "backpack"
+                        S.FEW_POSITIONS = few_threshold if paths[0] else 0
+                        S.CHUNK_BYTES = chunk_bytes if paths[1] else {}
                     t = time.perf_counter()
                     S.diagonal_curvature(model, batches, estimator=est)
                     times[mode].append(time.perf_counter() - t)

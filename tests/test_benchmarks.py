@@ -23,23 +23,40 @@ def run_script(name: str, *args: str, tmp_path: Path) -> str:
     return done.stdout
 
 
-def test_bench_curvature_reports_passes_and_ratios(tmp_path):
+def test_bench_curvature_reports_passes_ratios_and_floors(tmp_path):
     out = run_script("bench_curvature.py", "--backbones", "smallcnn", "--estimators", "ggn_mc",
-                     "ggn_exact", "--image-size", "16", "--batch-size", "8", "--n", "16",
-                     "--repeats", "1", "--threads", "1", "--json", str(tmp_path / "c.json"),
-                     tmp_path=tmp_path)
-    assert "samples per backward" in out and "| smallcnn | 5 | ggn_exact |" in out
+                     "ggn_exact", "--engines", "auto", "backpack", "--image-size", "16",
+                     "--batch-size", "8", "--n", "16", "--repeats", "1", "--threads", "1",
+                     "--clock", "cpu", "--json", str(tmp_path / "c.json"), tmp_path=tmp_path)
+    assert "samples per backward" in out and "| smallcnn | 5 | ggn_exact | auto |" in out
+    assert "| smallcnn | 5 | ggn_exact | backpack |" in out and "its floor (goal" in out
     rows = json.loads((tmp_path / "c.json").read_text())["rows"]
-    exact = next(r for r in rows if r["estimator"] == "ggn_exact")
-    assert exact["status"] == "ok" and exact["micro_batch"] == 8 and exact["relative"] > 0
+    exact = [r for r in rows if r["estimator"] == "ggn_exact"]
+    assert {r["engine"] for r in exact} == {"auto", "backpack"}
+    for r in exact:
+        assert r["status"] == "ok" and r["micro_batch"] == 8 and r["relative"] > 0
+        # one forward and five backward passes: (F + 5B) / (F + B), between 1 and 5
+        assert 1 < r["floor"] < 5 and r["of_floor"] == pytest.approx(r["relative"] / r["floor"])
+    mc = next(r for r in rows if r["estimator"] == "ggn_mc")
+    assert mc["floor"] == 1.0
 
 
-def test_bench_few_positions_compares_the_four_paths(tmp_path):
+def test_bench_few_positions_compares_the_paths(tmp_path):
     out = run_script("bench_few_positions.py", "--backbones", "smallcnn", "--estimators",
                      "ggn_mc", "--image-size", "16", "--n", "16", "--batch-size", "8",
                      "--repeats", "1", tmp_path=tmp_path)
-    for mode in ("backpack", "few", "chunked", "fairbench"):
+    for mode in ("backpack", "few", "chunked", "both", "autograd"):
         assert f"{mode} " in out, out
+
+
+def test_bench_released_recipe_compares_and_checks_equality(tmp_path):
+    out = run_script("bench_released_recipe.py", "--backbones", "smallcnn", "--classes", "5",
+                     "--image-size", "16", "--n", "8", "--repeats", "1", "--threads", "1",
+                     "--json", str(tmp_path / "r.json"), tmp_path=tmp_path)
+    assert "| smallcnn | 5 |" in out and "released / fairbench" in out
+    row, = json.loads((tmp_path / "r.json").read_text())["rows"]
+    assert row["released_x"] > 0 and row["fairbench_x"] > 0 and row["floor_x"] >= 1
+    assert row["max_rel_diff"] < 1e-4  # the same curvature
 
 
 @pytest.mark.parametrize("extra", [[], ["--keep-on-host"]])

@@ -389,8 +389,16 @@ def test_hessian_exact_with_batchnorm_is_a_clear_error():
     assert "BatchNorm2d" in msg and "hessian_exact" in msg and "\n" not in msg
 
 
+@pytest.fixture
+def backpack_engine(monkeypatch):
+    """Every estimator through BackPACK (the fallback of the autograd engine)."""
+    import fairbench.training.curvature as S
+
+    monkeypatch.setattr(S, "ENGINES", {e: "backpack" for e in S.ESTIMATORS})
+
+
 @pytest.mark.parametrize("estimator", ["ggn_exact", "ggn_mc", "hessian_exact"])
-def test_unsupported_layer_is_named_in_full(estimator):
+def test_unsupported_layer_is_named_in_full(estimator, backpack_engine):
     # BackPACK has no second-order rule for Softplus: the error names the whole class (a
     # name ending in s/l/a/c was once clipped) and suggests another estimator than the one
     # that failed; the first-order fisher works on the same model
@@ -409,7 +417,18 @@ def test_unsupported_layer_is_named_in_full(estimator):
     assert set(got) == {"0.weight", "3.weight"}
 
 
-def test_backpack_assertion_is_a_clear_error():
+def test_autograd_engine_needs_no_rule_per_activation():
+    # the GGN is defined for any differentiable layer between the scored ones: the autograd
+    # engine gets Softplus's Jacobian from autograd (BackPACK has no rule for it, above)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 2, 3), nn.Softplus(), nn.Flatten(), nn.Linear(32, 3))
+    x, y = tiny_data(n=6)
+    names = list(scored_parameters(model))
+    got = diagonal_curvature(model, make_batches(x, y, [4, 2]), estimator="ggn_exact")
+    assert_tensors_close(got, reference_ggn(model, x, y, [4, 2], names))
+
+
+def test_backpack_assertion_is_a_clear_error(backpack_engine):
     # timm's ResNet-10-T down-samples with AvgPool2d(count_include_pad=False), on which BackPACK
     # asserts during the second-order backward pass: a CurvatureError, not a bare
     # AssertionError; the first-order fisher works
@@ -422,6 +441,16 @@ def test_backpack_assertion_is_a_clear_error():
     assert "AvgPool2d" in msg and "fisher" in msg and "\n" not in msg
     got = diagonal_curvature(model, batches, estimator="fisher")
     assert all(bool(torch.isfinite(v).all()) for v in got.values())
+
+
+def test_autograd_engine_handles_what_backpack_rejects():
+    # the same ResNet-10-T through the autograd engine: every estimator but the exact Hessian
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    batches = make_batches(x, torch.tensor([1, 0]), [2])
+    model = paper_backbone("timm:resnet10t")
+    got = diagonal_curvature(model, batches, estimator="ggn_exact")
+    assert list(got) == list(scored_parameters(model))
+    assert all(bool(torch.isfinite(v).all()) and bool((v >= 0).all()) for v in got.values())
 
 
 def test_curvature_bad_arguments():
@@ -585,9 +614,10 @@ def test_chunked_conv_diagonal_equals_backpacks(v, n, chunk_bytes):
 
 @pytest.mark.parametrize("estimator", ["ggn_exact", "ggn_mc"])
 @pytest.mark.parametrize("name, size", [("resnet18", 32), ("smallcnn", 16)])
-def test_fairbench_conv_paths_leave_the_curvature_unchanged(monkeypatch, estimator, name, size):
-    """The few-positions and chunked weight diagonals give BackPACK's own result on whole
-    models (ResNet-18 at 32 px has convolutions with 1 to 256 positions)."""
+def test_fairbench_conv_paths_leave_the_curvature_unchanged(monkeypatch, backpack_engine,
+                                                           estimator, name, size):
+    """The few-positions and chunked weight diagonals (BackPACK engine) give BackPACK's own
+    result on whole models (ResNet-18 at 32 px has convolutions with 1 to 256 positions)."""
     import fairbench.training.curvature as S
     from fairbench import create_backbone
 
@@ -677,3 +707,199 @@ def test_the_size_that_fitted_is_kept_for_the_next_call(monkeypatch):
     assert tried == [4, 4, 4, 4]  # no failed attempt at 8 this time
     for k in first:
         assert torch.allclose(first[k], second[k])
+
+
+# -- the autograd engine -------------------------------------------------------------------------
+def tiny_net_114(seed: int = 0) -> nn.Module:
+    """A tiny conv net with 114 classes (Fitzpatrick-17k's count)."""
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(2 * 3 * 3, 114))
+
+
+def sampled_labels(model: nn.Module, x: torch.Tensor, sizes: list[int], seed: int
+                   ) -> torch.Tensor:
+    """The labels ggn_mc draws after ``torch.manual_seed(seed)``: one per sample from the
+    softmax, batch by batch, as BackPACK's DiagGGNMC draws them."""
+    from torch.distributions import Categorical
+
+    torch.manual_seed(seed)
+    out, start = [], 0
+    with torch.no_grad():
+        for b in sizes:
+            p = torch.softmax(model.eval()(x[start:start + b]), dim=1)
+            out.append(Categorical(probs=p).sample(torch.Size([1]))[0])
+            start += b
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("estimator", ["ggn_exact", "ggn_mc", "fisher", "hessian_exact"])
+def test_every_estimator_at_114_classes_matches_autograd(estimator):
+    model = tiny_net_114()
+    x, y = tiny_data(n=10, classes=114, seed=7)
+    sizes = [4, 4, 2]
+    names = list(scored_parameters(model))
+    torch.manual_seed(3)
+    got = diagonal_curvature(model, make_batches(x, y, sizes), estimator=estimator)
+    if estimator == "ggn_exact":
+        want = reference_ggn(model, x, y, sizes, names)
+    elif estimator == "ggn_mc":  # squared per-sample gradients at the labels it drew
+        want = reference_fisher(model, x, sampled_labels(model, x, sizes, 3), sizes, names)
+    elif estimator == "fisher":
+        want = reference_fisher(model, x, y, sizes, names)
+    else:
+        want = reference_hessian(model, x, y, sizes, names)
+    assert_tensors_close(got, want)
+
+
+def test_softmax_hessian_factor_has_c_minus_one_columns():
+    from fairbench.training.persample import softmax_hessian_factor
+
+    for c in (2, 3, 8, 114):
+        logits = torch.randn(6, c, generator=torch.Generator().manual_seed(c)) * 3
+        logits[0, 1] = 40.0  # a confident sample: p ≈ e_1
+        p = torch.softmax(logits.double(), dim=1)
+        s = softmax_hessian_factor(p)
+        assert s.shape == (c - 1, 6, c)
+        h = torch.einsum("vnc,vnd->ncd", s, s)
+        want = torch.diag_embed(p) - p.unsqueeze(2) * p.unsqueeze(1)
+        torch.testing.assert_close(h, want, rtol=0, atol=1e-12)
+
+
+class MixedNet(nn.Module):
+    """Every layer kind the autograd engine scores, with in-place operations on captured
+    tensors: a grouped Conv2d, BatchNorm2d (running statistics), a residual ``+=`` on a
+    BatchNorm output and in-place ReLUs, a Conv1d, a Linear over a sequence, BatchNorm1d."""
+
+    def __init__(self, classes: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(4, 6, 3, padding=1, groups=2)
+        self.bn = nn.BatchNorm2d(6)
+        self.conv2 = nn.Conv2d(6, 6, 3, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(6)
+        self.conv1d = nn.Conv1d(6, 4, 3, stride=2)
+        self.seq = nn.Linear(4, 5)
+        self.bn1d = nn.BatchNorm1d(35)
+        self.head = nn.Linear(35, classes)
+        g = torch.Generator().manual_seed(11)
+        for bn in (self.bn, self.bn2, self.bn1d):
+            with torch.no_grad():
+                bn.running_mean.copy_(torch.randn(bn.num_features, generator=g) * 0.3)
+                bn.running_var.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
+                bn.weight.copy_(torch.rand(bn.num_features, generator=g) + 0.5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        z = F.relu(self.bn(self.conv(x)), inplace=True)
+        r = self.bn2(self.conv2(z))
+        r += z
+        r = F.relu(r, inplace=True)
+        s = self.conv1d(r.flatten(2))  # N × 4 × 7
+        s = self.seq(s.transpose(1, 2))  # N × 7 × 5
+        return self.head(self.bn1d(s.flatten(1)))
+
+
+@pytest.mark.parametrize("mode", ["auto", "direct", "pairs", "grouped"])
+def test_autograd_engine_every_product_form_on_every_layer_kind(monkeypatch, mode):
+    import fairbench.training.persample as P
+
+    if mode != "auto":
+        monkeypatch.setattr(P, "product_mode", lambda kind, *a, **k: (
+            "direct" if mode == "grouped" and kind != "conv" else mode))
+    torch.manual_seed(0)
+    model = MixedNet(classes=5)
+    g = torch.Generator().manual_seed(2)
+    x, y = torch.randn(5, 4, 4, 4, generator=g), torch.randint(0, 5, (5,), generator=g)
+    sizes = [3, 2]
+    names = list(scored_parameters(model))
+    assert len(names) == 8
+    got = diagonal_curvature(model, make_batches(x, y, sizes), estimator="ggn_exact")
+    assert_tensors_close(got, reference_ggn(model, x, y, sizes, names))
+    fisher = diagonal_curvature(model, make_batches(x, y, sizes), estimator="fisher")
+    assert_tensors_close(fisher, reference_fisher(model, x, y, sizes, names))
+
+
+@pytest.mark.parametrize("estimator", ["ggn_exact", "ggn_mc", "fisher"])
+@pytest.mark.parametrize("name", ["resnet18", "tv_resnet18",
+                                  pytest.param("vgg11", marks=pytest.mark.slow)])
+def test_autograd_engine_equals_backpack_on_paper_backbones(monkeypatch, name, estimator):
+    """The autograd engine and BackPACK give the same curvature on the paper backbones at
+    32 px: residual additions, in-place ReLUs, convolutions with 1 to 256 positions (every
+    product form), BatchNorm, Linear. ggn_mc draws the same labels from the same random state
+    for one batch (BackPACK then leaves the generator elsewhere, so the next batch's differ)."""
+    import fairbench.training.curvature as S
+    from fairbench import create_backbone
+
+    torch.manual_seed(0)
+    model = create_backbone(name, num_classes=5, image_size=32).eval()
+    g = torch.Generator().manual_seed(4)
+    x, y = torch.randn(5, 3, 32, 32, generator=g), torch.randint(0, 5, (5,), generator=g)
+    batches = make_batches(x, y, [5] if estimator == "ggn_mc" else [3, 2])
+    results = []
+    for engine in ("backpack", "autograd"):
+        monkeypatch.setitem(S.ENGINES, estimator, engine)
+        torch.manual_seed(1)
+        results.append(S.diagonal_curvature(model, batches, estimator=estimator))
+    assert results[0].keys() == results[1].keys()
+    for key, want in results[0].items():
+        scale = float(want.abs().max())
+        torch.testing.assert_close(results[1][key], want, rtol=1e-4, atol=1e-5 * scale,
+                                   msg=key)
+
+
+class SharedLayer(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.lin(torch.tanh(self.lin(x)))))
+
+
+class WeightOutsideForward(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(F.linear(x, self.lin.weight)))
+
+
+class TiedHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lin = nn.Linear(4, 4)
+        self.head = nn.Linear(4, 4)
+        self.head.weight = self.lin.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.tanh(self.lin(x)))
+
+
+@pytest.mark.parametrize("model, reason", [(SharedLayer(), "called more than once"),
+                                           (WeightOutsideForward(), "outside its module"),
+                                           (TiedHead(), "share one weight")])
+def test_autograd_engine_refuses_what_it_cannot_compute(model, reason):
+    """A layer called twice or two layers with one weight (their per-sample products add up
+    before squaring), a weight used without its module's forward: the engine says so
+    (diagonal_curvature then uses BackPACK) rather than returning a wrong sum."""
+    from fairbench.training.persample import SquaredProducts, Unsupported, columns_for
+
+    work = copy.deepcopy(model).eval()
+    targets = scored_parameters(work)
+    x, y = torch.randn(3, 4), torch.tensor([0, 1, 2])
+    with pytest.raises(Unsupported, match=reason):
+        SquaredProducts(work, targets).step(x, columns_for("fisher", y, 1))
+
+
+def test_unsupported_layer_type_falls_back_to_backpack():
+    # a scored ConvTranspose2d: no per-sample form here, BackPACK's result (checked against
+    # the Jacobian reference)
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.ConvTranspose2d(3, 2, 2, stride=2), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(2 * 12 * 12, 3))
+    x, y = tiny_data(n=5)
+    names = list(scored_parameters(model))
+    got = diagonal_curvature(model, make_batches(x, y, [3, 2]), estimator="ggn_exact")
+    assert_tensors_close(got, reference_ggn(model, x, y, [3, 2], names))

@@ -513,10 +513,13 @@ def test_hessian_exact_with_batchnorm_backbone(tmp_path, tiny_cache):
     assert not list((runs / "synthderm").rglob("metrics.json"))
 
 
-def test_backbone_backpack_cannot_handle(tmp_path, tiny_cache):
+def test_backbone_backpack_cannot_handle(tmp_path, tiny_cache, monkeypatch):
     # timm's ResNet-10-T pools with AvgPool2d(count_include_pad=False), which BackPACK's
     # second-order pass rejects: one clear line naming the problem and a way out, before any
-    # training
+    # training (the default autograd engine handles it; BackPACK is forced here)
+    import fairbench.training.curvature as S
+
+    monkeypatch.setitem(S.ENGINES, "ggn_mc", "backpack")
     runs = tmp_path / "runs"
     result = invoke(runs, tiny_cache, {**FAST, "estimator": "ggn_mc"},
                     "--backbone", "timm:resnet10t")

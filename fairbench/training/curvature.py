@@ -2,20 +2,28 @@
 
 :func:`diagonal_curvature` computes, for every scored parameter tensor, the diagonal of a
 curvature matrix of the cross-entropy loss over a stream of batches, with the model in eval
-mode (BatchNorm uses its running statistics), through BackPACK:
+mode (BatchNorm uses its running statistics):
 
 ==================  ======================================================================
-``ggn_exact``       exact diagonal of the generalised Gauss-Newton matrix (``DiagGGNExact``;
-                    the FairQuantize default). For cross-entropy it is PSD, so h ≥ 0. It
-                    back-propagates one column per class: cost and memory grow with C.
+``ggn_exact``       exact diagonal of the generalised Gauss-Newton matrix (the FairQuantize
+                    default, BackPACK's ``DiagGGNExact``). For cross-entropy it is PSD, so
+                    h ≥ 0. It back-propagates C−1 columns (C classes): cost grows with C.
 ``ggn_mc``          Monte-Carlo estimate of the same diagonal with one sampled label per
-                    sample (``DiagGGNMC``); the fast one.
-``hessian_exact``   exact diagonal of the Hessian (``DiagHessian``); BackPACK supports it only
-                    for some layers (not BatchNorm, not ``nn.Identity``): a clear error names
-                    the layer otherwise. Works for torchvision's VGG-11 (no BN).
-``fisher``          empirical Fisher diagonal, the mean of squared per-sample gradients
-                    (from BackPACK's ``SumGradSquared``), as StructuredFairPrune uses.
+                    sample (BackPACK's ``DiagGGNMC``); the fast one.
+``hessian_exact``   exact diagonal of the Hessian (BackPACK's ``DiagHessian``); BackPACK
+                    supports it only for some layers (not BatchNorm, not ``nn.Identity``): a
+                    clear error names the layer otherwise. Works for torchvision's VGG-11.
+``fisher``          empirical Fisher diagonal, the mean of squared per-sample gradients (as
+                    BackPACK's ``SumGradSquared`` gives them), as StructuredFairPrune uses.
 ==================  ======================================================================
+
+Two engines (:data:`ENGINES`): ``ggn_exact``, ``ggn_mc`` and ``fisher`` are sums of squared
+per-sample products, computed by :mod:`fairbench.training.persample` with plain autograd (one
+backward pass per column, per-sample weight products from each scored layer's input and output
+gradient; several times faster than BackPACK, ``benchmarks/README.md``); a model that engine
+cannot handle (a scored layer type other than Conv/Linear/BatchNorm, shared layers, ...) and
+``hessian_exact`` go through BackPACK, with fairbench's Conv2d weight-diagonal paths
+(:func:`conv_weight_diag_few_positions`, :func:`conv_weight_diag_chunked`).
 
 Scale: every estimator is computed for the batch-mean loss and **summed over batches**, as
 the released FairQuantize code does; a final partial batch is weighted by its size, so the
@@ -23,8 +31,9 @@ total is :math:`\\frac1B\\sum_n c_n` for per-sample contributions :math:`c_n` an
 size :math:`B`. Both groups' score sets have the same size, so their totals are on the same
 scale.
 
-Memory: the exact GGN back-propagates one column per class, so at 114 classes and 224 px a
-batch of 32 can need tens of GiB. When a backward pass runs out of memory (CUDA's
+Memory: the exact GGN back-propagates one column per class (through BackPACK all at once, so
+at 114 classes and 224 px a batch of 32 can need tens of GiB; the autograd engine one at a
+time). When a backward pass runs out of memory (CUDA's
 ``OutOfMemoryError`` or the CPU allocator's error), the batch is split in halves, and the
 smaller size is kept for the rest of the pass, down to one sample; a run keeps it for its later
 passes too (``RunContext.curvature_pass_size``) and records it in its notes. Each piece is
@@ -55,6 +64,7 @@ from torch import nn
 from fairbench.core.errors import CurvatureError, FairbenchError
 from fairbench.core.progress import progress_bar
 from fairbench.data.loaders import Batch
+from fairbench.training.persample import SquaredProducts, Unsupported, columns_for
 
 Estimator = Literal["ggn_exact", "ggn_mc", "hessian_exact", "fisher"]
 
@@ -197,9 +207,34 @@ def _extension(estimator: str, mc_samples: int) -> object:
     raise ValueError(f"unknown estimator {estimator!r}; use one of {', '.join(ESTIMATORS)}")
 
 
+#: which engine computes each estimator: ``"autograd"`` (:mod:`fairbench.training.persample`,
+#: BackPACK only where it cannot handle the model) or ``"backpack"``. Measured with
+#: ``benchmarks/bench_curvature.py --engines auto backpack``: the autograd engine is 1.6-2.3×
+#: faster for ggn_mc and ggn_exact and 5-20× for fisher on smallcnn, ResNet-18 and VGG-11
+#: (``benchmarks/README.md``); the exact Hessian diagonal has no per-sample form and stays
+#: with BackPACK.
+ENGINES: dict[str, str] = {"ggn_exact": "autograd", "ggn_mc": "autograd", "fisher": "autograd",
+                           "hessian_exact": "backpack"}
+
+
+class _AutogradPass:
+    """The autograd engine's counterpart of a BackPACK extension: one pass's results."""
+
+    def __init__(self, engine: SquaredProducts, estimator: str, mc_samples: int) -> None:
+        self.engine, self.estimator, self.mc_samples = engine, estimator, mc_samples
+        self.values: dict[str, torch.Tensor] = {}
+
+    def run(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.values = self.engine.step(x, columns_for(self.estimator, y, self.mc_samples))
+
+
 def _backpack_step(model: nn.Module, loss_fn: nn.Module, ext: object, x: torch.Tensor,
                    y: torch.Tensor) -> None:
-    """One forward and backward pass of the batch-mean loss with the extension active."""
+    """One forward and backward pass of the batch-mean loss with the extension active (or the
+    autograd engine's pass; tests inject allocator failures here)."""
+    if isinstance(ext, _AutogradPass):
+        ext.run(x, y)
+        return
     from backpack import backpack
 
     with backpack(ext):
@@ -263,46 +298,81 @@ def diagonal_curvature(
     """Diagonal curvature of the cross-entropy loss of ``model`` over ``batches``, per scored
     parameter name (names as in ``model.named_parameters()``). ``model`` is not modified.
     ``pass_size``, if given, starts from its size and keeps the size that fitted."""
-    from backpack import extend
-
-    ext = _extension(estimator, mc_samples)
+    if estimator not in ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; use one of {', '.join(ESTIMATORS)}")
     work = copy.deepcopy(model).float().eval()
     work = work.to(memory_format=torch.contiguous_format)
     targets = scored_parameters(work, scope)
     target_ids = {id(p): name for name, p in targets.items()}
     for p in work.parameters():
         p.requires_grad_(id(p) in target_ids)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ext_model = extend(work, use_converter=True)
-    except Exception as exc:  # torch.fx cannot trace it
-        raise CurvatureError(
-            f"BackPACK cannot trace this backbone ({type(exc).__name__}: {str(exc)[:120]}); "
-            "use smallcnn, resnet18, tv_resnet18, vgg11 or timm_vgg11") from None
-    params = [p for p in ext_model.parameters() if id(p) in target_ids]
-    loss_fn = extend(nn.CrossEntropyLoss())
+    engine: SquaredProducts | None = None
+    if ENGINES.get(estimator) == "autograd":
+        try:
+            engine = SquaredProducts(work, targets)
+        except Unsupported as exc:
+            log.debug("%s through BackPACK: %s", estimator, exc)
     attr = _SAVED_AS[estimator]
     acc = {name: torch.zeros_like(p) for name, p in targets.items()}
+    state: dict[str, object] = {}
+
+    def use_backpack() -> None:
+        from backpack import extend
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                state["model"] = extend(work, use_converter=True)
+        except Exception as exc:  # noqa: BLE001  (torch.fx cannot trace it)
+            raise CurvatureError(
+                f"BackPACK cannot trace this backbone ({type(exc).__name__}: {str(exc)[:120]}); "
+                "use smallcnn, resnet18, tv_resnet18, vgg11 or timm_vgg11") from None
+        state["params"] = [p for p in state["model"].parameters()  # type: ignore[attr-defined]
+                           if id(p) in target_ids]
+        state["loss"] = extend(nn.CrossEntropyLoss())
+
+    def new_extension() -> object:
+        if engine is not None:
+            return _AutogradPass(engine, estimator, mc_samples)
+        return _extension(estimator, mc_samples)
+
+    if engine is None:
+        use_backpack()
+    else:
+        state.update(model=work, params=[], loss=None)
+    ext = new_extension()
 
     def clear() -> None:
-        for p in params:
+        for p in state["params"]:  # type: ignore[attr-defined]
             if hasattr(p, attr):
                 delattr(p, attr)
             p.grad = None
 
     def accumulate(x: torch.Tensor, y: torch.Tensor, weight: float) -> None:
+        nonlocal engine, ext
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                _backpack_step(ext_model, loss_fn, ext, x, y)
+                _backpack_step(state["model"], state["loss"], ext, x, y)  # type: ignore[arg-type]
+        except Unsupported as exc:  # found in the first pass, before anything was added
+            log.debug("%s through BackPACK: %s", estimator, exc)
+            engine = None
+            use_backpack()
+            ext = new_extension()
+            accumulate(x, y, weight)
+            return
         except NotImplementedError as exc:
             raise CurvatureError(_unsupported_message(estimator, str(exc))) from None
         except AssertionError as exc:  # BackPACK asserts on layer settings it cannot handle
             if not _raised_in_backpack(exc):
                 raise
             raise CurvatureError(_unsupported_message(estimator, str(exc))) from None
-        for p in params:
+        if isinstance(ext, _AutogradPass):
+            for name, value in ext.values.items():
+                acc[name].add_(value, alpha=weight)
+            ext.values = {}
+            return
+        for p in state["params"]:  # type: ignore[attr-defined]
             value = getattr(p, attr)
             if estimator == "fisher":
                 value = value * int(x.shape[0])  # (1/m) Σ g_n² from Σ (g_n / m)²
@@ -313,9 +383,6 @@ def diagonal_curvature(
     size = pass_size if pass_size is not None else PassSize()  # shrinks when memory runs out
     with progress_bar(total=total, desc=desc, unit="batch", enabled=progress) as bar:
         for batch in batches:
-            # (a backward pass taken w.r.t. the input alone would skip the unused parameter
-            # gradients, ~5% faster, but BackPACK then keeps a backpropagated quantity for the
-            # input that is never consumed and collides with a later batch's: not done)
             x = batch.x.float().contiguous()
             y = batch.y
             b = int(x.shape[0])
@@ -329,7 +396,7 @@ def diagonal_curvature(
                     if not _is_out_of_memory(exc):
                         raise
                     clear()
-                    ext = _extension(estimator, mc_samples)  # drop half-backpropagated state
+                    ext = new_extension()  # drop half-backpropagated state
                     if x.device.type == "cuda":
                         torch.cuda.empty_cache()
                     if m == 1:
