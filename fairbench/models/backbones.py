@@ -357,7 +357,10 @@ def _timm_classifier(name: str, num_classes: int, **params: Any) -> Classifier:
         raise UnknownNameError(f"unknown timm model {name!r}; see timm.list_models()")
     params.pop("image_size", None)
     body = timm.create_model(name, pretrained=False, num_classes=0, **params)
-    return Classifier(body, int(body.num_features), num_classes)
+    # the embedding the head sees: models with a pre-logits block (timm's VGG: 4096 after a
+    # 512-channel trunk) say so in head_hidden_size, the others in num_features
+    width = getattr(body, "head_hidden_size", None) or body.num_features
+    return Classifier(body, int(width), num_classes)
 
 
 @register_backbone("resnet18")
