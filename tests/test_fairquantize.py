@@ -433,7 +433,8 @@ def test_run_records_its_wall_time_by_phase(spied):
     config = json.loads((spied["run_dir"] / "config.json").read_text())
     seconds = config["seconds"]
     phases = seconds["phases"]
-    assert set(phases) == {"data", "vanilla", "train", "curvature", "other", "evaluate", "leakage"}
+    assert set(phases) == {"data", "vanilla", "train", "curvature", "other", "evaluate",
+                           "leakage"}
     assert all(v >= 0 for v in phases.values())
     # exclusive phases: they add up to (nearly all of) the run's wall time, never more
     assert 0.5 * seconds["total"] <= sum(phases.values()) <= seconds["total"] + 0.01
