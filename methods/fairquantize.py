@@ -251,12 +251,15 @@ def quantize(
     with_test: bool,
     select: bool = True,
     checkpoints: list[dict[str, Any]] | None = None,
+    quantize_weights: bool = True,
 ) -> tuple[nn.Module, dict[str, Any]]:
     """Run the incremental schedule on ``model`` in place; return it with a summary.
 
     ``rows`` gets one row per step (the state the next step starts from), ``checkpoints``
     one row per checkpoint (step, epoch; epoch 0 = right after quantizing) with its
-    validation metrics, its score by the selection rule and whether it was eligible."""
+    validation metrics, its score by the selection rule and whether it was eligible.
+    ``quantize_weights=False`` is the control (``fairquantize_retrain``): the same steps,
+    retraining, checkpoints and choice with no weight quantized and no curvature pass."""
     names = list(scored_parameters(model, params.scope))
     named = dict(model.named_parameters())
     masks = {n: torch.zeros_like(named[n], dtype=torch.bool) for n in names}
@@ -265,10 +268,11 @@ def quantize(
     steer = params.continue_from == "selected"
     best: tuple[float, dict[str, torch.Tensor], dict[str, Any]] | None = None
     for t, ratio in enumerate(ratios, start=1):
-        curv = group_curvature(ctx, model, estimator=params.estimator, scope=params.scope,
-                               batch_size=params.score_batch_size, seed=t,
-                               max_per_group=params.score_samples)
-        masks = quantize_step(model, names, masks, curv, ratio, beta, params)
+        if quantize_weights:
+            curv = group_curvature(ctx, model, estimator=params.estimator, scope=params.scope,
+                                   batch_size=params.score_batch_size, seed=t,
+                                   max_per_group=params.score_samples)
+            masks = quantize_step(model, names, masks, curv, ratio, beta, params)
         total = sum(m.numel() for m in masks.values())
         realized = sum(int(m.sum()) for m in masks.values()) / total
         eligible = select and (params.select_over == "all_steps" or t == len(ratios))
@@ -343,3 +347,35 @@ def quantize(
     summary["realized_ratio_per_tensor"] = {
         n: round(float(m.float().mean()), 6) for n, m in masks.items()}
     return model, summary
+
+
+@register_method("fairquantize_retrain")
+class FairQuantizeRetrain(Method):
+    """Control of FairQuantize: its retraining schedule and checkpoint choice, nothing
+    quantized.
+
+    The same steps (one per ratio of the schedule), the same retraining on group-balanced
+    batches after each, the same validation-only choice among the final step's epochs, from
+    the same cached vanilla model, with every weight left free and no curvature pass. A
+    leaderboard row of FairQuantize beside this one separates what the quantization of the
+    chosen weights does from what the balanced retraining does by itself. Takes
+    FairQuantize's parameters (those of the quantizer and the score have no effect)."""
+
+    Params = FairQuantizeParams
+    kind = "post-hoc"
+
+    def run(self, ctx: RunContext, params: FairQuantizeParams) -> nn.Module:
+        base = ctx.vanilla()
+        f1_start = ctx.evaluate(base, "val")["F1"]
+        rows: list[dict[str, Any]] = []
+        checkpoints: list[dict[str, Any]] = []
+        model, summary = quantize(ctx, base, params, beta=params.beta, f1_start=f1_start,
+                                  rows=rows, with_test=params.save_every_step,
+                                  checkpoints=checkpoints, quantize_weights=False)
+        write_rows(ctx.run_dir / "steps.csv", rows)
+        write_rows(ctx.run_dir / "checkpoints.csv", checkpoints)
+        ctx.notes["fairquantize"] = summary  # the schedule's summary, as FairQuantize writes it
+        if "selected" in summary:
+            ctx.notes["chosen"] = {"step": summary["selected"]["step"],
+                                   "epoch": summary["selected"]["epoch"]}
+        return model

@@ -582,3 +582,26 @@ def test_curvature_out_of_memory_is_survived_and_recorded(runs, tiny_cache, monk
     config = json.loads((the_run_dir(root) / "config.json").read_text())
     assert config["notes"]["curvature_samples_per_pass"] == 2
     assert tried.count(8) == 1 and tried.count(4) == 1  # found once, for the whole run
+
+
+def test_retraining_control_follows_the_schedule_and_quantizes_nothing(runs, tiny_cache):
+    """fairquantize_retrain: the same steps, balanced retraining and choice among the final
+    step's epochs as FairQuantize, no weight quantized (realized ratio 0), no curvature pass."""
+    params = {**FAST, "retrain_epochs": "2", "f1_tolerance": "0.1"}
+    res = CliRunner().invoke(main, ["run", "--method", "fairquantize_retrain", *TINY,
+                                    "--runs-dir", str(runs / "control"), "--cache-dir",
+                                    str(tiny_cache), *as_args(params)])
+    assert res.exit_code == 0, res.output
+    (run_dir,) = [p for p in (runs / "control" / "synthderm" / "fairquantize_retrain").iterdir()
+                  if p.is_dir()]
+    config = json.loads((run_dir / "config.json").read_text())
+    rows = read_rows(run_dir / "steps.csv")
+    assert [float(r["realized_ratio"]) for r in rows] == [0.0, 0.0, 0.0]   # 3 steps, nothing
+    assert [int(r["continued_from_epoch"]) for r in rows] == [2, 2, 2]
+    assert "curvature" not in config["seconds"]["phases"]
+    summary = config["notes"]["fairquantize"]
+    assert set(summary["realized_ratio_per_tensor"].values()) == {0.0}
+    assert config["notes"]["chosen"]["step"] == 3 and config["notes"]["chosen"]["epoch"] >= 1
+    # the delivered model was retrained: it differs from the vanilla model it started from
+    out = assert_choice_follows_rule(run_dir, 0.1)
+    assert {(int(r["step"]), int(r["epoch"])) for r in out["eligible"]} == {(3, 1), (3, 2)}
