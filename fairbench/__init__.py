@@ -72,6 +72,7 @@ _API: dict[str, str] = {
     "RunConfig": "fairbench.run.runner",
     "RunResult": "fairbench.run.runner",
     "run_experiment": "fairbench.run.runner",
+    "run_leakage": "fairbench.run.leakage",
     # many runs
     "load_suite": "fairbench.bench.suite",
     "run_suite": "fairbench.bench.sweep",
@@ -82,9 +83,12 @@ _API: dict[str, str] = {
     "metric_frame": "fairbench.bench.tables",
     "plot_tradeoff": "fairbench.bench.plots",
     "plot_groups": "fairbench.bench.plots",
+    "build_matrix": "fairbench.bench.matrix",
+    "plot_matrix": "fairbench.bench.matrix",
     # metrics
     "evaluate_classification": "fairbench.metrics",
     "higher_is_better": "fairbench.metrics",
+    "leakage_probe": "fairbench.metrics.leakage",
     # conformance kit
     "check_method": "fairbench.testing",
     "check_dataset": "fairbench.testing",
@@ -108,6 +112,7 @@ def __dir__() -> list[str]:
 
 if TYPE_CHECKING:  # what static tools see; the same names as _API
     from fairbench.bench.leaderboard import leaderboard
+    from fairbench.bench.matrix import build_matrix, plot_matrix
     from fairbench.bench.plots import plot_groups, plot_tradeoff
     from fairbench.bench.suite import load_suite
     from fairbench.bench.sweep import run_suite
@@ -131,6 +136,7 @@ if TYPE_CHECKING:  # what static tools see; the same names as _API
     )
     from fairbench.data.loaders import Batch, BatchLoader
     from fairbench.metrics import evaluate_classification, higher_is_better
+    from fairbench.metrics.leakage import leakage_probe
     from fairbench.models.backbones import (
         Classifier,
         create_backbone,
@@ -138,6 +144,7 @@ if TYPE_CHECKING:  # what static tools see; the same names as _API
         register_backbone,
     )
     from fairbench.run.context import RunContext
+    from fairbench.run.leakage import run_leakage
     from fairbench.run.method import (
         Method,
         create_method,

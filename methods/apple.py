@@ -57,8 +57,9 @@ fairbench's where the paper is silent.
   (the tests), the bounded perturbation lowers a fresh probe's balanced accuracy from 0.885
   to 0.747. Each epoch's validation metrics, score, D's balanced accuracy and cross-entropy
   and the mean ``‖G(f)‖/‖f‖`` go to ``apple.csv``; after training, a fresh probe
-  (:func:`fairbench.run.probe.attribute_probe`, fitted on the training split, scored on test)
-  of the base and of the delivered latent goes to the notes (``probe_test``). Earlier tuning
+  (:func:`fairbench.metrics.leakage.leakage_probe`, the run's leakage probe, fitted on the
+  training split, scored on test) of the base and of the delivered latent goes to the notes
+  (``probe_test``). Earlier tuning
   (α, segmentation variants) was done with the former unbounded FAAP game and is not
   repeated here.
 * G trains with the run's train config (optimizer, lr, schedule, epochs) on group-balanced
@@ -321,23 +322,35 @@ def adversary_diagnostics(ctx: RunContext, model: PerturbedModel, disc: nn.Modul
 
 def latent_probe(ctx: RunContext, model: PerturbedModel, part: str = "test"
                  ) -> dict[str, dict[str, Any]]:
-    """A fresh linear probe of the group (:func:`fairbench.run.probe.attribute_probe`) on
-    the pooled latents, fitted on the training split and scored on ``part``: of the base
-    model's latent (what APPLE starts from) and of the perturbed latent it delivers."""
-    from fairbench.run.probe import attribute_probe, collect_representations
-
-    model.eval()
+    """A fresh linear probe of the group (:func:`fairbench.metrics.leakage.leakage_probe`, the
+    run's leakage probe) on the pooled latents, fitted on the training split and scored on
+    ``part``: of the base model's latent (what APPLE starts from) and of the perturbed latent
+    it delivers. A part that cannot be probed (fewer than two groups) gives ``{"error": ...}``."""
+    from fairbench.metrics.leakage import leakage_probe
+    from fairbench.run.leakage import collect
 
     def both(x: torch.Tensor) -> torch.Tensor:
         model(x)
         return torch.cat([pooled(model.last_clean), pooled(model.last_latents)], dim=1)
 
-    fit_x, fit_g = collect_representations(ctx, "train", both)
-    ev_x, ev_g = collect_representations(ctx, part, both)
+    codes = ctx.table.attr(ctx.attribute)
+    reps = {}
+    for name in ("train", part):
+        loader = ctx.loader(name, sampler="sequential", augment=False, drop_last=False)
+        z, index = collect(model, both, loader)
+        reps[name] = (z, codes[index])
+    (fit_x, fit_g), (ev_x, ev_g) = reps["train"], reps[part]
     w = fit_x.shape[1] // 2
-    return {name: attribute_probe(fit_x[:, cols], fit_g, ev_x[:, cols], ev_g,
-                                  seed=ctx.seed).as_dict()
-            for name, cols in (("base", slice(0, w)), ("perturbed", slice(w, None)))}
+    out: dict[str, dict[str, Any]] = {}
+    for name, cols in (("base", slice(0, w)), ("perturbed", slice(w, None))):
+        try:
+            res = leakage_probe(fit_x[:, cols], fit_g, ev_x[:, cols], ev_g, seed=ctx.seed)
+        except ValueError as exc:
+            out[name] = {"error": str(exc)}
+        else:
+            out[name] = {k: (round(v, 6) if isinstance(v, float) else v)
+                         for k, v in res.to_dict().items()}
+    return out
 
 
 def adversary_terms(logits: torch.Tensor, groups: torch.Tensor) -> tuple[torch.Tensor,

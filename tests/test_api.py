@@ -209,5 +209,13 @@ def test_metric_frame_without_fairlearn_is_one_clear_line(swept, monkeypatch):
 
 def test_the_api_names_are_at_the_top_level():
     for name in ("runs_table", "group_table", "metric_frame", "leaderboard", "plot_tradeoff",
-                 "plot_groups", "run_experiment", "RunConfig", "load_suite", "run_suite"):
+                 "plot_groups", "run_experiment", "RunConfig", "load_suite", "run_suite",
+                 "build_matrix", "plot_matrix", "leakage_probe", "run_leakage"):
         assert name in fairbench.__all__ and callable(getattr(fairbench, name))
+
+
+def test_every_public_name_resolves_to_the_module_that_defines_it():
+    import importlib
+
+    for name, module in fairbench._API.items():
+        assert getattr(fairbench, name) is getattr(importlib.import_module(module), name)

@@ -64,6 +64,26 @@ def test_probe_three_groups_macro_auc():
     assert res.balanced_accuracy > 0.98 and res.auc > 0.99
 
 
+def test_probe_matches_a_direct_scikit_learn_pipeline():
+    """Independent computation: scikit-learn's StandardScaler + class-balanced
+    LogisticRegression pipeline, balanced accuracy by hand from its predictions."""
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import roc_auc_score
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    z, g = _gaussians(400, 2.0, dims=5, p1=0.3)
+    zs, gs = _gaussians(300, 2.0, dims=5, seed=1, p1=0.3)
+    res = leakage_probe(z, g, zs, gs)
+    pipe = make_pipeline(StandardScaler(), LogisticRegression(class_weight="balanced",
+                                                              max_iter=2000)).fit(z, g)
+    pred = pipe.predict(zs)
+    recalls = [np.mean(pred[gs == k] == k) for k in (0, 1)]
+    assert res.balanced_accuracy == pytest.approx(np.mean(recalls))
+    assert res.auc == pytest.approx(roc_auc_score(gs, pipe.predict_proba(zs)[:, 1]))
+    assert (res.n_fit, res.n_score) == (400, 300)
+
+
 def test_probe_needs_two_groups():
     z = np.zeros((10, 2))
     with pytest.raises(ValueError, match="two groups"):

@@ -7,8 +7,12 @@ A run directory holds
   package versions, device and torch thread count, host and process, wall time);
 * ``metrics.json``: ``{part: {metric: value, <group name>: {metric: value}, "Diff": {...},
   "Diff_signed": {...}, "gap": {...}, "worst": {...}, "Avg": {...}}}`` for ``val`` and
-  ``test``, plus ``"meta"`` (attribute, groups, privileged group, directions);
-* ``predictions.csv``: ``sample_id, part, label, pred, attr_<name>..., prob_<class>...``;
+  ``test``; ``test_true`` (the same, against the true labels, where the data has them:
+  synthetic data); ``leakage`` (classification: the linear probe of the attribute on the
+  returned model's representation, :mod:`fairbench.run.leakage`); and ``"meta"``
+  (attribute, groups, privileged group, directions);
+* ``predictions.csv``: ``sample_id, part, label, pred[, true_label][, patient_id],
+  attr_<name>..., prob_<class>...``;
 * ``train_log.csv``: one row per epoch of every training stage;
 * ``weights.pt`` (optional): the fitted model's state dict, for ``torch.load(...,
   weights_only=True)``;
