@@ -15,27 +15,8 @@ from typing import Any
 
 import click
 
+from fairbench.cli.options import ErrorLineGroup
 from fairbench.core.errors import FairbenchError
-
-EXIT_USAGE = 2
-
-
-class DataGroup(click.Group):
-    """Prints a :class:`FairbenchError` (or an unreadable file) as one ``error:`` line and exits
-    with code 2 (also when this group is used on its own, outside ``fairbench``)."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except FairbenchError as exc:
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(EXIT_USAGE)
-        except OSError as exc:
-            if exc.filename is None:
-                raise
-            click.echo(f"error: {exc.strerror or exc}: {exc.filename!r}; check that it exists "
-                       "and that this user may read (or write) it", err=True)
-            ctx.exit(EXIT_USAGE)
 
 
 def _dataset_options(f: Any) -> Any:
@@ -114,7 +95,7 @@ def format_counts(table: Any, attribute: str | None = None) -> str:
     return "\n".join(lines)
 
 
-@click.group("data", cls=DataGroup)
+@click.group("data", cls=ErrorLineGroup)
 def data_group() -> None:
     """Prepare datasets: build the image cache, show counts, import published splits.
 

@@ -25,12 +25,15 @@ import click
 from fairbench.cli.bench import BENCH_COMMANDS
 from fairbench.cli.check import check_cmd
 from fairbench.cli.data import data_group
-from fairbench.cli.options import VERBOSE_HELP, add_verbose_everywhere, verbose_requested
+from fairbench.cli.options import (
+    VERBOSE_HELP,
+    ErrorLineGroup,
+    add_verbose_everywhere,
+    verbose_requested,
+)
 from fairbench.cli.runs import runs_group
 from fairbench.core.errors import FairbenchError, ParamError
 from fairbench.core.version import __version__
-
-EXIT_USAGE = 2
 
 CONFIG_KEYS = {
     "method", "task", "dataset", "data_root", "attribute", "privileged", "backbone", "weights",
@@ -61,9 +64,10 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     raise Terminated()
 
 
-class FairbenchGroup(click.Group):
-    """Turns :class:`FairbenchError` into one line on stderr and exit code 2, and SIGTERM
-    into the same clean stop as Ctrl-C."""
+class FairbenchGroup(ErrorLineGroup):
+    """Turns :class:`FairbenchError` into one line on stderr and exit code 2
+    (:class:`~fairbench.cli.options.ErrorLineGroup`), and SIGTERM into the same clean stop as
+    Ctrl-C."""
 
     def invoke(self, ctx: click.Context) -> Any:
         previous = None
@@ -73,15 +77,6 @@ class FairbenchGroup(click.Group):
             pass
         try:
             return super().invoke(ctx)
-        except FairbenchError as exc:
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(EXIT_USAGE)
-        except OSError as exc:  # unreadable data, unwritable output: the environment's
-            if exc.filename is None:
-                raise
-            click.echo(f"error: {exc.strerror or exc}: {exc.filename!r}; check that it exists "
-                       "and that this user may read (or write) it", err=True)
-            ctx.exit(EXIT_USAGE)
         except KeyboardInterrupt as exc:
             what = "terminated" if isinstance(exc, Terminated) else "interrupted"
             click.echo(f"{what}; finished runs are kept, the unfinished one was discarded",

@@ -1,11 +1,38 @@
-"""Options every ``fairbench`` command shares: ``-v/--verbose`` means the same before or after
-the command name (say more: INFO logging; ``list`` also shows every parameter)."""
+"""What every ``fairbench`` command shares: bad input as one ``error:`` line and exit code 2
+(:class:`ErrorLineGroup`), and ``-v/--verbose``, which means the same before or after the
+command name (say more: INFO logging; ``list`` also shows every parameter)."""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import click
+
+from fairbench.core.errors import FairbenchError
+
+#: the exit code of bad input (a usage error, as click's own)
+EXIT_USAGE = 2
+
+
+class ErrorLineGroup(click.Group):
+    """Prints a :class:`FairbenchError`, or a file that cannot be read or written, as one
+    ``error:`` line on stderr and exits with code 2 (no traceback). Every command group of
+    the command line uses it, so ``fairbench data`` and ``fairbench runs`` behave the same
+    when used on their own, outside ``fairbench``."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except FairbenchError as exc:
+            click.echo(f"error: {exc}", err=True)
+            ctx.exit(EXIT_USAGE)
+        except OSError as exc:  # unreadable data, unwritable output: the environment's
+            if exc.filename is None:
+                raise
+            click.echo(f"error: {exc.strerror or exc}: {exc.filename!r}; check that it exists "
+                       "and that this user may read (or write) it", err=True)
+            ctx.exit(EXIT_USAGE)
 
 VERBOSE_HELP = ("Say more: log each step (INFO level); with `list`, every parameter too. The "
                 "same before or after the command name.")

@@ -9,23 +9,10 @@ from typing import Any
 
 import click
 
-from fairbench.core.errors import FairbenchError
-
-EXIT_USAGE = 2
+from fairbench.cli.options import ErrorLineGroup
 
 
-class RunsGroup(click.Group):
-    """A :class:`FairbenchError` is one ``error:`` line and exit code 2."""
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except FairbenchError as exc:
-            click.echo(f"error: {exc}", err=True)
-            ctx.exit(EXIT_USAGE)
-
-
-@click.group("runs", cls=RunsGroup)
+@click.group("runs", cls=ErrorLineGroup)
 def runs_group() -> None:
     """Check a runs folder against the manifests of its runs, and repair it.
 
