@@ -179,19 +179,7 @@ class FairQuantize(Method):
 
     def run(self, ctx: RunContext, params: FairQuantizeParams) -> nn.Module:
         preflight_curvature(ctx, estimator=params.estimator, scope=params.scope)
-        base = ctx.vanilla()
-        f1_start = ctx.evaluate(base, "val")["F1"]
-        rows: list[dict[str, Any]] = []
-        checkpoints: list[dict[str, Any]] = []
-        model, summary = quantize(ctx, base, params, beta=params.beta, f1_start=f1_start,
-                                  rows=rows, with_test=params.save_every_step,
-                                  checkpoints=checkpoints)
-        write_rows(ctx.run_dir / "steps.csv", rows)
-        write_rows(ctx.run_dir / "checkpoints.csv", checkpoints)
-        ctx.notes["fairquantize"] = summary
-        if "selected" in summary:
-            ctx.notes["chosen"] = {"step": summary["selected"]["step"],
-                                   "epoch": summary["selected"]["epoch"]}
+        model, f1_start = run_schedule(ctx, params, quantize_weights=True)
         if params.ablation_betas:
             ablation: list[dict[str, Any]] = []
             for beta in params.ablation_betas:
@@ -199,6 +187,28 @@ class FairQuantize(Method):
                          rows=ablation, with_test=True, select=False)
             write_rows(ctx.run_dir / "ablation.csv", ablation)
         return model
+
+
+def run_schedule(ctx: RunContext, params: FairQuantizeParams, *, quantize_weights: bool
+                 ) -> tuple[nn.Module, float]:
+    """The schedule from the cached vanilla model (quantizing, or with ``quantize_weights=False``
+    only retraining), its ``steps.csv`` and ``checkpoints.csv``, its summary in the notes
+    (``fairquantize``, ``chosen``); returns the delivered model and the vanilla model's
+    validation F1."""
+    base = ctx.vanilla()
+    f1_start = ctx.evaluate(base, "val")["F1"]
+    rows: list[dict[str, Any]] = []
+    checkpoints: list[dict[str, Any]] = []
+    model, summary = quantize(ctx, base, params, beta=params.beta, f1_start=f1_start,
+                              rows=rows, with_test=params.save_every_step,
+                              checkpoints=checkpoints, quantize_weights=quantize_weights)
+    write_rows(ctx.run_dir / "steps.csv", rows)
+    write_rows(ctx.run_dir / "checkpoints.csv", checkpoints)
+    ctx.notes["fairquantize"] = summary
+    if "selected" in summary:
+        ctx.notes["chosen"] = {"step": summary["selected"]["step"],
+                               "epoch": summary["selected"]["epoch"]}
+    return model, f1_start
 
 
 def _select(score: torch.Tensor, ratio: float, mask: torch.Tensor,
@@ -365,17 +375,4 @@ class FairQuantizeRetrain(Method):
     kind = "post-hoc"
 
     def run(self, ctx: RunContext, params: FairQuantizeParams) -> nn.Module:
-        base = ctx.vanilla()
-        f1_start = ctx.evaluate(base, "val")["F1"]
-        rows: list[dict[str, Any]] = []
-        checkpoints: list[dict[str, Any]] = []
-        model, summary = quantize(ctx, base, params, beta=params.beta, f1_start=f1_start,
-                                  rows=rows, with_test=params.save_every_step,
-                                  checkpoints=checkpoints, quantize_weights=False)
-        write_rows(ctx.run_dir / "steps.csv", rows)
-        write_rows(ctx.run_dir / "checkpoints.csv", checkpoints)
-        ctx.notes["fairquantize"] = summary  # the schedule's summary, as FairQuantize writes it
-        if "selected" in summary:
-            ctx.notes["chosen"] = {"step": summary["selected"]["step"],
-                                   "epoch": summary["selected"]["epoch"]}
-        return model
+        return run_schedule(ctx, params, quantize_weights=False)[0]
