@@ -19,6 +19,20 @@ from fairbench.cli.options import ErrorLineGroup
 from fairbench.core.errors import FairbenchError
 
 
+def _table(dataset: str, data_root: str | None, data_params: tuple[str, ...],
+           plugins: tuple[str, ...], cache_dir: str | None, image_size: int | None,
+           attribute: str | None) -> tuple[Any, int, Any]:
+    """The adapter (with its cache folder), the image size and the table after its filters;
+    a named attribute is checked against the table."""
+    adapter = _adapter(dataset, data_root, data_params, plugins)
+    adapter.cache_dir = _cache_dir(cache_dir)
+    size = _image_size(adapter, image_size)
+    table = adapter.build_table()
+    if attribute:
+        table.check_attribute(attribute)
+    return adapter, size, table
+
+
 def _dataset_options(f: Any) -> Any:
     options = [
         click.argument("dataset"),
@@ -119,12 +133,8 @@ def prepare_cmd(dataset: str, data_root: str | None, data_params: tuple[str, ...
     counts per class and group. A run later reads the cache instead of the JPEGs."""
     from fairbench.data.cache import cache_key, entry_problem, load_or_build
 
-    adapter = _adapter(dataset, data_root, data_params, plugins)
-    adapter.cache_dir = _cache_dir(cache_dir)
-    size = _image_size(adapter, image_size)
-    table = adapter.build_table()
-    if attribute:
-        table.check_attribute(attribute)
+    adapter, size, table = _table(dataset, data_root, data_params, plugins, cache_dir,
+                                  image_size, attribute)
     for note in getattr(adapter, "notes", []) or []:
         click.echo(f"note: {note}")
     root = _cache_dir(cache_dir)
@@ -156,12 +166,8 @@ def info_cmd(dataset: str, data_root: str | None, data_params: tuple[str, ...],
 
     from fairbench.data.cache import cache_key, entry_problem
 
-    adapter = _adapter(dataset, data_root, data_params, plugins)
-    adapter.cache_dir = _cache_dir(cache_dir)
-    size = _image_size(adapter, image_size)
-    table = adapter.build_table()
-    if attribute:
-        table.check_attribute(attribute)
+    adapter, size, table = _table(dataset, data_root, data_params, plugins, cache_dir,
+                                  image_size, attribute)
     cls = type(adapter)
     click.echo(f"dataset {adapter.name}: default backbone {cls.default_backbone}, "
                f"default image size {cls.default_image_size}px")
