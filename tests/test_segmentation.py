@@ -74,6 +74,45 @@ def test_segmentor_weights_whole_and_encoder_only(tmp_path):
     assert torch.equal(c.encoder.model.conv1[0].weight, timm_model.conv1[0].weight)
 
 
+def test_partial_segmentor_weights_are_refused_reported_or_loaded_when_allowed(tmp_path,
+                                                                               caplog):
+    """A whole-segmentor checkpoint missing the decoder covers less than 90 % of the U-Net:
+    refused with one line (through the command line too, before any work), loaded with a
+    warning naming the missing part under --allow-partial-weights."""
+    import logging
+
+    from fairbench.models.segmentors import load_segmentor_weights
+
+    torch.manual_seed(0)
+    a = create_segmentor("unet:tu-resnet10t", n_mask_classes=3, image_size=16,
+                         decoder_width=16)
+    partial = tmp_path / "partial.pt"
+    torch.save({k: v for k, v in a.state_dict().items() if not k.startswith("encoder.")},
+               partial)
+    fresh = create_segmentor("unet:tu-resnet10t", n_mask_classes=3, image_size=16,
+                             decoder_width=16)
+    with pytest.raises(FairbenchError, match="covers only .* of segmentor"):
+        load_segmentor_weights(fresh, partial)
+    with caplog.at_level(logging.WARNING, logger="fairbench"):
+        match = load_segmentor_weights(fresh, partial, allow_partial=True)
+    assert 0 < match.coverage < 0.9
+    assert any("not loaded: encoder (" in m for m in caplog.messages), caplog.messages
+    assert torch.equal(fresh.decoder.state_dict()[next(iter(fresh.decoder.state_dict()))],
+                       a.decoder.state_dict()[next(iter(a.decoder.state_dict()))])
+    # the whole file loads fully (the head, sized by the mask classes, is not counted)
+    whole = tmp_path / "whole.pt"
+    torch.save(a.state_dict(), whole)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="fairbench"):
+        assert load_segmentor_weights(fresh, whole).coverage == 1.0
+    assert not caplog.messages
+    runs = tmp_path / "runs"
+    result = CliRunner().invoke(main, ["run", *TINY_SEG, "--runs-dir", str(runs),
+                                       "--weights", str(partial)])
+    assert_cli_error(result, "covers only", "not loaded: encoder (", "--allow-partial-weights")
+    assert not runs.exists() or not any(runs.rglob("metrics.json"))
+
+
 # -- losses and counts ----------------------------------------------------------------------
 def test_counts_on_the_device_match_the_numpy_reference():
     rng = np.random.default_rng(0)

@@ -193,9 +193,13 @@ def check_backbone_params(name: str, params: Mapping[str, Any], *, image_size: i
     except Exception as exc:  # noqa: BLE001 - a model that cannot be built on "meta"
         log.debug("could not check backbone %s on the meta device: %s", name, exc)
         return typed
-    if weights and isinstance(model, Classifier):
-        _, match = match_weights(model, read_state_dict(Path(weights).expanduser()))
-        _check_coverage(Path(weights), name, match, allow_partial)
+    if weights:
+        state = read_state_dict(Path(weights).expanduser())
+        if isinstance(model, Classifier):
+            check_coverage(Path(weights), name, match_weights(model, state)[1], allow_partial)
+        elif callable(getattr(model, "match_weights", None)):  # a segmentor
+            check_coverage(Path(weights), name, model.match_weights(state)[1], allow_partial,
+                           what="segmentor")
     return typed
 
 
@@ -253,7 +257,7 @@ class WeightsMatch:
 
     def describe(self) -> str:
         text = (f"loaded {len(self.loaded)} of {len(self.loaded) + len(self.missing)} tensors "
-                f"({self.coverage:.0%} of the backbone's values)")
+                f"({self.coverage:.0%} of the model's values)")
         if self.missing:
             text += f"; not loaded: {_grouped(self.missing)}"
         if self.unused:
@@ -283,28 +287,42 @@ def match_weights(model: Classifier, state: Mapping[str, torch.Tensor]
         target, prefix = model, ""
     else:
         target, prefix = model.body, "body."
+    usable, match = match_state(own, state, prefix,
+                                uncounted=("classifier.",) if prefix == "" else ())
+    return (target, usable), match
+
+
+def match_state(own: Mapping[str, torch.Tensor], state: Mapping[str, torch.Tensor],
+                prefix: str = "", *, uncounted: tuple[str, ...] = ()
+                ) -> tuple[dict[str, torch.Tensor], WeightsMatch]:
+    """The tensors of ``state`` that fit the part of a model's state dict ``own`` under
+    ``prefix`` (same name after the prefix, same shape), and what they cover: every tensor of
+    that part counts except BatchNorm's step counters and names starting with one of
+    ``uncounted`` (a task head whose size depends on the run)."""
     own_target = {k[len(prefix):]: v for k, v in own.items() if k.startswith(prefix)}
     usable = {k: v for k, v in state.items() if k in own_target and own_target[k].shape == v.shape}
     counted = {k: v for k, v in own_target.items()
-               if not (prefix == "" and k.startswith("classifier."))
-               and not k.endswith("num_batches_tracked")}
+               if not k.startswith(uncounted) and not k.endswith("num_batches_tracked")}
     loaded = [k for k in counted if k in usable]
     missing = [k for k in counted if k not in usable]
     unused = [k for k in state if k not in usable]
     match = WeightsMatch(loaded, missing, unused,
                          sum(counted[k].numel() for k in loaded),
                          sum(v.numel() for v in counted.values()))
-    return (target, usable), match
+    return usable, match
 
 
-def _check_coverage(file: Path, name: str, match: WeightsMatch, allow_partial: bool) -> None:
+def check_coverage(file: Path, name: str, match: WeightsMatch, allow_partial: bool, *,
+                   what: str = "backbone") -> None:
+    """One clear error when ``match`` loads nothing, or less than
+    :data:`MIN_WEIGHTS_COVERAGE` of the model's values unless ``allow_partial``."""
     if not match.loaded:
         raise FairbenchError(
-            f"weights file {str(file)!r} matches no parameter of backbone {name!r}; "
+            f"weights file {str(file)!r} matches no parameter of {what} {name!r}; "
             "check that it was saved from the same architecture")
     if match.coverage < MIN_WEIGHTS_COVERAGE and not allow_partial:
         raise FairbenchError(
-            f"weights file {str(file)!r} covers only {match.coverage:.0%} of backbone "
+            f"weights file {str(file)!r} covers only {match.coverage:.0%} of {what} "
             f"{name!r} ({match.describe()}); use a checkpoint of the same architecture, or "
             f"--allow-partial-weights to load it anyway")
 
@@ -319,7 +337,7 @@ def load_weights(model: Classifier, path: str | Path, *, allow_partial: bool = F
     file = Path(path).expanduser()
     state = read_state_dict(file)
     (target, usable), match = match_weights(model, state)
-    _check_coverage(file, type(model).__name__, match, allow_partial)
+    check_coverage(file, type(model).__name__, match, allow_partial)
     if match.missing or match.unused:
         log.warning("weights file %s: %s", file, match.describe())
     target.load_state_dict(usable, strict=False)

@@ -21,6 +21,8 @@ halve per stage from it, never below 8).
 from __future__ import annotations
 
 import inspect
+import logging
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,9 @@ import torch
 from torch import nn
 
 from fairbench.core.errors import FairbenchError, ParamError, UnknownNameError
+from fairbench.models.backbones import WeightsMatch, check_coverage, match_state, read_state_dict
+
+log = logging.getLogger(__name__)
 
 PREFIX = "unet:"
 DEFAULT_SEGMENTOR = "unet:tu-resnet10t"
@@ -66,6 +71,25 @@ class Segmentor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
+
+    def match_weights(self, state: Mapping[str, torch.Tensor]
+                      ) -> tuple[tuple[nn.Module, dict[str, torch.Tensor]], WeightsMatch]:
+        """Where a state dict goes: the whole segmentor (its head, sized by the run's mask
+        classes, not counted), else a timm model's checkpoint into a ``tu-`` encoder's inner
+        model, else smp's encoder state dict into the encoder; the first part any tensor of
+        ``state`` fits, with what it covers of that part."""
+        own = self.state_dict()
+        candidates: list[tuple[nn.Module, str, tuple[str, ...]]] = [
+            (self, "", ("segmentation_head.",))]
+        inner = getattr(self.encoder, "model", None)
+        if isinstance(inner, nn.Module):
+            candidates.append((inner, "encoder.model.", ()))
+        candidates.append((self.encoder, "encoder.", ()))
+        for target, prefix, uncounted in candidates:
+            usable, match = match_state(own, state, prefix, uncounted=uncounted)
+            if usable:
+                return (target, usable), match
+        return (self, {}), match
 
 
 def _encoder_name(name: str) -> str:
@@ -113,11 +137,13 @@ def create_segmentor(
     n_mask_classes: int,
     image_size: int,
     weights: str | Path | None = None,
+    allow_partial_weights: bool = False,
     encoder_depth: int = 4,
     decoder_width: int = 64,
     **params: Any,
 ) -> Segmentor:
-    """Build segmentor ``name`` (random weights), then load local ``weights`` if given."""
+    """Build segmentor ``name`` (random weights), then load local ``weights`` if given
+    (:func:`load_segmentor_weights`; ``allow_partial_weights`` lifts its coverage threshold)."""
     import segmentation_models_pytorch as smp
 
     check_segmentor_name(name)
@@ -138,30 +164,21 @@ def create_segmentor(
         raise ParamError(f"bad parameters for segmentor {name!r}: {exc}") from None
     model = Segmentor(net.encoder, net.decoder, net.segmentation_head, n_mask_classes)
     if weights:
-        load_segmentor_weights(model, weights)
+        load_segmentor_weights(model, weights, name=name, allow_partial=allow_partial_weights)
     return model
 
 
-def load_segmentor_weights(model: Segmentor, path: str | Path) -> None:
+def load_segmentor_weights(model: Segmentor, path: str | Path, *, name: str = "unet",
+                           allow_partial: bool = False) -> WeightsMatch:
     """Load a local state dict: a whole fairbench segmentor, or an encoder-only checkpoint
-    (a timm model's state dict for a ``tu-`` encoder, or smp's encoder state dict)."""
-    from fairbench.models.backbones import read_state_dict
-
+    (a timm model's state dict for a ``tu-`` encoder, or smp's encoder state dict). What did
+    not load is reported (a warning naming the parts left at random values); a file that
+    supplies less than :data:`~fairbench.models.backbones.MIN_WEIGHTS_COVERAGE` of the part it
+    fits (the whole U-Net but its head, or the encoder) is refused unless ``allow_partial``."""
     file = Path(path).expanduser()
-    state = read_state_dict(file)
-    own = model.state_dict()
-    candidates: list[tuple[nn.Module, str]] = [(model, "")]
-    inner = getattr(model.encoder, "model", None)
-    if isinstance(inner, nn.Module):
-        candidates.append((inner, "encoder.model."))
-    candidates.append((model.encoder, "encoder."))
-    for target, prefix in candidates:
-        own_target = {k[len(prefix):]: v for k, v in own.items() if k.startswith(prefix)}
-        usable = {k: v for k, v in state.items()
-                  if k in own_target and own_target[k].shape == v.shape}
-        if usable:
-            target.load_state_dict(usable, strict=False)
-            return
-    raise FairbenchError(
-        f"weights file {str(file)!r} matches no parameter of this segmentor; check that it "
-        "was saved from the same architecture (or its encoder)")
+    (target, usable), match = model.match_weights(read_state_dict(file))
+    check_coverage(file, name, match, allow_partial, what="segmentor")
+    if match.missing or match.unused:
+        log.warning("weights file %s: %s", file, match.describe())
+    target.load_state_dict(usable, strict=False)
+    return match

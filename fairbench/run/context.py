@@ -233,6 +233,7 @@ class RunContext:
             assert self.mask_classes is not None
             return create_segmentor(self.backbone.name, n_mask_classes=len(self.mask_classes),
                                     image_size=self.bundle.image_size, weights=weights,
+                                    allow_partial_weights=self.backbone.allow_partial,
                                     **self.backbone.params)
         return create_backbone(self.backbone.name, num_classes=num_classes or self.n_classes,
                                image_size=self.bundle.image_size, weights=weights,
