@@ -296,6 +296,39 @@ def test_damaged_or_swapped_vanilla_is_trained_again(runs, posthoc, make_tiny_co
     assert not list((root / "_vanilla").glob("*.lock"))  # no lock file outlives its use
 
 
+@pytest.mark.parametrize("name,how", [("model.pt", "garble"), ("meta.json", "swap")])
+def test_damaged_or_swapped_multi_exit_model_is_trained_again(tmp_path, make_tiny_config,
+                                                              monkeypatch, caplog, name, how):
+    """The multi-exit model cached for me_vanilla and ME-FairPrune carries its identity and
+    checksum like the vanilla baseline: a damaged or swapped entry is trained again (one
+    warning line), and ``runs check`` reports a damaged one (a swapped one is consistent by
+    itself: only a run, which knows the identity it needs, sees it)."""
+    root = tmp_path / "runs"
+    config = make_tiny_config("me_vanilla", root, params={"tau_grid": "0.5,0.9"})
+    run_experiment(config)
+    (entry,) = [d for d in (root / "_me_vanilla").iterdir() if d.is_dir()]
+    meta = json.loads((entry / "meta.json").read_text())
+    assert meta["model_sha256"] == hashlib.sha256((entry / "model.pt").read_bytes()).hexdigest()
+    if how == "swap":
+        meta["identity"]["seed"] = 7
+        (entry / "meta.json").write_text(json.dumps(meta))
+    else:
+        damage(entry / name, how)
+    if how != "swap":  # a swap is only seen by a run that knows the identity it needs
+        r = cli("runs", "check", str(root))
+        assert r.exit_code == 1 and str(entry) in r.output and "damaged" in r.output, r.output
+    calls = _count_fits(monkeypatch)
+    with caplog.at_level(logging.WARNING, logger="fairbench"):
+        run_experiment(dataclasses.replace(config, force=True))
+    assert calls == ["multi-exit"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "cached multi-exit model" in warnings[0], warnings
+    meta = json.loads((entry / "meta.json").read_text())
+    assert meta["model_sha256"] == hashlib.sha256((entry / "model.pt").read_bytes()).hexdigest()
+    assert not list((root / "_me_vanilla").glob("*.lock"))
+    assert cli("runs", "check", str(root)).exit_code == 0
+
+
 def test_failed_baseline_leaves_no_lock_or_claim(tmp_path, make_tiny_config, monkeypatch):
     def boom(self, *args, **kwargs):
         raise RuntimeError("killed during training")

@@ -31,7 +31,7 @@ from fairbench.data.dataset import DatasetAdapter, SampleTable
 from fairbench.data.loaders import Augment, BatchLoader, DeviceData
 from fairbench.data.splits import Split
 from fairbench.models.backbones import create_backbone
-from fairbench.run.store import vanilla_problem
+from fairbench.run.store import discard_dir, vanilla_problem
 from fairbench.training.curvature import PassSize
 from fairbench.training.trainer import EpochLog, FitResult, TrainConfig, Trainer, TrainHooks
 
@@ -385,10 +385,7 @@ class RunContext:
                                  f"after training ({problem}); check the disk")
         self.logger.warning("the cached vanilla model %s is damaged or not this baseline "
                             "(%s); training it again", final, problem)
-        trash = final.with_name(f".{final.name}.damaged-{os.getpid()}")
-        shutil.rmtree(trash, ignore_errors=True)
-        os.replace(final, trash)
-        shutil.rmtree(trash, ignore_errors=True)
+        discard_dir(final)
         return None
 
     def _train_vanilla(self, final: Path) -> None:

@@ -372,8 +372,9 @@ def check_runs_dir(root: Path, *, repair: bool = False) -> list[Finding]:
         if not run.is_dir():
             continue
         out.append(_check_one_run(root, run, repair))
-    vanilla = root / "_vanilla"
-    if vanilla.is_dir():
+    for vanilla in (root / "_vanilla", root / "_me_vanilla"):
+        if not vanilla.is_dir():
+            continue
         for entry in sorted(vanilla.iterdir()):
             if entry.name.startswith("."):
                 out.append(_check_hidden(entry, repair))
@@ -389,7 +390,7 @@ def check_runs_dir(root: Path, *, repair: bool = False) -> list[Finding]:
                 if repair:
                     try:
                         with file_lock(entry.with_suffix(".lock"), blocking=False):
-                            _discard(entry)
+                            discard_dir(entry)
                     except LockBusy:
                         fix = "left alone: a process is using it"
                 out.append(Finding("baseline", entry, "damaged", problem, fix))
@@ -472,7 +473,9 @@ def _aside(root: Path, run: Path) -> Path:
     return dest
 
 
-def _discard(path: Path) -> None:
+def discard_dir(path: Path) -> None:
+    """Remove a damaged folder: renamed aside first (one atomic step, so no reader sees it
+    half removed), then deleted."""
     trash = path.with_name(f".{path.name}.damaged-{os.getpid()}")
     shutil.rmtree(trash, ignore_errors=True)
     os.replace(path, trash)
