@@ -162,7 +162,7 @@ def test_mechanisms_suite_covers_every_method_and_scenario():
     suite = load_suite(Path(__file__).parents[1] / "benchmarks" / "mechanisms.toml")
     builtin = [m for m in list_methods() if "classification" in get_method_class(m).tasks
                and get_method_class(m).__module__.startswith("fairbench.methods")]
-    assert sorted(m.name for m in suite.methods) == sorted(builtin)
+    assert sorted({m.name for m in suite.methods}) == sorted(builtin)
     assert len(suite.seeds) >= 5
     assert [d.params["scenario"] for d in suite.datasets] == list(SCENARIOS)
     assert [d.label for d in suite.datasets] == list(SCENARIOS)
