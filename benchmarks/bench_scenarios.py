@@ -55,15 +55,17 @@ def main() -> None:
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--epochs", type=int, default=8)
     ap.add_argument("--method", default="vanilla")
-    ap.add_argument("--runs-dir", default="runs/calibrate")
+    ap.add_argument("--runs-dir", default=None,
+                    help="runs folder [default: runs/calibrate; with --suite: the suite's]")
     ap.add_argument("--set", action="append", default=[], metavar="SCENARIO:KEY=VALUE",
                     help="override one scenario knob (repeatable)")
     ap.add_argument("--suite", default=None, help="read a suite's vanilla runs instead")
     ap.add_argument("--n-boot", type=int, default=1000)
     args = ap.parse_args()
     if args.suite:
-        from_suite(args.suite, args.n_boot)
+        from_suite(args.suite, args.n_boot, args.runs_dir)
         return
+    args.runs_dir = args.runs_dir or "runs/calibrate"
 
     from fairbench import RunConfig, run_experiment
 
@@ -98,12 +100,12 @@ def main() -> None:
               f"{fmt(rows['s'], 1.0)} |", flush=True)
 
 
-def from_suite(suite_file: str, n_boot: int) -> None:
+def from_suite(suite_file: str, n_boot: int, runs_dir: str | None = None) -> None:
     from fairbench import load_suite
     from fairbench.bench.stats import RunPredictions, bootstrap_runs
     from fairbench.bench.sweep import plan
 
-    planned = [p for p in plan(load_suite(suite_file))
+    planned = [p for p in plan(load_suite(suite_file, runs_dir=runs_dir))
                if p.finished and p.planned.config.method == "vanilla"]
     keys = [("Diff_signed.F1", "label", "dark − light F1 (obs)"),
             ("Diff_signed.F1", "true_label", "dark − light F1 (true)"),

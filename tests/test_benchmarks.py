@@ -66,3 +66,31 @@ def test_bench_trainer_against_the_bare_loop(tmp_path, extra):
                      "--device", "cpu", "--threads", "1", *extra, tmp_path=tmp_path)
     assert "train: Trainer.fit" in out and "trainer/bare throughput ratio" in out
     assert ("trainer images in host memory" in out) == bool(extra)
+
+
+def test_scenario_and_phase_scripts_read_a_suite_from_another_runs_folder(tmp_path):
+    """bench_scenarios.py --suite and bench_suite_phases.py read the finished runs of a suite
+    from the runs folder given (not the suite's own), one row per scenario / method."""
+    suite = tmp_path / "scen.toml"
+    entries = "".join(
+        f'[[datasets]]\nname = "synthderm"\nlabel = "{s}"\nimage_size = 16\n'
+        f'backbones = ["smallcnn"]\nparams = {{ n_samples = 160, scenario = "{s}" }}\n\n'
+        for s in ("control", "annotation"))
+    suite.write_text('name = "scen"\nseeds = 2\nruns_dir = "never-used"\n'
+                     '[train]\nepochs = 1\nbatch_size = 32\n\n' + entries +
+                     '[[methods]]\nname = "vanilla"\n')
+    runs = tmp_path / "elsewhere"
+    env = {**os.environ, "FAIRBENCH_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1",
+           "FAIRBENCH_NO_PROGRESS": "1"}
+    done = subprocess.run([sys.executable, "-m", "fairbench.cli.main", "sweep", str(suite),
+                           "--runs-dir", str(runs)], capture_output=True, text=True, env=env,
+                          timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = run_script("bench_scenarios.py", "--suite", str(suite), "--runs-dir", str(runs),
+                     "--n-boot", "20", tmp_path=tmp_path)
+    rows = [ln for ln in out.splitlines() if ln.startswith(("| control", "| annotation"))]
+    assert [r.split("|")[2].strip() for r in rows] == ["2", "2"], out
+    out = run_script("bench_suite_phases.py", str(suite), "--runs-dir", str(runs),
+                     tmp_path=tmp_path)
+    assert "| vanilla | 4 |" in out and "4 finished runs" in out, out
+    assert not (tmp_path / "never-used").exists()
