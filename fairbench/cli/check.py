@@ -14,6 +14,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -134,19 +135,10 @@ def _run_checks(file: Path, methods: list[str], datasets: list[str], *, task: st
             for t in tasks:
                 what = f"method {name} ({t})"
                 started = time.perf_counter()
-                try:
-                    metrics = check_method(cls, root / f"{name}-{t}", params=method_params,
-                                           train=train, task=t)
-                except FairbenchError:
-                    raise  # bad input (a parameter out of range...): one line, exit 2
-                except AssertionError as exc:
+                metrics = _attempt(what, file, lambda: check_method(
+                    cls, root / f"{name}-{t}", params=method_params, train=train, task=t))
+                if metrics is None:
                     failed += 1
-                    click.echo(f"FAILED  {what}: {exc}")
-                    continue
-                except Exception as exc:  # noqa: BLE001 - the plugin's own error, reported
-                    failed += 1
-                    click.echo(f"FAILED  {what}: {type(exc).__name__}: {exc}"
-                               f"{_where(exc, file)}")
                     continue
                 key = "Dice" if t == "segmentation" else "F1"
                 checks = "outputs, determinism, weights round-trip" + (
@@ -160,20 +152,28 @@ def _run_checks(file: Path, methods: list[str], datasets: list[str], *, task: st
             if cls.requires_data_root and data_root is None:
                 raise FairbenchError(f"dataset {name!r} is checked on its data; pass "
                                      "--data-root DIR")
-            try:
-                summary = check_dataset(cls, data_root, params=dataset_params)
-            except FairbenchError:
-                raise
-            except AssertionError as exc:
+            summary = _attempt(what, file,
+                               lambda: check_dataset(cls, data_root, params=dataset_params))
+            if summary is None:
                 failed += 1
-                click.echo(f"FAILED  {what}: {exc}")
-                continue
-            except Exception as exc:  # noqa: BLE001 - the plugin's own error, reported
-                failed += 1
-                click.echo(f"FAILED  {what}: {type(exc).__name__}: {exc}{_where(exc, file)}")
                 continue
             groups = "; ".join(f"{a}: " + ", ".join(f"{g} {n}" for g, n in counts.items())
                                for a, counts in summary["attributes"].items())
             click.echo(f"ok      {what}: {summary['n']} images, {len(summary['classes'])} "
                        f"classes; {groups} ({time.perf_counter() - started:.1f} s)")
     return failed
+
+
+def _attempt(what: str, file: Path, check: Callable[[], dict[str, Any]]) -> dict[str, Any] | None:
+    """Run one check; on a failed assertion or the plugin's own error print one ``FAILED``
+    line (with the plugin file's line where the error arose) and return None. Bad input
+    (:class:`FairbenchError`: a parameter out of range...) is raised: one line, exit 2."""
+    try:
+        return check()
+    except FairbenchError:
+        raise
+    except AssertionError as exc:
+        click.echo(f"FAILED  {what}: {exc}")
+    except Exception as exc:  # noqa: BLE001 - the plugin's own error, reported
+        click.echo(f"FAILED  {what}: {type(exc).__name__}: {exc}{_where(exc, file)}")
+    return None
