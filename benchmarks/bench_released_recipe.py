@@ -30,18 +30,8 @@ import time
 import warnings
 
 import torch
+from bench_curvature import CLOCK, fwd_bwd, now  # this folder: the same clock and timing
 from torch import nn
-
-CLOCK = {"now": time.perf_counter}
-
-
-def now() -> float:
-    return CLOCK["now"]()
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def released_pass(model: nn.Module, batches: list) -> dict[int, torch.Tensor]:
@@ -73,24 +63,6 @@ def fairbench_pass(model: nn.Module, batches: list) -> dict[int, torch.Tensor]:
     got = diagonal_curvature(model, batches, estimator="ggn_exact")
     index = {name: i for i, (name, _) in enumerate(model.named_parameters())}
     return {index[name]: value for name, value in got.items()}
-
-
-def fwd_bwd(model: nn.Module, batches: list, device: torch.device) -> tuple[float, float]:
-    """Seconds of the forward passes and of the backward passes over ``batches``."""
-    model.eval()
-    t_fwd = t_bwd = 0.0
-    for batch in batches:
-        sync(device)
-        t = now()
-        loss = nn.functional.cross_entropy(model(batch.x), batch.y)
-        sync(device)
-        t_mid = now()
-        loss.backward()
-        sync(device)
-        t_fwd += t_mid - t
-        t_bwd += now() - t_mid
-        model.zero_grad(set_to_none=True)
-    return t_fwd, t_bwd
 
 
 def timed(fn, *args) -> tuple[float, dict]:  # type: ignore[no-untyped-def]
