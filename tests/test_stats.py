@@ -174,6 +174,12 @@ def test_fast_prediction_metrics_equal_the_metrics_module(n_groups, n_classes):
             assert math.isnan(fast[k]), k
         else:
             assert fast[k] == pytest.approx(ref[k], abs=1e-12), k
+    # asked for one key (as the bootstrap does), the same value, only its family computed
+    for k in keys:
+        one = prediction_metrics(y, pred, g, names, n_classes, keys=(k,))
+        assert k in one and (one[k] == fast[k] or math.isnan(one[k]) and math.isnan(fast[k]))
+    assert "F1" not in prediction_metrics(y, pred, g, names, n_classes, keys=("EqOddsGap",))
+    assert "EOdd" not in prediction_metrics(y, pred, g, names, n_classes, keys=("worst.F1",))
 
 
 def test_bootstrap_is_seeded_patient_level_and_averages_seeds(tmp_path):

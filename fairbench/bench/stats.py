@@ -295,16 +295,29 @@ def _prf(m: np.ndarray) -> dict[str, float]:
 
 
 def prediction_metrics(y: np.ndarray, pred: np.ndarray, groups: np.ndarray,
-                       names: Sequence[str], n_classes: int) -> dict[str, float]:
+                       names: Sequence[str], n_classes: int, *,
+                       keys: Sequence[str] | None = None) -> dict[str, float]:
     """Flat prediction-based metrics (accuracy, precision, recall, F1 overall, per group and
     as Avg/Diff/gap/worst; EqOddsGap and the papers' EOpp0, EOpp1, EOdd), equal to those of
-    :func:`fairbench.metrics.evaluate_classification`, from confusion counts (fast)."""
+    :func:`fairbench.metrics.evaluate_classification`, from confusion counts (fast). With
+    ``keys``, only the family that holds them is computed (the equalized-odds family, or the
+    precision/recall/F1 family): the bootstrap asks for one metric per resample."""
     keep = groups >= 0
     y, pred, groups = y[keep], pred[keep], groups[keep]
     k = n_classes
     g_n = len(names)
     counts = np.bincount((groups * k + y) * k + pred, minlength=g_n * k * k).reshape(g_n, k, k)
-    out: dict[str, float] = dict(_prf(counts.sum(0)))
+    out: dict[str, float] = {}
+    if keys is None or any(key not in _EO for key in keys):
+        _prf_family(out, counts, names)
+    if keys is None or any(key in _EO for key in keys):
+        _eo_family(out, counts, y, pred)
+    return out
+
+
+def _prf_family(out: dict[str, float], counts: np.ndarray, names: Sequence[str]) -> None:
+    """Accuracy and macro P/R/F1 overall, per group and as Avg/gap/worst/Diff, into ``out``."""
+    out.update(_prf(counts.sum(0)))
     per = {}
     for code, name in enumerate(names):
         if counts[code].sum() > 0:
@@ -325,11 +338,16 @@ def prediction_metrics(y: np.ndarray, pred: np.ndarray, groups: np.ndarray,
         else:
             for pre in ("gap", "worst", "Diff", "Diff_signed"):
                 out[f"{pre}.{m}"] = float("nan")
-    # equalized-odds family (fairbench.metrics.fairness, same conventions)
-    codes = [c for c in range(g_n) if counts[c].sum() > 0]
+
+
+def _eo_family(out: dict[str, float], counts: np.ndarray, y: np.ndarray,
+               pred: np.ndarray) -> None:
+    """The equalized-odds family (:mod:`fairbench.metrics.fairness`, same conventions) into
+    ``out``."""
+    codes = [c for c in range(len(counts)) if counts[c].sum() > 0]
     if len(codes) < 2 or len(y) == 0:
         out.update({m: float("nan") for m in _EO})
-        return out
+        return
     c_max = int(max(y.max(), pred.max())) + 1
     rates = {}
     tpr_defined, fpr_defined = [], []
@@ -355,7 +373,6 @@ def prediction_metrics(y: np.ndarray, pred: np.ndarray, groups: np.ndarray,
             e1 = np.maximum(e1, np.abs(tpr_a - tpr_b))
             eo = np.maximum(eo, np.abs((tpr_a - tpr_b) + (fpr_a - fpr_b)) / 2)
     out.update(EOpp0=float(e0.mean()), EOpp1=float(e1.mean()), EOdd=float(eo.mean()))
-    return out
 
 
 def _spread(rates: np.ndarray) -> np.ndarray:
@@ -416,8 +433,8 @@ class RunPredictions:
         sel = slice(None) if idx is None else idx
         y, pred, g = self.y[sel], self.pred[sel], self.groups[sel]
         if _fast_key(key):
-            return prediction_metrics(y, pred, g, self.names, self.probs.shape[1]).get(
-                key, float("nan"))
+            return prediction_metrics(y, pred, g, self.names, self.probs.shape[1],
+                                      keys=(key,)).get(key, float("nan"))
         flat = flatten(evaluate_classification(y, self.probs[sel], g, self.names, y_pred=pred))
         value = flat.get(key)
         if value is None:
