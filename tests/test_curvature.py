@@ -807,10 +807,17 @@ class MixedNet(nn.Module):
         return self.head(self.bn1d(s.flatten(1)))
 
 
+@pytest.mark.parametrize("gemm", ["onednn", "torch"])
 @pytest.mark.parametrize("mode", ["auto", "direct", "pairs", "grouped"])
-def test_autograd_engine_every_product_form_on_every_layer_kind(monkeypatch, mode):
+def test_autograd_engine_every_product_form_on_every_layer_kind(monkeypatch, mode, gemm):
+    """Every product form, with the products' GEMMs through oneDNN (where this torch has it)
+    and through torch's own ``@``/``bmm``, against the Jacobian and per-sample references."""
     import fairbench.training.persample as P
 
+    if gemm == "torch":
+        monkeypatch.setattr(P, "_onednn_matmul", lambda: None)
+    elif P._onednn_matmul() is None:
+        pytest.skip("this torch build has no oneDNN GEMM")
     if mode != "auto":
         monkeypatch.setattr(P, "product_mode", lambda kind, *a, **k: (
             "direct" if mode == "grouped" and kind != "conv" else mode))
@@ -825,6 +832,24 @@ def test_autograd_engine_every_product_form_on_every_layer_kind(monkeypatch, mod
     assert_tensors_close(got, reference_ggn(model, x, y, sizes, names))
     fisher = diagonal_curvature(model, make_batches(x, y, sizes), estimator="fisher")
     assert_tensors_close(fisher, reference_fisher(model, x, y, sizes, names))
+
+
+def test_onednn_gemms_equal_torch_ones():
+    """``matmul``/``bmm`` of the engine (oneDNN on the CPU where available) equal torch's to
+    float rounding, also for transposed (non-contiguous) operands, and fall back to torch's
+    for other dtypes."""
+    import fairbench.training.persample as P
+
+    g = torch.Generator().manual_seed(5)
+    a, b = torch.randn(40, 70, generator=g), torch.randn(70, 30, generator=g)
+    torch.testing.assert_close(P.matmul(a, b), a @ b, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(P.matmul(a, b.t().contiguous().t()), a @ b, rtol=1e-5,
+                               atol=1e-5)
+    x, y = torch.randn(3, 20, 16, generator=g), torch.randn(3, 16, 9, generator=g)
+    torch.testing.assert_close(P.bmm(x, y), torch.bmm(x, y), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(P.bmm(x.transpose(1, 2).contiguous().transpose(1, 2), y),
+                               torch.bmm(x, y), rtol=1e-5, atol=1e-5)
+    assert torch.equal(P.matmul(a.double(), b.double()), a.double() @ b.double())
 
 
 @pytest.mark.parametrize("estimator", ["ggn_exact", "ggn_mc", "fisher"])
