@@ -120,7 +120,8 @@ def _onednn_matmul() -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | N
 def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """``a @ b`` for 2-D ``a``, ``b``: through oneDNN for float32 on the CPU where available
     (:func:`_onednn_matmul`), else torch's ``@``. The two differ only by float rounding."""
-    if a.device.type == "cpu" and a.dtype == b.dtype == torch.float32:
+    if a.device.type == "cpu" and a.dtype == b.dtype == torch.float32 and a.numel() and \
+            b.numel():
         onednn = _onednn_matmul()
         if onednn is not None:
             return onednn(a, b)
