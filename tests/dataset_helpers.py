@@ -1,5 +1,5 @@
-"""Shared by the dataset-adapter tests: where the real metadata lives, tiny generated JPEGs, and
-running the CLI."""
+"""Shared by the tests: where the real metadata lives, tiny generated JPEGs, running the CLI,
+and counting the trainer's fits."""
 
 from __future__ import annotations
 
@@ -136,3 +136,19 @@ class InfoCommand:
         bad.loc[row, column] = value
         bad.to_csv(path, index=False)
         return self.fails(f"line {row + 2}", f"{column} {value!r}", *fragments)
+
+
+def count_fits(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
+    """From now on, the stage of every ``Trainer.fit`` call, in order (the list fills as the
+    test runs): how a test tells which models were trained, and which reused."""
+    from fairbench.training.trainer import Trainer
+
+    calls: list[str | None] = []
+    orig = Trainer.fit
+
+    def counting(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        calls.append(kwargs.get("stage"))
+        return orig(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "fit", counting)
+    return calls

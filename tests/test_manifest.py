@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from dataset_helpers import assert_cli_error, cli
+from dataset_helpers import assert_cli_error, cli, count_fits
 
 from fairbench import Method, run_experiment
 from fairbench.core.files import MANIFEST, verify_manifest, write_manifest
@@ -259,18 +259,6 @@ def test_data_info_reports_a_damaged_cache(tmp_path):
 
 
 # -- cached vanilla models: damaged or swapped, trained again ----------------------------------
-def _count_fits(monkeypatch):
-    calls = []
-    orig = Trainer.fit
-
-    def counting(self, *args, **kwargs):
-        calls.append(kwargs.get("stage"))
-        return orig(self, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "fit", counting)
-    return calls
-
-
 @pytest.mark.parametrize("name,how", [("model.pt", "truncate"), ("model.pt", "garble"),
                                       ("model.pt", "delete"), ("meta.json", "truncate"),
                                       ("meta.json", "garble"), ("meta.json", "swap")])
@@ -284,7 +272,7 @@ def test_damaged_or_swapped_vanilla_is_trained_again(runs, posthoc, make_tiny_co
         (entry / "meta.json").write_text(json.dumps(meta))
     else:
         damage(entry / name, how)
-    calls = _count_fits(monkeypatch)
+    calls = count_fits(monkeypatch)
     with caplog.at_level(logging.WARNING, logger="fairbench"):
         result = run_experiment(make_tiny_config("posthoc_noop", root))
     assert calls == ["vanilla"] and is_finished(result.run_dir)
@@ -317,7 +305,7 @@ def test_damaged_or_swapped_multi_exit_model_is_trained_again(tmp_path, make_tin
     if how != "swap":  # a swap is only seen by a run that knows the identity it needs
         r = cli("runs", "check", str(root))
         assert r.exit_code == 1 and str(entry) in r.output and "damaged" in r.output, r.output
-    calls = _count_fits(monkeypatch)
+    calls = count_fits(monkeypatch)
     with caplog.at_level(logging.WARNING, logger="fairbench"):
         run_experiment(dataclasses.replace(config, force=True))
     assert calls == ["multi-exit"]

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from dataset_helpers import count_fits
 
 from fairbench import Method, create_backbone, evaluate_classification, run_experiment
 from fairbench.core.files import read_json
@@ -190,21 +191,9 @@ def runs(tmp_path, tiny_run, monkeypatch):
     return dst
 
 
-def _count_fits(monkeypatch):
-    calls = []
-    orig = Trainer.fit
-
-    def counting(self, *args, **kwargs):
-        calls.append(kwargs.get("stage"))
-        return orig(self, *args, **kwargs)
-
-    monkeypatch.setattr(Trainer, "fit", counting)
-    return calls
-
-
 def test_finished_run_is_reused_and_force_recomputes(runs, make_tiny_config, monkeypatch,
                                                      tiny_run):
-    calls = _count_fits(monkeypatch)
+    calls = count_fits(monkeypatch)
     ran = []
     monkeypatch.setattr("fairbench.methods.vanilla.Vanilla.run",
                         lambda self, ctx, params: ran.append(1) or ctx.vanilla())
@@ -296,7 +285,7 @@ def test_identical_run_finished_meanwhile_is_kept(runs, make_tiny_config, monkey
 
 
 def test_vanilla_trained_once_and_shared(runs, make_tiny_config, monkeypatch, tiny_run):
-    calls = _count_fits(monkeypatch)
+    calls = count_fits(monkeypatch)
     vdirs = [d for d in (runs / "_vanilla").iterdir() if d.is_dir()]
     assert len(vdirs) == 1 and (vdirs[0] / "model.pt").is_file()
     assert (vdirs[0] / "meta.json").is_file()
