@@ -68,6 +68,15 @@ def now() -> float:
     return CLOCK["now"]()
 
 
+def set_clock(clock: str, device: torch.device) -> None:
+    """``--clock cpu``: every timing reads this process's CPU time (the host's only, so not
+    with CUDA); ``wall``: the wall clock."""
+    if clock == "cpu":
+        if device.type == "cuda":
+            sys.exit("--clock cpu times the host only; use --clock wall on CUDA")
+        CLOCK["now"] = time.process_time
+
+
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -200,10 +209,7 @@ def main() -> None:
     else:
         device = torch.device(args.device)
     cuda = device.type == "cuda"
-    if args.clock == "cpu":
-        if cuda:
-            sys.exit("--clock cpu times the host only; use --clock wall on CUDA")
-        CLOCK["now"] = time.process_time
+    set_clock(args.clock, device)
     size = args.image_size or (224 if cuda else 32)
     bs = args.batch_size or (128 if cuda else 32)
     n = args.n or (1024 if cuda else 256)
