@@ -69,7 +69,6 @@ import math
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -93,7 +92,7 @@ from fairbench.training.curvature import (
     select_as_released,
     select_lowest,
 )
-from fairbench.training.trainer import TrainConfig, TrainHooks
+from fairbench.training.trainer import TrainConfig, TrainHooks, better
 
 from .fairprune import prune_masks
 
@@ -286,52 +285,60 @@ def quantize(
         total = sum(m.numel() for m in masks.values())
         realized = sum(int(m.sum()) for m in masks.values()) / total
         eligible = select and (params.select_over == "all_steps" or t == len(ratios))
-        # every checkpoint of this step: (score, state, epoch, validation metrics)
-        seen: list[tuple[float, dict[str, torch.Tensor] | None, int, dict[str, Any]]] = []
+        # a candidate of this step: (score, state, epoch, validation metrics); epoch 0 is the
+        # state right after quantizing, a candidate with continue_from=selected or without
+        # retraining; otherwise the retrained epochs, chosen by the trainer (its score hook)
+        start_metrics = ctx.evaluate(model, "val")
+        in_pool = steer or params.retrain_epochs == 0
+        step_best = (score_fn(start_metrics),
+                     snapshot(model) if in_pool and (eligible or steer) else None, 0,
+                     start_metrics)
 
-        def record(metrics: dict[str, Any], epoch: int, state: bool, t: int = t,
-                   eligible: bool = eligible, seen: list = seen) -> None:
-            score = score_fn(metrics)
-            seen.append((score, snapshot(model) if state else None, epoch, metrics))
+        def record(metrics: dict[str, Any], epoch: int, t: int = t,
+                   eligible: bool = eligible) -> None:
             if checkpoints is not None:
                 flat = flatten(metrics)
-                checkpoints.append({"beta": beta, "step": t, "epoch": epoch, "score": score,
-                                    "eligible": eligible and (epoch > 0 or steer
-                                                              or params.retrain_epochs == 0),
+                checkpoints.append({"beta": beta, "step": t, "epoch": epoch,
+                                    "score": score_fn(metrics),
+                                    "eligible": eligible and (epoch > 0 or in_pool),
                                     **{f"val_{k}": flat.get(k) for k in STEP_METRICS}})
 
-        record(ctx.evaluate(model, "val"), 0, True)
+        record(start_metrics, 0)
+        last = step_best
         if params.retrain_epochs > 0:
             n_train = 2 * min(len(ctx.positions("train", [ctx.privileged])),
                               len(ctx.positions("train", ctx.unprivileged)))
             train = ctx.loader("train", sampler="group", augment=params.retrain_augment,
                                batch_size=params.retrain_batch_size, epoch_size=n_train,
                                seed_offset=100 + t)
+            history: list[dict[str, Any]] = []
 
-            def evaluate(m: nn.Module, _loader: Any, record: Any = record, seen: list = seen,
-                         keep: bool = eligible or steer) -> dict[str, Any]:
-                metrics = ctx.evaluate(m, "val")
-                record(metrics, len(seen), keep)
-                return metrics
+            def evaluate(m: nn.Module, _loader: Any, history: list = history) -> dict[str, Any]:
+                history.append(ctx.evaluate(m, "val"))
+                return history[-1]
 
-            # the trainer keeps the last epoch (select="last", no score): the choice is made
-            # here, from the checkpoints recorded by ``evaluate``
-            ctx.fit(model, hooks=TrainHooks(frozen=masks, evaluate=evaluate),
-                    config=_retrain_config(ctx, params), train=train,
-                    stage=f"fairquantize step {t}")
-        # candidates of this step: the retrained epochs (paper schedule), or the state right
-        # after quantizing as well (continue_from=selected, or without retraining)
-        pool = seen if steer or params.retrain_epochs == 0 else seen[1:]
-        step_best = pool[0]
-        for cand in pool[1:]:
-            if np.isfinite(cand[0]) and (not np.isfinite(step_best[0])
-                                         or cand[0] > step_best[0]):
-                step_best = cand
-        if steer and step_best[2] != seen[-1][2]:
+            def on_epoch_end(state: Any, record: Any = record) -> None:
+                record(state.metrics, state.epoch + 1)
+
+            # the trainer scores every retraining epoch and keeps the best one's weights; the
+            # paper's schedule continues from the last epoch, continue_from=selected from the
+            # best (a control with nothing quantized freezes nothing)
+            fit = ctx.fit(model, config=_retrain_config(ctx, params), train=train,
+                          stage=f"fairquantize step {t}",
+                          hooks=TrainHooks(frozen=masks if quantize_weights else {},
+                                           evaluate=evaluate, on_epoch_end=on_epoch_end,
+                                           score=score_fn, restore_best=False))
+            last = (score_fn(history[-1]), None, len(history), history[-1])
+            assert fit.best_score is not None
+            retrained = (fit.best_score, fit.best_state, fit.best_epoch,
+                         history[fit.best_epoch - 1])
+            if not in_pool or better(retrained[0], step_best[0]):
+                step_best = retrained
+        if steer and step_best[2] != last[2]:
             assert step_best[1] is not None
             model.load_state_dict(step_best[1])  # continue from the step's best checkpoint
-        continued = step_best[2] if steer else seen[-1][2]
-        val = seen[-1][3] if continued == seen[-1][2] else step_best[3]
+        continued = step_best[2] if steer else last[2]
+        val = step_best[3] if steer else last[3]
         row: dict[str, Any] = {"beta": beta, "step": t, "target_ratio": ratio,
                                "realized_ratio": realized, "selected_epoch": step_best[2],
                                "continued_from_epoch": continued}
@@ -342,7 +349,7 @@ def quantize(
         rows.append(row)
         ctx.logger.info("fairquantize step %d: target %.3f realized %.4f val F1 %.4f "
                         "EqOddsGap %.4f", t, ratio, realized, val["F1"], val["EqOddsGap"])
-        if eligible and (best is None or step_best[0] > best[0]):
+        if eligible and (best is None or better(step_best[0], best[0])):
             assert step_best[1] is not None
             m = step_best[3]
             best = (step_best[0], step_best[1], {

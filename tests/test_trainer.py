@@ -103,6 +103,32 @@ def test_best_validation_checkpoint_restored(data):
     assert not all(torch.equal(final[k], snapshots[3][k]) for k in final)
 
 
+def test_restore_best_false_keeps_the_last_epoch_and_reports_the_best(data):
+    """A schedule that continues from the last epoch but chooses among epochs (FairQuantize's
+    retraining): the model keeps the last epoch's weights, the best one's come back in
+    ``best_state``."""
+    m = model()
+    snapshots = []
+    scores = iter([0.1, 0.9, 0.3])
+    result = Trainer(CPU, seed=0, progress=False).fit(
+        m, *loaders(data), config=config(epochs=3, select="last"),
+        hooks=TrainHooks(score=lambda metrics: next(scores), restore_best=False,
+                         on_epoch_end=lambda s: snapshots.append(state(s.model))))
+    assert result.best_epoch == 2 and result.best_score == pytest.approx(0.9)
+    assert all(torch.equal(state(m)[k], snapshots[2][k]) for k in snapshots[2])
+    assert result.best_state is not None
+    assert all(torch.equal(result.best_state[k], snapshots[1][k]) for k in snapshots[1])
+
+
+def test_better_is_the_selection_rule():
+    from fairbench.training.trainer import better
+
+    nan = float("nan")
+    assert better(nan, None) and better(0.1, None)
+    assert better(0.2, 0.1) and not better(0.1, 0.1) and not better(0.0, 0.1)
+    assert better(0.1, nan) and not better(nan, 0.1) and not better(nan, nan)
+
+
 def test_nan_score_does_not_block_selection(data):
     # a first epoch whose validation metric is undefined (NaN) must not stay "best"
     m = model()

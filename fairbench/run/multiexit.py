@@ -154,9 +154,11 @@ def sweep_tau(ctx: RunContext, index: np.ndarray, logits: torch.Tensor, taus: It
 
 def best_tau(results: Sequence[TauResult]) -> TauResult:
     """The highest score (a NaN never wins; ties: the first, i.e. the lower τ of the grid)."""
+    from fairbench.training.trainer import better
+
     best = results[0]
     for r in results[1:]:
-        if np.isfinite(r.score) and (not np.isfinite(best.score) or r.score > best.score):
+        if better(r.score, best.score):
             best = r
     return best
 

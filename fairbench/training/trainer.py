@@ -145,6 +145,10 @@ class TrainHooks:
     on_epoch_end: Callable[[StepState], None] | None = None
     evaluate: Callable[[nn.Module, BatchLoader], dict[str, Any]] | None = None
     score: Callable[[dict[str, Any]], float] | None = None
+    #: end with the best epoch's weights (the default), or keep the last epoch's and only
+    #: report the best one (``FitResult.best_state``): a schedule that continues from the
+    #: last epoch but chooses among epochs (FairQuantize's retraining after each step)
+    restore_best: bool = True
 
 
 @dataclass
@@ -153,6 +157,16 @@ class FitResult:
     best_score: float | None
     history: list[dict[str, Any]]
     seconds: float
+    #: the best epoch's weights (CPU) when the epochs were scored, else None
+    best_state: dict[str, torch.Tensor] | None = None
+
+
+def better(score: float, best: float | None) -> bool:
+    """Whether a candidate's ``score`` (higher is better) replaces the best so far: always the
+    first one; later, a finite score above the best or above a NaN best. A NaN score never
+    wins, and never blocks a later finite one; ties keep the earlier candidate."""
+    return best is None or (bool(np.isfinite(score)) and (
+        not np.isfinite(best) or score > best))
 
 
 @dataclass
@@ -363,7 +377,8 @@ class Trainer:
         hooks: TrainHooks | None = None,
         stage: str = "train",
     ) -> FitResult:
-        """Train ``model`` in place; it ends with the weights of the best validation epoch."""
+        """Train ``model`` in place; it ends with the weights of the best validation epoch
+        (or of the last one with ``hooks.restore_best=False``)."""
         hooks = hooks or TrainHooks()
         loss_fn = hooks.loss or (dice_ce_loss if self.mask_classes else cross_entropy_loss)
         start = time.perf_counter()
@@ -492,9 +507,7 @@ class Trainer:
                         if hooks.score is not None or select != "last":
                             score = (hooks.score(metrics) if hooks.score is not None
                                      else _selection_score(metrics, select, self.task))
-                            # a NaN score never wins, and never blocks a later finite one
-                            if best_score is None or (np.isfinite(score) and (
-                                    not np.isfinite(best_score) or score > best_score)):
+                            if better(score, best_score):
                                 best_score, best_epoch, since_best = score, epoch + 1, 0
                                 best_state = copy.deepcopy(
                                     {k: v.detach().cpu() for k, v in model.state_dict().items()})
@@ -511,6 +524,7 @@ class Trainer:
         finally:
             for h in handles:
                 h.remove()
-        if best_state is not None:
+        if best_state is not None and hooks.restore_best:
             model.load_state_dict(best_state)
-        return FitResult(best_epoch, best_score, history, time.perf_counter() - start)
+        return FitResult(best_epoch, best_score, history, time.perf_counter() - start,
+                         best_state)
