@@ -344,7 +344,14 @@ def test_runs_check_and_repair(runs, tmp_path, make_tiny_config, posthoc):
     bad_vanilla = root / "_vanilla" / "0123456789abcdef"
     bad_vanilla.mkdir()
     (bad_vanilla / "meta.json").write_text("{")
+    # MLflow's artifacts sit at a run's depth: no run, never reported or moved
+    from fairbench.run.tracking import ARTIFACTS_NAME
+
+    artifacts = root / ARTIFACTS_NAME / "fairbench-synthderm" / "0a1b2c"
+    (artifacts / "artifacts").mkdir(parents=True)
+    (artifacts / "artifacts" / "metrics.json").write_text("{}")
     r = cli("runs", "check", str(root))
+    assert ARTIFACTS_NAME not in r.output, r.output
     assert r.exit_code == 1, r.output
     for frag in ("damaged", "written before manifests", "stale", str(stale_tmp),
                  "baseline", "runs repair"):
@@ -355,6 +362,7 @@ def test_runs_check_and_repair(runs, tmp_path, make_tiny_config, posthoc):
     assert (legacy / MANIFEST).is_file() and not check_run(legacy).legacy
     assert not stale_tmp.exists() and not claim_path(run).exists()
     assert not (root / "_vanilla" / "deadbeef.lock").exists() and not bad_vanilla.exists()
+    assert (artifacts / "artifacts" / "metrics.json").is_file()
     r = cli("runs", "check", str(root))
     assert r.exit_code == 0 and "damaged" not in r.output, r.output
     # the leaderboard reads again (the damaged run is out of the way), the run is redone

@@ -59,7 +59,7 @@ from fairbench.bench.stats import (
 from fairbench.core.errors import FairbenchError
 from fairbench.core.files import config_hash
 from fairbench.metrics import HEADLINE_FAIRNESS, flatten, higher_is_better, is_segmentation_metric
-from fairbench.run.store import is_run_dir, read_run_files
+from fairbench.run.store import NOT_RUN_FOLDERS, is_run_dir, read_run_files
 
 UTILITY = ("precision", "recall", "F1")
 #: the dermatology papers' definitions, shown beside the headline for comparison
@@ -162,8 +162,8 @@ def collect_runs(runs_dir: str | Path) -> list[RunRecord]:
     out = []
     for run in sorted(p for p in root.glob("*/*/*") if p.is_dir()):
         parts = run.relative_to(root).parts
-        if parts[0] == "mlruns" or any(part.startswith((".", "_")) for part in parts):
-            continue  # MLflow's file store (--tracking mlflow) is no run
+        if parts[0] in NOT_RUN_FOLDERS or any(part.startswith((".", "_")) for part in parts):
+            continue  # MLflow's stores (--tracking mlflow) and split files are no runs
         if is_run_dir(run):  # finished or damaged: a damaged one is reported by read_run
             out.append(read_run(run))
     return out

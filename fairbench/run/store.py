@@ -339,6 +339,10 @@ class Finding:
         return text
 
 
+#: top-level folders of a runs folder that hold no runs: MLflow's stores (the SQLite store's
+#: artifacts, the former file store) and the split files
+NOT_RUN_FOLDERS = ("mlartifacts", "mlruns", "splits")
+
 #: states that make ``runs check`` exit non-zero
 PROBLEM_STATES = ("damaged", "stale")
 
@@ -363,7 +367,7 @@ def check_runs_dir(root: Path, *, repair: bool = False) -> list[Finding]:
     out: list[Finding] = []
     for run in sorted(root.glob("*/*/*")):
         rel = run.relative_to(root).parts
-        if rel[0] in ("mlruns", "splits") or rel[0].startswith(("_", ".")) or \
+        if rel[0] in NOT_RUN_FOLDERS or rel[0].startswith(("_", ".")) or \
                 rel[1].startswith((".", "_")):
             continue
         if run.name.startswith("."):
