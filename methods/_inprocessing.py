@@ -15,6 +15,7 @@ from torch import nn
 
 from fairbench.core.errors import FairbenchError
 from fairbench.data.loaders import BatchLoader
+from fairbench.models.features import FeatureTap  # noqa: F401  (used by MFD and tests)
 from fairbench.run.context import RunContext
 from fairbench.training.trainer import TrainConfig
 
@@ -98,49 +99,6 @@ def mfd_mmd_terms(
     n_t1, n_s1 = n_t.clamp_min(1.0), n_s.clamp_min(1.0)
     mmd2 = tt / (n_t1 * n_t1) + ss / (n_s1 * n_s1) - 2.0 * ts / (n_t1 * n_s1)
     return torch.where(valid, mmd2, torch.zeros_like(mmd2)).sum(), valid.sum()
-
-
-class FeatureTap:
-    """Captures a backbone's final feature map (the output of its last convolutional stage)
-    during a normal forward pass, so one pass gives the logits and the map.
-
-    The map is the input of the body's last ``AdaptiveAvgPool2d``/``AdaptiveMaxPool2d`` (its
-    global pooling: smallcnn, timm and torchvision ResNets); a body without one (the VGGs)
-    has its last ``MaxPool2d`` tapped instead, the end of its convolutional features, so the
-    map is the 512×s×s output of VGG's features and never the 4096-d vector of the
-    pre-logits layers that follow (timm's VGG computes those with convolutions, the
-    torchvision one with linear layers). ``found`` is False for a body with neither: the
-    caller then uses the pooled features. Call :meth:`remove` when training ends.
-    """
-
-    def __init__(self, model: nn.Module) -> None:
-        body = getattr(model, "body", model)
-        pools = [m for m in body.modules()
-                 if isinstance(m, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d))]
-        maxpools = [m for m in body.modules() if isinstance(m, nn.MaxPool2d)]
-        self.found = bool(pools or maxpools)
-        self.value: torch.Tensor | None = None
-        self._handle = None
-        if pools:  # the map entering the global pooling
-            self._handle = pools[-1].register_forward_pre_hook(self._pre_hook)
-        elif maxpools:  # the map leaving the last pooling of the convolutional features
-            self._handle = maxpools[-1].register_forward_hook(self._hook)
-
-    def _pre_hook(self, module: nn.Module, inputs: tuple[Any, ...]) -> None:
-        self.value = inputs[0]
-
-    def _hook(self, module: nn.Module, inputs: tuple[Any, ...], output: torch.Tensor) -> None:
-        self.value = output
-
-    def take(self) -> torch.Tensor:
-        assert self.value is not None, "the feature tap saw no forward pass"
-        value, self.value = self.value, None
-        return value.flatten(1)
-
-    def remove(self) -> None:
-        if self._handle is not None:
-            self._handle.remove()
-            self._handle = None
 
 
 # -- adversaries ------------------------------------------------------------------------------

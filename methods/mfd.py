@@ -24,7 +24,7 @@ Follows the official code (github.com/DQle38/Fair-Feature-Distillation-for-Visua
   32 px: 256×2×2; ResNet-18: 512×h×w), or for the VGGs, which have no global pooling, the
   output of the last max-pool of their convolutional features (512×s×s, s = image size /
   32), never the 4096-d pre-logits vector; captured by a forward hook
-  (:class:`~fairbench.methods._inprocessing.FeatureTap`) so one pass gives both the logits
+  (:class:`~fairbench.models.features.FeatureTap`) so one pass gives both the logits
   and the map. ``pooled`` uses the embedding the classifier reads (``model.features``:
   pooled for ResNet and smallcnn, the 4096-d pre-logits vector for the VGGs), as the
   dermatology tables' MFD. A backbone with no pooling layer at all falls back to

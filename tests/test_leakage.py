@@ -98,6 +98,28 @@ def _classifier():
     return create_backbone("smallcnn", num_classes=3, image_size=16, width=4)
 
 
+@pytest.mark.parametrize("name", ["timm_vgg11", "smallcnn"])
+def test_pre_pool_site_is_the_map_mfd_aligns(name):
+    """The leakage probe of an MFD student reads the tensor MFD's MMD term aligned (the
+    FeatureTap map: VGG's 512×s×s features, not timm's 4096-d pre-logits vector)."""
+    from fairbench.models.backbones import create_backbone
+    from fairbench.models.features import FeatureTap
+
+    torch.manual_seed(0)
+    model = create_backbone(name, num_classes=3, image_size=64).eval()
+    model.representation_site = "pre_pool"
+    x = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    tap = FeatureTap(model)
+    with torch.no_grad():
+        model(x)
+        want = tap.take()
+        tap.remove()
+        got = representation_site(model)[1](x)
+    assert torch.equal(got, want)
+    if name == "timm_vgg11":
+        assert got.shape == (2, 512 * 2 * 2)
+
+
 def test_sites_of_the_models_methods_return():
     model = _classifier()
     x = torch.randn(5, 3, 16, 16)
@@ -105,7 +127,7 @@ def test_sites_of_the_models_methods_return():
     assert site == "features" and torch.equal(fn(x), model.features(x))
     model.representation_site = "pre_pool"  # MFD's map: 4w channels × 1 × 1 at 16 px
     site, fn = representation_site(model)
-    assert site == "pre_pool" and fn(x).shape == (5, 32, 1, 1)
+    assert site == "pre_pool" and fn(x).shape == (5, 32)
     model.representation_site = "logits"  # AdvRev on the logits
     site, fn = representation_site(model)
     assert site == "logits" and torch.equal(fn(x), model(x))

@@ -9,7 +9,8 @@ module may say which one:
   perturbed model gives the perturbed latent that its discriminator reads;
 * an attribute ``representation_site``: ``"features"`` (the pooled embedding before the
   classifier, ``features(x)``: what AdvConf's and AdvRev's adversaries read), ``"pre_pool"``
-  (the final feature map before global pooling, flattened: what MFD aligns by default), or
+  (the final feature map, flattened: the map MFD aligns by default, taken where MFD takes it,
+  :class:`~fairbench.models.features.FeatureTap`), or
   ``"logits"`` (AdvRev with ``input=logits``).
 
 Otherwise the probe reads ``features(x)`` (every :class:`~fairbench.models.backbones.Classifier`:
@@ -33,6 +34,7 @@ import torch
 from torch import nn
 
 from fairbench.metrics.leakage import leakage_probe
+from fairbench.models.features import FeatureTap
 
 #: the sites a module's ``representation_site`` may name
 SITES = ("features", "pre_pool", "logits")
@@ -48,14 +50,19 @@ SITE_TEXT = {
 Extractor = Callable[[torch.Tensor], torch.Tensor]
 
 
-def _pool_module(model: nn.Module) -> nn.Module | None:
-    """The module whose input is the final feature map: the last adaptive pooling of the
-    body, else its first ``Flatten`` (VGG-style bodies without a pooling layer)."""
-    body = getattr(model, "body", model)
-    pools = [m for m in body.modules() if isinstance(m, (nn.AdaptiveAvgPool2d,
-                                                        nn.AdaptiveMaxPool2d))]
-    flats = [m for m in body.modules() if isinstance(m, nn.Flatten)]
-    return pools[-1] if pools else (flats[0] if flats else None)
+def _final_map(model: nn.Module) -> Extractor:
+    """An extractor giving the final feature map (flattened) during ``model(x)``: the map MFD
+    aligns (:class:`~fairbench.models.features.FeatureTap`)."""
+
+    def run(x: torch.Tensor) -> torch.Tensor:
+        tap = FeatureTap(model)
+        try:
+            model(x)
+            return tap.take()
+        finally:
+            tap.remove()
+
+    return run
 
 
 def _input_of(model: nn.Module, target: nn.Module) -> Extractor:
@@ -87,11 +94,12 @@ def representation_site(model: nn.Module) -> tuple[str, Extractor]:
             return site, model.features  # type: ignore[return-value]
         if site == "logits":
             return site, model
-        target = _pool_module(model)
-        if target is None:
+        tap = FeatureTap(model)
+        tap.remove()
+        if not tap.found:
             raise ValueError("representation_site 'pre_pool': the model has no global pooling "
-                             "or flatten layer")
-        return site, _input_of(model, target)
+                             "or max-pooling layer")
+        return site, _final_map(model)
     if callable(getattr(model, "features", None)):
         return "features", model.features  # type: ignore[return-value]
     backbone = getattr(model, "backbone", None)
