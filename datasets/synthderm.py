@@ -189,6 +189,13 @@ class SynthDerm(DatasetAdapter):
     def __init__(self, params: Any = None, data_root: Any = None) -> None:
         if params is None or isinstance(params, dict):
             params = scenario_params(dict(params or {}))
+        elif getattr(params, "scenario", "custom") != "custom":
+            # a built Params object no longer says which knobs were given: its other knobs
+            # would silently keep their defaults under the scenario's name
+            raise ParamError(f"synthderm scenario {params.scenario!r} is applied to dataset "
+                             "parameters given as a dict (create_dataset('synthderm', "
+                             f"scenario={params.scenario!r}, ...) or --data-param "
+                             f"scenario={params.scenario}), not to a built SynthDermParams")
         super().__init__(params, data_root)
 
     def config(self) -> dict[str, Any]:

@@ -203,6 +203,5 @@ def test_cli_matrix_view_and_plot_from_a_runs_directory(tmp_path, runs):
     assert res.exit_code == 0 and "test_true" in res.output
     res = cli.invoke(main, ["leaderboard", str(root), "--labels", "true", "--part", "val"])
     assert res.exit_code == 2 and "test part only" in res.output
-    res = cli.invoke(main, ["plot", "matrix", str(root), "--out", str(tmp_path / "fig"),
-                            "--n-boot", "20"])
+    res = cli.invoke(main, ["plot", "matrix", str(root), "--out", str(tmp_path / "fig")])
     assert res.exit_code == 0 and (tmp_path / "fig.png").is_file()

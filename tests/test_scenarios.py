@@ -168,3 +168,13 @@ def test_mechanisms_suite_covers_every_method_and_scenario():
     assert [d.label for d in suite.datasets] == list(SCENARIOS)
     assert len({repr(sorted({k: v for k, v in d.params.items() if k != "scenario"}.items()))
                 for d in suite.datasets}) == 1  # the scenarios differ in their mechanism only
+
+
+def test_a_built_params_object_with_a_scenario_is_refused():
+    """A scenario fills in knobs given as a dict; a built SynthDermParams cannot say which
+    knobs were given, so its scenario would label data it does not describe."""
+    from fairbench.datasets.synthderm import SynthDerm
+
+    with pytest.raises(ParamError, match="scenario 'annotation'"):
+        SynthDerm(SynthDermParams(scenario="annotation"))
+    SynthDerm(SynthDermParams())  # custom: the knobs as given

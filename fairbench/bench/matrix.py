@@ -198,9 +198,9 @@ class Matrix:
             out.append(f"| {method.replace('_', chr(92) + '_')} | " + " | ".join(cells)
                        + f" | {rep} |")
         out += ["", ("Leakage: probe fit on the train part's representations, scored on the "
-                     "test part, mean ± std over seeds; †: differs from vanilla (paired t-test "
-                     "over seeds, Holm-corrected over the methods of the scenario, p < "
-                     f"{self.alpha:g})."), ""]
+                     f"test part, mean ± std over seeds; †: differs from vanilla (paired "
+                     f"{self.test} over seeds, Holm-corrected over the methods of the "
+                     f"scenario, p < {self.alpha:g})."), ""]
         return out
 
     def notes(self) -> list[str]:
@@ -219,7 +219,8 @@ class Matrix:
             f"{MARKS['better']} / {MARKS['worse']}: better / worse than vanilla (paired "
             f"{self.test} over seeds, Holm-corrected over the methods of the scenario, "
             f"p < {self.alpha:g}); a comparison needs at least 3 paired seeds whose "
-            "differences vary. (n=k): k paired seeds only.")
+            "differences vary. (n=k): k paired seeds only. The mark tests the seeds only; "
+            "the interval also holds test-set variation, so the two can disagree.")
         lines.append("Settings chosen on validation with observed labels only.")
         if self.missing:
             lines.append("Missing runs:")
@@ -233,8 +234,10 @@ class Matrix:
         for metric in self.metrics:
             out += ["\\begin{table}[t]", "\\centering", "\\small",
                     (f"\\caption{{{_tex(self.title(metric))}. Method $-$ vanilla in points, "
-                     "mean over paired seeds, with the 95\\% two-stage paired bootstrap "
-                     "interval; $^\\blacktriangle$/$^\\blacktriangledown$: better/worse than "
+                     "mean over paired seeds"
+                     + (f", with the {self.confidence:.0%} two-stage paired bootstrap "
+                        "interval".replace("%", "\\%") if self.confidence else "")
+                     + "; $^\\blacktriangle$/$^\\blacktriangledown$: better/worse than "
                      f"vanilla (paired {_tex(self.test)}, Holm, $p<{self.alpha:g}$).}}"),
                     f"\\begin{{tabular}}{{l{'r' * len(self.scenarios)}}}", "\\toprule",
                     " & ".join(["Method"] + [_tex(s) for s in self.scenarios]) + " \\\\",

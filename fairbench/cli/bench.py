@@ -341,9 +341,8 @@ def plot_tradeoff_cmd(source: str, out: str, rule: str | None, split: str | None
               show_default=True, help="Test metrics against the true or the observed labels.")
 @click.option("--rule", default=None, help="Selection rule.")
 @click.option("--runs-dir", default=None, help="Runs directory of a suite.")
-@click.option("--n-boot", type=int, default=1000, show_default=True, help="Bootstrap resamples.")
 def plot_matrix_cmd(source: str, out: str, labels: str, rule: str | None,
-                    runs_dir: str | None, n_boot: int) -> None:
+                    runs_dir: str | None) -> None:
     """The mechanism matrix as annotated heatmaps: methods x scenarios, the change against
     vanilla of the equalized-odds gap and of the worst-group F1 (blue = better, red = worse;
     ▲/▼ and bold where significant). Example:
@@ -352,10 +351,9 @@ def plot_matrix_cmd(source: str, out: str, labels: str, rule: str | None,
     from fairbench.bench.leaderboard import leaderboard
     from fairbench.bench.matrix import build_matrix, plot_matrix
 
-    if n_boot < 10:
-        raise FairbenchError("--n-boot must be at least 10")
     board = leaderboard(source, rule=rule, runs_dir=runs_dir, labels=labels)
-    for p in plot_matrix(build_matrix(board, n_resamples=n_boot), out):
+    # the heatmap shows changes and marks, no intervals: no bootstrap
+    for p in plot_matrix(build_matrix(board, ci=False), out):
         click.echo(f"wrote {p}")
 
 
