@@ -5,10 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import json
 import logging
-import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,18 +17,13 @@ import torch
 from fairbench.core.errors import FairbenchError
 from fairbench.core.files import (
     config_hash,
-    file_lock,
-    file_sha256,
-    remove_stale_temporaries,
-    temporary_path,
-    write_json,
 )
 from fairbench.core.timing import PhaseTimer
 from fairbench.data.dataset import DatasetAdapter, SampleTable
 from fairbench.data.loaders import Augment, BatchLoader, DeviceData
 from fairbench.data.splits import Split
 from fairbench.models.backbones import create_backbone
-from fairbench.run.store import discard_dir, vanilla_problem
+from fairbench.run.store import cached_model
 from fairbench.training.curvature import PassSize
 from fairbench.training.trainer import EpochLog, FitResult, TrainConfig, Trainer, TrainHooks
 
@@ -342,77 +334,44 @@ class RunContext:
         return self._vanilla_meta
 
     def _load_or_train_vanilla(self) -> tuple[torch.nn.Module, dict[str, Any]]:
+        """The cached baseline, checked, or trained once (:func:`~fairbench.run.store.
+        cached_model`)."""
         final = self.vanilla_dir()
-        final.parent.mkdir(parents=True, exist_ok=True)
-        # the lock file is removed when released (also when training fails)
-        with file_lock(final.with_suffix(".lock")):
-            loaded = self._read_vanilla(final) if final.exists() else None
-            if loaded is None:
-                self._train_vanilla(final)
-                loaded = self._read_vanilla(final, retrain=False)
-            assert loaded is not None
-            model, meta = loaded
-            self.trainer.prepare(model, self.train_config)
-            # the baseline's training log belongs to this run's record too
-            log_rows = final / "train_log.csv"
-            if log_rows.is_file() and not self.log.rows:
-                import csv
-                with log_rows.open() as fh:
-                    for row in csv.DictReader(fh):
-                        self.log.write(row)
-            return model, meta
+        model, meta = cached_model(final, self.vanilla_identity(), train=self._train_vanilla,
+                                   load=self._load_vanilla, what="vanilla model",
+                                   logger=self.logger)
+        self.trainer.prepare(model, self.train_config)
+        if not self.log.rows:  # the baseline's training log belongs to this run's record too
+            self.append_log(final / "train_log.csv")
+        return model, meta
 
-    def _read_vanilla(self, final: Path, *, retrain: bool = True
-                      ) -> tuple[torch.nn.Module, dict[str, Any]] | None:
-        """The cached baseline at ``final``, checked: its ``meta.json`` parses, names this
-        baseline's identity and the sha256 of ``model.pt``, and the weights load. A damaged or
-        swapped entry is removed (with one warning line) and ``None`` returned, so that it is
-        trained again; with ``retrain=False`` (just written) a problem is an error."""
-        problem = vanilla_problem(final, self.vanilla_identity())
-        model = None
-        if problem is None:
-            model = self._build_model()
-            try:
-                state = torch.load(final / "model.pt", map_location="cpu", weights_only=True)
-                model.load_state_dict(state)
-            except Exception as exc:  # noqa: BLE001 - truncated, garbled, other architecture
-                problem = f"model.pt does not load ({type(exc).__name__})"
-        if problem is None:
-            assert model is not None
-            return model, json.loads((final / "meta.json").read_text())
-        if not retrain:
-            raise FairbenchError(f"the cached vanilla model {str(final)!r} is damaged just "
-                                 f"after training ({problem}); check the disk")
-        self.logger.warning("the cached vanilla model %s is damaged or not this baseline "
-                            "(%s); training it again", final, problem)
-        discard_dir(final)
-        return None
+    def _load_vanilla(self, final: Path) -> torch.nn.Module:
+        model = self._build_model()
+        model.load_state_dict(torch.load(final / "model.pt", map_location="cpu",
+                                         weights_only=True))
+        return model
 
-    def _train_vanilla(self, final: Path) -> None:
-        remove_stale_temporaries(final)
-        tmp = temporary_path(final)
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
-            model = self.new_model()
-            trainer = Trainer(self.device, seed=self.seed, log=EpochLog(tmp / "train_log.csv"),
-                              progress=self.progress, mask_classes=self.mask_classes)
-            result = trainer.fit(model, self.loader("train"), self.loader("val"),
-                                 config=self.train_config, stage="vanilla")
-            val = trainer.evaluate(model, self.loader("val"), self.train_config)
-            torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()},
-                       tmp / "model.pt")
-            write_json(tmp / "meta.json", {
-                "identity": self.vanilla_identity(),
-                "model_sha256": file_sha256(tmp / "model.pt"),
-                "best_epoch": result.best_epoch,
-                "seconds": round(result.seconds, 3),
-                "val": val,
-            })
-            os.replace(tmp, final)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+    def _train_vanilla(self, tmp: Path) -> dict[str, Any]:
+        model = self.new_model()
+        trainer = Trainer(self.device, seed=self.seed, log=EpochLog(tmp / "train_log.csv"),
+                          progress=self.progress, mask_classes=self.mask_classes)
+        result = trainer.fit(model, self.loader("train"), self.loader("val"),
+                             config=self.train_config, stage="vanilla")
+        val = trainer.evaluate(model, self.loader("val"), self.train_config)
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()},
+                   tmp / "model.pt")
+        return {"best_epoch": result.best_epoch, "seconds": round(result.seconds, 3),
+                "val": val}
+
+    def append_log(self, path: Path) -> None:
+        """Copy the rows of a cached model's training log (``path``, if it exists) into this
+        run's ``train_log.csv``."""
+        if path.is_file():
+            import csv
+
+            with path.open() as fh:
+                for row in csv.DictReader(fh):
+                    self.log.write(row)
 
     # -- groups -------------------------------------------------------------------------------------
     @property

@@ -9,9 +9,6 @@ compute per sample). The network, exit policy and compute rule:
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -240,48 +237,35 @@ def trained_multi_exit(ctx: RunContext, spec: ExitSpec, *, policy: Policy = "A",
     sha256 of its weights: a damaged or swapped entry is removed with one warning line and
     trained again. Concurrent runs wait for one another. Returns the model (τ = the first of
     ``taus``) and the cache's meta."""
-    from fairbench.core.errors import FairbenchError
-    from fairbench.core.files import file_lock
-    from fairbench.run.store import discard_dir, vanilla_problem
+    from fairbench.run.store import cached_model
 
     final = multi_exit_dir(ctx, spec, policy, taus)
-    identity = multi_exit_identity(ctx, spec, policy, taus)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    with file_lock(final.with_suffix(".lock")):
-        trained = False
-        while True:
-            if not final.exists():
-                _train_multi_exit(ctx, spec, policy, taus, final, identity)
-                trained = True
-            problem = vanilla_problem(final, identity)
-            model = None
-            if problem is None:
-                model = _multi_exit_model(ctx, spec, policy, taus)
-                try:
-                    state = torch.load(final / "model.pt", map_location="cpu",
-                                       weights_only=True)
-                    model.load_state_dict(state)
-                except Exception as exc:  # noqa: BLE001 - truncated, garbled, other model
-                    problem = f"model.pt does not load ({type(exc).__name__})"
-            if problem is None:
-                break
-            if trained:
-                raise FairbenchError(f"the cached multi-exit model {str(final)!r} is damaged "
-                                     f"just after training ({problem}); check the disk")
-            ctx.logger.warning("the cached multi-exit model %s is damaged or not this model "
-                               "(%s); training it again", final, problem)
-            discard_dir(final)
-        assert model is not None
-        meta = json.loads((final / "meta.json").read_text())
-        model.tau.fill_(float(taus[0]))
-        ctx.trainer.prepare(model, ctx.train_config)
-        log_rows = final / "train_log.csv"
-        if log_rows.is_file():
-            import csv
 
-            with log_rows.open() as fh:
-                for row in csv.DictReader(fh):
-                    ctx.log.write(row)
+    def load(folder: Path) -> MultiExit:
+        model = _multi_exit_model(ctx, spec, policy, taus)
+        model.load_state_dict(torch.load(folder / "model.pt", map_location="cpu",
+                                         weights_only=True))
+        return model
+
+    def train(tmp: Path) -> dict[str, Any]:
+        from fairbench.training.trainer import EpochLog, Trainer, TrainHooks
+
+        model = build_multi_exit(ctx, spec, policy=policy, tau=taus[0])
+        trainer = Trainer(ctx.device, seed=ctx.seed, log=EpochLog(tmp / "train_log.csv"),
+                          progress=ctx.progress)
+        hooks = TrainHooks(loss=exit_loss, evaluate=training_evaluate(ctx, taus, policy))
+        result = trainer.fit(model, ctx.loader("train"), ctx.loader("val"),
+                             config=ctx.train_config, hooks=hooks, stage="multi-exit")
+        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()},
+                   tmp / "model.pt")
+        return {"best_epoch": result.best_epoch, "seconds": round(result.seconds, 3)}
+
+    model, meta = cached_model(final, multi_exit_identity(ctx, spec, policy, taus),
+                               train=train, load=load, what="multi-exit model",
+                               logger=ctx.logger)
+    model.tau.fill_(float(taus[0]))
+    ctx.trainer.prepare(model, ctx.train_config)
+    ctx.append_log(final / "train_log.csv")
     return model, meta
 
 
@@ -292,42 +276,8 @@ def _multi_exit_model(ctx: RunContext, spec: ExitSpec, policy: Policy,
 
     backbone = create_backbone(ctx.backbone.name, num_classes=ctx.n_classes,
                                image_size=ctx.bundle.image_size, **ctx.backbone.params)
-    ctx.trainer.prepare(backbone, ctx.train_config)
     return MultiExit(backbone, spec, image_size=ctx.bundle.image_size,
                      num_classes=ctx.n_classes, tau=taus[0], policy=policy)
-
-
-def _train_multi_exit(ctx: RunContext, spec: ExitSpec, policy: Policy, taus: Sequence[float],
-                      final: Path, identity: dict[str, Any]) -> None:
-    """Train the multi-exit model into a temporary folder and rename it to ``final``."""
-    from fairbench.core.files import (
-        file_sha256,
-        remove_stale_temporaries,
-        temporary_path,
-        write_json,
-    )
-    from fairbench.training.trainer import EpochLog, Trainer, TrainHooks
-
-    remove_stale_temporaries(final)
-    tmp = temporary_path(final)
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        model = build_multi_exit(ctx, spec, policy=policy, tau=taus[0])
-        trainer = Trainer(ctx.device, seed=ctx.seed, log=EpochLog(tmp / "train_log.csv"),
-                          progress=ctx.progress)
-        hooks = TrainHooks(loss=exit_loss, evaluate=training_evaluate(ctx, taus, policy))
-        result = trainer.fit(model, ctx.loader("train"), ctx.loader("val"),
-                             config=ctx.train_config, hooks=hooks, stage="multi-exit")
-        torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()},
-                   tmp / "model.pt")
-        write_json(tmp / "meta.json", {
-            "identity": identity, "model_sha256": file_sha256(tmp / "model.pt"),
-            "best_epoch": result.best_epoch, "seconds": round(result.seconds, 3)})
-        os.replace(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def probe_curvature(ctx: RunContext, spec: ExitSpec, *, estimator: str, scope: str) -> None:

@@ -43,9 +43,10 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -61,6 +62,7 @@ from fairbench.core.files import (
     holder_note,
     lock_note,
     pid_alive,
+    remove_stale_temporaries,
     temporary_path,
     verify_manifest,
     write_json,
@@ -316,6 +318,60 @@ def vanilla_problem(entry: Path, identity: dict[str, Any] | None = None) -> str 
     if digest is not None and file_sha256(model) != digest:
         return "model.pt does not match the sha256 in meta.json (truncated or swapped)"
     return None
+
+
+def cached_model(final: Path, identity: dict[str, Any], *,
+                 train: Callable[[Path], dict[str, Any]], load: Callable[[Path], Any],
+                 what: str, logger: logging.Logger) -> tuple[Any, dict[str, Any]]:
+    """A model trained once and cached at ``final`` (the vanilla baselines, the multi-exit
+    model), under ``final``'s lock (removed on release, also when training fails), so
+    concurrent runs wait for one another.
+
+    ``train(tmp)`` trains into the folder ``tmp`` (its ``model.pt`` and anything else) and
+    returns more meta; ``meta.json`` gets ``identity``, the sha256 of ``model.pt`` and that
+    meta, and ``tmp`` is renamed to ``final``. ``load(final)`` builds the model and loads
+    ``model.pt`` (raising when it cannot). A cached entry is checked first
+    (:func:`vanilla_problem`: meta parses, names ``identity``, ``model.pt`` matches its
+    sha256) and must load; a damaged or swapped one is removed with one warning line and
+    trained again; one damaged right after training is an error. Returns the model and the
+    meta."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with file_lock(final.with_suffix(".lock")):
+        trained = False
+        while True:
+            if not final.exists():
+                _train_into(final, identity, train)
+                trained = True
+            problem = vanilla_problem(final, identity)
+            if problem is None:
+                try:
+                    model = load(final)
+                except Exception as exc:  # noqa: BLE001 - truncated, garbled, other model
+                    problem = f"model.pt does not load ({type(exc).__name__})"
+                else:
+                    return model, json.loads((final / "meta.json").read_text())
+            if trained:
+                raise FairbenchError(f"the cached {what} {str(final)!r} is damaged just after "
+                                     f"training ({problem}); check the disk")
+            logger.warning("the cached %s %s is damaged or not this model (%s); training it "
+                           "again", what, final, problem)
+            discard_dir(final)
+
+
+def _train_into(final: Path, identity: dict[str, Any],
+                train: Callable[[Path], dict[str, Any]]) -> None:
+    remove_stale_temporaries(final)
+    tmp = temporary_path(final)
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        extra = train(tmp)
+        write_json(tmp / "meta.json", {"identity": identity,
+                                       "model_sha256": file_sha256(tmp / "model.pt"), **extra})
+        os.replace(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 # -- check and repair a runs folder ------------------------------------------------------------
