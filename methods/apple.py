@@ -71,7 +71,7 @@ fairbench's where the paper is silent.
   ``tolerance`` of the base model's; the base model itself (G = 0, epoch 0 of
   ``apple.csv``) is a candidate, so when no epoch helps the result is the base model,
   recorded as such in the run's notes (``chosen``: the epoch). ``select_metric=last`` keeps
-  the last epoch without a choice (its logged scores then only count the epochs).
+  the last epoch without a choice (its rows are still scored by the rule, for reading).
 * **Inference**: ``x → encode → f + G(f) → decode``; no attribute is needed.
 """
 
@@ -97,7 +97,7 @@ from fairbench.run.posthoc import (
     within_tolerance,
     write_rows,
 )
-from fairbench.training.trainer import AuxModule, StepState, TrainHooks
+from fairbench.training.trainer import AuxModule, StepState, TrainHooks, better
 
 from ._inprocessing import confusion_loss, require_groups
 
@@ -394,7 +394,7 @@ class Apple(Method):
         if select == "auto":
             select = "gap.Dice" if segmentation else HEADLINE_FAIRNESS
         last = select == "last"
-        if last:  # no choice: the perturber of the last epoch (checked by its utility only)
+        if last:  # no choice: the perturber of the last epoch; its rows are scored as usual
             select = "gap.Dice" if segmentation else HEADLINE_FAIRNESS
         check_select_metric(select)
         if is_segmentation_metric(select) != segmentation:
@@ -411,8 +411,6 @@ class Apple(Method):
         utility = ctx.utility_metric
         start = ctx.evaluate(model, "val")
         rule = tolerance_rule(select, float(start[utility]), params.tolerance, utility=utility)
-        if last:
-            rule = _epoch_counter()
         start_score = rule(start)
         epochs: list[dict[str, Any]] = [
             {"epoch": 0, "score": start_score, **_row(start, select, utility),
@@ -441,14 +439,18 @@ class Apple(Method):
             return metrics
 
         config = replace(ctx.train_config, epochs=params.epochs or ctx.train_config.epochs,
-                         lr=params.lr or ctx.train_config.lr, sampler=params.sampler)
+                         lr=params.lr or ctx.train_config.lr, sampler=params.sampler,
+                         **({"select": "last"} if last else {}))
         hooks = TrainHooks(
             loss=generator_loss,
             aux=[AuxModule(disc, loss=disc_loss, lr=config.lr * params.disc_lr_ratio,
                            optimizer="adam", weight_decay=1e-4, steps=params.disc_steps)],
-            evaluate=evaluate, score=rule)
+            evaluate=evaluate, score=None if last else rule)
         result = ctx.fit(model, hooks=hooks, config=config, stage="apple")
-        kept_start = result.best_score is None or result.best_score <= start_score
+        # the base model (epoch 0) is the first candidate: a retrained epoch replaces it only
+        # by the trainer's own rule
+        kept_start = not last and (result.best_score is None
+                                   or not better(result.best_score, start_score))
         if kept_start:
             model.perturbers.load_state_dict(start_perturbers)
         final = ctx.evaluate(model, "val")
@@ -460,7 +462,7 @@ class Apple(Method):
         best_epoch = 0 if kept_start else result.best_epoch
         ctx.notes["chosen"] = {"epoch": best_epoch}
         ctx.notes["apple"] = {
-            "select_metric": select,
+            "select_metric": "last" if last else select,
             "utility": utility,
             "objective": params.objective,
             "max_rel_norm": params.max_rel_norm,
@@ -476,17 +478,6 @@ class Apple(Method):
         }
         model.eval()
         return model
-
-
-def _epoch_counter() -> Any:
-    """A score that grows with every call: with it, the last checkpoint wins."""
-    calls = [0]
-
-    def score(_metrics: dict[str, Any]) -> float:
-        calls[0] += 1
-        return float(calls[0])
-
-    return score
 
 
 def _row(metrics: dict[str, Any], select: str, utility: str) -> dict[str, Any]:
