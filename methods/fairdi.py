@@ -71,7 +71,7 @@ from fairbench.run.context import RunContext
 from fairbench.run.method import Method, register_method
 from fairbench.run.posthoc import check_select_metric
 from fairbench.training.segmentation import as_class_logits
-from fairbench.training.trainer import StepState, TrainHooks
+from fairbench.training.trainer import StepState, TrainHooks, better
 
 from ._distill import distillation_kl, distillation_objective
 
@@ -246,15 +246,15 @@ def train_teacher(ctx: RunContext, base: nn.Module, group: int,
     base_score = None
     if val is not None:  # the base model is a candidate checkpoint of its own teacher
         base_score = float(evaluate(teacher, val)[ctx.utility_metric])
-    base_state = {k: v.detach().clone() for k, v in teacher.state_dict().items()}
     result = ctx.trainer.fit(trained, train, val, config=config,
                              hooks=TrainHooks(evaluate=evaluate),
                              stage=f"fairdi teacher {ctx.group_names[group]}")
+    # the base model is the first candidate: a fine-tuned epoch replaces it only by the
+    # trainer's own rule (the teacher is a copy, so ``base`` still holds the base weights)
     kept_base = base_score is not None and not (
-        result.best_score is not None and np.isfinite(result.best_score)
-        and result.best_score > base_score)
+        result.best_score is not None and better(result.best_score, base_score))
     if kept_base:
-        teacher.load_state_dict(base_state)
+        teacher.load_state_dict(base.state_dict())
     teacher.eval()
     for p in teacher.parameters():
         p.requires_grad_(False)
