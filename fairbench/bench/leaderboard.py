@@ -59,7 +59,7 @@ from fairbench.bench.stats import (
 from fairbench.core.errors import FairbenchError
 from fairbench.core.files import config_hash
 from fairbench.metrics import HEADLINE_FAIRNESS, flatten, higher_is_better, is_segmentation_metric
-from fairbench.run.store import NOT_RUN_FOLDERS, is_run_dir, read_run_files
+from fairbench.run.store import NOT_RUN_FOLDERS, check_run, read_run_files
 
 UTILITY = ("precision", "recall", "F1")
 #: the dermatology papers' definitions, shown beside the headline for comparison
@@ -145,11 +145,12 @@ class RunRecord:
                 if v is None or isinstance(v, (int, float))}
 
 
-def read_run(path: str | Path, **labels: str) -> RunRecord:
-    """The run at ``path``, verified against its manifest first: a damaged run raises one
-    line naming it and the way out (:func:`fairbench.run.store.read_run_files`)."""
+def read_run(path: str | Path, *, verified: bool = False, **labels: str) -> RunRecord:
+    """The run at ``path``, verified against its manifest first (unless the caller has just
+    done so: ``verified``): a damaged run raises one line naming it and the way out
+    (:func:`fairbench.run.store.read_run_files`)."""
     path = Path(path)
-    config, metrics = read_run_files(path)
+    config, metrics = read_run_files(path, verified=verified)
     return RunRecord(path, config, metrics, **labels)
 
 
@@ -164,8 +165,9 @@ def collect_runs(runs_dir: str | Path) -> list[RunRecord]:
         parts = run.relative_to(root).parts
         if parts[0] in NOT_RUN_FOLDERS or any(part.startswith((".", "_")) for part in parts):
             continue  # MLflow's stores (--tracking mlflow) and split files are no runs
-        if is_run_dir(run):  # finished or damaged: a damaged one is reported by read_run
-            out.append(read_run(run))
+        state = check_run(run).state  # verified once; a damaged one is reported by read_run
+        if state in ("finished", "damaged"):
+            out.append(read_run(run, verified=state == "finished"))
     return out
 
 
@@ -752,7 +754,8 @@ def leaderboard(source: str | Path, *, rule: str | None = None, part: str = "tes
 
         suite = load_suite(src, runs_dir=runs_dir, data_roots=data_roots)
         planned = plan(suite)
-        runs = [read_run(p.run_dir, label=p.planned.method, dataset_label=p.planned.dataset)
+        runs = [read_run(p.run_dir, verified=p.finished, label=p.planned.method,
+                         dataset_label=p.planned.dataset)
                 for p in planned if (p.finished or p.damaged) and p.run_dir is not None]
         missing = sum(not p.finished for p in planned)
         not_finished: dict[str, list[str]] = defaultdict(list)

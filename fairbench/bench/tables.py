@@ -55,22 +55,21 @@ def _records(source: Any, *, runs_dir: str | None,
         src = Path(source).expanduser()
         if src.is_dir():
             if is_finished(src):  # one run folder
-                return [read_run(src)]
+                return [read_run(src, verified=True)]
             return collect_runs(src)
         if not src.is_file():
             raise FairbenchError(f"{str(source)!r} is neither a suite file, a runs directory "
                                  "nor a run directory")
         source = load_suite(src, runs_dir=runs_dir, data_roots=data_roots)
     if isinstance(source, Suite):
-        return [read_run(p.run_dir, label=p.planned.method, dataset_label=p.planned.dataset)
+        return [read_run(p.run_dir, verified=p.finished, label=p.planned.method,
+                         dataset_label=p.planned.dataset)
                 for p in plan(source) if p.finished and p.run_dir is not None]
     if isinstance(source, Iterable):
         out = []
         for item in source:
             path = Path(item).expanduser()
-            if not is_finished(path):
-                raise FairbenchError(f"{str(path)!r} is not a finished run directory")
-            out.append(read_run(path))
+            out.append(read_run(path))  # verifies it: one line when not a finished run
         return out
     raise FairbenchError(f"cannot read runs from {source!r}; pass a runs directory, a suite "
                          "file or a list of run directories")

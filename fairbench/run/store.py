@@ -190,10 +190,13 @@ def is_run_dir(run_dir: Path) -> bool:
     return check_run(run_dir).state in ("finished", "damaged")
 
 
-def read_run_files(run_dir: Path) -> tuple[dict[str, Any], dict[str, Any]]:
-    """``(config, metrics)`` of a finished run, after verifying it; a damaged run raises
-    :class:`DamagedRunError` (one line: the path, the problem, the way out)."""
-    state = check_run(run_dir)
+def read_run_files(run_dir: Path, *, verified: bool = False
+                   ) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``(config, metrics)`` of a finished run, after verifying it (``verified``: the caller
+    has just found it finished with :func:`check_run`; the files are not hashed again); a
+    damaged run raises :class:`DamagedRunError` (one line: the path, the problem, the way
+    out)."""
+    state = RunState(Path(run_dir), "finished") if verified else check_run(run_dir)
     if state.state == "damaged":
         raise DamagedRunError(state.message())
     if not state.finished:
