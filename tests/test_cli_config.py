@@ -64,7 +64,8 @@ def test_print_config_runs_nothing_and_reads_back(tmp_path, tiny_cache, monkeypa
     runs = tmp_path / "runs"
     cache = tmp_path / "cache"
     r = invoke("run", "--method", "groupdro", "-p", "eta=0.05", "--seed", "3", *TINY,
-               "--runs-dir", runs, "--cache-dir", cache, "--print-config")
+               "--backbone-param", "width=6", "--runs-dir", runs, "--cache-dir", cache,
+               "--print-config")
     assert r.exit_code == 0, r.output
     assert not runs.exists() and not cache.exists()  # nothing run, nothing written
     data = tomllib.loads(r.output)
@@ -73,6 +74,7 @@ def test_print_config_runs_nothing_and_reads_back(tmp_path, tiny_cache, monkeypa
     assert data["backbone"] == "smallcnn" and data["image_size"] == 16  # resolved defaults
     assert data["task"] == "classification"
     assert data["method_params"]["eta"] == 0.05
+    assert data["backbone_params"] == {"width": 6}  # typed, as the run uses it
     assert data["method_params"]["groups"] == "group"  # a default, filled in
     assert data["dataset_params"]["n_samples"] == TINY_DATA["n_samples"]
     assert set(data["train"]) == {f.name for f in dataclasses.fields(TrainConfig)}
@@ -91,7 +93,7 @@ def test_print_config_runs_nothing_and_reads_back(tmp_path, tiny_cache, monkeypa
     assert done.exit_code == 0, done.output
     assert f"run directory: {run_dir}" in done.output
     flags = invoke("run", "--method", "groupdro", "-p", "eta=0.05", "--seed", "3", *TINY,
-                   "--runs-dir", runs, "--cache-dir", tiny_cache)
+                   "--backbone-param", "width=6", "--runs-dir", runs, "--cache-dir", tiny_cache)
     assert "identical run already finished" in flags.output and run_dir in flags.output
     finished = invoke("run", "--config", file, "--print-config")
     assert "(finished: `fairbench run` reuses it unless --force)" in finished.output

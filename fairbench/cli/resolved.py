@@ -99,7 +99,7 @@ def resolved_config_toml(config: Any) -> str:
     tables = {
         "method_params": params_to_dict(p.method.params),
         "dataset_params": params_to_dict(p.adapter.params),
-        "backbone_params": dict(config.backbone_params),
+        "backbone_params": dict(p.config.backbone_params),  # typed by prepare()
         "train": params_to_dict(p.train),
     }
     for name, values in tables.items():

@@ -90,7 +90,7 @@ def create_backbone(
         except TypeError as exc:
             raise ParamError(f"bad parameters for backbone {name!r}: {exc}") from None
     if weights:
-        load_weights(model, weights, allow_partial=allow_partial_weights)
+        load_weights(model, weights, allow_partial=allow_partial_weights, name=name)
     return model
 
 
@@ -327,8 +327,8 @@ def check_coverage(file: Path, name: str, match: WeightsMatch, allow_partial: bo
             f"--allow-partial-weights to load it anyway")
 
 
-def load_weights(model: Classifier, path: str | Path, *, allow_partial: bool = False
-                 ) -> WeightsMatch:
+def load_weights(model: Classifier, path: str | Path, *, allow_partial: bool = False,
+                 name: str | None = None) -> WeightsMatch:
     """Load a local state dict: a whole fairbench model, or a body-only (timm/torchvision)
     checkpoint whose classifier keys do not match. What did not load is reported (a warning
     naming the stages left at random values); a file that supplies less than
@@ -337,7 +337,7 @@ def load_weights(model: Classifier, path: str | Path, *, allow_partial: bool = F
     file = Path(path).expanduser()
     state = read_state_dict(file)
     (target, usable), match = match_weights(model, state)
-    check_coverage(file, type(model).__name__, match, allow_partial)
+    check_coverage(file, name or type(model).__name__, match, allow_partial)
     if match.missing or match.unused:
         log.warning("weights file %s: %s", file, match.describe())
     target.load_state_dict(usable, strict=False)

@@ -31,9 +31,9 @@ total is :math:`\\frac1B\\sum_n c_n` for per-sample contributions :math:`c_n` an
 size :math:`B`. Both groups' score sets have the same size, so their totals are on the same
 scale.
 
-Memory: the exact GGN back-propagates one column per class (through BackPACK all at once, so
-at 114 classes and 224 px a batch of 32 can need tens of GiB; the autograd engine one at a
-time). When a backward pass runs out of memory (CUDA's
+Memory: the exact GGN back-propagates one column per class (C−1 with the autograd engine,
+one at a time; through BackPACK C all at once, so at 114 classes and 224 px a batch of 32 can
+need tens of GiB). When a backward pass runs out of memory (CUDA's
 ``OutOfMemoryError`` or the CPU allocator's error), the batch is split in halves, and the
 smaller size is kept for the rest of the pass, down to one sample; a run keeps it for its later
 passes too (``RunContext.curvature_pass_size``) and records it in its notes. Each piece is
@@ -354,7 +354,8 @@ def diagonal_curvature(
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
                 _backpack_step(state["model"], state["loss"], ext, x, y)  # type: ignore[arg-type]
-        except Unsupported as exc:  # found in the first pass, before anything was added
+        except Unsupported as exc:  # usually in the first pass; pieces already added stay
+            # (the same sums: BackPACK adds the rest)
             log.debug("%s through BackPACK: %s", estimator, exc)
             engine = None
             use_backpack()

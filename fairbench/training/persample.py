@@ -12,8 +12,8 @@ with (``p_n`` the softmax, ``e_c`` a one-hot vector, ``B`` the samples in the pa
 ==============  ==================================================================  ========
 estimator       columns ``s_vn``                                                    ``V``
 ==============  ==================================================================  ========
-``ggn_exact``   :math:`\sqrt{p_{nc}}\,(e_c - p_n)/\sqrt B`, one per class c          C
-                (a symmetric factor of :math:`\mathrm{diag}(p) - pp^\top`)
+``ggn_exact``   the C−1 columns of a symmetric factor of :math:`\mathrm{diag}(p_n)    C−1
+                - p_n p_n^\top` (:func:`softmax_hessian_factor`), over :math:`\sqrt B`
 ``ggn_mc``      :math:`(p_n - e_{\hat y_{vn}})/\sqrt{B\,V}`, :math:`\hat y \sim p_n`  mc_samples
 ``fisher``      :math:`(p_n - e_{y_n})/\sqrt B`: per-sample gradients of the loss     1
 ==============  ==================================================================  ========
@@ -224,7 +224,7 @@ class _Layer:
         self.out: torch.Tensor | None = None
         self.versions = (0, 0)
         self.calls = 0
-        self.mode: str | None = None  # "bn", "pairs" or "direct", chosen at the first column
+        self.mode: str | None = None  # "bn", "pairs", "grouped" or "direct": at column 1
         self.acc: torch.Tensor | None = None  # direct sums (G × Mg × Kg) or BN sums (C)
         self.pairs: torch.Tensor | None = None  # N·G·Mg × L × L column sums of g gᵀ
         self.pending: list[torch.Tensor] = []
