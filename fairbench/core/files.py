@@ -61,20 +61,17 @@ def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 
 
-def read_json_checked(path: Path, what: str = "file") -> Any:
-    """:func:`read_json` whose failures (unreadable, not UTF-8, not JSON, truncated) are one
-    :class:`FairbenchError` naming the file, never a raw ``JSONDecodeError``."""
-    path = Path(path)
+def discard_dir(path: Path) -> None:
+    """Remove a damaged folder (a run, a cache entry, a cached model): renamed aside first (one
+    atomic step, so no reader sees it half removed), then deleted. A folder another process
+    discarded first is left to it."""
+    trash = path.with_name(f".{path.name}.damaged-{os.getpid()}")
+    shutil.rmtree(trash, ignore_errors=True)
     try:
-        return json.loads(path.read_text())
+        os.replace(path, trash)
     except FileNotFoundError:
-        raise FairbenchError(f"{what} {str(path)!r} is missing") from None
-    except OSError as exc:
-        raise FairbenchError(f"{what} {str(path)!r} cannot be read "
-                             f"({exc.strerror or exc})") from None
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise FairbenchError(f"{what} {str(path)!r} is not valid JSON (damaged or truncated: "
-                             f"{exc})") from None
+        return
+    shutil.rmtree(trash, ignore_errors=True)
 
 
 # -- manifests -----------------------------------------------------------------------------------

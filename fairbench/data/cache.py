@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from fairbench.core.errors import DataError
-from fairbench.core.files import remove_stale_temporaries, temporary_path
+from fairbench.core.files import discard_dir, remove_stale_temporaries, temporary_path
 from fairbench.core.progress import progress_bar
 from fairbench.data.dataset import DatasetAdapter, ImageSpec, SampleTable
 
@@ -82,7 +82,7 @@ def load_or_build(
         if problem is not None:
             log.warning("the tensor cache entry %s is damaged (%s); building it again from "
                         "the source images", entry, problem)
-            discard_entry(entry)
+            discard_dir(entry)
     if not entry.exists():
         _build(adapter, table, size, entry, progress=progress)
         problem = entry_problem(entry, table, size)
@@ -134,17 +134,6 @@ def entry_problem(entry: Path, table: SampleTable, size: int) -> str | None:
     if problem is None and (table.has_masks or (entry / "masks.npy").exists()):
         problem = _array_problem(entry / "masks.npy", (n, size, size))
     return problem
-
-
-def discard_entry(entry: Path) -> None:
-    """Remove a cache entry (renamed aside first, so that it never reads as half-removed)."""
-    trash = entry.with_name(f".{entry.name}.damaged-{os.getpid()}")
-    shutil.rmtree(trash, ignore_errors=True)
-    try:
-        os.replace(entry, trash)
-    except FileNotFoundError:  # another process discarded it first
-        return
-    shutil.rmtree(trash, ignore_errors=True)
 
 
 def _open(entry: Path) -> CachedImages:

@@ -57,6 +57,7 @@ from fairbench.core.files import (
     MANIFEST,
     LockBusy,
     config_hash,
+    discard_dir,
     file_lock,
     file_sha256,
     holder_note,
@@ -534,12 +535,3 @@ def _aside(root: Path, run: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     os.replace(run, dest)
     return dest
-
-
-def discard_dir(path: Path) -> None:
-    """Remove a damaged folder: renamed aside first (one atomic step, so no reader sees it
-    half removed), then deleted."""
-    trash = path.with_name(f".{path.name}.damaged-{os.getpid()}")
-    shutil.rmtree(trash, ignore_errors=True)
-    os.replace(path, trash)
-    shutil.rmtree(trash, ignore_errors=True)
