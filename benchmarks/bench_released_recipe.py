@@ -29,7 +29,7 @@ import platform
 import warnings
 
 import torch
-from bench_curvature import fwd_bwd, now, set_clock  # this folder: the same clock and timing
+from bench_curvature import floor_multiple, fwd_bwd, now, set_clock  # this folder: the same clock and timing
 from torch import nn
 
 
@@ -139,7 +139,7 @@ def main() -> None:
                 t, h_fb = timed(fairbench_pass, model, batches)
                 t_fb.append(t)
             base = min(t_f) + min(t_b)
-            floor = (min(t_f) + classes * min(t_b)) / base
+            floor = floor_multiple("ggn_exact", classes, min(t_f), min(t_b))
             row = {"backbone": name, "classes": classes, "images": args.n,
                    "fwd_bwd_s_per_image": base / args.n,
                    "released_s_per_image": min(t_rel) / args.n,

@@ -152,8 +152,6 @@ class FairPruneParams:
         self.beta_grid = _resolve_grid("beta", self.beta, self.beta_grid, DEFAULT_BETA_GRID)
         self.ratio_grid = _resolve_grid("ratio", self.ratio, self.ratio_grid,
                                         DEFAULT_RATIO_GRID)
-        if not self.ratio_grid:
-            raise ParamError("parameter ratio_grid is empty; give at least one ratio")
         bad = [r for r in self.ratio_grid if not 0.0 < r <= 1.0]
         if bad:
             raise ParamError(f"parameter ratio_grid holds {bad[0]}, outside (0, 1]; "

@@ -176,8 +176,6 @@ def prepare(config: RunConfig) -> Prepared:
                                           not isinstance(config.image_size, int)):
         raise FairbenchError(f"image_size {config.image_size!r} must be an integer number of "
                              "pixels")
-    if config.image_size is not None and config.image_size < 8:
-        raise FairbenchError(f"--image-size {config.image_size} is too small; use at least 8")
     image_size = config.image_size if config.image_size is not None \
         else dataset_cls.default_image_size
     if task == "segmentation":
