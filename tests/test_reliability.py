@@ -381,6 +381,7 @@ def test_diverging_run_is_recorded_and_the_sweep_goes_on(tmp_path, tiny_cache, m
     assert record["epoch"] == 1 and "lr=1e+06" in record["error"]
     r = cli("sweep", str(suite), "--dry-run")
     assert "failed " in r.output and "recorded as failed" in r.output, r.output
+    assert "1 finished, 0 to run" in r.output, r.output  # as the sweep below: it skips it
     r = cli("sweep", str(suite), "-q")
     assert r.exit_code == 0 and "recorded as failed and skipped" in r.output, r.output
     r = cli("sweep", str(suite), "-q", "--retry-failed")

@@ -174,11 +174,12 @@ def format_plan(runs: list[PlannedRun]) -> str:
     n_failed = sum(r.failed for r in runs)
     baselines = {r.baseline_key for r in runs if not r.finished and not r.problem}
     done_baselines = {r.baseline_key for r in runs if r.finished}
-    summary = (f"{len(runs)} runs: {n_done} finished, {len(runs) - n_done - n_unknown} to run"
+    n_todo = len(runs) - n_done - n_unknown - n_failed  # a sweep skips failed runs
+    summary = (f"{len(runs)} runs: {n_done} finished, {n_todo} to run"
                + (f", {n_unknown} unresolved (missing data)" if n_unknown else "")
                + (f" ({n_damaged} damaged, to redo)" if n_damaged else "")
-               + (f"; {n_failed} recorded as failed (--retry-failed runs them again)"
-                  if n_failed else "")
+               + (f"; {n_failed} recorded as failed and skipped (--retry-failed runs them "
+                  "again)" if n_failed else "")
                + f"; vanilla baselines shared per (dataset, split, backbone, seed): "
                  f"{len(baselines - done_baselines)} needed by pending runs")
     return "\n".join(lines + [summary])
@@ -212,7 +213,7 @@ def run_suite(
     executor = executor or LocalExecutor()
     n_total = len(runs)
     n_damaged = sum(r.damaged for r in pending)
-    skipped_failed = [r for r in runs if r.failed and r not in pending]
+    skipped_failed = [] if retry_failed else [r for r in runs if r.failed]
     echo(f"suite {suite.name}: {n_total} runs, {report.n_finished_before} already finished, "
          f"{len(pending)} to run" + (f" ({n_damaged} damaged, redone)" if n_damaged else "")
          + (f", {len(skipped_failed)} recorded as failed and skipped (--retry-failed)"
