@@ -336,7 +336,8 @@ def latent_probe(ctx: RunContext, model: PerturbedModel, part: str = "test"
     codes = ctx.table.attr(ctx.attribute)
     reps = {}
     for name in ("train", part):
-        loader = ctx.loader(name, sampler="sequential", augment=False, drop_last=False)
+        loader = ctx.loader(name, sampler="sequential", augment=False, drop_last=False,
+                            batch_size=ctx.train_config.eval_batch_size)
         z, index = collect(model, both, loader)
         reps[name] = (z, codes[index])
     (fit_x, fit_g), (ev_x, ev_g) = reps["train"], reps[part]
@@ -344,7 +345,7 @@ def latent_probe(ctx: RunContext, model: PerturbedModel, part: str = "test"
     out: dict[str, dict[str, Any]] = {}
     for name, cols in (("base", slice(0, w)), ("perturbed", slice(w, None))):
         try:
-            res = leakage_probe(fit_x[:, cols], fit_g, ev_x[:, cols], ev_g, seed=ctx.seed)
+            res = leakage_probe(fit_x[:, cols], fit_g, ev_x[:, cols], ev_g)  # as the run's
         except ValueError as exc:
             out[name] = {"error": str(exc)}
         else:
