@@ -229,12 +229,17 @@ def _selection_score(metrics: dict[str, Any], select: str, task: str) -> float:
 def _check_finite_outputs(values: torch.Tensor, config: TrainConfig | None) -> None:
     """One :class:`TrainingDiverged` line when a model's outputs hold NaN or inf (weights that
     diverged without a non-finite training loss, or a method's own optimisation)."""
-    if bool(torch.isfinite(values).all()):
-        return
-    lr = f" (--train lr={config.lr:g} now)" if config is not None else ""
-    raise TrainingDiverged(
-        "the model's outputs are not finite (NaN or inf): its weights diverged; lower the "
-        f"learning rate{lr} or clip gradients (--train grad_clip=1)")
+    if not bool(torch.isfinite(values).all()):
+        raise _outputs_diverged(config)
+
+
+def _outputs_diverged(config: TrainConfig | None) -> TrainingDiverged:
+    """The error of non-finite outputs; the training advice only where a training config is
+    at hand (an evaluation outside training has no learning rate to lower)."""
+    advice = (f"; lower the learning rate (--train lr={config.lr:g} now) or clip gradients "
+              "(--train grad_clip=1)" if config is not None else "")
+    return TrainingDiverged("the model's outputs are not finite (NaN or inf): its weights "
+                            f"diverged{advice}")
 
 
 class EpochLog:
@@ -346,7 +351,7 @@ class Trainer:
                 index.append(batch.index)
         model.train(was_training)
         if not bool(finite):
-            _check_finite_outputs(torch.tensor([float("nan")]), config)
+            raise _outputs_diverged(config)
         dice, iou = dice_iou_from_counts(torch.cat(counts).cpu().numpy())
         return SegmentationScores(dice, iou, torch.cat(index).cpu().numpy())
 
