@@ -321,11 +321,10 @@ def quantize(
                 record(state.metrics, state.epoch + 1)
 
             # the trainer scores every retraining epoch and keeps the best one's weights; the
-            # paper's schedule continues from the last epoch, continue_from=selected from the
-            # best (a control with nothing quantized freezes nothing)
+            # paper's schedule continues from the last epoch, continue_from=selected from the best
             fit = ctx.fit(model, config=_retrain_config(ctx, params), train=train,
                           stage=f"fairquantize step {t}",
-                          hooks=TrainHooks(frozen=masks if quantize_weights else {},
+                          hooks=TrainHooks(frozen=masks,
                                            evaluate=evaluate, on_epoch_end=on_epoch_end,
                                            score=score_fn, restore_best=False))
             last = (score_fn(history[-1]), None, len(history), history[-1])

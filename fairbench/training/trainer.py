@@ -397,6 +397,8 @@ class Trainer:
         unknown = sorted(set(frozen) - set(named))
         if unknown:
             raise ValueError(f"frozen masks name unknown parameters: {unknown[:3]}")
+        frozen = {k: m for k, m in frozen.items() if bool(m.any())}  # a mask freezing nothing
+        # costs a copy, a gradient hook and a restore per step for nothing
         frozen_values = {k: named[k].detach().clone() for k in frozen}
         handles = [named[k].register_hook(lambda g, m=m: g.masked_fill(m, 0))
                    for k, m in frozen.items()]
