@@ -187,7 +187,7 @@ class LocalExecutor(Executor):
                 for task in later:  # then wait for the others: reused, or taken over
                     yield execute_task(task, single)
             return
-        yield from _run_pool(tasks, devices)
+        yield from _run_pool(tasks, devices, threads=self.threads)
 
 
 @contextlib.contextmanager
