@@ -36,14 +36,15 @@ sample, and the weight's per-sample product from the layer input ``a``:
 * BatchNorm in eval mode: :math:`(J^\top s)[c] = \sum_l g[c,l]\,\hat a[c,l]` with
   :math:`\hat a = (a - \mu)/\sqrt{\sigma^2 + \epsilon}` from the running statistics.
 
-The output gradients of a layer are kept for a few columns (up to :data:`CHUNK_BYTES`) and
-their products' squares summed in one of three exact forms, the one :func:`product_mode`
-predicts cheapest for the layer's shape (V columns, N samples, M outputs, K inputs per output,
-L positions):
+The output gradients of a Linear or convolution are kept for a few columns (up to
+:data:`CHUNK_BYTES`; a BatchNorm reduces each column at once) and their products' squares
+summed in one of three exact forms, the one :func:`product_mode` predicts cheapest for the
+layer's shape (V columns, N samples, M outputs, K inputs per output, L positions):
 
-* **direct**: the per-sample products ``G_vn = g_vn U_nᵀ`` (batched GEMMs with the columns
-  stacked as rows, in cache-sized blocks, :data:`PRODUCT_BYTES`) squared and summed:
-  ``V·N·M·K`` products of ``2L`` FLOPs each, plus their squares;
+* **direct**: the per-sample products ``G_vn = g_vn U_nᵀ`` with the columns stacked as rows
+  (on the CPU one oneDNN GEMM per sample, whose blocks of :data:`PRODUCT_BYTES` are squared
+  into the sums while in cache; elsewhere batched GEMMs) squared and summed: ``V·N·M·K``
+  products of ``2L`` FLOPs each, plus their squares;
 * **grouped** (convolutions with few rows per sample): the same products as the weight
   gradient of one convolution with a group per (column, sample), through the backend's
   convolution kernels;
@@ -60,7 +61,9 @@ the weight gradient ``Σ_n g_n U_nᵀ`` (the same GEMM FLOPs as one column's dir
 products). Here each column pays the input gradients (``autograd.grad`` at the layer outputs
 computes no weight gradient) plus the products, so V columns cost about V backward passes:
 less where the pairs form applies, more where the per-sample products (``N·M·K`` numbers per
-column instead of ``M·K``) are bound by memory traffic.
+column instead of ``M·K``) are bound by memory traffic. On the CPU the first pass sets glibc's
+heap to keep freed memory (:func:`retain_heap`): the columns' gradients are freed and
+allocated again V times per pass.
 
 What this engine does not handle is reported by :class:`Unsupported` before anything is
 accumulated, and :func:`~fairbench.training.curvature.diagonal_curvature` then uses BackPACK:
@@ -81,12 +84,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-#: output gradients a layer keeps before reducing them, in bytes (also the grouped and GPU
-#: product blocks; CPU: cache-sized; CUDA: few launches, bounded memory per layer)
-CHUNK_BYTES: dict[str, int] = {"cpu": 4 << 20, "cuda": 64 << 20}
+#: output gradients a layer keeps before reducing them, in bytes (also the GPU product
+#: blocks). More columns per reduction mean fewer, larger GEMMs and one pass over the layer's
+#: input per group of columns: on one CPU thread smallcnn's first convolution (4 MiB per
+#: column at batch 32) took 14.3 ms for 7 columns with 4 MiB, 8.9 ms with 32 MiB
+CHUNK_BYTES: dict[str, int] = {"cpu": 32 << 20, "cuda": 64 << 20}
 
-#: per-sample product blocks of the direct form, in bytes (CPU: fits a core's L2 cache)
-PRODUCT_BYTES: dict[str, int] = {"cpu": 1 << 20}
+#: per-sample product blocks of the direct and grouped forms and input pair blocks of the
+#: pairs form, in bytes (CPU: written, squared and summed while in the last-level cache)
+PRODUCT_BYTES: dict[str, int] = {"cpu": 4 << 20}
 
 _CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 _BN = nn.modules.batchnorm._BatchNorm
@@ -128,19 +134,45 @@ def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return a @ b
 
 
-def bmm(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """``torch.bmm(a, b)``; on the CPU with oneDNN (:func:`matmul`) one oneDNN GEMM per batch
-    item instead, which for the per-sample products' shapes (a short reduction over positions,
-    many rows) runs 2–10 times faster than the BLAS library's batched GEMM on CPUs where that
-    takes a slower path (measured on one thread, AMD EPYC with AVX-512: smallcnn's third
-    convolution, 32 × (896 × 64 by 64 × 576), 14 ms against 48 ms)."""
-    if a.device.type == "cpu" and a.dtype == b.dtype == torch.float32 and \
-            _onednn_matmul() is not None:
-        out = a.new_empty(a.shape[0], a.shape[1], b.shape[2])
-        for i in range(a.shape[0]):
-            out[i] = matmul(a[i], b[i])
-        return out
-    return torch.bmm(a, b)
+#: glibc ``mallopt`` settings made once before the first pass on the CPU
+#: (:func:`retain_heap`): allocations up to 32 MiB from the heap (glibc's own ceiling for its
+#: adaptive threshold) and up to 256 MiB of freed memory kept at the heap's top
+HEAP_SETTINGS = {"M_MMAP_THRESHOLD": 32 << 20, "M_TRIM_THRESHOLD": 256 << 20}
+
+
+@functools.cache
+def retain_heap() -> bool:
+    """Keep freed memory in the C heap instead of returning it to the kernel after every
+    backward column (glibc only; elsewhere nothing is changed): returns whether it was set.
+
+    Each column's backward pass allocates the output gradients of every layer above the
+    tensors the forward pass keeps, and frees them: with glibc's adaptive thresholds that
+    free space at the top of the heap is handed back to the kernel (``brk``) and faulted back
+    in, page by page, on the next column. Measured on one CPU thread, smallcnn at 32 px, batch
+    32: 10,000–17,000 page faults and 20–28 ms of system time per pass of 32 images (a
+    quarter of the pass at 5 classes); with these settings none. The settings are the
+    process's (``mallopt`` has no scope): the heap then keeps up to
+    ``HEAP_SETTINGS["M_TRIM_THRESHOLD"]`` of freed memory for reuse."""
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+        libc.gnu_get_libc_version  # noqa: B018 - glibc's: other C libraries differ
+    except (OSError, AttributeError):
+        return False
+    codes = {"M_TRIM_THRESHOLD": -1, "M_MMAP_THRESHOLD": -3}  # glibc's malloc.h
+    mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    return all(mallopt(codes[name], value) == 1 for name, value in HEAP_SETTINGS.items())
+
+
+def _fast_gemm(t: torch.Tensor) -> bool:
+    """Whether :func:`matmul` runs oneDNN's GEMM for ``t``'s device and dtype."""
+    return t.device.type == "cpu" and t.dtype == torch.float32 and _onednn_matmul() is not None
 
 
 class Unsupported(Exception):
@@ -187,12 +219,16 @@ def product_mode(kind: str, columns: int, n: int, m: int, k: int, positions: int
     32``) is ``"grouped"``: the backend's convolution weight-gradient kernel with a group
     per (column, sample) beats batched GEMMs of ``V·M × L`` by ``L × K`` there. Constants
     and thresholds from per-layer timings on one CPU thread (ResNet-18, VGG-11 and smallcnn
-    layers at 32 and 64 px, V = 1, 8 and 114). With ``fast_gemm`` (the products run as
-    oneDNN GEMMs, :func:`bmm`) the grouped form also needs ``K ≥ 256`` or ``V·M ≤ 128``: for
-    the first convolutions (``K`` = 27 or 147) with several columns the direct products are
-    faster then (measured on one thread: smallcnn's first convolution 10.3 against 13.2 ms at
-    V = 7, 127 against 203 ms at V = 113; ResNet-18's stem 12.6 against 16.0 ms at V = 7),
-    with one column the grouped form stays faster (2.9 against 1.8 ms; 4.9 against 2.6 ms)."""
+    layers at 32 and 64 px, V = 1, 8 and 114). With ``fast_gemm`` (the products run as one
+    oneDNN GEMM per sample, their squares added while in cache) the direct form is faster
+    more often, and the grouped form needs ``V·M ≤ L`` and (``K ≥ 256`` or ``V·M ≤ 128``).
+    Measured per layer on one CPU thread, 32 px, batch 32, grouped against direct: with one
+    column (``ggn_mc``, ``fisher``) grouped wins where ``V·M ≤ L`` (smallcnn's second
+    convolution 2.4 against 5.3 ms, VGG-11's second 8.4 against 12.0 ms, ResNet-18's stem 3.0
+    against 3.9 ms) and loses above it (VGG-11's third and fourth, ``M = 256, L = 64``: 17.5
+    against 9.8 ms and 30.2 against 18.8 ms); with 7 columns (``ggn_exact``, 8 classes)
+    direct wins on every layer that the old bound ``V·M ≤ 4L`` sent to grouped (smallcnn's
+    second convolution 15.0 against 16.5 ms, VGG-11's second 47.6 against 60.0 ms)."""
     v, l = columns, positions
     t = l * (l + 1) // 2
     direct = v * (2 * l + SQUARE_COST)
@@ -200,8 +236,9 @@ def product_mode(kind: str, columns: int, n: int, m: int, k: int, positions: int
     fits = n * t * max(m, k) * itemsize <= PAIRS_BYTES and n * m * l * l * itemsize <= PAIRS_BYTES
     if pairs < direct and fits:
         return "pairs"
-    if kind == "conv" and l >= 32 and v * m <= 4 * l and (
-            k >= 256 or v * m <= 128 or not fast_gemm):
+    if kind == "conv" and l >= 32 and (
+            not fast_gemm and v * m <= 4 * l or
+            fast_gemm and v * m <= l and (k >= 256 or v * m <= 128)):
         return "grouped"
     return "direct"
 
@@ -292,10 +329,12 @@ class _Layer:
                 m = grad.shape[1] if self.kind == "conv" else grad.shape[-1]
                 n = grad.shape[0]
                 k = self.module.weight[0].numel()
-                fast = grad.device.type == "cpu" and grad.dtype == torch.float32 and \
-                    _onednn_matmul() is not None
+                fast = _fast_gemm(grad)
                 self.mode = product_mode(self.kind, columns, n, m, k, grad[0].numel() // m,
                                          grad.element_size(), fast_gemm=fast)
+        if self.mode == "bn":  # element-wise: nothing gained by stacking columns
+            self._add_bn(grad.unsqueeze(0))
+            return
         self.pending.append(grad)
         self.pending_bytes += grad.numel() * grad.element_size()
         if self.pending_bytes >= chunk_bytes:
@@ -303,6 +342,12 @@ class _Layer:
 
     def flush(self, chunk_bytes: int) -> None:
         if not self.pending:
+            return
+        if self.mode == "direct":  # N × V × output: each sample's columns side by side
+            grads = torch.stack(self.pending, 1) if len(self.pending) > 1 else \
+                self.pending[0].unsqueeze(1)
+            self.pending, self.pending_bytes = [], 0
+            self._add_direct(grads, chunk_bytes)
             return
         grads = torch.stack(self.pending) if len(self.pending) > 1 else self.pending[0][None]
         self.pending, self.pending_bytes = [], 0
@@ -312,8 +357,6 @@ class _Layer:
             self._add_pairs(self.as_positions(grads))
         elif self.mode == "grouped":
             self._add_grouped(grads, chunk_bytes)
-        else:
-            self._add_direct(self.as_positions(grads), chunk_bytes)
 
     def _add_bn(self, grads: torch.Tensor) -> None:
         if "xhat" not in self._cache:
@@ -373,21 +416,30 @@ class _Layer:
             else:
                 self.acc.add_(gw.reshape(j - i, *w.shape).square_().sum(0))
 
-    def _add_direct(self, g: torch.Tensor, chunk_bytes: int) -> None:
+    def _add_direct(self, grads: torch.Tensor, chunk_bytes: int) -> None:
+        """Output gradients N × V × (output shape), each sample's columns side by side."""
+        g = self.as_positions(grads.transpose(0, 1))  # V × N × G × Mg × L (a view)
         v, n, groups, mg, l = g.shape
-        u = self.unfolded()
+        u = self.unfolded()  # N × G × Kg × L
         kg = u.shape[2]
+        items = n * groups  # (sample, group), sample-major
+        u = u.reshape(items, kg, l).contiguous()  # a view for a convolution's unfolded input
         if self.acc is None:
             self.acc = torch.zeros(groups, mg, kg, device=g.device, dtype=g.dtype)
-        ut = self._rows_by_position()
-        items = n * groups  # (sample, group), sample-major
-        lhs = g.permute(1, 2, 0, 3, 4).reshape(items, v, mg, l)
-        # blocks of items × columns × channels whose products fill at most block_bytes (on a
-        # CPU a cache-sized block: the products are written, squared and summed in cache)
+        if self.kind == "conv" and groups == 1:  # per item rows (column, output): a view
+            lhs = grads.reshape(items, v * mg, l)
+        else:
+            lhs = g.permute(1, 2, 0, 3, 4).reshape(items, v * mg, l)
+        # blocks of columns × channels whose products fill at most block_bytes (on a CPU a
+        # cache-sized block: the products are written, squared and summed in cache); with
+        # oneDNN one item per GEMM, elsewhere as many items as fit in one batched GEMM
         block_bytes = PRODUCT_BYTES.get(g.device.type, chunk_bytes)
         row = kg * g.element_size()
         m_step = max(1, min(mg, block_bytes // row))
         v_step = max(1, min(v, block_bytes // (mg * row))) if m_step == mg else 1
+        if _fast_gemm(g):
+            self._add_direct_per_item(lhs, u, v, m_step, v_step)
+            return
         i_step = max(1, min(items, block_bytes // (v * mg * row))) if v_step == v else 1
         group_of = torch.arange(items, device=g.device) % groups
         for i in range(0, items, i_step):
@@ -396,21 +448,42 @@ class _Layer:
                 d = min(v, c + v_step)
                 for m in range(0, mg, m_step):
                     e = min(mg, m + m_step)
-                    block = lhs[i:j, c:d, m:e].reshape(j - i, (d - c) * (e - m), l)
-                    js = bmm(block, ut[i:j])
-                    if j - i == 1 and groups == 1:
-                        rows = js[0] if d - c == 1 else js[0].square_().reshape(
-                            d - c, e - m, kg).sum(0)
-                        if d - c == 1:
-                            self.acc[0, m:e].addcmul_(rows, rows)
-                        else:
-                            self.acc[0, m:e].add_(rows)
-                        continue
-                    js = js.square_().reshape(j - i, d - c, e - m, kg).sum(1)
+                    rows = slice(c * mg, d * mg) if m_step == mg else \
+                        slice(c * mg + m, c * mg + e)
+                    js = torch.bmm(lhs[i:j, rows], u[i:j].transpose(1, 2)).square_().reshape(
+                        j - i, d - c, e - m, kg).sum(1)
                     if groups == 1:
                         self.acc[0, m:e].add_(js.sum(0))
                     else:
                         self.acc[:, m:e].index_add_(0, group_of[i:j], js)
+
+    def _add_direct_per_item(self, lhs: torch.Tensor, u: torch.Tensor, v: int, m_step: int,
+                             v_step: int) -> None:
+        """The direct form with one oneDNN GEMM per (item, block) whose products' squares go
+        straight into the sums (read once, while in cache). The blocks are the same for every
+        item, so they are laid out once; the loop is kept lean (its Python overhead is
+        comparable to a small layer's GEMMs)."""
+        assert self.acc is not None
+        groups, mg, kg = self.acc.shape
+        gemm = _onednn_matmul()
+        assert gemm is not None
+        blocks = []  # (rows of an item's lhs, columns in it, the sums they add to) per group
+        for c in range(0, v, v_step):
+            d = min(v, c + v_step)
+            for m in range(0, mg, m_step):
+                e = min(mg, m + m_step)
+                rows = slice(c * mg, d * mg) if m_step == mg else slice(c * mg + m, c * mg + e)
+                blocks.append((rows, d - c, e - m, [self.acc[k, m:e] for k in range(groups)]))
+        for i, (a, b) in enumerate(zip(lhs.unbind(0), u.unbind(0))):
+            bt = b.t()  # Uᵀ (L × Kg): oneDNN reads U, its weight layout, as it is
+            for rows, cols, width, sums in blocks:
+                js = gemm(a[rows], bt)
+                target = sums[i % groups]
+                if cols == 1:
+                    target.addcmul_(js, js)
+                else:
+                    for col in js.view(cols, width, kg).unbind(0):
+                        target.addcmul_(col, col)
 
     def _rows_by_position(self) -> torch.Tensor:
         """The input as N·G × L × Kg, contiguous (a GEMM operand per sample and group)."""
@@ -432,31 +505,49 @@ class _Layer:
         n = items // groups
         if l == 1:
             p = self.pairs.reshape(n, groups, -1, 1)
-            b = ut.square()
+            prod = self._pair_gemm(p, ut.square().reshape(n, groups, 1, kg))
         else:  # upper triangle of the L × L pairs, row by row; off-diagonal ones count twice
             t = l * (l + 1) // 2
-            rows = self.pairs.shape[0]
-            p = torch.empty(rows, t, device=ut.device, dtype=ut.dtype)
-            b = torch.empty(items, t, kg, device=ut.device, dtype=ut.dtype)
+            p = torch.empty(self.pairs.shape[0], t, device=ut.device, dtype=ut.dtype)
             off = 0
             for r in range(l):
                 width = l - r
-                torch.mul(ut[:, r:r + 1], ut[:, r:], out=b[:, off:off + width])
                 torch.mul(self.pairs[:, r, r:], 2.0, out=p[:, off:off + width])
                 p[:, off] = self.pairs[:, r, r]
                 off += width
             p = p.reshape(n, groups, -1, t)
-        t = p.shape[-1]
-        # Σ_{n,t} P[n,g,m,t] B[n,g,t,k]: one GEMM per group over (sample, pair)
-        if groups == 1:
-            lhs = p.reshape(n, -1, t).permute(1, 0, 2).reshape(-1, n * t)
-            prod = matmul(lhs, b.reshape(n * t, kg))
-        else:
-            lhs = p.permute(1, 2, 0, 3).reshape(groups, -1, n * t)
-            rhs = b.reshape(n, groups, t, kg).transpose(0, 1).reshape(groups, n * t, kg)
-            prod = torch.bmm(lhs, rhs)
+            # the input pair products U_l·U_l' for a block of samples at a time (a cache-sized
+            # block on a CPU), each block's GEMM added to the sums
+            per_sample = groups * t * kg * ut.element_size()
+            step = max(1, PRODUCT_BYTES.get(ut.device.type, chunk_bytes) // per_sample)
+            prod = None
+            for i in range(0, n, step):
+                j = min(n, i + step)
+                u = ut[i * groups:j * groups]
+                b = torch.empty(u.shape[0], t, kg, device=ut.device, dtype=ut.dtype)
+                off = 0
+                for r in range(l):
+                    width = l - r
+                    torch.mul(u[:, r:r + 1], u[:, r:], out=b[:, off:off + width])
+                    off += width
+                block = self._pair_gemm(p[i:j], b.reshape(j - i, groups, t, kg))
+                prod = block if prod is None else prod.add_(block)
+            assert prod is not None
         prod = prod.reshape(weight.shape)
         return prod if out is None else out.add_(prod)
+
+    @staticmethod
+    def _pair_gemm(p: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """Σ_{n,t} P[n,g,m,t] B[n,g,t,k] for P: n × G × Mg × T and B: n × G × T × Kg, one GEMM
+        per group over (sample, pair); G × Mg × Kg."""
+        n, groups, _, t = p.shape
+        kg = b.shape[-1]
+        if groups == 1:
+            lhs = p.reshape(n, -1, t).permute(1, 0, 2).reshape(-1, n * t)
+            return matmul(lhs, b.reshape(n * t, kg)).unsqueeze(0)
+        lhs = p.permute(1, 2, 0, 3).reshape(groups, -1, n * t)
+        rhs = b.transpose(0, 1).reshape(groups, n * t, kg)
+        return torch.bmm(lhs, rhs)
 
 
 def _unfold(conv: nn.Module, a: torch.Tensor) -> torch.Tensor:
@@ -559,6 +650,8 @@ class SquaredProducts:
 
     def step(self, x: torch.Tensor, columns: Factor) -> dict[str, torch.Tensor]:
         """One pass over the samples ``x``: the sums of squares per scored weight name."""
+        if x.device.type == "cpu":
+            retain_heap()
         if not self._probed:  # which captured tensors the forward overwrites: one sample
             self._probed = True  # without a graph finds them (version counters count anyway)
             with torch.no_grad():
