@@ -219,3 +219,43 @@ def test_every_public_name_resolves_to_the_module_that_defines_it():
 
     for name, module in fairbench._API.items():
         assert getattr(fairbench, name) is getattr(importlib.import_module(module), name)
+
+
+def test_true_labels_and_leakage_in_the_tables(swept):
+    """Runs on synthderm carry test metrics against the true labels and the attribute probe:
+    ``runs_table`` has them as columns, ``group_table`` and ``metric_frame`` read the
+    ``test_true`` part (against ``predictions.csv``'s ``true_label``)."""
+    pytest.importorskip("fairlearn")
+    _, runs_dir = swept
+    table = runs_table(runs_dir)
+    for row in table.itertuples(index=False):
+        metrics = json.loads((Path(row.run_dir) / "metrics.json").read_text())
+        values = table[table["run_dir"] == row.run_dir].iloc[0]
+        assert values["test_true.EqOddsGap"] == pytest.approx(metrics["test_true"]["EqOddsGap"])
+        assert values["test_true.dark.F1"] == pytest.approx(metrics["test_true"]["dark"]["F1"])
+        assert values["leakage.balanced_accuracy"] == pytest.approx(
+            metrics["leakage"]["balanced_accuracy"])
+    only = runs_table(runs_dir, parts=("test_true",))
+    assert {c.split(".")[0] for c in only.columns[13:]} == {"param", "test_true"}
+    # a run whose test part has noisy labels: the true-label part differs from the observed one
+    run = None
+    for candidate in table["run_dir"]:
+        preds = pd.read_csv(Path(candidate) / "predictions.csv")
+        test = preds[preds["part"] == "test"]
+        if (test["label"] != test["true_label"]).any():
+            run = candidate
+            break
+    assert run is not None, "no test label differs from its true label: the check is idle"
+    metrics = json.loads((Path(run) / "metrics.json").read_text())
+    stored = group_table(run, part="test_true")
+    for group in ("light", "dark"):
+        assert stored.loc[group, "F1"] == pytest.approx(metrics["test_true"][group]["F1"])
+    frame = metric_frame(run, "test_true")
+    for key in ("accuracy", "precision", "recall", "F1"):
+        for group in ("light", "dark"):
+            assert frame.by_group.loc[group, key] == pytest.approx(stored.loc[group, key])
+        assert frame.overall[key] == pytest.approx(metrics["test_true"][key])
+    observed = metric_frame(run, "test")
+    assert not observed.by_group.equals(frame.by_group)
+    with pytest.raises(FairbenchError, match="unknown part 'leakage'"):
+        group_table(run, part="leakage")

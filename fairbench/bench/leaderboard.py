@@ -58,6 +58,7 @@ from fairbench.bench.stats import (
 )
 from fairbench.core.errors import FairbenchError
 from fairbench.core.files import config_hash
+from fairbench.data.dataset import TRUE_LABEL_COLUMN
 from fairbench.metrics import HEADLINE_FAIRNESS, flatten, higher_is_better, is_segmentation_metric
 from fairbench.run.store import NOT_RUN_FOLDERS, check_run, read_run_files
 
@@ -92,7 +93,7 @@ PARTS = ("val", "test", "test_true")
 
 def part_source(part: str) -> tuple[str, str]:
     """Where a table part's per-sample rows are: (predictions.csv part, label column)."""
-    return ("test", "true_label") if part == "test_true" else (part, "label")
+    return ("test", TRUE_LABEL_COLUMN) if part == "test_true" else (part, "label")
 
 
 # -- runs ---------------------------------------------------------------------------------------

@@ -26,11 +26,15 @@ import pandas as pd
 from fairbench.bench.leaderboard import RunRecord, collect_runs, read_run
 from fairbench.core.errors import FairbenchError
 from fairbench.core.files import read_json
-from fairbench.data.dataset import ATTR_PREFIX
+from fairbench.data.dataset import ATTR_PREFIX, TRUE_LABEL_COLUMN
 from fairbench.metrics import flatten
 from fairbench.run.store import is_finished
 
-PARTS = ("val", "test")
+#: the parts of ``metrics.json`` :func:`runs_table` reads (``test_true`` and ``leakage`` only
+#: where a run has them: synthetic data, classification)
+PARTS = ("val", "test", "test_true", "leakage")
+#: the parts with per-group metrics (:func:`group_table`, :func:`metric_frame`)
+GROUP_PARTS = ("val", "test", "test_true")
 #: identification columns of :func:`runs_table`, in order (then ``param.<name>``, then metrics)
 ID_COLUMNS = ("method", "label", "params", "dataset", "task", "attribute", "backbone", "seed",
               "split", "config_hash", "privileged", "seconds", "run_dir")
@@ -90,12 +94,16 @@ def runs_table(source: str | Path | Any, *, parts: Sequence[str] = PARTS,
     ``task``, ``attribute``, ``backbone``, ``seed``, ``split`` (the split's sha256),
     ``config_hash`` (the run's identity), ``privileged``, ``seconds`` (wall time), ``run_dir``;
     then ``<part>.<metric>`` for every number of ``metrics.json`` (fractions, not percent), e.g.
-    ``test.F1``, ``test.EqOddsGap``, ``test.light.F1``, ``test.worst.F1``, ``test.gap.AUC``.
+    ``test.F1``, ``test.EqOddsGap``, ``test.light.F1``, ``test.worst.F1``, ``test.gap.AUC``;
+    for runs on data with true labels (``synthderm``) the same against them
+    (``test_true.EqOddsGap``...), and for classification runs the attribute probe
+    (``leakage.balanced_accuracy``, ``leakage.auc``...); missing values are NaN. ``parts``
+    picks among ``val``, ``test``, ``test_true`` and ``leakage``.
     Rows are sorted by dataset, method, backbone, parameters and seed.
     """
     unknown = [p for p in parts if p not in PARTS]
     if unknown:
-        raise FairbenchError(f"unknown part {unknown[0]!r}; use val and/or test")
+        raise FairbenchError(f"unknown part {unknown[0]!r}; use {', '.join(PARTS)}")
     records = _records(source, runs_dir=runs_dir, data_roots=data_roots)
     rows: list[dict[str, Any]] = []
     param_names: list[str] = []
@@ -151,11 +159,14 @@ def group_table(run_dir: str | Path, part: str = "test") -> pd.DataFrame:
     named after the attribute), columns = the per-group metrics as stored in
     ``metrics.json`` (``n``, ``accuracy``, ``precision``, ``recall``, ``F1``, ``AUC``, ``ECE``
     for classification; ``Dice``, ``IoU``... for segmentation), fractions. The shape of
-    fairlearn's ``MetricFrame.by_group``."""
-    if part not in PARTS:
-        raise FairbenchError(f"unknown part {part!r}; use val or test")
+    fairlearn's ``MetricFrame.by_group``. ``part``: ``val``, ``test`` or ``test_true`` (the test
+    predictions against the true labels, for data that has them)."""
+    _check_group_part(part)
     _, config, metrics = _run(run_dir)
     groups = list(metrics.get("meta", {}).get("groups") or config["groups"])
+    if part not in metrics:
+        raise FairbenchError(f"{str(run_dir)!r} has no {part} metrics (only data with true "
+                             "labels, such as synthderm, has test_true)")
     values = metrics.get(part, {})
     frame = pd.DataFrame({g: values.get(g, {}) for g in groups}).T
     frame.index = pd.Index(groups, name=config.get("attribute"))
@@ -186,15 +197,15 @@ def metric_frame(run_dir: str | Path, part: str = "test", *,
     """A ``fairlearn.metrics.MetricFrame`` over the stored predictions of one classification
     run: ``y_true`` = the labels, ``y_pred`` = the run's predictions (its validation-chosen
     threshold applied), ``sensitive_features`` = the group names of the run's attribute,
-    samples with a missing group left out. ``metrics`` maps names to
+    samples with a missing group left out; with ``part="test_true"`` the test predictions
+    against the true labels (data that has them). ``metrics`` maps names to
     ``f(y_true, y_pred)`` (default :func:`default_fairlearn_metrics`). Needs fairlearn."""
     try:
         from fairlearn.metrics import MetricFrame
     except ImportError:
         raise FairbenchError("metric_frame needs fairlearn: pip install fairlearn "
                              "(or use group_table, the same by-group frame without it)") from None
-    if part not in PARTS:
-        raise FairbenchError(f"unknown part {part!r}; use val or test")
+    _check_group_part(part)
     path, config, _ = _run(run_dir)
     if config.get("task", "classification") != "classification":
         raise FairbenchError(f"{str(run_dir)!r} is a {config.get('task')} run; metric_frame "
@@ -203,11 +214,22 @@ def metric_frame(run_dir: str | Path, part: str = "test", *,
     preds = pd.read_csv(path / "predictions.csv")
     column = ATTR_PREFIX + attribute
     names = list(config["groups"])
+    truth = "label"
+    if part == "test_true":
+        if TRUE_LABEL_COLUMN not in preds.columns:
+            raise FairbenchError(f"{str(run_dir)!r} has no true labels (only data such as "
+                                 "synthderm has them); use part='test'")
+        part, truth = "test", TRUE_LABEL_COLUMN
     rows = preds[(preds["part"] == part) & (preds[column] >= 0)]
     groups = pd.Series([names[c] for c in rows[column].to_numpy(dtype=int)], name=attribute)
     return MetricFrame(metrics=dict(metrics or default_fairlearn_metrics()),
-                       y_true=rows["label"].to_numpy(), y_pred=rows["pred"].to_numpy(),
+                       y_true=rows[truth].to_numpy(), y_pred=rows["pred"].to_numpy(),
                        sensitive_features=groups)
+
+
+def _check_group_part(part: str) -> None:
+    if part not in GROUP_PARTS:
+        raise FairbenchError(f"unknown part {part!r}; use {', '.join(GROUP_PARTS)}")
 
 
 __all__ = ["default_fairlearn_metrics", "group_table", "metric_frame", "runs_table"]

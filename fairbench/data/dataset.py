@@ -36,6 +36,9 @@ from fairbench.core.params import NoParams, build_params, params_to_dict
 from fairbench.core.registry import Registry
 
 ATTR_PREFIX = "attr_"
+#: the sample table's optional column of true labels beside the observed ``label`` (synthetic
+#: data: the label before annotation noise), also written to ``predictions.csv``
+TRUE_LABEL_COLUMN = "true_label"
 
 
 @dataclass

@@ -34,7 +34,13 @@ from fairbench.core.params import build_params, params_to_dict
 from fairbench.core.timing import PhaseTimer
 from fairbench.core.version import __version__
 from fairbench.data.cache import default_cache_dir, load_or_build
-from fairbench.data.dataset import ATTR_PREFIX, DatasetAdapter, SampleTable, get_dataset_class
+from fairbench.data.dataset import (
+    ATTR_PREFIX,
+    TRUE_LABEL_COLUMN,
+    DatasetAdapter,
+    SampleTable,
+    get_dataset_class,
+)
 from fairbench.data.loaders import DeviceData
 from fairbench.data.splits import PARTS, Split, check_split, load_split, make_split, save_split
 from fairbench.metrics import HIGHER_IS_BETTER, evaluate_classification, evaluate_segmentation
@@ -368,7 +374,6 @@ def final_metrics(ctx: RunContext, p: Prepared, model: torch.nn.Module
 #: the metrics.json part holding the test metrics against the true labels (synthetic data)
 TRUE_PART = "test_true"
 #: the sample table column of a synthetic dataset's true class (beside the observed label)
-TRUE_LABEL_COLUMN = "true_label"
 
 
 def true_labels(table: SampleTable) -> np.ndarray | None:
