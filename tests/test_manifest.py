@@ -138,6 +138,28 @@ def test_damaged_run_file_is_detected_everywhere(runs, name, how, tmp_path):
     assert sha_tree(root) == before and not (tmp_path / "plots" / "g.png").exists()
 
 
+def test_python_readers_verify_the_run_too(runs, tmp_path):
+    """The Python API reads a run as the commands do: ``group_table``, ``metric_frame``,
+    ``plot_groups`` and ``plot_ablation`` refuse a damaged run with the same one line, and
+    write nothing."""
+    from fairbench import group_table, metric_frame, plot_groups
+    from fairbench.bench.plots import plot_ablation
+
+    root, run = runs
+    assert len(group_table(run)) == 2  # intact: read
+    damage(run / "metrics.json", "garble")
+    before = sha_tree(root)
+    calls = [lambda: group_table(run), lambda: plot_groups(run, tmp_path / "plots" / "g"),
+             lambda: plot_ablation([run], tmp_path / "plots" / "a")]
+    if __import__("importlib").util.find_spec("fairlearn") is not None:
+        calls.append(lambda: metric_frame(run))
+    for call in calls:
+        with pytest.raises(DamagedRunError, match="runs repair"):
+            call()
+    assert sha_tree(root) == before
+    assert not (tmp_path / "plots").exists()
+
+
 def test_null_metric_is_damage_not_a_missing_seed(runs):
     """An edited metrics.json (a value replaced by null, same file otherwise) no longer
     matches the manifest: the run is reported, not averaged without that seed."""

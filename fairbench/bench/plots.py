@@ -32,6 +32,7 @@ import pandas as pd
 from fairbench.core.errors import FairbenchError
 from fairbench.core.files import read_json
 from fairbench.run.report import find_vanilla_run
+from fairbench.run.store import DamagedRunError, check_run, read_run_files
 
 PLOT_KINDS = ("tradeoff", "ablation", "groups", "cd")
 
@@ -200,7 +201,13 @@ def plot_ablation(run_dirs: Sequence[str | Path], out: str | Path, *, part: str 
     """Precision and EOdd against the quantization ratio, one line per β (paper Fig. 2), with
     the unquantized model at ratio 0 (the vanilla runs of the same split and seeds, when the
     runs folder has them) and ticks at the measured ratios; the title names the dataset, the
-    seeds and what the error bars are."""
+    seeds and what the error bars are. A run folder among ``run_dirs`` is verified against its
+    manifest first (a damaged one raises one line); a folder that is no run (an exported
+    ``ablation.csv``) is read as it is."""
+    for d in run_dirs:
+        state = check_run(Path(d))
+        if state.state == "damaged":
+            raise DamagedRunError(state.message())
     df = read_ablation(run_dirs)
     if x not in df.columns:
         raise FairbenchError(f"the ablation files have no column {x!r}; use target_ratio or "
@@ -270,10 +277,7 @@ def plot_groups(run_dirs: str | Path | Sequence[str | Path], out: str | Path, *,
     Legends give the number of test samples per group. Default metrics: precision, recall, F1,
     accuracy, AUC (Dice and IoU, per structure, for a segmentation run)."""
     dirs = [Path(run_dirs)] if isinstance(run_dirs, (str, Path)) else [Path(d) for d in run_dirs]
-    for d in dirs:
-        if not (d / "metrics.json").is_file():
-            raise FairbenchError(f"{str(d)!r} is not a finished run directory")
-    runs = [(read_json(d / "config.json"), read_json(d / "metrics.json")) for d in dirs]
+    runs = [read_run_files(d) for d in dirs]  # verified: a damaged run raises one line
     cfg, m0 = runs[0]
     if len({(c["method"], c.get("split_sha256")) for c, _ in runs}) > 1:
         raise FairbenchError("plot groups takes the runs (seeds) of one method on one split; "

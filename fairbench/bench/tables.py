@@ -25,10 +25,9 @@ import pandas as pd
 
 from fairbench.bench.leaderboard import RunRecord, collect_runs, read_run
 from fairbench.core.errors import FairbenchError
-from fairbench.core.files import read_json
 from fairbench.data.dataset import ATTR_PREFIX, TRUE_LABEL_COLUMN
 from fairbench.metrics import flatten
-from fairbench.run.store import is_finished
+from fairbench.run.store import is_finished, read_run_files
 
 #: the parts of ``metrics.json`` :func:`runs_table` reads (``test_true`` and ``leakage`` only
 #: where a run has them: synthetic data, classification)
@@ -148,10 +147,10 @@ def runs_table(source: str | Path | Any, *, parts: Sequence[str] = PARTS,
 
 
 def _run(run_dir: str | Path) -> tuple[Path, dict[str, Any], dict[str, Any]]:
+    """A finished run's folder, config and metrics, verified against its manifest (a damaged
+    run raises one line naming it and the way out)."""
     path = Path(run_dir).expanduser()
-    if not is_finished(path):
-        raise FairbenchError(f"{str(run_dir)!r} is not a finished run directory")
-    return path, read_json(path / "config.json"), read_json(path / "metrics.json")
+    return (path, *read_run_files(path))
 
 
 def group_table(run_dir: str | Path, part: str = "test") -> pd.DataFrame:

@@ -48,20 +48,6 @@ def _out_path(out: str, *, what: str = "--out") -> Path:
     return path
 
 
-def _verified(run_dirs: tuple[str, ...] | list[str], *, runs_only: bool = True) -> None:
-    """Every run directory read as a result is verified against its manifest first; with
-    ``runs_only=False`` folders that are no run (an ablation export) pass, damaged runs not."""
-    from fairbench.run.store import DamagedRunError, check_run, read_run_files
-
-    for d in run_dirs:
-        if runs_only:
-            read_run_files(Path(d))
-            continue
-        state = check_run(Path(d))
-        if state.state == "damaged":
-            raise DamagedRunError(state.message())
-
-
 def _seeds(value: str | None) -> list[int] | None:
     if value is None:
         return None
@@ -375,7 +361,6 @@ def plot_ablation_cmd(run_dirs: tuple[str, ...], out: str, part: str, x_axis: st
     from fairbench.bench.plots import plot_ablation
 
     _out_path(out)
-    _verified(run_dirs, runs_only=False)
     for p in plot_ablation(run_dirs, out, part=part, x=x_axis):
         click.echo(f"wrote {p}")
 
@@ -398,7 +383,6 @@ def plot_groups_cmd(run_dirs: tuple[str, ...], out: str, part: str, no_vanilla: 
     from fairbench.bench.plots import plot_groups
 
     _out_path(out)
-    _verified(list(run_dirs))
     for p in plot_groups(list(run_dirs), out, part=part, vanilla=not no_vanilla):
         click.echo(f"wrote {p}")
 
