@@ -807,7 +807,7 @@ class MixedNet(nn.Module):
         return self.head(self.bn1d(s.flatten(1)))
 
 
-@pytest.mark.parametrize("blocks", ["default", "tiny"])
+@pytest.mark.parametrize("blocks", ["default", "tiny", "budget"])
 @pytest.mark.parametrize("gemm", ["onednn", "torch"])
 @pytest.mark.parametrize("mode", ["auto", "direct", "pairs", "grouped"])
 def test_autograd_engine_every_product_form_on_every_layer_kind(monkeypatch, mode, gemm,
@@ -815,12 +815,16 @@ def test_autograd_engine_every_product_form_on_every_layer_kind(monkeypatch, mod
     """Every product form, with the products' GEMMs through oneDNN (where this torch has it)
     and through torch's own ``@``/``bmm``, against the Jacobian and per-sample references;
     ``tiny`` blocks reduce every column on its own and split each product into one-row
-    blocks (and the pairs form's inputs into one-sample blocks)."""
+    blocks (and the pairs form's inputs into one-sample blocks); ``budget``: no per-layer
+    bound, every layer reduced after each column by the bound over all layers."""
     import fairbench.training.persample as P
 
     if blocks == "tiny":
         monkeypatch.setattr(P, "CHUNK_BYTES", {"cpu": 1, "cuda": 1})
         monkeypatch.setattr(P, "PRODUCT_BYTES", {"cpu": 1, "cuda": 1})
+    if blocks == "budget":
+        monkeypatch.setattr(P, "CHUNK_BYTES", {"cpu": 1 << 40, "cuda": 1 << 40})
+        monkeypatch.setattr(P, "PENDING_BYTES", {"cpu": 1, "cuda": 1})
     if gemm == "torch":
         monkeypatch.setattr(P, "_onednn_matmul", lambda: None)
     elif P._onednn_matmul() is None:

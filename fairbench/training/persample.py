@@ -90,6 +90,12 @@ from torch import nn
 #: column at batch 32) took 14.3 ms for 7 columns with 4 MiB, 8.9 ms with 32 MiB
 CHUNK_BYTES: dict[str, int] = {"cpu": 32 << 20, "cuda": 64 << 20}
 
+#: at most this many bytes of output gradients kept over all layers before every layer
+#: reduces what it holds (CPU; none elsewhere): bounds :data:`CHUNK_BYTES` times the number of
+#: layers (ResNet-18, 114 classes, 4 images at 224 px: peak 2.19 GiB with 32 MiB per layer and
+#: no bound, 1.64 GiB with 4 MiB per layer)
+PENDING_BYTES: dict[str, int] = {"cpu": 64 << 20}
+
 #: per-sample product blocks of the direct and grouped forms and input pair blocks of the
 #: pairs form, in bytes (CPU: written, squared and summed while in the last-level cache)
 PRODUCT_BYTES: dict[str, int] = {"cpu": 4 << 20}
@@ -674,12 +680,16 @@ class SquaredProducts:
         s = columns(logits.detach())
         v = int(s.shape[0])
         chunk = CHUNK_BYTES.get(x.device.type, 4 << 20)
+        budget = PENDING_BYTES.get(x.device.type)
         for col in range(v):
             grads = torch.autograd.grad(logits, [layer.out for layer in live], s[col],
                                         retain_graph=col < v - 1, allow_unused=True)
             for layer, g in zip(live, grads):
                 if g is not None:
                     layer.add(g, v, chunk)
+            if budget is not None and sum(layer.pending_bytes for layer in live) > budget:
+                for layer in live:
+                    layer.flush(chunk)
         out = {layer.name: layer.result(self.weights[layer.name], chunk).detach()
                for layer in self.layers}
         for layer in self.layers:
