@@ -15,7 +15,6 @@ from torch import nn
 
 from fairbench.core.errors import FairbenchError
 from fairbench.data.loaders import BatchLoader
-from fairbench.models.features import FeatureTap  # noqa: F401  (used by MFD and tests)
 from fairbench.run.context import RunContext
 from fairbench.training.trainer import TrainConfig
 

@@ -326,31 +326,23 @@ def latent_probe(ctx: RunContext, model: PerturbedModel, part: str = "test"
     run's leakage probe) on the pooled latents, fitted on the training split and scored on
     ``part``: of the base model's latent (what APPLE starts from) and of the perturbed latent
     it delivers. A part that cannot be probed (fewer than two groups) gives ``{"error": ...}``."""
-    from fairbench.metrics.leakage import leakage_probe
-    from fairbench.run.leakage import collect
+    from fairbench.run.leakage import collect, part_loaders, probe_numbers
 
     def both(x: torch.Tensor) -> torch.Tensor:
         model(x)
         return torch.cat([pooled(model.last_clean), pooled(model.last_latents)], dim=1)
 
     codes = ctx.table.attr(ctx.attribute)
-    reps = {}
-    for name in ("train", part):
-        loader = ctx.loader(name, sampler="sequential", augment=False, drop_last=False,
-                            batch_size=ctx.train_config.eval_batch_size)
-        z, index = collect(model, both, loader)
-        reps[name] = (z, codes[index])
-    (fit_x, fit_g), (ev_x, ev_g) = reps["train"], reps[part]
+    loaders = part_loaders(ctx, ("train", part))
+    fit_x, fit_i = collect(model, both, loaders["train"])
+    ev_x, ev_i = collect(model, both, loaders[part])
     w = fit_x.shape[1] // 2
     out: dict[str, dict[str, Any]] = {}
     for name, cols in (("base", slice(0, w)), ("perturbed", slice(w, None))):
-        try:
-            res = leakage_probe(fit_x[:, cols], fit_g, ev_x[:, cols], ev_g)  # as the run's
+        try:  # as the run's probe
+            out[name] = probe_numbers(fit_x[:, cols], codes[fit_i], ev_x[:, cols], codes[ev_i])
         except ValueError as exc:
             out[name] = {"error": str(exc)}
-        else:
-            out[name] = {k: (round(v, 6) if isinstance(v, float) else v)
-                         for k, v in res.to_dict().items()}
     return out
 
 

@@ -50,11 +50,12 @@ from torch import nn
 
 from fairbench.core.params import param
 from fairbench.data.loaders import Batch
+from fairbench.models.features import FeatureTap
 from fairbench.run.context import RunContext
 from fairbench.run.method import Method, register_method
 from fairbench.training.trainer import StepState, TrainHooks
 
-from ._inprocessing import FeatureTap, mfd_mmd_terms, require_groups, train_setup
+from ._inprocessing import mfd_mmd_terms, require_groups, train_setup
 
 
 @dataclass

@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from dataset_helpers import assert_cli_error, cli, make_jpegs
 from fairbench.methods._inprocessing import (
-    FeatureTap,
     confusion_loss,
     grad_reverse,
     known_group_ce,
@@ -29,6 +28,7 @@ from fairbench.methods.adversarial import ClassAdversaries
 from fairbench.methods.groupdro import dro_update, group_mean_losses
 
 from fairbench import check_method, create_backbone
+from fairbench.models.features import FeatureTap
 
 METHODS = ["mfd", "adv_conf", "adv_rev", "resampling", "groupdro"]
 

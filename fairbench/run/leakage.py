@@ -134,9 +134,7 @@ def run_leakage(ctx: Any, model: nn.Module, *, fit_part: str = "train",
     """The leakage probe of ``model`` on ``ctx``'s data (fit on ``fit_part``, scored on
     ``score_part``), as recorded in ``metrics.json`` (see the module docstring)."""
     codes = ctx.table.attr(ctx.attribute)
-    loaders = {part: ctx.loader(part, sampler="sequential", augment=False, drop_last=False,
-                                batch_size=ctx.train_config.eval_batch_size)
-               for part in (fit_part, score_part)}
+    loaders = part_loaders(ctx, (fit_part, score_part))
     site, extract = representation_site(model)
     out = _probe(model, extract, loaders, codes, fit_part, score_part)
     out["representation"] = SITE_TEXT.get(site, site)
@@ -149,9 +147,23 @@ def run_leakage(ctx: Any, model: nn.Module, *, fit_part: str = "train",
     return out
 
 
+def part_loaders(ctx: Any, parts: tuple[str, ...]) -> dict[str, Any]:
+    """Sequential, unaugmented loaders of ``parts`` at the evaluation batch size: what the
+    probe reads."""
+    return {part: ctx.loader(part, sampler="sequential", augment=False, drop_last=False,
+                             batch_size=ctx.train_config.eval_batch_size)
+            for part in parts}
+
+
+def probe_numbers(z_fit: np.ndarray, g_fit: np.ndarray, z_score: np.ndarray,
+                  g_score: np.ndarray) -> dict[str, Any]:
+    """:func:`~fairbench.metrics.leakage.leakage_probe` as recorded (floats to 6 places)."""
+    res = leakage_probe(z_fit, g_fit, z_score, g_score)
+    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in res.to_dict().items()}
+
+
 def _probe(model: nn.Module, extract: Extractor, loaders: dict[str, Any], codes: np.ndarray,
            fit_part: str, score_part: str) -> dict[str, Any]:
     z_fit, i_fit = collect(model, extract, loaders[fit_part])
     z_score, i_score = collect(model, extract, loaders[score_part])
-    res = leakage_probe(z_fit, codes[i_fit], z_score, codes[i_score])
-    return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in res.to_dict().items()}
+    return probe_numbers(z_fit, codes[i_fit], z_score, codes[i_score])

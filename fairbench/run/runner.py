@@ -373,7 +373,6 @@ def final_metrics(ctx: RunContext, p: Prepared, model: torch.nn.Module
 
 #: the metrics.json part holding the test metrics against the true labels (synthetic data)
 TRUE_PART = "test_true"
-#: the sample table column of a synthetic dataset's true class (beside the observed label)
 
 
 def true_labels(table: SampleTable) -> np.ndarray | None:

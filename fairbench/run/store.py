@@ -185,12 +185,6 @@ def is_finished(run_dir: Path) -> bool:
     return check_run(run_dir).finished
 
 
-def is_run_dir(run_dir: Path) -> bool:
-    """Whether ``run_dir`` holds, or held, a result: finished or damaged (a reader that skips
-    unfinished directories must still report damaged ones)."""
-    return check_run(run_dir).state in ("finished", "damaged")
-
-
 def read_run_files(run_dir: Path, *, verified: bool = False
                    ) -> tuple[dict[str, Any], dict[str, Any]]:
     """``(config, metrics)`` of a finished run, after verifying it (``verified``: the caller
@@ -299,22 +293,22 @@ def claim_run(final_dir: Path, *, wait: bool = True) -> Iterator[None]:
         lock.__exit__(None, None, None)
 
 
-# -- the cached vanilla baselines --------------------------------------------------------------
-def vanilla_problem(entry: Path, identity: dict[str, Any] | None = None) -> str | None:
-    """Why the cached vanilla model at ``entry`` cannot be used (``None`` when it can, as far
+# -- the cached models (vanilla baselines, multi-exit models) ----------------------------------
+def cached_model_problem(entry: Path, identity: dict[str, Any] | None = None) -> str | None:
+    """Why the cached model at ``entry`` cannot be used (``None`` when it can, as far
     as its files tell): ``meta.json`` missing or not JSON, an identity other than
     ``identity`` (a swapped entry), ``model.pt`` missing or not matching the sha256 in
     ``meta.json`` (entries written before checksums are checked by loading only)."""
     try:
         meta = json.loads((entry / "meta.json").read_text())
         if not isinstance(meta, dict) or "identity" not in meta:
-            return "meta.json lacks the baseline's identity"
+            return "meta.json lacks the model's identity"
     except FileNotFoundError:
         return "meta.json is missing"
     except (OSError, ValueError):
         return "meta.json is not valid JSON (truncated or garbled)"
     if identity is not None and config_hash(meta["identity"]) != config_hash(identity):
-        return "meta.json names another baseline (a swapped entry)"
+        return "meta.json names another model (a swapped entry)"
     model = entry / "model.pt"
     if not model.is_file():
         return "model.pt is missing"
@@ -335,7 +329,7 @@ def cached_model(final: Path, identity: dict[str, Any], *,
     returns more meta; ``meta.json`` gets ``identity``, the sha256 of ``model.pt`` and that
     meta, and ``tmp`` is renamed to ``final``. ``load(final)`` builds the model and loads
     ``model.pt`` (raising when it cannot). A cached entry is checked first
-    (:func:`vanilla_problem`: meta parses, names ``identity``, ``model.pt`` matches its
+    (:func:`cached_model_problem`: meta parses, names ``identity``, ``model.pt`` matches its
     sha256) and must load; a damaged or swapped one is removed with one warning line and
     trained again; one damaged right after training is an error. Returns the model and the
     meta."""
@@ -346,7 +340,7 @@ def cached_model(final: Path, identity: dict[str, Any], *,
             if not final.exists():
                 _train_into(final, identity, train)
                 trained = True
-            problem = vanilla_problem(final, identity)
+            problem = cached_model_problem(final, identity)
             if problem is None:
                 try:
                     model = load(final)
@@ -445,7 +439,7 @@ def check_runs_dir(root: Path, *, repair: bool = False) -> list[Finding]:
             elif entry.suffix == ".lock":
                 out.append(_check_lock(entry, "lock", repair))
             elif entry.is_dir():
-                problem = vanilla_problem(entry)
+                problem = cached_model_problem(entry)
                 if problem is None:
                     out.append(Finding("baseline", entry, "ok"))
                     continue
