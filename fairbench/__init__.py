@@ -28,72 +28,22 @@ from typing import TYPE_CHECKING, Any
 
 from fairbench.core.version import __version__
 
-#: public name -> module that defines it
-_API: dict[str, str] = {
-    # errors
-    "FairbenchError": "fairbench.core.errors",
-    "ParamError": "fairbench.core.errors",
-    "DataError": "fairbench.core.errors",
-    "PluginError": "fairbench.core.errors",
-    "UnknownNameError": "fairbench.core.errors",
-    # typed parameters
-    "param": "fairbench.core.params",
-    "NoParams": "fairbench.core.params",
-    # datasets
-    "DatasetAdapter": "fairbench.data.dataset",
-    "SampleTable": "fairbench.data.dataset",
-    "ImageSpec": "fairbench.data.dataset",
-    "register_dataset": "fairbench.data.dataset",
-    "create_dataset": "fairbench.data.dataset",
-    "list_datasets": "fairbench.data.dataset",
-    "get_dataset_class": "fairbench.data.dataset",
-    "Batch": "fairbench.data.loaders",
-    "BatchLoader": "fairbench.data.loaders",
-    # backbones
-    "Classifier": "fairbench.models.backbones",
-    "register_backbone": "fairbench.models.backbones",
-    "create_backbone": "fairbench.models.backbones",
-    "list_backbones": "fairbench.models.backbones",
-    # training
-    "TrainConfig": "fairbench.training.trainer",
-    "TrainHooks": "fairbench.training.trainer",
-    "StepState": "fairbench.training.trainer",
-    "AuxModule": "fairbench.training.trainer",
-    "diagonal_curvature": "fairbench.training.curvature",
-    "fair_saliency": "fairbench.training.curvature",
-    # methods and runs
-    "Method": "fairbench.run.method",
-    "register_method": "fairbench.run.method",
-    "create_method": "fairbench.run.method",
-    "list_methods": "fairbench.run.method",
-    "get_method_class": "fairbench.run.method",
-    "RunContext": "fairbench.run.context",
-    "group_curvature": "fairbench.run.posthoc",
-    "RunConfig": "fairbench.run.runner",
-    "RunResult": "fairbench.run.runner",
-    "run_experiment": "fairbench.run.runner",
-    "run_leakage": "fairbench.run.leakage",
-    # many runs
-    "load_suite": "fairbench.bench.suite",
-    "run_suite": "fairbench.bench.sweep",
-    "leaderboard": "fairbench.bench.leaderboard",
-    # results as tables and figures
-    "runs_table": "fairbench.bench.tables",
-    "group_table": "fairbench.bench.tables",
-    "metric_frame": "fairbench.bench.tables",
-    "plot_tradeoff": "fairbench.bench.plots",
-    "plot_groups": "fairbench.bench.plots",
-    "build_matrix": "fairbench.bench.matrix",
-    "plot_matrix": "fairbench.bench.matrix",
-    # metrics
-    "evaluate_classification": "fairbench.metrics",
-    "higher_is_better": "fairbench.metrics",
-    "leakage_probe": "fairbench.metrics.leakage",
-    # conformance kit
-    "check_method": "fairbench.testing",
-    "check_dataset": "fairbench.testing",
-}
 
+def _public_api() -> dict[str, str]:
+    """Public name -> the module that defines it, read from the ``TYPE_CHECKING`` imports at
+    the end of this file: the one place the API is listed (static tools read the same
+    imports)."""
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse(Path(__file__).read_text(encoding="utf-8"))
+    block = next(node for node in tree.body if isinstance(node, ast.If)
+                 and isinstance(node.test, ast.Name) and node.test.id == "TYPE_CHECKING")
+    return {alias.name: node.module for node in block.body
+            if isinstance(node, ast.ImportFrom) and node.module for alias in node.names}
+
+
+_API: dict[str, str] = _public_api()
 __all__ = ["__version__", *_API]
 
 
@@ -110,7 +60,7 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(__all__))
 
 
-if TYPE_CHECKING:  # what static tools see; the same names as _API
+if TYPE_CHECKING:  # the public API, one import per name (read by _public_api)
     from fairbench.bench.leaderboard import leaderboard
     from fairbench.bench.matrix import build_matrix, plot_matrix
     from fairbench.bench.plots import plot_groups, plot_tradeoff

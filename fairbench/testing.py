@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from fairbench.metrics.catalog import PAPER_FAIRNESS
 from fairbench.run.method import Method
 
 TINY_DATA = {"n_samples": 160, "n_classes": 3, "images_per_patient": 1.0, "dark_fraction": 0.4}
@@ -139,7 +140,7 @@ def _check_outputs(name: str, result: Any) -> None:
     sums = preds[prob_cols].to_numpy().sum(axis=1)
     assert np.allclose(sums, 1.0, atol=1e-4), f"{name}: probabilities must sum to 1"
     for part in ("val", "test"):
-        for key in ("F1", "EOpp0", "EOpp1", "EOdd", "EOdd_signed"):
+        for key in ("F1", *PAPER_FAIRNESS, "EOdd_signed"):
             assert key in result.metrics[part], f"{name}: metrics.json lacks {part}.{key}"
 
 

@@ -77,10 +77,7 @@ from torch import nn
 from fairbench.core.params import param
 from fairbench.data.loaders import Batch
 from fairbench.run.context import RunContext
-from fairbench.run.method import Method, register_method
-from fairbench.training.trainer import AuxModule, StepState, TrainHooks
-
-from ._inprocessing import (
+from fairbench.run.inprocessing import (
     confusion_loss,
     grad_reverse,
     known_group_ce,
@@ -89,6 +86,8 @@ from ._inprocessing import (
     seeded,
     train_setup,
 )
+from fairbench.run.method import Method, register_method
+from fairbench.training.trainer import AuxModule, Sampler, StepState, TrainHooks
 
 
 # -- AdvConf ---------------------------------------------------------------------------------------
@@ -102,7 +101,7 @@ class AdvConfParams:
     adv_layers: int = param(1, help="layers of the domain head (1 = linear)", min=1, max=4)
     adv_hidden: int = param(64, help="hidden width of the domain head", min=1)
     warmup_epochs: int = param(0, help="epochs with α = 0 at the start", min=0)
-    sampler: Literal["shuffle", "group", "class", "group_class"] = param(
+    sampler: Sampler = param(
         "shuffle", help="training batches (shuffle = the run's usual order)")
 
 
@@ -182,7 +181,7 @@ class AdvRevParams:
     per_class: bool = param(True, help="one adversary per class (equalised-odds form)")
     adv_layers: int = param(2, help="layers of each adversary (1 = linear)", min=1, max=4)
     adv_hidden: int = param(32, help="hidden width of each adversary", min=1)
-    sampler: Literal["shuffle", "group", "class", "group_class"] = param(
+    sampler: Sampler = param(
         "shuffle", help="training batches (shuffle = the run's usual order)")
 
 

@@ -90,6 +90,7 @@ from fairbench.core.errors import FairbenchError, ParamError
 from fairbench.core.params import param
 from fairbench.metrics import HEADLINE_FAIRNESS, is_segmentation_metric
 from fairbench.run.context import RunContext
+from fairbench.run.inprocessing import confusion_loss, require_groups
 from fairbench.run.method import Method, register_method
 from fairbench.run.posthoc import (
     check_select_metric,
@@ -98,8 +99,6 @@ from fairbench.run.posthoc import (
     write_rows,
 )
 from fairbench.training.trainer import AuxModule, StepState, TrainHooks, better
-
-from ._inprocessing import confusion_loss, require_groups
 
 
 @dataclass

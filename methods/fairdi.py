@@ -27,7 +27,7 @@ the fair identity scaling of FairVision (github.com/Harvard-Ophthalmology-AI-Lab
 
       L_i = (1 − λ)·CE(s(x_i), y_i) + λ·τ²·KL(softmax(t_{g_i}(x_i)/τ) ‖ softmax(s(x_i)/τ))
 
-  averaged over the batch (:mod:`fairbench.methods._distill`, task-independent, reused for
+  averaged over the batch (:mod:`fairbench.training.distill`, task-independent, reused for
   segmentation). The teachers run in eval mode on the same (augmented) batch, each on its own
   group's samples only. A sample whose group is unknown (−1) has no teacher: L_i = CE alone.
   The checkpoint is the best validation ``select_metric`` (default ``worst.F1``, the
@@ -70,10 +70,9 @@ from fairbench.metrics.classification import macro_prf
 from fairbench.run.context import RunContext
 from fairbench.run.method import Method, register_method
 from fairbench.run.posthoc import check_select_metric
+from fairbench.training.distill import distillation_kl, distillation_objective
 from fairbench.training.segmentation import as_class_logits
 from fairbench.training.trainer import StepState, TrainHooks, better
-
-from ._distill import distillation_kl, distillation_objective
 
 
 @dataclass

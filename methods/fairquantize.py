@@ -75,6 +75,7 @@ from torch import nn
 from fairbench.core.errors import ParamError
 from fairbench.core.params import param
 from fairbench.metrics import HEADLINE_FAIRNESS, flatten
+from fairbench.metrics.catalog import CANDIDATE_COLUMNS
 from fairbench.run.context import RunContext
 from fairbench.run.method import Method, register_method
 from fairbench.run.posthoc import (
@@ -86,6 +87,7 @@ from fairbench.run.posthoc import (
     within_tolerance,
     write_rows,
 )
+from fairbench.run.pruning import prune_masks
 from fairbench.training.curvature import (
     fair_saliency,
     scored_parameters,
@@ -93,11 +95,6 @@ from fairbench.training.curvature import (
     select_lowest,
 )
 from fairbench.training.trainer import TrainConfig, TrainHooks, better
-
-from .fairprune import prune_masks
-
-STEP_METRICS = ("F1", "precision", "recall", "accuracy", "EqOddsGap", "EOpp0", "EOpp1", "EOdd",
-                "worst.F1")
 
 
 @dataclass
@@ -249,6 +246,68 @@ def _retrain_config(ctx: RunContext, params: FairQuantizeParams) -> TrainConfig:
         eval_batch_size=ctx.train_config.eval_batch_size)
 
 
+@dataclass
+class Checkpoint:
+    """A candidate state of one step: its validation score by the selection rule, its
+    weights (kept only when it can be chosen), its epoch (0 = right after quantizing) and its
+    validation metrics."""
+
+    score: float
+    state: dict[str, torch.Tensor] | None
+    epoch: int
+    metrics: dict[str, Any]
+
+
+def _retrain(ctx: RunContext, model: nn.Module, params: FairQuantizeParams, t: int,
+             masks: dict[str, torch.Tensor], score_fn: Any,
+             record: Any) -> tuple[Checkpoint, Checkpoint]:
+    """Retrain after step ``t`` with the quantized entries frozen, every epoch scored and
+    recorded; returns the last epoch (no weights kept) and the best one (its weights)."""
+    n_train = 2 * min(len(ctx.positions("train", [ctx.privileged])),
+                      len(ctx.positions("train", ctx.unprivileged)))
+    train = ctx.loader("train", sampler="group", augment=params.retrain_augment,
+                       batch_size=params.retrain_batch_size, epoch_size=n_train,
+                       seed_offset=100 + t)
+    history: list[dict[str, Any]] = []
+
+    def evaluate(m: nn.Module, _loader: Any) -> dict[str, Any]:
+        history.append(ctx.evaluate(m, "val"))
+        return history[-1]
+
+    def on_epoch_end(state: Any) -> None:
+        record(state.metrics, state.epoch + 1)
+
+    # the trainer scores every retraining epoch and keeps the best one's weights; the
+    # paper's schedule continues from the last epoch, continue_from=selected from the best
+    fit = ctx.fit(model, config=_retrain_config(ctx, params), train=train,
+                  stage=f"fairquantize step {t}",
+                  hooks=TrainHooks(frozen=masks,
+                                   evaluate=evaluate, on_epoch_end=on_epoch_end,
+                                   score=score_fn, restore_best=False))
+    last = Checkpoint(score_fn(history[-1]), None, len(history), history[-1])
+    assert fit.best_score is not None
+    return last, Checkpoint(fit.best_score, fit.best_state, fit.best_epoch,
+                            history[fit.best_epoch - 1])
+
+
+def _step_row(ctx: RunContext, model: nn.Module, *, beta: float, t: int, ratio: float,
+              realized: float, selected: Checkpoint, continued: Checkpoint,
+              with_test: bool) -> dict[str, Any]:
+    """The ``steps.csv`` row of step ``t``: the state the next step continues from, its
+    validation metrics (and test metrics for the ablation plot, never used to choose)."""
+    val = continued.metrics
+    row: dict[str, Any] = {"beta": beta, "step": t, "target_ratio": ratio,
+                           "realized_ratio": realized, "selected_epoch": selected.epoch,
+                           "continued_from_epoch": continued.epoch}
+    row.update({f"val_{k}": flatten(val).get(k) for k in CANDIDATE_COLUMNS})
+    if with_test:
+        test = flatten(ctx.evaluate(model, "test"))
+        row.update({f"test_{k}": test.get(k) for k in CANDIDATE_COLUMNS})
+    ctx.logger.info("fairquantize step %d: target %.3f realized %.4f val F1 %.4f "
+                    "EqOddsGap %.4f", t, ratio, realized, val["F1"], val["EqOddsGap"])
+    return row
+
+
 def quantize(
     ctx: RunContext,
     model: nn.Module,
@@ -285,14 +344,14 @@ def quantize(
         total = sum(m.numel() for m in masks.values())
         realized = sum(int(m.sum()) for m in masks.values()) / total
         eligible = select and (params.select_over == "all_steps" or t == len(ratios))
-        # a candidate of this step: (score, state, epoch, validation metrics); epoch 0 is the
-        # state right after quantizing, a candidate with continue_from=selected or without
-        # retraining; otherwise the retrained epochs, chosen by the trainer (its score hook)
+        # a candidate of this step: epoch 0 is the state right after quantizing, a candidate
+        # with continue_from=selected or without retraining; otherwise the retrained epochs,
+        # chosen by the trainer (its score hook)
         start_metrics = ctx.evaluate(model, "val")
         in_pool = steer or params.retrain_epochs == 0
-        step_best = (score_fn(start_metrics),
-                     snapshot(model) if in_pool and (eligible or steer) else None, 0,
-                     start_metrics)
+        step_best = Checkpoint(score_fn(start_metrics),
+                               snapshot(model) if in_pool and (eligible or steer) else None, 0,
+                               start_metrics)
 
         def record(metrics: dict[str, Any], epoch: int, t: int = t,
                    eligible: bool = eligible) -> None:
@@ -301,58 +360,25 @@ def quantize(
                 checkpoints.append({"beta": beta, "step": t, "epoch": epoch,
                                     "score": score_fn(metrics),
                                     "eligible": eligible and (epoch > 0 or in_pool),
-                                    **{f"val_{k}": flat.get(k) for k in STEP_METRICS}})
+                                    **{f"val_{k}": flat.get(k) for k in CANDIDATE_COLUMNS}})
 
         record(start_metrics, 0)
         last = step_best
         if params.retrain_epochs > 0:
-            n_train = 2 * min(len(ctx.positions("train", [ctx.privileged])),
-                              len(ctx.positions("train", ctx.unprivileged)))
-            train = ctx.loader("train", sampler="group", augment=params.retrain_augment,
-                               batch_size=params.retrain_batch_size, epoch_size=n_train,
-                               seed_offset=100 + t)
-            history: list[dict[str, Any]] = []
-
-            def evaluate(m: nn.Module, _loader: Any, history: list = history) -> dict[str, Any]:
-                history.append(ctx.evaluate(m, "val"))
-                return history[-1]
-
-            def on_epoch_end(state: Any, record: Any = record) -> None:
-                record(state.metrics, state.epoch + 1)
-
-            # the trainer scores every retraining epoch and keeps the best one's weights; the
-            # paper's schedule continues from the last epoch, continue_from=selected from the best
-            fit = ctx.fit(model, config=_retrain_config(ctx, params), train=train,
-                          stage=f"fairquantize step {t}",
-                          hooks=TrainHooks(frozen=masks,
-                                           evaluate=evaluate, on_epoch_end=on_epoch_end,
-                                           score=score_fn, restore_best=False))
-            last = (score_fn(history[-1]), None, len(history), history[-1])
-            assert fit.best_score is not None
-            retrained = (fit.best_score, fit.best_state, fit.best_epoch,
-                         history[fit.best_epoch - 1])
-            if not in_pool or better(retrained[0], step_best[0]):
+            last, retrained = _retrain(ctx, model, params, t, masks, score_fn, record)
+            if not in_pool or better(retrained.score, step_best.score):
                 step_best = retrained
-        if steer and step_best[2] != last[2]:
-            assert step_best[1] is not None
-            model.load_state_dict(step_best[1])  # continue from the step's best checkpoint
-        continued = step_best[2] if steer else last[2]
-        val = step_best[3] if steer else last[3]
-        row: dict[str, Any] = {"beta": beta, "step": t, "target_ratio": ratio,
-                               "realized_ratio": realized, "selected_epoch": step_best[2],
-                               "continued_from_epoch": continued}
-        row.update({f"val_{k}": flatten(val).get(k) for k in STEP_METRICS})
-        if with_test:
-            test = flatten(ctx.evaluate(model, "test"))
-            row.update({f"test_{k}": test.get(k) for k in STEP_METRICS})
-        rows.append(row)
-        ctx.logger.info("fairquantize step %d: target %.3f realized %.4f val F1 %.4f "
-                        "EqOddsGap %.4f", t, ratio, realized, val["F1"], val["EqOddsGap"])
-        if eligible and (best is None or better(step_best[0], best[0])):
-            assert step_best[1] is not None
-            m = step_best[3]
-            best = (step_best[0], step_best[1], {
-                "step": t, "epoch": step_best[2], "realized_ratio": realized,
+        if steer and step_best.epoch != last.epoch:
+            assert step_best.state is not None
+            model.load_state_dict(step_best.state)  # continue from the step's best checkpoint
+        rows.append(_step_row(ctx, model, beta=beta, t=t, ratio=ratio, realized=realized,
+                              selected=step_best, continued=step_best if steer else last,
+                              with_test=with_test))
+        if eligible and (best is None or better(step_best.score, best[0])):
+            assert step_best.state is not None
+            m = step_best.metrics
+            best = (step_best.score, step_best.state, {
+                "step": t, "epoch": step_best.epoch, "realized_ratio": realized,
                 "val_F1": m["F1"], "val_EqOddsGap": m["EqOddsGap"], "val_EOdd": m["EOdd"]})
     summary: dict[str, Any] = {"beta": beta, "steps": len(ratios),
                                "continue_from": params.continue_from,

@@ -28,7 +28,6 @@ inference.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 import numpy as np
 import torch
@@ -38,10 +37,9 @@ from torch import nn
 from fairbench.core.params import param
 from fairbench.data.loaders import Batch
 from fairbench.run.context import RunContext
+from fairbench.run.inprocessing import require_groups, train_setup
 from fairbench.run.method import Method, register_method
-from fairbench.training.trainer import StepState, TrainHooks
-
-from ._inprocessing import require_groups, train_setup
+from fairbench.training.trainer import GroupBy, Sampler, StepState, TrainHooks
 
 
 def group_mean_losses(losses: torch.Tensor, k: torch.Tensor, n_groups: int
@@ -68,10 +66,10 @@ def dro_update(q: torch.Tensor, group_losses: torch.Tensor, eta: float,
 @dataclass
 class GroupDROParams:
     eta: float = param(0.01, help="step size η of the group-weight update", min=0.0)
-    groups: Literal["group", "group_class"] = param(
+    groups: GroupBy = param(
         "group", help="robust over the attribute's groups or group × class cells")
     adjustment: float = param(0.0, help="generalisation adjustment C (adds C/√N_k)", min=0.0)
-    sampler: Literal["shuffle", "group", "class", "group_class"] = param(
+    sampler: Sampler = param(
         "shuffle", help="training batches (shuffle = the run's order)")
 
 

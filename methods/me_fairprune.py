@@ -25,7 +25,7 @@ group curvature (balanced unprivileged and privileged score sets of the training
 each exit's own cross-entropy, one BackPACK pass per exit and group, combined with the exit
 weights (the GGN is additive over loss terms, so with the default ``ggn_exact`` this is the
 curvature of the training loss Σ w_k·CE_k); then FairPrune's fair score
-:math:`\\tfrac12\\theta^2(h_u-\\beta h_p)`, masks (:func:`fairbench.methods.fairprune.prune_masks`)
+:math:`\\tfrac12\\theta^2(h_u-\\beta h_p)`, masks (:func:`fairbench.run.pruning.prune_masks`)
 and candidate loop (the ``fairprune`` method's oneshot/iterative modes, BatchNorm
 recalibration and optional fine-tuning, here with the multi-exit loss) applied to every conv
 and linear weight of the whole network, **heads included**; every candidate is evaluated with
@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 from fairbench.metrics import flatten
+from fairbench.metrics.catalog import CANDIDATE_COLUMNS
 from fairbench.models.multiexit import resolve_exit_spec
 from fairbench.run.context import RunContext
 from fairbench.run.method import Method, register_method
@@ -65,11 +66,10 @@ from fairbench.run.posthoc import (
     within_tolerance,
     write_rows,
 )
+from fairbench.run.pruning import FairPruneParams, SaliencyPruning, chosen_setting
 from fairbench.training.curvature import fair_saliency
 from fairbench.training.multiexit import exit_loss
 from fairbench.training.trainer import TrainHooks
-
-from .fairprune import ROW_METRICS, FairPrune, FairPruneParams, chosen_setting
 
 
 def _taus(params: Any) -> tuple[float, ...]:
@@ -102,7 +102,7 @@ class MeVanilla(Method):
         model.tau.fill_(best.tau)
         write_rows(ctx.run_dir / "tau.csv", [
             {"tau": r.tau, "score": r.score,
-             **{f"val_{k}": flatten(r.metrics).get(k) for k in ROW_METRICS}} for r in results])
+             **{f"val_{k}": flatten(r.metrics).get(k) for k in CANDIDATE_COLUMNS}} for r in results])
         ctx.notes["me_vanilla"] = {"final_exit_val_F1": f1_ref, "chosen_tau": best.tau,
                                    "val_F1": best.metrics["F1"],
                                    "val_EqOddsGap": best.metrics["EqOddsGap"], "val_EOdd": best.metrics["EOdd"],
@@ -119,7 +119,7 @@ class MeFairPruneParams(FairPruneParams, MultiExitParams):
 
 
 @register_method("me_fairprune")
-class MeFairPrune(FairPrune):
+class MeFairPrune(SaliencyPruning):
     """ME-FairPrune: FairPrune on a multi-exit model (per-exit curvature, heads pruned too)."""
 
     Params = MeFairPruneParams
@@ -180,7 +180,7 @@ class MeFairPrune(FairPrune):
         for r in results:
             flat = flatten(r.metrics)
             rows.append({**info, "tau": r.tau, "realized_ratio": realized, "score": r.score,
-                         **{f"val_{k}": flat.get(k) for k in ROW_METRICS}})
+                         **{f"val_{k}": flat.get(k) for k in CANDIDATE_COLUMNS}})
         best = best_tau(results)
         model.tau.fill_(best.tau)  # type: ignore[operator]
         ctx.logger.info("me_fairprune %s: realized %.4f tau %g val F1 %.4f EqOddsGap %.4f", info,

@@ -17,7 +17,7 @@ Follows the official code (github.com/DQle38/Fair-Feature-Distillation-for-Visua
   (diagonals included), Gaussian kernel
   :math:`K(u,v)=\\exp(-\\lVert u-v\\rVert^2/(2\\sigma\\bar d))`,
   :math:`\\bar d` the batch's mean squared teacher-student distance (no gradient), as in the
-  official code (:func:`fairbench.methods._inprocessing.mfd_mmd_terms`). No Hinton KD term
+  official code (:func:`fairbench.run.inprocessing.mfd_mmd_terms`). No Hinton KD term
   (λ_h = 0 in every published command).
 * **Features** (``features``): ``map`` (default, as the official code) is the
   backbone's final feature map, flattened: the input of the global pooling (smallcnn at
@@ -52,10 +52,9 @@ from fairbench.core.params import param
 from fairbench.data.loaders import Batch
 from fairbench.models.features import FeatureTap
 from fairbench.run.context import RunContext
+from fairbench.run.inprocessing import mfd_mmd_terms, require_groups, train_setup
 from fairbench.run.method import Method, register_method
-from fairbench.training.trainer import StepState, TrainHooks
-
-from ._inprocessing import mfd_mmd_terms, require_groups, train_setup
+from fairbench.training.trainer import Sampler, StepState, TrainHooks
 
 
 @dataclass
@@ -65,7 +64,7 @@ class MFDParams:
                                    "distance)", min=0.0, min_exclusive=True)
     features: Literal["map", "pooled"] = param(
         "map", help="final feature map before pooling, or the pooled embedding")
-    sampler: Literal["shuffle", "group", "class", "group_class"] = param(
+    sampler: Sampler = param(
         "group_class", help="training batches (group_class = the official labelwise sampler)")
 
 

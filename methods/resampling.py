@@ -25,20 +25,19 @@ alone; the model needs no sensitive attribute at inference.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
 
 from torch import nn
 
 from fairbench.core.params import param
 from fairbench.run.context import RunContext
+from fairbench.run.inprocessing import require_groups, train_setup
 from fairbench.run.method import Method, register_method
-
-from ._inprocessing import require_groups, train_setup
+from fairbench.training.trainer import GroupBy
 
 
 @dataclass
 class ResamplingParams:
-    by: Literal["group", "group_class"] = param(
+    by: GroupBy = param(
         "group", help="strata balanced in every batch: group (MEDFAIR), or group × class")
 
 

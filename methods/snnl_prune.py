@@ -13,7 +13,7 @@ Decisions (the method's docstring lists them; the source of each in brackets):
       d_ij = 1 − cos(z_ci, z_cj),   w_ij = exp(−d_ij / T)
       SNNL_c = −(1/B) Σ_i log( Σ_{j≠i, a_j=a_i} w_ij / Σ_{j≠i} w_ij )
 
-  computed for all channels at once (:func:`fairbench.methods._snnl.snnl_per_channel`, one
+  computed for all channels at once (:func:`fairbench.training.snnl.snnl_per_channel`, one
   batched C×B×B computation) on batches of ``score_batch_size`` training samples in a fixed
   order, without augmentation, in eval mode, and averaged over the batches [released code]. The standard
   form leaves out j = i from the numerator; ``include_self=true`` keeps it, as released.
@@ -81,6 +81,7 @@ from torch import nn
 from fairbench.core.errors import FairbenchError, ParamError
 from fairbench.core.params import param
 from fairbench.metrics import HEADLINE_FAIRNESS, flatten
+from fairbench.metrics.catalog import SNNL_COLUMNS
 from fairbench.run.context import RunContext
 from fairbench.run.method import Method, register_method
 from fairbench.run.posthoc import (
@@ -92,11 +93,8 @@ from fairbench.run.posthoc import (
     write_rows,
 )
 from fairbench.training.curvature import select_lowest
+from fairbench.training.snnl import snnl_per_channel
 from fairbench.training.trainer import TrainHooks
-
-from ._snnl import snnl_per_channel
-
-ROW_METRICS = ("F1", "accuracy", "EqOddsGap", "EOpp0", "EOpp1", "EOdd", "worst.F1", "gap.F1")
 
 
 @dataclass
@@ -469,7 +467,7 @@ class SNNLPrune(Method):
              score: float | None) -> dict[str, Any]:
         flat = flatten(val)
         return {"round": rnd, "new_channels": " ".join(map(str, new)), "pruned_total": total,
-                "score": score, **{f"val_{k}": flat.get(k) for k in ROW_METRICS}}
+                "score": score, **{f"val_{k}": flat.get(k) for k in SNNL_COLUMNS}}
 
 
 __all__ = [

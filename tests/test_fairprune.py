@@ -12,16 +12,16 @@ import json
 import math
 from pathlib import Path
 
-import fairbench.methods.fairprune as fp
 import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
 from dataset_helpers import assert_cli_error
-from fairbench.methods.fairprune import prune_masks
 
+import fairbench.run.pruning as fp
 from fairbench import RunContext
 from fairbench.cli.main import main
+from fairbench.run.pruning import prune_masks
 
 TINY = ["--backbone", "smallcnn", "--image-size", "16", "--epochs", "1",
         "--data-param", "n_samples=160", "--data-param", "n_classes=3",
@@ -343,7 +343,7 @@ def test_chosen_beta_and_ratio_are_the_best_logged_candidate(runs, tiny_cache):
 def test_default_keeps_batchnorm_statistics_and_option_reestimates(runs, tiny_cache):
     """By default (as the paper) pruning re-estimates nothing: every BatchNorm buffer of the
     saved model equals the vanilla model's; ``recalibrate_bn=true`` changes them."""
-    from fairbench.methods.fairprune import FairPruneParams
+    from fairbench.run.pruning import FairPruneParams
 
     assert FairPruneParams().recalibrate_bn is False
     off = spied_run(runs / "bn_off", tiny_cache, {**FAST, "recalibrate_bn": "false"})

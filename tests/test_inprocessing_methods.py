@@ -18,17 +18,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 from dataset_helpers import assert_cli_error, cli, make_jpegs
-from fairbench.methods._inprocessing import (
-    confusion_loss,
-    grad_reverse,
-    known_group_ce,
-    mfd_mmd_terms,
-)
 from fairbench.methods.adversarial import ClassAdversaries
 from fairbench.methods.groupdro import dro_update, group_mean_losses
 
 from fairbench import check_method, create_backbone
 from fairbench.models.features import FeatureTap
+from fairbench.run.inprocessing import (
+    confusion_loss,
+    grad_reverse,
+    known_group_ce,
+    mfd_mmd_terms,
+)
 
 METHODS = ["mfd", "adv_conf", "adv_rev", "resampling", "groupdro"]
 

@@ -195,3 +195,70 @@ def test_a_circle_is_found_even_under_type_checking(tiny_tree):
     _write(tiny_tree, "fairbench/run/context.py", "from fairbench.run import method\n")
     assert import_cycles(import_graph(tiny_tree)) == [
         ["fairbench.run.context", "fairbench.run.method"]]
+
+
+def test_no_method_imports_another_method():
+    """Shared pieces live in fairbench.run or fairbench.training, never in a method's module."""
+    graph = import_graph(ROOT)
+    crossing = sorted(f"{m} imports {t}" for m, targets in graph.items()
+                      if m.startswith("fairbench.methods.") for t in targets
+                      if t.startswith("fairbench.methods"))
+    assert crossing == []
+
+
+def test_a_method_importing_another_is_found(tiny_tree):
+    _write(tiny_tree, "methods/a.py", "X = 1\n")
+    _write(tiny_tree, "methods/b.py", "from .a import X\n")
+    graph = import_graph(tiny_tree)
+    assert graph["fairbench.methods.b"] == {"fairbench.methods.a"}
+
+
+# -- one source of metric names ------------------------------------------------------------------
+def metric_name_lists(root: Path) -> list[str]:
+    """Literal tuples, lists and sets of three or more metric names, and dicts keyed by them,
+    outside the metric catalog: each is a second source of a list the catalog declares."""
+    from fairbench.metrics.catalog import PREFIX_DIRECTION, SPECS, SUMMARY_KEYS
+
+    def is_metric(s: object) -> bool:
+        if not isinstance(s, str):
+            return False
+        if s in SPECS:
+            return True
+        prefix, _, base = s.partition(".")
+        return base in SPECS and (prefix in PREFIX_DIRECTION or prefix in SUMMARY_KEYS)
+
+    found = []
+    for module, file in source_modules(root).items():
+        if module.startswith("fairbench.metrics"):
+            continue  # the catalog, and the core that computes the metrics it declares
+        tree = ast.parse(file.read_text(), str(file))
+        skip = {id(n) for fn in ast.walk(tree) if isinstance(fn, ast.FunctionDef)
+                and (module, fn.name) in INDEPENDENT_DEFINITIONS for n in ast.walk(fn)}
+        for node in ast.walk(tree):
+            if id(node) in skip:
+                continue
+            if isinstance(node, (ast.Tuple, ast.List, ast.Set)):
+                elts = node.elts
+            elif isinstance(node, ast.Dict):
+                elts = [k for k in node.keys if k is not None]
+            else:
+                continue
+            names = [e.value for e in elts if isinstance(e, ast.Constant) and is_metric(e.value)]
+            if len(names) >= 3:
+                found.append(f"{file.relative_to(root)}:{node.lineno}: {names}")
+    return found
+
+
+#: functions that define metrics independently of the catalog on purpose: scikit-learn's
+#: functions for the fairlearn MetricFrame (the independent computation)
+INDEPENDENT_DEFINITIONS = {("fairbench.bench.tables", "default_fairlearn_metrics")}
+
+
+def test_metric_names_have_one_source():
+    assert metric_name_lists(ROOT) == []
+
+
+def test_a_second_list_of_metric_names_is_found(tiny_tree):
+    _write(tiny_tree, "fairbench/run/report.py", 'COLS = ("F1", "worst.F1", "EqOddsGap")\n')
+    assert metric_name_lists(tiny_tree) == [
+        "fairbench/run/report.py:1: ['F1', 'worst.F1', 'EqOddsGap']"]

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from fairbench.methods.fairprune import prune_masks
 from fairbench.methods.fairquantize import pow2_quantize, schedule
 
 from fairbench.cli.main import main
+from fairbench.run.pruning import prune_masks
 
 TINY = ["--backbone", "smallcnn", "--image-size", "16", "--epochs", "1",
         "--data-param", "n_samples=200", "--data-param", "n_classes=2",

@@ -202,7 +202,7 @@ def test_every_bad_input_is_one_line_and_touches_nothing(finished, tmp_path, tin
     """The bad inputs of the reliability review, each through the command line: one
     ``error:`` line, exit code 2, no traceback, and every file of the finished runs folder
     byte for byte as before (sha256)."""
-    from fairbench.core.registry import _REGISTER_CALL  # noqa: F401 - the early check's reader
+    from fairbench.core.registry import REGISTER_CALL  # noqa: F401 - the early check's reader
     from fairbench.data.dataset import DATASETS
     from fairbench.models.backbones import BACKBONES
     from fairbench.run.method import METHODS

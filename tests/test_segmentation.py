@@ -262,8 +262,7 @@ def test_fairdi_segmentation_conformance(tmp_path):
 
 
 def test_pixelwise_distillation_of_a_binary_map_is_the_bernoulli_kl():
-    from fairbench.methods._distill import distillation_kl
-
+    from fairbench.training.distill import distillation_kl
     from fairbench.training.segmentation import as_class_logits
 
     torch.manual_seed(0)

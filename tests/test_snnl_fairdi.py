@@ -21,14 +21,14 @@ import pytest
 import torch
 from click.testing import CliRunner
 from dataset_helpers import assert_cli_error
-from fairbench.methods._distill import distillation_kl, distillation_objective
-from fairbench.methods._snnl import snnl_per_channel
 from torch import nn
 
 from fairbench import Classifier, check_method, create_backbone, run_experiment
 from fairbench.cli.main import main
 from fairbench.core.params import build_params
 from fairbench.testing import tiny_run_config
+from fairbench.training.distill import distillation_kl, distillation_objective
+from fairbench.training.snnl import snnl_per_channel
 from fairbench.training.trainer import EpochLog, Trainer
 
 TINY = ["--backbone", "smallcnn", "--image-size", "16", "--epochs", "1",

@@ -85,7 +85,7 @@ def test_default_seeds_and_overrides(tmp_path):
 def test_every_shipped_suite_has_seeds_enough_for_the_marks():
     """A leaderboard marks a cell only from 3 paired seeds, so no shipped suite has fewer; the
     suites whose results the README reports have 5."""
-    from fairbench.bench.suite import read_toml
+    from fairbench.core.files import read_toml
 
     suites = [f for f in sorted((ROOT / "benchmarks").glob("*.toml"))
               if "methods" in read_toml(f)]  # suites (paper presets are single runs)

@@ -10,8 +10,12 @@ import html
 import math
 from typing import Any
 
-from fairbench.bench.leaderboard import COLUMN_TITLES, Leaderboard, Table
+from fairbench.bench.board import Table
+from fairbench.bench.cells import table_cells
+from fairbench.bench.leaderboard import Leaderboard
+from fairbench.bench.render import friedman_lines, table_notes
 from fairbench.metrics import HEADLINE_FAIRNESS, higher_is_better
+from fairbench.metrics.catalog import title as column_title
 
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }
@@ -35,9 +39,9 @@ def _table_html(board: Leaderboard, t: Table, view: str) -> list[str]:
     lead = ["Method"] + (["Group"] if view == "paper" else [])
     out = [f"<h2>{html.escape(t.title)}</h2>", "<table>", "<thead><tr>"]
     out += [f'<th class="label">{h}</th>' for h in lead]
-    out += [f"<th>{html.escape(COLUMN_TITLES.get(c, c) + _arrow(c))}</th>" for c in columns]
+    out += [f"<th>{html.escape(column_title(c) + _arrow(c))}</th>" for c in columns]
     out.append("</tr></thead><tbody>")
-    for label, row_name, cells in board._cells(
+    for label, row_name, cells in table_cells(
             t, view, lambda s: f"<strong>{s}</strong>", lambda s, mark: s + mark):
         cls = ' class="block"' if label and view == "paper" else ""
         out.append(f"<tr{cls}>" + f'<td class="label">{html.escape(label)}</td>'
@@ -46,7 +50,7 @@ def _table_html(board: Leaderboard, t: Table, view: str) -> list[str]:
                    + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
     out.append("</tbody></table>")
     out.append('<div class="notes"><ul>')
-    out += [f"<li>{html.escape(line.lstrip('- '))}</li>" for line in board._notes(t)]
+    out += [f"<li>{html.escape(line.lstrip('- '))}</li>" for line in table_notes(board, t)]
     out.append("</ul></div>")
     return out
 
@@ -59,7 +63,7 @@ def _figure_html(t: Table) -> list[str]:
     y = "Dice" if segmentation else "F1"
     if not any(math.isfinite(r.stats.get(x, (math.nan,))[0]) for r in t.rows):
         return []
-    caption = f"{y} against {COLUMN_TITLES.get(x, x)} per method, Pareto front dashed."
+    caption = f"{y} against {column_title(x)} per method, Pareto front dashed."
     return [f'<figure class="tradeoff">{svg_text(tradeoff_figure(t, x=x, y=y))}'
             f"<figcaption>{html.escape(caption)}</figcaption></figure>"]
 
@@ -73,7 +77,7 @@ def render_html(board: Leaderboard, view: str = "compact", *, figures: bool = Tr
         body += _table_html(board, t, view)
         if figures:
             body += _figure_html(t)
-    friedman = board._friedman_lines()
+    friedman = friedman_lines(board)
     if friedman:
         body.append(f'<p class="notes">{html.escape(friedman[0])}</p>')
     body += extra_sections or []

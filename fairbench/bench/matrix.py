@@ -40,12 +40,17 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from fairbench.bench.leaderboard import COLUMN_TITLES, MARKS, Leaderboard, Table, _tex
+from fairbench.bench.board import Table
+from fairbench.bench.cells import MARKS, tex_escape
+from fairbench.bench.leaderboard import Leaderboard
+from fairbench.bench.runs import part_source
 from fairbench.core.errors import FairbenchError
-from fairbench.metrics import HEADLINE_FAIRNESS, higher_is_better
+from fairbench.metrics import higher_is_better
+from fairbench.metrics.catalog import MATRIX_COLUMNS
+from fairbench.metrics.catalog import title as column_title
 
 #: the matrix's default panels: the headline fairness measure and the worst group's F1
-MATRIX_METRICS = (HEADLINE_FAIRNESS, "worst.F1")
+MATRIX_METRICS = MATRIX_COLUMNS
 LABELS = ("true", "observed")
 
 
@@ -158,7 +163,7 @@ class Matrix:
         return f"{mean * 100:.2f}" + (f" ± {std * 100:.2f}" if math.isfinite(std) else "")
 
     def title(self, metric: str) -> str:
-        name = COLUMN_TITLES.get(metric, metric)
+        name = column_title(metric)
         labels = "true labels" if self.labels == "true" else "observed labels"
         return f"{name}: change against vanilla ({labels}, test part)"
 
@@ -205,7 +210,7 @@ class Matrix:
 
     def notes(self) -> list[str]:
         directions = ", ".join(
-            f"{COLUMN_TITLES.get(m, m)} {'higher' if higher_is_better(m) else 'lower'} is "
+            f"{column_title(m)} {'higher' if higher_is_better(m) else 'lower'} is "
             "better" for m in self.metrics if higher_is_better(m) is not None)
         lines = [
             ("Cells: method − vanilla in points, mean over the seeds both have "
@@ -233,14 +238,14 @@ class Matrix:
         out = ["% requires \\usepackage{booktabs,amssymb}"]
         for metric in self.metrics:
             out += ["\\begin{table}[t]", "\\centering", "\\small",
-                    (f"\\caption{{{_tex(self.title(metric))}. Method $-$ vanilla in points, "
+                    (f"\\caption{{{tex_escape(self.title(metric))}. Method $-$ vanilla in points, "
                      "mean over paired seeds"
                      + (f", with the {self.confidence:.0%} two-stage paired bootstrap "
                         "interval".replace("%", "\\%") if self.confidence else "")
                      + "; $^\\blacktriangle$/$^\\blacktriangledown$: better/worse than "
-                     f"vanilla (paired {_tex(self.test)}, Holm, $p<{self.alpha:g}$).}}"),
+                     f"vanilla (paired {tex_escape(self.test)}, Holm, $p<{self.alpha:g}$).}}"),
                     f"\\begin{{tabular}}{{l{'r' * len(self.scenarios)}}}", "\\toprule",
-                    " & ".join(["Method"] + [_tex(s) for s in self.scenarios]) + " \\\\",
+                    " & ".join(["Method"] + [tex_escape(s) for s in self.scenarios]) + " \\\\",
                     "\\midrule",
                     " & ".join(["vanilla (value)"] + [
                         self._vanilla_text(metric, s).replace(" ± ", " $\\pm$ ")
@@ -249,7 +254,7 @@ class Matrix:
                 cells = [self._cell_text(self.cells.get((metric, method, s)),
                                          mark=lambda t, m: t + tex_marks.get(m, m))
                          for s in self.scenarios]
-                out.append(" & ".join([_tex(method)] + cells) + " \\\\")
+                out.append(" & ".join([tex_escape(method)] + cells) + " \\\\")
             out += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
         return "\n".join(out)
 
@@ -280,7 +285,6 @@ def paired_interval(method_preds: Sequence[Any], vanilla_preds: Sequence[Any], k
 
 
 def _reader(table: Table) -> Any:
-    from fairbench.bench.leaderboard import part_source
     from fairbench.bench.stats import RunPredictions
 
     part, column = part_source(table.part)
@@ -438,7 +442,7 @@ def matrix_figure(matrix: Matrix) -> Any:
         ax.set_xticks(range(n_cols), matrix.scenarios, rotation=30, ha="right", fontsize=8)
         ax.set_yticks(range(n_rows), matrix.methods, fontsize=8)
         labels = "true" if matrix.labels == "true" else "observed"
-        ax.set_title(f"Δ {COLUMN_TITLES.get(metric, metric)} vs vanilla\n({labels} labels; "
+        ax.set_title(f"Δ {column_title(metric)} vs vanilla\n({labels} labels; "
                      "blue = better)", fontsize=9)
     fig.tight_layout()
     return fig

@@ -29,8 +29,10 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from fairbench.bench.board import mean_std, setting_candidates
 from fairbench.core.errors import FairbenchError
 from fairbench.core.files import read_json
+from fairbench.metrics.catalog import GROUP_PLOT_COLUMNS
 from fairbench.run.report import find_vanilla_run
 from fairbench.run.store import DamagedRunError, check_run, read_run_files
 
@@ -123,7 +125,6 @@ def svg_text(fig: Any) -> str:
 
 def tradeoff_figure(table: Any, *, x: str = "EqOddsGap", y: str = "F1") -> Any:
     """The figure of :func:`plot_tradeoff` (not saved)."""
-    from fairbench.bench.leaderboard import _candidates, _mean_std
 
     fig, ax = plt.subplots(figsize=(5.2, 4.0))
     mx, my = [], []
@@ -131,11 +132,11 @@ def tradeoff_figure(table: Any, *, x: str = "EqOddsGap", y: str = "F1") -> Any:
     for row in table.rows:
         c = method_color(row.label, row.method)
         # every other setting of the method (faint), test metrics mean over seeds
-        for cand, runs in _candidates(row.all_runs or row.runs):
+        for cand, runs in setting_candidates(row.all_runs or row.runs):
             if cand.key == row.selection.candidate.key:
                 continue
-            px = _mean_std(r.flat(table.part).get(x, math.nan) for r in runs)[0]
-            py = _mean_std(r.flat(table.part).get(y, math.nan) for r in runs)[0]
+            px = mean_std(r.flat(table.part).get(x, math.nan) for r in runs)[0]
+            py = mean_std(r.flat(table.part).get(y, math.nan) for r in runs)[0]
             ax.scatter([px * 100], [py * 100], s=14, color=c, alpha=0.3, linewidths=0,
                        label="other settings (faint)" if first_other else None)
             first_other = False
@@ -192,7 +193,7 @@ def _unquantized(run_dirs: Sequence[str | Path], part: str,
     if not found:
         return None
     flats = [_flat(read_json(v / "metrics.json").get(part, {})) for v in found]
-    return {m: _mean_std_of([f.get(m) for f in flats]) for m in metrics}
+    return {m: mean_std([f.get(m) for f in flats]) for m in metrics}
 
 
 def plot_ablation(run_dirs: Sequence[str | Path], out: str | Path, *, part: str = "test",
@@ -260,13 +261,6 @@ def _flat(part_metrics: dict[str, Any]) -> dict[str, Any]:
     return flatten(part_metrics)
 
 
-def _mean_std_of(values: Sequence[Any]) -> tuple[float, float]:
-    v = np.array([x for x in values if x is not None and np.isfinite(x)], dtype=float)
-    if len(v) == 0:
-        return math.nan, math.nan
-    return float(v.mean()), (float(v.std(ddof=1)) if len(v) > 1 else math.nan)
-
-
 def plot_groups(run_dirs: str | Path | Sequence[str | Path], out: str | Path, *,
                 part: str = "test", metrics: Sequence[str] | None = None,
                 vanilla: bool = True) -> list[Path]:
@@ -291,7 +285,7 @@ def plot_groups(run_dirs: str | Path | Sequence[str | Path], out: str | Path, *,
 
             metrics = segmentation_metric_names(meta.get("mask_classes", []))
         else:
-            metrics = ("precision", "recall", "F1", "accuracy", "AUC")
+            metrics = GROUP_PLOT_COLUMNS
     series = [(cfg["method"], [_flat(m.get(part, {})) for _, m in runs], False)]
     if vanilla:
         found = [v for v in (find_vanilla_run(d) for d in dirs) if v is not None]
@@ -306,7 +300,7 @@ def plot_groups(run_dirs: str | Path | Sequence[str | Path], out: str | Path, *,
     for si, (name, flats, hatched) in enumerate(series):
         for gi, g in enumerate(groups):
             i = si * len(groups) + gi
-            stats = [_mean_std_of([f.get(f"{g}.{k}") for f in flats]) for k in metrics]
+            stats = [mean_std([f.get(f"{g}.{k}") for f in flats]) for k in metrics]
             means = np.array([s_[0] for s_ in stats]) * 100
             stds = np.array([0.0 if math.isnan(s_[1]) else s_[1] for s_ in stats]) * 100
             n_g = flats[0].get(f"{g}.n")
@@ -323,7 +317,7 @@ def plot_groups(run_dirs: str | Path | Sequence[str | Path], out: str | Path, *,
     ax.set_ylabel(f"% ({part})")
     ax.set_ylim(0, 108)
     seeds = sorted(int(c["seed"]) for c, _ in runs)
-    headline = _mean_std_of([f.get("ES_fairseg.Dice" if segmentation else "EqOddsGap")
+    headline = mean_std([f.get("ES_fairseg.Dice" if segmentation else "EqOddsGap")
                              for f in series[0][1]])[0]
     summary = (f"ES-Dice (FairSeg) {headline * 100:.2f}%" if segmentation else
                f"EqOdds gap {headline * 100:.2f}%")

@@ -46,6 +46,7 @@ from fairbench.metrics import (
     higher_is_better,
     is_segmentation_metric,
 )
+from fairbench.metrics.catalog import SEGMENTATION_COUNTERPART
 
 DEFAULT_RULE = "fair_within_eps"
 
@@ -165,10 +166,6 @@ def parse_rule(spec: str | Mapping[str, Any] | Rule | None) -> Rule:
     return Rule(name, tuple(sorted(opts.items())))
 
 
-#: the segmentation counterpart of a classification default in a rule's options
-SEGMENTATION_EQUIVALENT = {"F1": "Dice", "AUC": "Dice", "EqOddsGap": "gap.Dice", "EOdd": "gap.Dice"}
-
-
 def rule_for_task(rule: Rule, task: str) -> Rule:
     """``rule`` for a table of ``task``: for segmentation, a classification default (F1,
     AUC, EOdd) becomes its segmentation counterpart (Dice, Dice, gap.Dice); an explicit
@@ -178,10 +175,10 @@ def rule_for_task(rule: Rule, task: str) -> Rule:
     opts = {}
     for k, v in rule.options:
         if k != "eps" and not is_segmentation_metric(str(v)):
-            if v not in SEGMENTATION_EQUIVALENT:
+            if v not in SEGMENTATION_COUNTERPART:
                 raise ParamError(f"selection option {k}={v!r} is not a segmentation metric; "
                                  "use e.g. Dice, IoU, gap.Dice or ES_fairseg.Dice")
-            v = SEGMENTATION_EQUIVALENT[v]
+            v = SEGMENTATION_COUNTERPART[v]
         opts[k] = v
     return Rule(rule.name, tuple(sorted(opts.items())))
 

@@ -47,14 +47,17 @@ import pandas as pd
 
 from fairbench.core.errors import FairbenchError
 from fairbench.metrics import (
+    GroupConfusion,
     Interval,
     bootstrap_ci,
+    count_metrics,
     evaluate_classification,
     evaluate_segmentation,
     flatten,
     higher_is_better,
     two_stage_bootstrap_ci,
 )
+from fairbench.metrics.catalog import COUNT_UTILITY, EQUALIZED_ODDS
 
 #: fewest paired seeds a comparison against vanilla needs to be tested at all
 MIN_PAIRS = 3
@@ -272,116 +275,22 @@ def friedman(scores: pd.DataFrame, *, metric: str = "F1", alpha: float = 0.05,
 
 
 # -- metrics from predictions (fast path for the bootstrap) ------------------------------------
-_PRED_METRICS = ("accuracy", "precision", "recall", "F1")
-_EO = ("EqOddsGap", "EqOddsGap_maxclass", "EOpp0", "EOpp1", "EOdd")
-
-
-def _prf(m: np.ndarray) -> dict[str, float]:
-    """Accuracy and macro P/R/F1 of a confusion matrix (rows true, columns predicted), with
-    scikit-learn's label set (classes present in the truth or the predictions)."""
-    tp = np.diag(m).astype(float)
-    rows, cols = m.sum(1).astype(float), m.sum(0).astype(float)
-    n = m.sum()
-    if n == 0:
-        return {k: float("nan") for k in _PRED_METRICS}
-    present = (rows + cols) > 0
-    fp, fn = cols - tp, rows - tp
-    with np.errstate(divide="ignore", invalid="ignore"):
-        p = np.where(tp + fp > 0, tp / (tp + fp), 0.0)
-        r = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
-        f = np.where(2 * tp + fp + fn > 0, 2 * tp / (2 * tp + fp + fn), 0.0)
-    return {"accuracy": float(tp.sum() / n), "precision": float(p[present].mean()),
-            "recall": float(r[present].mean()), "F1": float(f[present].mean())}
-
-
 def prediction_metrics(y: np.ndarray, pred: np.ndarray, groups: np.ndarray,
                        names: Sequence[str], n_classes: int, *,
                        keys: Sequence[str] | None = None) -> dict[str, float]:
     """Flat prediction-based metrics (accuracy, precision, recall, F1 overall, per group and
-    as Avg/Diff/gap/worst; EqOddsGap and the papers' EOpp0, EOpp1, EOdd), equal to those of
-    :func:`fairbench.metrics.evaluate_classification`, from confusion counts (fast). With
-    ``keys``, only the family that holds them is computed (the equalized-odds family, or the
-    precision/recall/F1 family): the bootstrap asks for one metric per resample."""
-    keep = groups >= 0
-    y, pred, groups = y[keep], pred[keep], groups[keep]
-    k = n_classes
-    g_n = len(names)
-    counts = np.bincount((groups * k + y) * k + pred, minlength=g_n * k * k).reshape(g_n, k, k)
-    out: dict[str, float] = {}
-    if keys is None or any(key not in _EO for key in keys):
-        _prf_family(out, counts, names)
-    if keys is None or any(key in _EO for key in keys):
-        _eo_family(out, counts, y, pred)
-    return out
-
-
-def _prf_family(out: dict[str, float], counts: np.ndarray, names: Sequence[str]) -> None:
-    """Accuracy and macro P/R/F1 overall, per group and as Avg/gap/worst/Diff, into ``out``."""
-    out.update(_prf(counts.sum(0)))
-    per = {}
-    for code, name in enumerate(names):
-        if counts[code].sum() > 0:
-            per[name] = _prf(counts[code])
-            out.update({f"{name}.{m}": v for m, v in per[name].items()})
-    present = [n for n in names if n in per]
-    for m in _PRED_METRICS:
-        vals = np.array([per[n][m] for n in present])
-        out[f"Avg.{m}"] = float(vals.mean()) if len(vals) else float("nan")
-        if len(vals) >= 2:
-            out[f"gap.{m}"] = float(vals.max() - vals.min())
-            out[f"worst.{m}"] = float(vals.min())
-            if len(names) == 2 and len(present) == 2:
-                signed = per[names[1]][m] - per[names[0]][m]
-                out[f"Diff.{m}"], out[f"Diff_signed.{m}"] = abs(signed), signed
-            else:
-                out[f"Diff.{m}"], out[f"Diff_signed.{m}"] = out[f"gap.{m}"], float("nan")
-        else:
-            for pre in ("gap", "worst", "Diff", "Diff_signed"):
-                out[f"{pre}.{m}"] = float("nan")
-
-
-def _eo_family(out: dict[str, float], counts: np.ndarray, y: np.ndarray,
-               pred: np.ndarray) -> None:
-    """The equalized-odds family (:mod:`fairbench.metrics.fairness`, same conventions) into
-    ``out``."""
-    codes = [c for c in range(len(counts)) if counts[c].sum() > 0]
-    if len(codes) < 2 or len(y) == 0:
-        out.update({m: float("nan") for m in _EO})
-        return
-    c_max = int(max(y.max(), pred.max())) + 1
-    rates = {}
-    tpr_defined, fpr_defined = [], []
-    for c in codes:
-        m = counts[c][:c_max, :c_max].astype(float)
-        tp = np.diag(m)
-        fn = m.sum(1) - tp
-        fp = m.sum(0) - tp
-        tn = m.sum() - tp - fn - fp
-        with np.errstate(divide="ignore", invalid="ignore"):
-            rates[c] = (np.where(tp + fn > 0, tp / (tp + fn), 0.0),
-                        np.where(tn + fp > 0, tn / (tn + fp), 0.0),
-                        np.where(tn + fp > 0, fp / (tn + fp), 0.0))
-            tpr_defined.append(np.where(tp + fn > 0, tp / (tp + fn), np.nan))
-            fpr_defined.append(np.where(tn + fp > 0, fp / (tn + fp), np.nan))
-    gap = np.maximum(_spread(np.array(tpr_defined)), _spread(np.array(fpr_defined)))
-    out.update(EqOddsGap=float(gap.mean()), EqOddsGap_maxclass=float(gap.max()))
-    e0, e1, eo = np.zeros(c_max), np.zeros(c_max), np.zeros(c_max)
-    for i, a in enumerate(codes):
-        for b in codes[i + 1:]:
-            (tpr_a, tnr_a, fpr_a), (tpr_b, tnr_b, fpr_b) = rates[a], rates[b]
-            e0 = np.maximum(e0, np.abs(tnr_a - tnr_b))
-            e1 = np.maximum(e1, np.abs(tpr_a - tpr_b))
-            eo = np.maximum(eo, np.abs((tpr_a - tpr_b) + (fpr_a - fpr_b)) / 2)
-    out.update(EOpp0=float(e0.mean()), EOpp1=float(e1.mean()), EOdd=float(eo.mean()))
-
-
-def _spread(rates: np.ndarray) -> np.ndarray:
-    """Per class (column) max − min over groups (rows) of the defined rates; 0 where fewer
-    than two groups define it (as :func:`fairbench.metrics.fairness.equalized_odds_gap`)."""
-    defined = np.isfinite(rates)
-    hi = np.where(defined, rates, -np.inf).max(0)
-    lo = np.where(defined, rates, np.inf).min(0)
-    return np.where(defined.sum(0) >= 2, hi - lo, 0.0)
+    as Avg/Diff/gap/worst; EqOddsGap and the papers' EOpp0, EOpp1, EOdd), the same as
+    :func:`fairbench.metrics.evaluate_classification`'s, from the group-wise confusion counts
+    (:func:`fairbench.metrics.count_metrics`). With ``keys``, only the family that holds them
+    is computed (the equalized-odds family, or the precision/recall/F1 family): the bootstrap
+    asks for one metric per resample."""
+    cm = GroupConfusion.from_labels(y, pred, groups, n_groups=len(names), n_classes=n_classes)
+    families = []
+    if keys is None or any(key not in EQUALIZED_ODDS for key in keys):
+        families.append("utility")
+    if keys is None or any(key in EQUALIZED_ODDS for key in keys):
+        families.append("equalized_odds")
+    return count_metrics(cm, names, families=families)
 
 
 def _read_part(run_dir: str | Path, part: str, config: Mapping[str, Any] | None
@@ -480,7 +389,7 @@ class SegmentationPredictions:
 
 def _fast_key(key: str) -> bool:
     base = key.rsplit(".", 1)[-1]
-    return base in _PRED_METRICS or key in _EO
+    return base in COUNT_UTILITY or key in EQUALIZED_ODDS
 
 
 def bootstrap_runs(runs: Sequence[RunPredictions] | Sequence[SegmentationPredictions], key: str,

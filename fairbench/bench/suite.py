@@ -46,6 +46,7 @@ from typing import Any
 
 from fairbench.bench.selection import Rule, parse_rule
 from fairbench.core.errors import DataError, FairbenchError
+from fairbench.core.files import read_toml
 from fairbench.core.params import params_to_dict
 from fairbench.run.runner import RunConfig, prepare
 
@@ -215,20 +216,6 @@ def _unknown(keys: set[str], allowed: set[str], what: str, where: str) -> None:
         raise FairbenchError(f"{where}: {what} has unknown key {bad[0]!r}{hint}")
 
 
-def read_toml(path: str | Path) -> dict[str, Any]:
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
-    file = Path(path).expanduser()
-    if not file.is_file():
-        raise FairbenchError(f"suite file {str(file)!r} does not exist")
-    try:
-        return tomllib.loads(file.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise FairbenchError(f"suite file {str(file)!r} is not valid TOML: {exc}") from None
-
-
 def load_suite(path: str | Path, *, data_roots: Mapping[str, str] | None = None,
                runs_dir: str | None = None, seeds: list[int] | None = None,
                check: bool = True, allow_missing_data: bool = False) -> Suite:
@@ -238,7 +225,7 @@ def load_suite(path: str | Path, *, data_roots: Mapping[str, str] | None = None,
     data folders, overriding the file; ``runs_dir`` and ``seeds`` override the file too.
     """
     path = Path(path)
-    suite = parse_suite(read_toml(path), path=path, data_roots=data_roots, runs_dir=runs_dir,
+    suite = parse_suite(read_toml(path, "suite file"), path=path, data_roots=data_roots, runs_dir=runs_dir,
                         seeds=seeds)
     if check:
         check_suite(suite, allow_missing_data=allow_missing_data)
@@ -265,30 +252,9 @@ def _seeds(value: Any, where: str) -> list[int]:
     raise FairbenchError(f"{where}: seeds must be a count or a list of integers, got {value!r}")
 
 
-def parse_suite(data: Mapping[str, Any], *, path: Path | None = None,
-                data_roots: Mapping[str, str] | None = None, runs_dir: str | None = None,
-                seeds: list[int] | None = None) -> Suite:
-    """Turn the TOML data into a :class:`Suite` (structure only; see :func:`check_suite`)."""
-    where = _where(path)
-    _unknown(set(data), TOP_KEYS, "the top level", where)
-    for key in ("name", "description", "runs_dir", "cache_dir", "device"):
-        _typed(data, key, (str,), "a string", where)
-    _typed(data, "save_weights", (bool,), "true or false", where)
-    plugins_value = data.get("plugins")
-    if plugins_value is not None and not (
-            isinstance(plugins_value, str) or (isinstance(plugins_value, list) and all(
-                isinstance(x, str) for x in plugins_value))):
-        raise FairbenchError(f"{where}: plugins = {plugins_value!r} must be a list of paths")
-    train = _table(data.get("train"), "[train]", where)
-    sel = data.get("selection")
-    if isinstance(sel, str):
-        sel = {"rule": sel}
-    sel = _table(sel, "selection", where)
-    try:
-        rule = parse_rule(sel or None)
-    except FairbenchError as exc:
-        raise FairbenchError(f"{where}: {exc}") from None
-
+def _parse_datasets(data: Mapping[str, Any], where: str,
+                    data_roots: Mapping[str, str] | None) -> list[DatasetEntry]:
+    """The suite's ``[[datasets]]`` entries, each checked, with ``--data-root`` applied."""
     raw_datasets = data.get("datasets")
     if not isinstance(raw_datasets, list) or not raw_datasets:
         raise FairbenchError(f"{where}: it names no dataset; add at least one [[datasets]] table")
@@ -339,7 +305,11 @@ def parse_suite(data: Mapping[str, Any], *, path: Path | None = None,
         if unknown:
             raise FairbenchError(f"{where}: --data-root names dataset {unknown[0]!r}, which the "
                                  f"suite does not have; its datasets: {', '.join(labels)}")
+    return datasets
 
+
+def _parse_methods(data: Mapping[str, Any], where: str, labels: list[str]) -> list[MethodEntry]:
+    """The suite's ``[[methods]]`` entries, each checked (params, grid, datasets)."""
     raw_methods = data.get("methods")
     if not isinstance(raw_methods, list) or not raw_methods:
         raise FairbenchError(f"{where}: it names no method; add at least one [[methods]] table")
@@ -378,6 +348,35 @@ def parse_suite(data: Mapping[str, Any], *, path: Path | None = None,
     if dup:
         raise FairbenchError(f"{where}: method {dup[0]!r} appears twice; give the second entry "
                              "its own label = \"...\"")
+    return methods
+
+
+def parse_suite(data: Mapping[str, Any], *, path: Path | None = None,
+                data_roots: Mapping[str, str] | None = None, runs_dir: str | None = None,
+                seeds: list[int] | None = None) -> Suite:
+    """Turn the TOML data into a :class:`Suite` (structure only; see :func:`check_suite`)."""
+    where = _where(path)
+    _unknown(set(data), TOP_KEYS, "the top level", where)
+    for key in ("name", "description", "runs_dir", "cache_dir", "device"):
+        _typed(data, key, (str,), "a string", where)
+    _typed(data, "save_weights", (bool,), "true or false", where)
+    plugins_value = data.get("plugins")
+    if plugins_value is not None and not (
+            isinstance(plugins_value, str) or (isinstance(plugins_value, list) and all(
+                isinstance(x, str) for x in plugins_value))):
+        raise FairbenchError(f"{where}: plugins = {plugins_value!r} must be a list of paths")
+    train = _table(data.get("train"), "[train]", where)
+    sel = data.get("selection")
+    if isinstance(sel, str):
+        sel = {"rule": sel}
+    sel = _table(sel, "selection", where)
+    try:
+        rule = parse_rule(sel or None)
+    except FairbenchError as exc:
+        raise FairbenchError(f"{where}: {exc}") from None
+
+    datasets = _parse_datasets(data, where, data_roots)
+    methods = _parse_methods(data, where, [d.label for d in datasets])
     plugins = data.get("plugins", [])
     if isinstance(plugins, str):
         plugins = [plugins]

@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from fairbench.bench.leaderboard import RunRecord, collect_runs, read_run
+from fairbench.bench.runs import RunRecord, collect_runs, read_run
 from fairbench.core.errors import FairbenchError
 from fairbench.data.dataset import ATTR_PREFIX, TRUE_LABEL_COLUMN
 from fairbench.metrics import flatten

@@ -33,6 +33,7 @@ from fairbench.cli.options import (
 )
 from fairbench.cli.runs import runs_group
 from fairbench.core.errors import FairbenchError, ParamError
+from fairbench.core.files import read_toml
 from fairbench.core.version import __version__
 
 CONFIG_KEYS = {
@@ -102,7 +103,7 @@ def _check_names_early(method: str, dataset: str, plugins: list[str]) -> None:
     another way, installed plugin packages) are left to the registry."""
     import re
 
-    from fairbench.core.registry import _REGISTER_CALL, check_name_early
+    from fairbench.core.registry import REGISTER_CALL, check_name_early
 
     extra: set[str] = set()
     for plugin in plugins:
@@ -110,9 +111,9 @@ def _check_names_early(method: str, dataset: str, plugins: list[str]) -> None:
             text = Path(plugin).expanduser().read_text(errors="replace")
         except OSError:
             return  # the plugin loader reports it
-        found = set(_REGISTER_CALL.findall(text))
+        found = set(REGISTER_CALL.findall(text))
         calls = len(re.findall(r"register\w*\s*\(", text))
-        if calls > len(_REGISTER_CALL.findall(text)):
+        if calls > len(REGISTER_CALL.findall(text)):
             return  # names registered another way: nothing to decide here
         extra |= found
     loaded = "fairbench.run.method" in sys.modules
@@ -134,17 +135,8 @@ def _check_names_early(method: str, dataset: str, plugins: list[str]) -> None:
 def _read_config(path: str | None) -> dict[str, Any]:
     if not path:
         return {}
-    try:
-        import tomllib
-    except ModuleNotFoundError:  # Python 3.10
-        import tomli as tomllib  # type: ignore[no-redef]
     file = Path(path).expanduser()
-    if not file.is_file():
-        raise FairbenchError(f"config file {str(file)!r} does not exist")
-    try:
-        data = tomllib.loads(file.read_text())
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise FairbenchError(f"config file {str(file)!r} is not valid TOML: {exc}") from None
+    data = read_toml(file, "config file")
     unknown = sorted(set(data) - CONFIG_KEYS)
     if unknown:
         import difflib

@@ -57,6 +57,24 @@ def write_json(path: Path, data: Any) -> None:
     os.replace(tmp, path)
 
 
+def read_toml(path: str | Path, what: str = "file") -> dict[str, Any]:
+    """The TOML file at ``path`` (``what`` names it in errors: ``suite file``, ``config
+    file``); a missing file, a folder or invalid TOML is one line."""
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib  # type: ignore[no-redef]
+    file = Path(path).expanduser()
+    if file.is_dir():
+        raise FairbenchError(f"{what} {str(file)!r} is a folder; give the path of a .toml file")
+    if not file.is_file():
+        raise FairbenchError(f"{what} {str(file)!r} does not exist")
+    try:
+        return tomllib.loads(file.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise FairbenchError(f"{what} {str(file)!r} is not valid TOML: {exc}") from None
+
+
 def read_json(path: Path) -> Any:
     return json.loads(Path(path).read_text())
 

@@ -150,7 +150,7 @@ class Registry(Generic[T]):
         return factory(**kwargs)  # type: ignore[operator]
 
 
-_REGISTER_CALL = re.compile(
+REGISTER_CALL = re.compile(
     r"""@\s*(?:\w+\.)*register\w*\(\s*['"]([^'"]+)['"]""")
 
 
@@ -171,7 +171,7 @@ def static_names(package: str) -> set[str] | None:
     for folder in spec.submodule_search_locations:
         for file in Path(folder).glob("*.py"):
             try:
-                names.update(_REGISTER_CALL.findall(file.read_text(errors="replace")))
+                names.update(REGISTER_CALL.findall(file.read_text(errors="replace")))
             except OSError:
                 return None
     return names

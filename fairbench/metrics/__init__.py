@@ -17,8 +17,27 @@ from typing import Any
 
 import numpy as np
 
+from . import catalog
 from .bootstrap import Interval, bootstrap_ci, two_stage_bootstrap_ci
+from .catalog import (
+    HEADLINE_FAIRNESS,
+    HIGHER_IS_BETTER,
+    HIGHER_IS_BETTER_PREFIXES,
+    PREFIX_DIRECTION,
+    SUMMARY_KEYS,
+    MetricSpec,
+    check_directed_metric,
+    higher_is_better,
+    is_segmentation_metric,
+)
 from .classification import accuracy, expected_calibration_error, macro_auc, macro_prf
+from .counts import (
+    GroupConfusion,
+    count_metrics,
+    equalized_odds_from_counts,
+    per_group_utility,
+    utility_from_confusion,
+)
 from .fairness import equalized_odds_family, equalized_odds_gap
 from .groups import disaggregate, summarise
 from .segmentation import (
@@ -28,109 +47,10 @@ from .segmentation import (
     segmentation_metric_names,
 )
 
-#: the fairness criterion of every choice (selection rules, methods' candidate and checkpoint
-#: choice) and the headline fairness column: the standard equalized-odds gap (see
-#: :mod:`fairbench.metrics.fairness`). The papers' EOpp0/EOpp1/EOdd are computed beside it.
-HEADLINE_FAIRNESS = "EqOddsGap"
 
-#: direction of every base metric (None: signed, no direction)
-HIGHER_IS_BETTER: dict[str, bool | None] = {
-    "accuracy": True,
-    "precision": True,
-    "recall": True,
-    "F1": True,
-    "AUC": True,
-    "ECE": False,
-    "EqOddsGap": False,
-    "EqOddsGap_maxclass": False,
-    "EOpp0": False,
-    "EOpp1": False,
-    "EOdd": False,
-    "EOpp0_signed": None,
-    "EOpp1_signed": None,
-    "EOdd_signed": None,
-    "Dice": True,
-    "IoU": True,
-    "n": None,
-}
-
-#: base-metric name prefixes whose metrics are all higher-is-better (per-class Dice_cup, IoU_rim)
-HIGHER_IS_BETTER_PREFIXES: tuple[str, ...] = ("Dice_", "IoU_")
-
-#: direction of ``<prefix>.<metric>`` keys whatever the base metric (equity-scaled families)
-PREFIX_DIRECTION: dict[str, bool | None] = {
-    "gap": False,
-    "Diff": False,
-    "Diff_signed": None,
-    "ES_fairseg": True,
-    "ES_fairmedfm": True,
-    "skew": False,
-}
-
-SUMMARY_KEYS = ("Avg", "gap", "worst", "Diff", "Diff_signed")
-
-
-def _base_direction(base: str) -> bool | None:
-    if base in HIGHER_IS_BETTER:
-        return HIGHER_IS_BETTER[base]
-    if base.startswith(HIGHER_IS_BETTER_PREFIXES):
-        return True
-    raise KeyError(f"unknown metric {base!r}")
-
-
-def is_segmentation_metric(key: str) -> bool:
-    """Whether a flat key is a segmentation metric: its base (after any ``prefix.``) is
-    ``Dice``, ``IoU``, ``Dice_<class>`` or ``IoU_<class>``."""
-    base = key.split(".", 1)[1] if "." in key else key
-    return base in ("Dice", "IoU") or base.startswith(HIGHER_IS_BETTER_PREFIXES)
-
-
-def higher_is_better(key: str) -> bool | None:
-    """Direction of a flat metric key: ``F1``, ``gap.F1``, ``worst.AUC``, ``dark.F1``,
-    ``Dice_cup``, ``ES_fairseg.Dice``...
-
-    ``gap.*``, ``Diff.*`` and ``skew.*`` are lower-is-better, ``Diff_signed.*`` has no
-    direction, ``ES_fairseg.*`` and ``ES_fairmedfm.*`` are higher-is-better, and ``worst.*``,
-    ``Avg.*`` and ``<group>.*`` follow their base metric (``None`` for an unknown one).
-    ``Dice_<class>`` and ``IoU_<class>`` are higher-is-better.
-    """
-    if "." in key:
-        prefix, base = key.split(".", 1)
-        if prefix in PREFIX_DIRECTION:
-            return PREFIX_DIRECTION[prefix]
-        try:
-            return _base_direction(base)
-        except KeyError:
-            return None
-    return _base_direction(key)
-
-
-def check_directed_metric(key: str, what: str) -> None:
-    """Raise :class:`~fairbench.core.errors.ParamError` (one line naming ``what``, e.g.
-    ``parameter select_metric``) unless ``key`` is a metric with a direction, as every choice
-    (checkpoint, candidate, leaderboard row) needs."""
-    from fairbench.core.errors import ParamError
-
-    try:
-        direction = higher_is_better(key)
-    except KeyError:
-        raise ParamError(f"{what}={key!r} is not a metric; use e.g. {HEADLINE_FAIRNESS}, EOdd, "
-                         "F1, worst.F1 or gap.F1") from None
-    if direction is None:
-        raise ParamError(f"{what}={key!r} has no direction; pick another metric")
-
-
-def _utility(y: np.ndarray, probs: np.ndarray, pred: np.ndarray) -> dict[str, float]:
-    p, r, f = macro_prf(y, pred)
-    return {
-        "n": len(y),
-        "accuracy": accuracy(y, pred),
-        "precision": p,
-        "recall": r,
-        "F1": f,
-        "AUC": macro_auc(y, probs),
-        "ECE": expected_calibration_error(y, probs),
-    }
+def _score_metrics(y: np.ndarray, probs: np.ndarray) -> dict[str, float]:
+    """The metrics that need the scores, not only the predictions: AUC and ECE."""
+    return {"AUC": macro_auc(y, probs), "ECE": expected_calibration_error(y, probs)}
 
 
 def evaluate_classification(
@@ -142,7 +62,12 @@ def evaluate_classification(
     y_pred: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """All metrics of one part. Rows whose group code is negative (missing) are excluded
-    from every value and counted in ``n_missing_group``; predictions default to the argmax."""
+    from every value and counted in ``n_missing_group``; predictions default to the argmax.
+
+    The prediction-based metrics (accuracy, precision, recall, F1, the equalized-odds family)
+    come from one set of group-wise confusion counts (:mod:`fairbench.metrics.counts`), AUC
+    and ECE from the scores; per group, then ``Avg``/``gap``/``worst``/``Diff``/
+    ``Diff_signed`` (:func:`~fairbench.metrics.groups.summarise`)."""
     y_true = np.asarray(y_true)
     probs = np.asarray(probs, dtype=np.float64)
     groups = np.asarray(groups)
@@ -150,14 +75,21 @@ def evaluate_classification(
     keep = groups >= 0
     out: dict[str, Any] = {"n_missing_group": int((~keep).sum())}
     y, pr, pd_, g = y_true[keep], probs[keep], pred[keep], groups[keep]
-    out.update(_utility(y, pr, pd_))
-    out.update(equalized_odds_gap(y, pd_, g))
-    out.update(equalized_odds_family(y, pd_, g))
-    per_group = disaggregate(lambda sel: _utility(y[sel], pr[sel], pd_[sel]), g, group_names)
+    n_classes = max(probs.shape[1], int(max(y.max(), pd_.max())) + 1 if len(y) else 0)
+    n_groups = max(len(group_names), int(g.max()) + 1 if len(g) else 0)
+    cm = GroupConfusion.from_labels(y, pd_, g, n_groups=n_groups, n_classes=n_classes)
+    out.update({"n": len(y), **utility_from_confusion(cm.overall), **_score_metrics(y, pr)})
+    out.update(equalized_odds_from_counts(cm))
+    utility = per_group_utility(cm, group_names)
+    per_group = {}
+    for code, name in enumerate(group_names):
+        sel = g == code
+        if sel.any():
+            per_group[name] = {"n": int(sel.sum()), **utility[name],
+                               **_score_metrics(y[sel], pr[sel])}
     out.update(per_group)
-    hib = {k: v for k, v in HIGHER_IS_BETTER.items()}
     out.update(summarise({k: {m: v for m, v in d.items() if m != "n"} for k, d in per_group.items()},
-                         group_names, hib))
+                         group_names, HIGHER_IS_BETTER))
     return out
 
 
@@ -186,11 +118,17 @@ def selection_score(part_metrics: dict[str, Any], key: str) -> float:
 
 
 __all__ = [
+    "GroupConfusion",
     "HEADLINE_FAIRNESS",
     "HIGHER_IS_BETTER",
     "HIGHER_IS_BETTER_PREFIXES",
     "PREFIX_DIRECTION",
     "Interval",
+    "MetricSpec",
+    "SUMMARY_KEYS",
+    "catalog",
+    "count_metrics",
+    "equalized_odds_from_counts",
     "accuracy",
     "bootstrap_ci",
     "check_directed_metric",
@@ -210,5 +148,6 @@ __all__ = [
     "segmentation_metric_names",
     "selection_score",
     "summarise",
+    "utility_from_confusion",
     "two_stage_bootstrap_ci",
 ]

@@ -7,7 +7,17 @@ metric is undefined (e.g. AUC on a subset that holds a single class).
 from __future__ import annotations
 
 import numpy as np
-from sklearn.metrics import precision_recall_fscore_support, roc_auc_score
+from sklearn.metrics import roc_auc_score
+
+from .counts import GroupConfusion, utility_from_confusion
+
+
+def _confusion(y_true: np.ndarray, y_pred: np.ndarray) -> np.ndarray:
+    """The confusion matrix (rows true, columns predicted) of one group of rows."""
+    y_true, y_pred = np.asarray(y_true, dtype=np.int64), np.asarray(y_pred, dtype=np.int64)
+    k = int(max(y_true.max(), y_pred.max())) + 1
+    return GroupConfusion.from_labels(y_true, y_pred, np.zeros_like(y_true), n_groups=1,
+                                      n_classes=k).overall
 
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -15,10 +25,9 @@ def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
     ``higher_is_better = True``.
     """
-    y_true = np.asarray(y_true)
     if len(y_true) == 0:
         return float("nan")
-    return float(np.mean(np.asarray(y_pred) == y_true))
+    return utility_from_confusion(_confusion(y_true, y_pred))["accuracy"]
 
 
 def macro_prf(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float, float]:
@@ -30,15 +39,15 @@ def macro_prf(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[float, float, flo
         R = \frac1{|L|}\sum_{c\in L}\frac{TP_c}{TP_c+FN_c},\quad
         F_1 = \frac1{|L|}\sum_{c\in L}\frac{2\,TP_c}{2\,TP_c+FP_c+FN_c}.
 
-    Note that macro F1 is the mean of per-class F1, not the F1 of macro P and R.
-    ``higher_is_better = True`` for all three.
+    Note that macro F1 is the mean of per-class F1, not the F1 of macro P and R. Computed
+    from the confusion counts (:func:`fairbench.metrics.counts.utility_from_confusion`);
+    equal to scikit-learn's ``precision_recall_fscore_support(average="macro",
+    zero_division=0)``. ``higher_is_better = True`` for all three.
     """
     if len(y_true) == 0:
         return float("nan"), float("nan"), float("nan")
-    p, r, f, _ = precision_recall_fscore_support(
-        y_true, y_pred, average="macro", zero_division=0
-    )
-    return float(p), float(r), float(f)
+    u = utility_from_confusion(_confusion(y_true, y_pred))
+    return u["precision"], u["recall"], u["F1"]
 
 
 def macro_auc(y_true: np.ndarray, probs: np.ndarray) -> float:

@@ -53,71 +53,33 @@ variants are ``nan``.
 
 from __future__ import annotations
 
-import itertools
-import warnings
-
 import numpy as np
 
+from .catalog import EQODDS_GAP, PAPER_FAIRNESS, PAPER_SIGNED
+from .counts import GroupConfusion, equalized_odds_from_counts
 
-def group_rates(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray, n_classes: int,
-                group_codes: list[int]) -> dict[int, dict[str, np.ndarray]]:
-    """Per group, the per-class one-vs-rest TPR, TNR and FPR (0 where undefined)."""
-    out: dict[int, dict[str, np.ndarray]] = {}
-    classes = np.arange(n_classes)
-    for g in group_codes:
-        sel = groups == g
-        yt, yp = y_true[sel][:, None] == classes, y_pred[sel][:, None] == classes
-        tp = (yt & yp).sum(0).astype(float)
-        fn = (yt & ~yp).sum(0).astype(float)
-        fp = (~yt & yp).sum(0).astype(float)
-        tn = (~yt & ~yp).sum(0).astype(float)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            tpr = np.where(tp + fn > 0, tp / (tp + fn), 0.0)
-            tnr = np.where(tn + fp > 0, tn / (tn + fp), 0.0)
-            fpr = np.where(tn + fp > 0, fp / (tn + fp), 0.0)
-        out[g] = {"TPR": tpr, "TNR": tnr, "FPR": fpr}
-    return out
+
+def _counts(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray) -> GroupConfusion:
+    """The group-wise confusion counts of the rows with a group (negative codes left out),
+    classes ``0 .. max(y_true, y_pred)``."""
+    y_true, y_pred, groups = (np.asarray(a, dtype=np.int64) for a in (y_true, y_pred, groups))
+    keep = groups >= 0
+    n_groups = int(groups[keep].max()) + 1 if keep.any() else 0
+    n_classes = int(max(y_true[keep].max(), y_pred[keep].max())) + 1 if keep.any() else 1
+    return GroupConfusion.from_labels(y_true, y_pred, groups, n_groups=n_groups,
+                                      n_classes=n_classes)
 
 
 def equalized_odds_family(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray
                           ) -> dict[str, float]:
-    """EOpp0, EOpp1, EOdd and their ``*_signed`` twins (see the module docstring).
+    """EOpp0, EOpp1, EOdd and their ``*_signed`` twins (see the module docstring), from the
+    group-wise confusion counts (:func:`fairbench.metrics.counts.equalized_odds_from_counts`).
 
     ``groups`` holds integer codes; rows with a negative code are ignored. The signed variants
     are group(lowest code) − group(next code).
     """
-    y_true, y_pred, groups = map(np.asarray, (y_true, y_pred, groups))
-    keep = groups >= 0
-    y_true, y_pred, groups = y_true[keep], y_pred[keep], groups[keep]
-    nan = float("nan")
-    codes = sorted(set(groups.tolist()))
-    if len(codes) < 2 or len(y_true) == 0:
-        return {k: nan for k in ("EOpp0", "EOpp1", "EOdd",
-                                 "EOpp0_signed", "EOpp1_signed", "EOdd_signed")}
-    n_classes = int(max(y_true.max(), y_pred.max())) + 1
-    rates = group_rates(y_true, y_pred, groups, n_classes, codes)
-    eopp0 = np.zeros(n_classes)
-    eopp1 = np.zeros(n_classes)
-    eodd = np.zeros(n_classes)
-    for a, b in itertools.combinations(codes, 2):
-        d_tnr = rates[a]["TNR"] - rates[b]["TNR"]
-        d_tpr = rates[a]["TPR"] - rates[b]["TPR"]
-        d_fpr = rates[a]["FPR"] - rates[b]["FPR"]
-        eopp0 = np.maximum(eopp0, np.abs(d_tnr))
-        eopp1 = np.maximum(eopp1, np.abs(d_tpr))
-        eodd = np.maximum(eodd, np.abs(d_tpr + d_fpr) / 2)
-    out = {"EOpp0": float(eopp0.mean()), "EOpp1": float(eopp1.mean()),
-           "EOdd": float(eodd.mean())}
-    if len(codes) == 2:
-        a, b = codes
-        d_tnr = rates[a]["TNR"] - rates[b]["TNR"]
-        d_tpr = rates[a]["TPR"] - rates[b]["TPR"]
-        d_fpr = rates[a]["FPR"] - rates[b]["FPR"]
-        out.update(EOpp0_signed=float(d_tnr.mean()), EOpp1_signed=float(d_tpr.mean()),
-                   EOdd_signed=float(((d_tpr + d_fpr) / 2).mean()))
-    else:
-        out.update(EOpp0_signed=nan, EOpp1_signed=nan, EOdd_signed=nan)
-    return out
+    eo = equalized_odds_from_counts(_counts(y_true, y_pred, groups))
+    return {k: eo[k] for k in (*PAPER_FAIRNESS, *PAPER_SIGNED)}
 
 
 def equalized_odds_gap(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarray
@@ -128,29 +90,5 @@ def equalized_odds_gap(y_true: np.ndarray, y_pred: np.ndarray, groups: np.ndarra
     ``groups`` holds integer codes; rows with a negative code are ignored. Classes are
     ``0 .. max(y_true, y_pred)``. ``nan`` with fewer than two groups.
     """
-    y_true, y_pred, groups = map(np.asarray, (y_true, y_pred, groups))
-    keep = groups >= 0
-    y_true, y_pred, groups = y_true[keep], y_pred[keep], groups[keep]
-    codes = sorted(set(groups.tolist()))
-    if len(codes) < 2 or len(y_true) == 0:
-        return {"EqOddsGap": float("nan"), "EqOddsGap_maxclass": float("nan")}
-    classes = np.arange(int(max(y_true.max(), y_pred.max())) + 1)
-    tpr = np.full((len(codes), len(classes)), np.nan)
-    fpr = np.full((len(codes), len(classes)), np.nan)
-    for i, g in enumerate(codes):
-        sel = groups == g
-        yt, yp = y_true[sel][:, None] == classes, y_pred[sel][:, None] == classes
-        pos, neg = yt.sum(0), (~yt).sum(0)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            tpr[i] = np.where(pos > 0, (yt & yp).sum(0) / pos, np.nan)
-            fpr[i] = np.where(neg > 0, (~yt & yp).sum(0) / neg, np.nan)
-
-    def spread(rates: np.ndarray) -> np.ndarray:
-        defined = (~np.isnan(rates)).sum(0)
-        with np.errstate(invalid="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-nan columns
-            gap = np.nanmax(rates, 0) - np.nanmin(rates, 0)
-        return np.where(defined >= 2, gap, 0.0)
-
-    per_class = np.maximum(spread(tpr), spread(fpr))
-    return {"EqOddsGap": float(per_class.mean()), "EqOddsGap_maxclass": float(per_class.max())}
+    eo = equalized_odds_from_counts(_counts(y_true, y_pred, groups), signed=False)
+    return {k: eo[k] for k in EQODDS_GAP}

@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping
 
 import numpy as np
 
+from .catalog import SUMMARY_KEYS
+
 GroupValues = dict[str, dict[str, float]]
 
 
@@ -39,7 +41,7 @@ def summarise(per_group: Mapping[str, Mapping[str, float]], names: list[str],
     """``Avg``, ``gap``, ``worst``, ``Diff`` and ``Diff_signed`` of every metric."""
     present = [n for n in names if n in per_group]
     metrics = list(next(iter(per_group.values())).keys()) if per_group else []
-    out: dict[str, dict[str, float]] = {k: {} for k in ("Avg", "gap", "worst", "Diff", "Diff_signed")}
+    out: dict[str, dict[str, float]] = {k: {} for k in SUMMARY_KEYS}
     for m in metrics:
         vals = np.array([per_group[n][m] for n in present], dtype=float)
         finite = vals[np.isfinite(vals)]
@@ -56,6 +58,6 @@ def summarise(per_group: Mapping[str, Mapping[str, float]], names: list[str],
             else:
                 out["Diff"][m], out["Diff_signed"][m] = gap, nan
         else:
-            for k in ("gap", "worst", "Diff", "Diff_signed"):
+            for k in SUMMARY_KEYS[1:]:
                 out[k][m] = nan
     return out

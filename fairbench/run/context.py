@@ -25,7 +25,14 @@ from fairbench.data.splits import Split
 from fairbench.models.backbones import create_backbone
 from fairbench.run.store import cached_model
 from fairbench.training.curvature import PassSize
-from fairbench.training.trainer import EpochLog, FitResult, TrainConfig, Trainer, TrainHooks
+from fairbench.training.trainer import (
+    EpochLog,
+    FitResult,
+    Sampler,
+    TrainConfig,
+    Trainer,
+    TrainHooks,
+)
 
 Part = Literal["train", "val", "test"]
 
@@ -155,7 +162,7 @@ class RunContext:
         groups: Sequence[int] | None = None,
         positions: np.ndarray | None = None,
         batch_size: int | None = None,
-        sampler: Literal["sequential", "shuffle", "group", "class", "group_class"] | None = None,
+        sampler: Literal["sequential"] | Sampler | None = None,
         augment: bool | None = None,
         drop_last: bool | None = None,
         seed_offset: int = 0,
@@ -409,6 +416,3 @@ class RunContext:
     def unprivileged(self) -> list[int]:
         p = self.privileged
         return [g for g in range(self.n_groups) if g != p]
-
-    def privileged_if_resolved(self) -> str | None:
-        return self._privileged_name

@@ -22,6 +22,7 @@ from torch import nn
 from fairbench.core.errors import ParamError
 from fairbench.core.params import param
 from fairbench.metrics import HEADLINE_FAIRNESS
+from fairbench.metrics.catalog import TAU_SWEEP_COLUMNS
 from fairbench.models.multiexit import (
     TAU_GRID,
     ExitSpec,
@@ -327,7 +328,7 @@ def exit_notes(ctx: RunContext, model: MultiExit, results: Sequence[TauResult] |
         out[part] = exit_report(chosen, costs, exit_fallback(logits, tau))
     if results:
         out["tau_sweep_val"] = [
-            {"tau": r.tau, "score": round(r.score, 6), "F1": r.metrics["F1"],
-             "EqOddsGap": r.metrics["EqOddsGap"], "EOdd": r.metrics["EOdd"],
+            {"tau": r.tau, "score": round(r.score, 6),
+             **{k: r.metrics[k] for k in TAU_SWEEP_COLUMNS},
              **exit_report(r.chosen, costs, r.fell_back)} for r in results]
     return out

@@ -10,9 +10,16 @@ from pathlib import Path
 from typing import Any
 
 from fairbench.core.files import read_json
+from fairbench.metrics.catalog import (
+    COMPARE_GROUP,
+    COMPARE_OVERALL,
+    COMPARE_SEGMENTATION,
+    COMPARE_SEGMENTATION_GROUP,
+    FAIRNESS_COLUMNS,
+    PAPER_FAIRNESS,
+    PAPER_UTILITY,
+)
 
-UTILITY = ("precision", "recall", "F1")
-FAIRNESS = ("EqOddsGap", "EOpp0", "EOpp1", "EOdd")
 W = 10  # column width
 
 
@@ -33,21 +40,21 @@ def paper_table(part_metrics: dict[str, Any], groups: list[str], *, title: str =
     (every sample). Values in percent; fairness columns are filled on the Avg row (they are
     between-group quantities) and repeated for All."""
     name_w = max(8, *(len(g) + 1 for g in groups))
-    header = "group".ljust(name_w) + "".join(c.rjust(W) for c in (*UTILITY, *FAIRNESS))
+    header = "group".ljust(name_w) + "".join(c.rjust(W) for c in (*PAPER_UTILITY, *FAIRNESS_COLUMNS))
     lines = [title] if title else []
     lines += [header, "-" * len(header)]
     for g in groups:
         vals = part_metrics.get(g, {})
-        lines.append(g.ljust(name_w) + "".join(_fmt(vals.get(c)) for c in UTILITY)
-                     + " " * W * len(FAIRNESS))
+        lines.append(g.ljust(name_w) + "".join(_fmt(vals.get(c)) for c in PAPER_UTILITY)
+                     + " " * W * len(FAIRNESS_COLUMNS))
     avg = part_metrics.get("Avg", {})
-    lines.append("Avg".ljust(name_w) + "".join(_fmt(avg.get(c)) for c in UTILITY)
-                 + "".join(_fmt(part_metrics.get(c)) for c in FAIRNESS))
+    lines.append("Avg".ljust(name_w) + "".join(_fmt(avg.get(c)) for c in PAPER_UTILITY)
+                 + "".join(_fmt(part_metrics.get(c)) for c in FAIRNESS_COLUMNS))
     diff = part_metrics.get("Diff", {})
-    lines.append("Diff".ljust(name_w) + "".join(_fmt(diff.get(c)) for c in UTILITY)
-                 + " " * W * len(FAIRNESS))
-    lines.append("All".ljust(name_w) + "".join(_fmt(part_metrics.get(c)) for c in UTILITY)
-                 + "".join(_fmt(part_metrics.get(c)) for c in FAIRNESS))
+    lines.append("Diff".ljust(name_w) + "".join(_fmt(diff.get(c)) for c in PAPER_UTILITY)
+                 + " " * W * len(FAIRNESS_COLUMNS))
+    lines.append("All".ljust(name_w) + "".join(_fmt(part_metrics.get(c)) for c in PAPER_UTILITY)
+                 + "".join(_fmt(part_metrics.get(c)) for c in FAIRNESS_COLUMNS))
     return "\n".join(lines)
 
 
@@ -194,16 +201,6 @@ def find_vanilla_run(run_dir: str | Path) -> Path | None:
     return None
 
 
-#: overall rows of the comparison with vanilla (classification), then per group
-COMPARE_OVERALL = ("F1", "AUC", "accuracy", "worst.F1", "worst.AUC", "gap.F1", "EqOddsGap",
-                   "EqOddsGap_maxclass", "EOpp0", "EOpp1", "EOdd")
-COMPARE_GROUP = ("n", "F1", "AUC", "precision", "recall")
-COMPARE_SEGMENTATION = ("Dice", "IoU", "worst.Dice", "gap.Dice", "ES_fairseg.Dice",
-                        "ES_fairmedfm.Dice")
-#: the papers' definitions, labelled as theirs wherever shown
-PAPER_METRICS = ("EOpp0", "EOpp1", "EOdd")
-
-
 def comparison_frame(metrics: dict[str, Any], vanilla: dict[str, Any] | None, *,
                      part: str = "test") -> Any:
     """One row per metric (overall, then per group with the test samples ``n``): the run's
@@ -220,7 +217,7 @@ def comparison_frame(metrics: dict[str, Any], vanilla: dict[str, Any] | None, *,
     groups = meta.get("groups") or []
     segmentation = meta.get("task") == "segmentation"
     keys = list(COMPARE_SEGMENTATION if segmentation else COMPARE_OVERALL)
-    per_group = ("n", "Dice", "IoU") if segmentation else COMPARE_GROUP
+    per_group = COMPARE_SEGMENTATION_GROUP if segmentation else COMPARE_GROUP
     keys += [f"{g}.{m}" for g in groups for m in per_group]
     rows = []
     for key in keys:
@@ -230,7 +227,7 @@ def comparison_frame(metrics: dict[str, Any], vanilla: dict[str, Any] | None, *,
         diff = (value - ref) if isinstance(value, (int, float)) and isinstance(
             ref, (int, float)) else None
         direction = higher_is_better(key)
-        name = key + (" (paper)" if key in PAPER_METRICS else "")
+        name = key + (" (paper)" if key in PAPER_FAIRNESS else "")
         rows.append({"metric": name, "run": value, "vanilla": ref, "difference": diff,
                      "direction": {True: "higher is better", False: "lower is better"}.get(
                          direction, "")})

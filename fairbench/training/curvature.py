@@ -283,6 +283,126 @@ class PassSize:
     samples: int | None = None
 
 
+class _CurvaturePass:
+    """The state of one :func:`diagonal_curvature` call: a float32 copy of the model with only
+    the scored parameters requiring gradients, the engine (fairbench's autograd products
+    where they cover the model, else BackPACK, switched to on the first unsupported layer),
+    and the accumulated diagonal per parameter name."""
+
+    def __init__(self, model: nn.Module, estimator: Estimator, scope: Scope,
+                 mc_samples: int) -> None:
+        self.estimator, self.mc_samples = estimator, mc_samples
+        work = copy.deepcopy(model).float().eval()
+        self.work = work.to(memory_format=torch.contiguous_format)
+        targets = scored_parameters(self.work, scope)
+        self.target_ids = {id(p): name for name, p in targets.items()}
+        for p in self.work.parameters():
+            p.requires_grad_(id(p) in self.target_ids)
+        self.engine: SquaredProducts | None = None
+        if ENGINES.get(estimator) == "autograd":
+            try:
+                self.engine = SquaredProducts(self.work, targets)
+            except Unsupported as exc:
+                log.debug("%s through BackPACK: %s", estimator, exc)
+        self.attr = _SAVED_AS[estimator]
+        self.acc = {name: torch.zeros_like(p) for name, p in targets.items()}
+        self.state: dict[str, object] = {}
+        if self.engine is None:
+            self.use_backpack()
+        else:
+            self.state.update(model=self.work, params=[], loss=None)
+        self.ext = self.new_extension()
+
+    def use_backpack(self) -> None:
+        from backpack import extend
+
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                self.state["model"] = extend(self.work, use_converter=True)
+        except Exception as exc:  # noqa: BLE001  (torch.fx cannot trace it)
+            raise CurvatureError(
+                f"BackPACK cannot trace this backbone ({type(exc).__name__}: {str(exc)[:120]}); "
+                "use smallcnn, resnet18, tv_resnet18, vgg11 or timm_vgg11") from None
+        self.state["params"] = [p for p in self.state["model"].parameters()  # type: ignore[attr-defined]
+                                if id(p) in self.target_ids]
+        self.state["loss"] = extend(nn.CrossEntropyLoss())
+
+    def new_extension(self) -> object:
+        if self.engine is not None:
+            return _AutogradPass(self.engine, self.estimator, self.mc_samples)
+        return _extension(self.estimator, self.mc_samples)
+
+    def clear(self) -> None:
+        for p in self.state["params"]:  # type: ignore[attr-defined]
+            if hasattr(p, self.attr):
+                delattr(p, self.attr)
+            p.grad = None
+
+    def accumulate(self, x: torch.Tensor, y: torch.Tensor, weight: float) -> None:
+        estimator = self.estimator
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                _backpack_step(self.state["model"], self.state["loss"], self.ext, x,  # type: ignore[arg-type]
+                               y)
+        except Unsupported as exc:  # usually in the first pass; pieces already added stay
+            # (the same sums: BackPACK adds the rest)
+            log.debug("%s through BackPACK: %s", estimator, exc)
+            self.engine = None
+            self.use_backpack()
+            self.ext = self.new_extension()
+            self.accumulate(x, y, weight)
+            return
+        except NotImplementedError as exc:
+            raise CurvatureError(_unsupported_message(estimator, str(exc))) from None
+        except AssertionError as exc:  # BackPACK asserts on layer settings it cannot handle
+            if not _raised_in_backpack(exc):
+                raise
+            raise CurvatureError(_unsupported_message(estimator, str(exc))) from None
+        if isinstance(self.ext, _AutogradPass):
+            for name, value in self.ext.values.items():
+                self.acc[name].add_(value, alpha=weight)
+            self.ext.values = {}
+            return
+        for p in self.state["params"]:  # type: ignore[attr-defined]
+            value = getattr(p, self.attr)
+            if estimator == "fisher":
+                value = value * int(x.shape[0])  # (1/m) Σ g_n² from Σ (g_n / m)²
+            self.acc[self.target_ids[id(p)]].add_(value.detach(), alpha=weight)
+        self.clear()
+
+    def add_batch(self, batch: Batch, nominal: int, size: PassSize) -> None:
+        """Add one batch (weighted by its size over the first batch's), in micro-batches of
+        ``size.samples``, halved whenever memory runs out."""
+        x = batch.x.float().contiguous()
+        y = batch.y
+        b = int(x.shape[0])
+        start = 0
+        while start < b:
+            m = min(size.samples or b, b - start)
+            try:
+                self.accumulate(x[start:start + m], y[start:start + m], m / nominal)
+            except RuntimeError as exc:  # torch.OutOfMemoryError is one
+                if not _is_out_of_memory(exc):
+                    raise
+                self.clear()
+                self.ext = self.new_extension()  # drop half-backpropagated state
+                if x.device.type == "cuda":
+                    torch.cuda.empty_cache()
+                if m == 1:
+                    raise CurvatureError(
+                        f"out of memory computing {self.estimator} for a single sample; use "
+                        "ggn_mc, a smaller image size or a device with more memory"
+                    ) from None
+                size.samples = m // 2
+                log.warning("%s: out of memory on %d samples at once; going on in "
+                            "micro-batches of %d (same result)", self.estimator, m,
+                            size.samples)
+                continue
+            start += m
+
+
 def diagonal_curvature(
     model: nn.Module,
     batches: Iterable[Batch],
@@ -300,120 +420,17 @@ def diagonal_curvature(
     ``pass_size``, if given, starts from its size and keeps the size that fitted."""
     if estimator not in ESTIMATORS:
         raise ValueError(f"unknown estimator {estimator!r}; use one of {', '.join(ESTIMATORS)}")
-    work = copy.deepcopy(model).float().eval()
-    work = work.to(memory_format=torch.contiguous_format)
-    targets = scored_parameters(work, scope)
-    target_ids = {id(p): name for name, p in targets.items()}
-    for p in work.parameters():
-        p.requires_grad_(id(p) in target_ids)
-    engine: SquaredProducts | None = None
-    if ENGINES.get(estimator) == "autograd":
-        try:
-            engine = SquaredProducts(work, targets)
-        except Unsupported as exc:
-            log.debug("%s through BackPACK: %s", estimator, exc)
-    attr = _SAVED_AS[estimator]
-    acc = {name: torch.zeros_like(p) for name, p in targets.items()}
-    state: dict[str, object] = {}
-
-    def use_backpack() -> None:
-        from backpack import extend
-
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                state["model"] = extend(work, use_converter=True)
-        except Exception as exc:  # noqa: BLE001  (torch.fx cannot trace it)
-            raise CurvatureError(
-                f"BackPACK cannot trace this backbone ({type(exc).__name__}: {str(exc)[:120]}); "
-                "use smallcnn, resnet18, tv_resnet18, vgg11 or timm_vgg11") from None
-        state["params"] = [p for p in state["model"].parameters()  # type: ignore[attr-defined]
-                           if id(p) in target_ids]
-        state["loss"] = extend(nn.CrossEntropyLoss())
-
-    def new_extension() -> object:
-        if engine is not None:
-            return _AutogradPass(engine, estimator, mc_samples)
-        return _extension(estimator, mc_samples)
-
-    if engine is None:
-        use_backpack()
-    else:
-        state.update(model=work, params=[], loss=None)
-    ext = new_extension()
-
-    def clear() -> None:
-        for p in state["params"]:  # type: ignore[attr-defined]
-            if hasattr(p, attr):
-                delattr(p, attr)
-            p.grad = None
-
-    def accumulate(x: torch.Tensor, y: torch.Tensor, weight: float) -> None:
-        nonlocal engine, ext
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                _backpack_step(state["model"], state["loss"], ext, x, y)  # type: ignore[arg-type]
-        except Unsupported as exc:  # usually in the first pass; pieces already added stay
-            # (the same sums: BackPACK adds the rest)
-            log.debug("%s through BackPACK: %s", estimator, exc)
-            engine = None
-            use_backpack()
-            ext = new_extension()
-            accumulate(x, y, weight)
-            return
-        except NotImplementedError as exc:
-            raise CurvatureError(_unsupported_message(estimator, str(exc))) from None
-        except AssertionError as exc:  # BackPACK asserts on layer settings it cannot handle
-            if not _raised_in_backpack(exc):
-                raise
-            raise CurvatureError(_unsupported_message(estimator, str(exc))) from None
-        if isinstance(ext, _AutogradPass):
-            for name, value in ext.values.items():
-                acc[name].add_(value, alpha=weight)
-            ext.values = {}
-            return
-        for p in state["params"]:  # type: ignore[attr-defined]
-            value = getattr(p, attr)
-            if estimator == "fisher":
-                value = value * int(x.shape[0])  # (1/m) Σ g_n² from Σ (g_n / m)²
-            acc[target_ids[id(p)]].add_(value.detach(), alpha=weight)
-        clear()
-
+    curvature = _CurvaturePass(model, estimator, scope, mc_samples)
     nominal: int | None = None
     size = pass_size if pass_size is not None else PassSize()  # shrinks when memory runs out
     with progress_bar(total=total, desc=desc, unit="batch", enabled=progress) as bar:
         for batch in batches:
-            x = batch.x.float().contiguous()
-            y = batch.y
-            b = int(x.shape[0])
-            nominal = nominal or b
-            start = 0
-            while start < b:
-                m = min(size.samples or b, b - start)
-                try:
-                    accumulate(x[start:start + m], y[start:start + m], m / nominal)
-                except RuntimeError as exc:  # torch.OutOfMemoryError is one
-                    if not _is_out_of_memory(exc):
-                        raise
-                    clear()
-                    ext = new_extension()  # drop half-backpropagated state
-                    if x.device.type == "cuda":
-                        torch.cuda.empty_cache()
-                    if m == 1:
-                        raise CurvatureError(
-                            f"out of memory computing {estimator} for a single sample; use "
-                            "ggn_mc, a smaller image size or a device with more memory"
-                        ) from None
-                    size.samples = m // 2
-                    log.warning("%s: out of memory on %d samples at once; going on in "
-                                "micro-batches of %d (same result)", estimator, m, size.samples)
-                    continue
-                start += m
+            nominal = nominal or int(batch.x.shape[0])
+            curvature.add_batch(batch, nominal, size)
             bar.update(1)
     if nominal is None:
         raise FairbenchError("curvature was asked for over an empty set of samples")
-    return acc
+    return curvature.acc
 
 
 # -- group score sets ------------------------------------------------------------------------------

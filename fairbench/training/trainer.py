@@ -55,6 +55,12 @@ from fairbench.metrics import (
     higher_is_better,
     selection_score,
 )
+from fairbench.metrics.catalog import EPOCH_LOG_COLUMNS
+
+#: how training batches are drawn (:class:`fairbench.data.loaders.BatchLoader`)
+Sampler = Literal["shuffle", "group", "class", "group_class"]
+#: what a group-wise sampler or loss balances: groups, or group × class cells
+GroupBy = Literal["group", "group_class"]
 
 
 @dataclass
@@ -71,7 +77,7 @@ class TrainConfig:
     schedule: Literal["constant", "step", "cosine"] = param("cosine", help="learning-rate schedule")
     step_size: int = param(20, help="epochs per step of the step schedule", min=1)
     gamma: float = param(0.1, help="decay factor of the step schedule", min=0.0, max=1.0)
-    sampler: Literal["shuffle", "group", "class", "group_class"] = param(
+    sampler: Sampler = param(
         "shuffle", help="training order: shuffled, or balanced per group / class / both")
     augment: bool = param(True, help="random crops and flips on the device")
     select: str = param("F1", help="validation metric that picks the checkpoint ('last' = none)")
@@ -274,6 +280,173 @@ def _compiled(model: nn.Module) -> nn.Module:
     return torch.compile(model, backend=COMPILE_BACKEND)  # type: ignore[return-value]
 
 
+class _FrozenEntries:
+    """Masked entries of parameters held at their values: the gradient masked by a hook and
+    the values restored after every optimizer step (weight decay and momentum move them)."""
+
+    def __init__(self, model: nn.Module, masks: dict[str, torch.Tensor], device: torch.device):
+        self.named = dict(model.named_parameters())
+        frozen = {k: m.to(device, torch.bool) for k, m in masks.items()}
+        unknown = sorted(set(frozen) - set(self.named))
+        if unknown:
+            raise ValueError(f"frozen masks name unknown parameters: {unknown[:3]}")
+        # a mask freezing nothing costs a copy, a gradient hook and a restore per step for
+        # nothing
+        self.masks = {k: m for k, m in frozen.items() if bool(m.any())}
+        self.values = {k: self.named[k].detach().clone() for k in self.masks}
+        self.handles = [self.named[k].register_hook(lambda g, m=m: g.masked_fill(m, 0))
+                        for k, m in self.masks.items()]
+
+    def restore(self) -> None:
+        if self.masks:
+            with torch.no_grad():
+                for k, m in self.masks.items():
+                    self.named[k].copy_(torch.where(m, self.values[k], self.named[k]))
+
+    def remove(self) -> None:
+        for h in self.handles:
+            h.remove()
+
+
+@dataclass
+class _Optimizers:
+    """The model's optimizer (with the jointly trained auxiliary modules) and one per
+    auxiliary module with a loss of its own, with their initial learning rates."""
+
+    trainable: list[nn.Parameter]
+    main: torch.optim.Optimizer
+    separate: list[AuxModule]
+    aux: list[torch.optim.Optimizer]
+    base_lrs: list[list[float]]
+
+    @classmethod
+    def build(cls, model: nn.Module, aux: list[AuxModule], config: TrainConfig) -> _Optimizers:
+        joint = [a for a in aux if a.loss is None]
+        separate = [a for a in aux if a.loss is not None]
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        for a in joint:
+            trainable += [p for p in a.module.parameters() if p.requires_grad]
+        main = make_optimizer(trainable, config.optimizer, config.lr, config.weight_decay,
+                              config.momentum, config.nesterov)
+        aux_opts = [make_optimizer([p for p in a.module.parameters() if p.requires_grad],
+                                   a.optimizer or config.optimizer, a.lr or config.lr,
+                                   config.weight_decay if a.weight_decay is None else a.weight_decay,
+                                   config.momentum)
+                    for a in separate]
+        base_lrs = [[g["lr"] for g in o.param_groups] for o in [main, *aux_opts]]
+        return cls(trainable, main, separate, aux_opts, base_lrs)
+
+    def scale_lr(self, factor: float) -> None:
+        for opt, lrs in zip([self.main, *self.aux], self.base_lrs):
+            for group, lr in zip(opt.param_groups, lrs):
+                group["lr"] = lr * factor
+
+
+@dataclass
+class _BestEpoch:
+    """The best validation score so far, its epoch and weights, and epochs since."""
+
+    epoch: int
+    score: float | None = None
+    state: dict[str, torch.Tensor] | None = None
+    since: int = 0
+
+    def update(self, score: float, epoch: int, model: nn.Module) -> None:
+        if better(score, self.score):
+            self.score, self.epoch, self.since = score, epoch, 0
+            self.state = copy.deepcopy(
+                {k: v.detach().cpu() for k, v in model.state_dict().items()})
+        else:
+            self.since += 1
+
+
+@dataclass
+class _EpochLoop:
+    """One training epoch of :meth:`Trainer.fit`: the learning-rate schedule, the loss, the
+    optimizer steps, frozen entries restored, the auxiliary modules' own steps, the hooks."""
+
+    trainer: Trainer
+    config: TrainConfig
+    hooks: TrainHooks
+    stage: str
+    loss_fn: LossFn
+    frozen: _FrozenEntries
+    optimizers: _Optimizers
+    forward_model: nn.Module
+    compile_seconds: float | None = None
+
+    def train_epoch(self, model: nn.Module, train: BatchLoader, state: StepState, epoch: int,
+                    bar: Any) -> dict[str, Any]:
+        """Train one epoch; returns its log row (loss, learning rate, seconds)."""
+        config, device = self.config, self.trainer.device
+        state.epoch = epoch
+        model.train()
+        for a in self.hooks.aux:
+            a.module.train()
+        steps_per_epoch = max(1, len(train))
+        # the loss sum stays on the device: no host sync per step (CUDA)
+        total = torch.zeros((), device=device, dtype=torch.float64
+                            if device.type != "mps" else torch.float32)
+        count, t0 = 0, time.perf_counter()
+        for step, batch in enumerate(train):
+            self.optimizers.scale_lr(_lr_factor(config, epoch + step / steps_per_epoch))
+            state.step, state.cache = step, {}
+            loss = self._step(batch, state)
+            if self.hooks.on_step_end is not None:
+                self.hooks.on_step_end(state)
+            state.global_step += 1
+            total += loss.detach().to(total.dtype) * len(batch)
+            count += len(batch)
+            bar.update(1)
+        mean_loss = float(total) / max(1, count)
+        if not math.isfinite(mean_loss):
+            raise TrainingDiverged(
+                f"training diverged in stage {self.stage!r}, epoch {epoch + 1}: the "
+                f"training loss is {mean_loss} (not finite); lower the learning "
+                f"rate (--train lr={config.lr:g} now) or clip gradients "
+                f"(--train grad_clip=1)", stage=self.stage, epoch=epoch + 1)
+        row: dict[str, Any] = {
+            "stage": self.stage, "epoch": epoch + 1,
+            "train_loss": mean_loss,
+            "lr": self.optimizers.main.param_groups[0]["lr"],
+            "train_seconds": round(time.perf_counter() - t0, 3),
+        }
+        if self.compile_seconds is not None and epoch == 0:
+            # the first step, compilation included
+            row["compile_seconds"] = round(self.compile_seconds, 3)
+        return row
+
+    def _step(self, batch: Batch, state: StepState) -> torch.Tensor:
+        """One optimizer step of the model (the first one timed under torch.compile), then
+        the auxiliary modules' steps; returns the model's loss."""
+        config, device, opts = self.config, self.trainer.device, self.optimizers
+        first_compiled = config.compile and self.compile_seconds is None
+        if first_compiled:
+            synchronize(device)
+            t_compile = time.perf_counter()
+        with self.trainer.autocast(config):
+            loss = self.loss_fn(self.forward_model, batch, state)
+        opts.main.zero_grad(set_to_none=True)
+        loss.backward()
+        if config.grad_clip > 0:
+            nn.utils.clip_grad_norm_(opts.trainable, config.grad_clip)
+        opts.main.step()
+        if first_compiled:
+            synchronize(device)
+            self.compile_seconds = time.perf_counter() - t_compile
+        self.frozen.restore()
+        for a, opt in zip(opts.separate, opts.aux):
+            if state.global_step % a.every == 0:
+                for _ in range(a.steps):
+                    with self.trainer.autocast(config):
+                        aux_loss = a.loss(self.forward_model, batch,  # type: ignore[misc]
+                                          state)
+                    opt.zero_grad(set_to_none=True)
+                    aux_loss.backward()
+                    opt.step()
+        return loss
+
+
 class Trainer:
     """Runs :meth:`fit` and :meth:`predict` on ``device``; ``seed`` fixes every random draw.
 
@@ -391,42 +564,14 @@ class Trainer:
         self.prepare(model, config)
         for aux in hooks.aux:
             self.prepare(aux.module, config)
-
-        named = dict(model.named_parameters())
-        frozen = {k: m.to(self.device, torch.bool) for k, m in hooks.frozen.items()}
-        unknown = sorted(set(frozen) - set(named))
-        if unknown:
-            raise ValueError(f"frozen masks name unknown parameters: {unknown[:3]}")
-        frozen = {k: m for k, m in frozen.items() if bool(m.any())}  # a mask freezing nothing
-        # costs a copy, a gradient hook and a restore per step for nothing
-        frozen_values = {k: named[k].detach().clone() for k in frozen}
-        handles = [named[k].register_hook(lambda g, m=m: g.masked_fill(m, 0))
-                   for k, m in frozen.items()]
-
-        joint = [a for a in hooks.aux if a.loss is None]
-        separate = [a for a in hooks.aux if a.loss is not None]
-        trainable = [p for p in model.parameters() if p.requires_grad]
-        for a in joint:
-            trainable += [p for p in a.module.parameters() if p.requires_grad]
-        optimizer = make_optimizer(trainable, config.optimizer, config.lr, config.weight_decay,
-                                   config.momentum, config.nesterov)
-        aux_opts = [make_optimizer([p for p in a.module.parameters() if p.requires_grad],
-                                   a.optimizer or config.optimizer, a.lr or config.lr,
-                                   config.weight_decay if a.weight_decay is None else a.weight_decay,
-                                   config.momentum)
-                    for a in separate]
-        base_lrs = [[g["lr"] for g in o.param_groups] for o in [optimizer, *aux_opts]]
-
+        frozen = _FrozenEntries(model, hooks.frozen, self.device)
+        optimizers = _Optimizers.build(model, hooks.aux, config)
         # torch.compile wraps the model for the loss functions (and predict): the module
         # itself (its state dict, deep copies of it, hooks' access to it) is left as it is
-        forward_model = _compiled(model) if config.compile else model
-        compile_seconds: float | None = None
-
+        loop = _EpochLoop(self, config, hooks, stage, loss_fn, frozen, optimizers,
+                          _compiled(model) if config.compile else model)
         select = config.select if val is not None else "last"
-        best_state: dict[str, torch.Tensor] | None = None
-        best_score: float | None = None
-        best_epoch = config.epochs
-        since_best = 0
+        best = _BestEpoch(epoch=config.epochs)
         history: list[dict[str, Any]] = []
         state = StepState(model=model)
         steps_per_epoch = max(1, len(train))
@@ -434,104 +579,44 @@ class Trainer:
             with progress_bar(total=config.epochs * steps_per_epoch, desc=stage, unit="step",
                               enabled=self.progress) as bar:
                 for epoch in range(config.epochs):
-                    state.epoch = epoch
-                    model.train()
-                    for a in hooks.aux:
-                        a.module.train()
-                    # the loss sum stays on the device: no host sync per step (CUDA)
-                    total = torch.zeros((), device=self.device, dtype=torch.float64
-                                        if self.device.type != "mps" else torch.float32)
-                    count, t0 = 0, time.perf_counter()
-                    for step, batch in enumerate(train):
-                        factor = _lr_factor(config, epoch + step / steps_per_epoch)
-                        for opt, lrs in zip([optimizer, *aux_opts], base_lrs):
-                            for group, lr in zip(opt.param_groups, lrs):
-                                group["lr"] = lr * factor
-                        state.step, state.cache = step, {}
-                        first_compiled = config.compile and compile_seconds is None
-                        if first_compiled:
-                            synchronize(self.device)
-                            t_compile = time.perf_counter()
-                        with self.autocast(config):
-                            loss = loss_fn(forward_model, batch, state)
-                        optimizer.zero_grad(set_to_none=True)
-                        loss.backward()
-                        if config.grad_clip > 0:
-                            nn.utils.clip_grad_norm_(trainable, config.grad_clip)
-                        optimizer.step()
-                        if first_compiled:
-                            synchronize(self.device)
-                            compile_seconds = time.perf_counter() - t_compile
-                        if frozen:
-                            with torch.no_grad():
-                                for k, m in frozen.items():
-                                    named[k].copy_(torch.where(m, frozen_values[k], named[k]))
-                        for a, opt in zip(separate, aux_opts):
-                            if state.global_step % a.every == 0:
-                                for _ in range(a.steps):
-                                    with self.autocast(config):
-                                        aux_loss = a.loss(forward_model, batch,  # type: ignore[misc]
-                                                          state)
-                                    opt.zero_grad(set_to_none=True)
-                                    aux_loss.backward()
-                                    opt.step()
-                        if hooks.on_step_end is not None:
-                            hooks.on_step_end(state)
-                        state.global_step += 1
-                        total += loss.detach().to(total.dtype) * len(batch)
-                        count += len(batch)
-                        bar.update(1)
-                    mean_loss = float(total) / max(1, count)
-                    if not math.isfinite(mean_loss):
-                        raise TrainingDiverged(
-                            f"training diverged in stage {stage!r}, epoch {epoch + 1}: the "
-                            f"training loss is {mean_loss} (not finite); lower the learning "
-                            f"rate (--train lr={config.lr:g} now) or clip gradients "
-                            f"(--train grad_clip=1)", stage=stage, epoch=epoch + 1)
-                    row: dict[str, Any] = {
-                        "stage": stage, "epoch": epoch + 1,
-                        "train_loss": mean_loss,
-                        "lr": optimizer.param_groups[0]["lr"],
-                        "train_seconds": round(time.perf_counter() - t0, 3),
-                    }
-                    if compile_seconds is not None and epoch == 0:
-                        # the first step, compilation included
-                        row["compile_seconds"] = round(compile_seconds, 3)
+                    row = loop.train_epoch(model, train, state, epoch, bar)
                     if val is not None:
-                        evaluate = hooks.evaluate or (lambda m, ld: self.evaluate(m, ld, config))
-                        try:
-                            metrics = evaluate(model, val)
-                        except TrainingDiverged as exc:
-                            raise TrainingDiverged(
-                                f"training diverged in stage {stage!r}, epoch {epoch + 1}: "
-                                f"{exc}", stage=stage, epoch=epoch + 1) from None
-                        state.metrics = metrics
-                        flat = flatten(metrics)
-                        for key in ("F1", "accuracy", "AUC", "EOdd", "worst.F1", "Dice", "IoU",
-                                    "worst.Dice", "gap.Dice", "ES_fairseg.Dice"):
-                            if key in flat:
-                                row[f"val_{key}"] = flat[key]
-                        if hooks.score is not None or select != "last":
-                            score = (hooks.score(metrics) if hooks.score is not None
-                                     else _selection_score(metrics, select, self.task))
-                            if better(score, best_score):
-                                best_score, best_epoch, since_best = score, epoch + 1, 0
-                                best_state = copy.deepcopy(
-                                    {k: v.detach().cpu() for k, v in model.state_dict().items()})
-                            else:
-                                since_best += 1
+                        flat = self._validate_epoch(model, val, config, hooks, state, row,
+                                                    select, best, stage, epoch)
                         bar.set_postfix(loss=f"{row['train_loss']:.3f}",
                                         val=f"{flat.get(select, flat.get('F1', flat.get('Dice', float('nan')))):.3f}")
                     history.append(row)
                     self.log.write(row)
                     if hooks.on_epoch_end is not None:
                         hooks.on_epoch_end(state)
-                    if state.stop or (config.patience and since_best >= config.patience):
+                    if state.stop or (config.patience and best.since >= config.patience):
                         break
         finally:
-            for h in handles:
-                h.remove()
-        if best_state is not None and hooks.restore_best:
-            model.load_state_dict(best_state)
-        return FitResult(best_epoch, best_score, history, time.perf_counter() - start,
-                         best_state)
+            frozen.remove()
+        if best.state is not None and hooks.restore_best:
+            model.load_state_dict(best.state)
+        return FitResult(best.epoch, best.score, history, time.perf_counter() - start,
+                         best.state)
+
+    def _validate_epoch(self, model: nn.Module, val: BatchLoader, config: TrainConfig,
+                        hooks: TrainHooks, state: StepState, row: dict[str, Any], select: str,
+                        best: _BestEpoch, stage: str, epoch: int) -> dict[str, Any]:
+        """Evaluate an epoch on validation: its metrics into ``state`` and the epoch's log
+        ``row``, the score into ``best``; returns the flat metrics."""
+        evaluate = hooks.evaluate or (lambda m, ld: self.evaluate(m, ld, config))
+        try:
+            metrics = evaluate(model, val)
+        except TrainingDiverged as exc:
+            raise TrainingDiverged(
+                f"training diverged in stage {stage!r}, epoch {epoch + 1}: "
+                f"{exc}", stage=stage, epoch=epoch + 1) from None
+        state.metrics = metrics
+        flat = flatten(metrics)
+        for key in EPOCH_LOG_COLUMNS:
+            if key in flat:
+                row[f"val_{key}"] = flat[key]
+        if hooks.score is not None or select != "last":
+            score = (hooks.score(metrics) if hooks.score is not None
+                     else _selection_score(metrics, select, self.task))
+            best.update(score, epoch + 1, model)
+        return flat

@@ -1,13 +1,12 @@
 """Shared pieces of the in-training baselines (``mfd``, ``adv_conf``, ``adv_rev``,
 ``resampling``, ``groupdro``): the group check, the training loader with a chosen sampler,
 the Gaussian-kernel MMD of MFD, the gradient-reversal layer, the confusion loss and the
-feature-map tap. Private (the leading underscore keeps the methods package from importing
-this module as a method)."""
+feature-map tap."""
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Literal
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -16,9 +15,7 @@ from torch import nn
 from fairbench.core.errors import FairbenchError
 from fairbench.data.loaders import BatchLoader
 from fairbench.run.context import RunContext
-from fairbench.training.trainer import TrainConfig
-
-Sampler = Literal["shuffle", "group", "class", "group_class"]
+from fairbench.training.trainer import Sampler, TrainConfig
 
 
 # -- run setup -------------------------------------------------------------------------------------
