@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,7 @@ from fairbench.metrics import higher_is_better, is_segmentation_metric
 from fairbench.metrics.catalog import (
     CI_COLUMNS,
     COMPACT_COLUMNS,
+    EQUIVALENCE_MARGINS,
     FAIRNESS_COLUMNS,
     PAPER_UTILITY,
     SEG_COMPACT_COLUMNS,
@@ -214,13 +215,17 @@ def build_tables(runs: Sequence[RunRecord], *, rule: Rule | str | None = None,
                  method_order: Sequence[str] | None = None,
                  dataset_order: Sequence[str] | None = None,
                  expected_seeds: Sequence[int] | None = None,
-                 missing_runs: dict[str, list[str]] | None = None) -> list[Table]:
+                 missing_runs: dict[str, list[str]] | None = None,
+                 margins: Mapping[str, float] | None = None) -> list[Table]:
     """Group ``runs`` into tables, select one setting per method, aggregate over seeds and
     test every method against vanilla (see the module docstring).
 
     ``expected_seeds``: the seeds every cell should average (a suite's); by default every seed
     that some run of the table has. ``missing_runs``: per dataset label, runs planned but not
-    finished (listed under that dataset's tables)."""
+    finished (listed under that dataset's tables). ``margins``: the ±δ of the equivalence
+    test per metric key (fractions; default
+    :data:`fairbench.metrics.catalog.EQUIVALENCE_MARGINS`; a segmentation table maps them to
+    their counterparts)."""
     rule = parse_rule(rule)
     if part not in PARTS:
         raise FairbenchError(f"part must be val, test or test_true, not {part!r}")
@@ -283,14 +288,23 @@ def build_tables(runs: Sequence[RunRecord], *, rule: Rule | str | None = None,
         table = Table(dataset, truns[0].config["dataset"], attribute, backbone, truns[0].split,
                       truns[0].groups, rows, str(table_rule), part, reference_label, task,
                       missing)
-        aggregate(table, test=test, alpha=alpha)
+        aggregate(table, test=test, alpha=alpha, margins=_task_margins(
+            EQUIVALENCE_MARGINS if margins is None else margins, task))
         tables.append(table)
     return tables
 
 
-def aggregate(table: Table, *, test: str, alpha: float) -> None:
+def _task_margins(margins: Mapping[str, float], task: str) -> dict[str, float]:
+    if task != "segmentation":
+        return dict(margins)
+    return {SEGMENTATION_COUNTERPART.get(k, k): v for k, v in margins.items()}
+
+
+def aggregate(table: Table, *, test: str, alpha: float,
+              margins: Mapping[str, float] | None = None) -> None:
     """Mean ± std of every key of both views per row, and the paired test of each summary key
-    against the table's vanilla row (Holm over the methods)."""
+    against the table's vanilla row (Holm over the methods); keys with a margin in
+    ``margins`` also get the equivalence test and the seeds that would decide them."""
     keys = sorted({k for view in VIEWS for _, cols in table.row_keys(view) for k in cols.values()})
     for row in table.rows:
         for key in keys:
@@ -301,7 +315,8 @@ def aggregate(table: Table, *, test: str, alpha: float) -> None:
         "Avg", "worst", "gap", "ES_fairseg", "ES_fairmedfm") or k.startswith("Diff.")]
     for key in sig_keys:
         values = {row.label: row.values(key) for row in table.rows}
-        for comp in compare_to_reference(values, table.reference, key, test=test, alpha=alpha):
+        for comp in compare_to_reference(values, table.reference, key, test=test, alpha=alpha,
+                                         margin=(margins or {}).get(key)):
             next(r for r in table.rows if r.label == comp.method).tests[key] = comp
 
 
@@ -317,6 +332,8 @@ class Board:
     missing: int = 0          # runs of the suite that are not finished
     ci_confidence: float | None = None
     ci_kind: str = "seeds+samples"
+    #: ±δ of the equivalence test per metric key (fractions)
+    margins: dict[str, float] = field(default_factory=lambda: dict(EQUIVALENCE_MARGINS))
 
     def friedman(self, metric: str = "F1", alpha: float = 0.05,
                  gate: str = "chi2") -> FriedmanResult | str:

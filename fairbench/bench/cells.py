@@ -7,6 +7,8 @@ import math
 from collections.abc import Callable
 
 from fairbench.bench.board import VIEWS, Table
+from fairbench.bench.equivalence import MAX_SEEDS
+from fairbench.bench.stats import Comparison
 from fairbench.core.errors import FairbenchError
 from fairbench.metrics import higher_is_better
 from fairbench.metrics.catalog import PAPER_UTILITY, SEG_UTILITY
@@ -14,7 +16,21 @@ from fairbench.metrics.catalog import PAPER_UTILITY, SEG_UTILITY
 FORMATS = ("md", "csv", "latex")
 DAGGER = "†"
 #: significance marks: better / worse than vanilla; † for a metric without a direction
-MARKS = {"better": "▲", "worse": "▼", "higher": DAGGER, "lower": DAGGER}
+MARKS = {"better": "▲", "worse": "▼", "higher": DAGGER, "lower": DAGGER,
+         "equivalent": "≈", "undecided": "?"}
+
+
+def verdict_mark(comp: Comparison | None) -> str:
+    """The mark of a comparison with vanilla: ▲/▼ (or † without a direction), ≈ within the
+    margin, ``?k`` undecided where k seeds would decide it at the observed variance (``?>N``
+    where the planner's ceiling would not), nothing without a verdict."""
+    verdict = comp.verdict if comp is not None else None
+    if verdict is None:
+        return ""
+    if verdict == "undecided":
+        return "?" + (str(comp.seeds_needed) if comp.seeds_needed is not None  # type: ignore[union-attr]
+                      else f">{MAX_SEEDS}")
+    return MARKS[verdict]
 
 
 def is_utility_column(column: str) -> bool:
@@ -55,7 +71,12 @@ _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#
 
 
 TEX_MARKS = {MARKS["better"]: "$^\\blacktriangle$", MARKS["worse"]: "$^\\blacktriangledown$",
-              DAGGER: "$^\\dagger$"}
+              DAGGER: "$^\\dagger$", MARKS["equivalent"]: "$^\\approx$"}
+
+
+def tex_mark(mark: str) -> str:
+    """A cell's mark as a LaTeX superscript (``?k`` as ``$^{?k}$``)."""
+    return TEX_MARKS.get(mark, f"$^{{{mark}}}$")
 
 
 def tex_escape(text: str) -> str:
@@ -92,9 +113,9 @@ def table_cells(t: Table, view: str, bold: Callable[[str], str], sig: Callable[[
                     text += f" [{lo * 100:.2f}, {hi * 100:.2f}]"
                 if (row.label, row_name, col) in best:
                     text = bold(text)
-                comp = row.tests.get(key)
-                if comp is not None and comp.direction is not None:
-                    text = sig(text, MARKS[comp.direction])
+                mark = verdict_mark(row.tests.get(key))
+                if mark:
+                    text = sig(text, mark)
                 if row.short(key) and math.isfinite(mean):
                     text += f" (n={row.n(key)})"
                 cells.append(text)

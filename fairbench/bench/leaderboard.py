@@ -37,6 +37,7 @@ Markdown, CSV, LaTeX (booktabs) or one self-contained HTML page (:mod:`fairbench
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +64,7 @@ from fairbench.bench.runs import (
 from fairbench.bench.selection import parse_rule
 from fairbench.bench.stats import CI_KINDS
 from fairbench.core.errors import FairbenchError
+from fairbench.metrics.catalog import EQUIVALENCE_MARGINS
 
 __all__ = ["DAGGER", "FORMATS", "MARKS", "PARTS", "VIEWS", "Board", "Leaderboard", "MethodRow",
            "RunRecord", "Table", "add_bootstrap", "build_tables", "check_single_split",
@@ -96,11 +98,14 @@ def leaderboard(source: str | Path, *, rule: str | None = None, part: str = "tes
                 runs_dir: str | None = None, data_roots: dict[str, str] | None = None,
                 ci: bool = False, n_resamples: int = 1000, confidence: float = 0.95,
                 seed: int = 0, ci_kind: str = "seeds+samples",
-                labels: str = "observed") -> Leaderboard:
+                labels: str = "observed",
+                margins: Mapping[str, float] | None = None) -> Leaderboard:
     """The leaderboard of a suite file (only its runs; its rule unless ``rule``) or of every
     finished run under a runs directory. ``labels="true"`` shows the test metrics against
     the true labels of synthetic data (``test_true``; selection still reads validation
-    metrics on observed labels only)."""
+    metrics on observed labels only). ``margins``: the equivalence test's ±δ per metric
+    (fractions; default the suite's ``equivalence_margin``, else
+    :data:`fairbench.metrics.catalog.EQUIVALENCE_MARGINS`)."""
     if labels not in ("observed", "true"):
         raise FairbenchError(f"unknown labels {labels!r}; use observed or true")
     if labels == "true":
@@ -133,20 +138,23 @@ def leaderboard(source: str | Path, *, rule: str | None = None, part: str = "tes
             raise FairbenchError(f"no finished run of suite {str(src)!r} in "
                                  f"{suite.runs_dir!r}; run `fairbench sweep {source}` first")
         chosen = parse_rule(rule) if rule else suite.rule
+        used = dict(margins if margins is not None else suite.margins or EQUIVALENCE_MARGINS)
         tables = build_tables(runs, rule=chosen, part=part, split=split, test=test,
                               alpha=alpha, where=f"suite {str(src)!r}",
                               method_order=[m.label for m in suite.methods],
                               dataset_order=[d.label for d in suite.datasets],
-                              expected_seeds=suite.seeds, missing_runs=not_finished)
-        board = Leaderboard(tables, str(src), str(chosen), test, alpha, missing)
+                              expected_seeds=suite.seeds, missing_runs=not_finished,
+                              margins=used)
+        board = Leaderboard(tables, str(src), str(chosen), test, alpha, missing, margins=used)
     elif src.is_dir():
         runs = collect_runs(src)
         if not runs:
             raise FairbenchError(f"no finished run under {str(src)!r}")
         chosen = parse_rule(rule)
+        used = dict(margins if margins is not None else EQUIVALENCE_MARGINS)
         tables = build_tables(runs, rule=chosen, part=part, split=split, test=test,
-                              alpha=alpha, where=f"runs directory {str(src)!r}")
-        board = Leaderboard(tables, str(src), str(chosen), test, alpha)
+                              alpha=alpha, where=f"runs directory {str(src)!r}", margins=used)
+        board = Leaderboard(tables, str(src), str(chosen), test, alpha, margins=used)
     else:
         raise FairbenchError(f"{str(source)!r} is neither a suite file nor a runs directory")
     if ci:

@@ -41,9 +41,10 @@ import numpy as np
 import pandas as pd
 
 from fairbench.bench.board import Table
-from fairbench.bench.cells import MARKS, tex_escape
+from fairbench.bench.cells import MARKS, tex_escape, tex_mark, verdict_mark
 from fairbench.bench.leaderboard import Leaderboard
 from fairbench.bench.runs import part_source
+from fairbench.bench.stats import Comparison
 from fairbench.core.errors import FairbenchError
 from fairbench.metrics import higher_is_better
 from fairbench.metrics.catalog import MATRIX_COLUMNS
@@ -66,10 +67,21 @@ class Cell:
     p_holm: float = math.nan
     direction: str | None = None
     untestable: str | None = None
+    #: the comparison's verdict (better, worse, equivalent, undecided; None: no margin or
+    #: not testable), its equivalence p-value, minimal detectable effect and seeds needed
+    comparison: Comparison | None = None
 
     @property
     def short(self) -> bool:
         return self.n_pairs < self.expected
+
+    @property
+    def verdict(self) -> str | None:
+        return self.comparison.verdict if self.comparison is not None else None
+
+    @property
+    def decided(self) -> bool:
+        return self.verdict in ("better", "worse", "higher", "lower", "equivalent")
 
 
 @dataclass
@@ -123,6 +135,11 @@ class Matrix:
                         "n_pairs": cell.n_pairs if cell else 0,
                         "p_holm": cell.p_holm if cell else math.nan,
                         "vs_vanilla": (cell.direction or "") if cell else "",
+                        "verdict": (cell.verdict or "") if cell else "",
+                        "p_equivalence": _attr(cell, "p_equivalence"),
+                        "mde": _attr(cell, "mde"),
+                        "seeds_needed": (cell.comparison.seeds_needed
+                                         if cell and cell.comparison else None),
                         "untestable": (cell.untestable or "") if cell else "missing"})
         for (method, scen), leak in self.leakage.items():
             ref = self.leakage.get(("vanilla", scen))
@@ -150,8 +167,10 @@ class Matrix:
         text = f"{cell.delta * 100:+.2f}"
         if math.isfinite(cell.low):
             text += f" [{cell.low * 100:+.2f}, {cell.high * 100:+.2f}]"
-        if cell.direction is not None:
-            text = mark(text, MARKS[cell.direction])
+        symbol = verdict_mark(cell.comparison) or (MARKS[cell.direction] if cell.direction
+                                                    else "")
+        if symbol:
+            text = mark(text, symbol)
         if cell.short:
             text += f" (n={cell.n_pairs})"
         return text
@@ -226,15 +245,45 @@ class Matrix:
             f"p < {self.alpha:g}); a comparison needs at least 3 paired seeds whose "
             "differences vary. (n=k): k paired seeds only. The mark tests the seeds only; "
             "the interval also holds test-set variation, so the two can disagree.")
+        lines.extend(self.decision_notes())
         lines.append("Settings chosen on validation with observed labels only.")
         if self.missing:
             lines.append("Missing runs:")
             lines.extend(f"- {m}" for m in self.missing)
         return lines
 
+    def decided(self, metric: str) -> tuple[int, int]:
+        """(decided cells, cells with a verdict) of one panel: ▲, ▼ or ≈ against all."""
+        cells = [c for (m, _, _), c in self.cells.items() if m == metric and c.verdict]
+        return sum(c.decided for c in cells), len(cells)
+
+    def decision_notes(self) -> list[str]:
+        """What ≈ and ?k mean, and how many cells of each panel are decided, with the range
+        of minimal detectable effects of the undecided ones."""
+        if not any(c.verdict for c in self.cells.values()):
+            return []
+        margins = sorted({(m, c.comparison.margin) for (m, _, _), c in self.cells.items()
+                          if c.comparison is not None and c.comparison.margin is not None})
+        out = [(f"{MARKS['equivalent']}: within ±δ of vanilla (paired two one-sided t-tests, "
+                "Holm-corrected over the methods, p < " f"{self.alpha:g}; δ in points: "
+                + ", ".join(f"{column_title(m)} {d * 100:g}" for m, d in margins)
+                + "); ?k: undecided, k seeds would decide the cell at its observed mean and "
+                  "variance (80 % power at the Holm level; ?>N: not within N).")]
+        for metric in self.metrics:
+            decided, total = self.decided(metric)
+            if not total:
+                continue
+            mdes = [c.comparison.mde for (m, _, _), c in self.cells.items()
+                    if m == metric and c.verdict == "undecided" and c.comparison is not None
+                    and math.isfinite(c.comparison.mde)]
+            line = f"{column_title(metric)}: {decided} of {total} cells decided"
+            if mdes:
+                line += (f"; the undecided cells' minimal detectable effects "
+                         f"{min(mdes) * 100:.2f} to {max(mdes) * 100:.2f} points")
+            out.append(line + ".")
+        return out
+
     def to_latex(self) -> str:
-        tex_marks = {MARKS["better"]: "$^\\blacktriangle$",
-                     MARKS["worse"]: "$^\\blacktriangledown$"}
         out = ["% requires \\usepackage{booktabs,amssymb}"]
         for metric in self.metrics:
             out += ["\\begin{table}[t]", "\\centering", "\\small",
@@ -252,7 +301,7 @@ class Matrix:
                         for s in self.scenarios]) + " \\\\", "\\midrule"]
             for method in self.methods:
                 cells = [self._cell_text(self.cells.get((metric, method, s)),
-                                         mark=lambda t, m: t + tex_marks.get(m, m))
+                                         mark=lambda t, m: t + tex_mark(m))
                          for s in self.scenarios]
                 out.append(" & ".join([tex_escape(method)] + cells) + " \\\\")
             out += ["\\bottomrule", "\\end{tabular}", "\\end{table}", ""]
@@ -293,6 +342,11 @@ def _reader(table: Table) -> Any:
         return RunPredictions.read(run.path, part=part, config=run.config, label_column=column)
 
     return read
+
+
+def _attr(cell: Cell | None, name: str) -> float:
+    comp = cell.comparison if cell is not None else None
+    return getattr(comp, name) if comp is not None else math.nan
 
 
 def build_matrix(board: Leaderboard, *, metrics: Sequence[str] = MATRIX_METRICS,
@@ -347,7 +401,7 @@ def build_matrix(board: Leaderboard, *, metrics: Sequence[str] = MATRIX_METRICS,
                             expected=len(row.expected_seeds),
                             p_holm=comp.p_holm if comp else math.nan,
                             direction=comp.direction if comp else None,
-                            untestable=comp.untestable if comp else None)
+                            untestable=comp.untestable if comp else None, comparison=comp)
                 if ci and seeds:
                     by_seed_m = {r.seed: r for r in row.runs}
                     by_seed_v = {r.seed: r for r in ref.runs}

@@ -13,7 +13,6 @@ from fairbench.bench.board import Board, Table
 from fairbench.bench.cells import (
     DAGGER,
     MARKS,
-    TEX_MARKS,
     check_view,
     is_utility_column,
     md_escape,
@@ -21,6 +20,7 @@ from fairbench.bench.cells import (
     table_label,
     tex_arrow,
     tex_escape,
+    tex_mark,
 )
 from fairbench.bench.stats import MIN_PAIRS
 from fairbench.core.errors import FairbenchError
@@ -49,6 +49,11 @@ def board_frame(board: Board, view: str = "paper") -> pd.DataFrame:
                     comp = row.tests.get(key) if key else None
                     rec[f"{col}_p_holm"] = comp.p_holm if comp else math.nan
                     rec[f"{col}_vs_vanilla"] = (comp.direction or "") if comp else ""
+                    if comp is not None and comp.margin is not None:
+                        rec[f"{col}_verdict"] = comp.verdict or ""
+                        rec[f"{col}_p_equivalence"] = comp.p_equivalence
+                        rec[f"{col}_mde"] = comp.mde
+                        rec[f"{col}_seeds_needed"] = comp.seeds_needed
                     if key in row.ci:
                         rec[f"{col}_ci_low"], rec[f"{col}_ci_high"] = row.ci[key]
                 rec.update(n_seeds=len(row.runs), seeds=" ".join(map(str, row.seeds)),
@@ -104,6 +109,7 @@ def table_notes(board: Board, t: Table) -> list[str]:
             f"{board.test} over seeds, Holm-corrected over the methods, p < {board.alpha:g}; "
             f"{DAGGER}: a metric without a direction); a comparison needs at least "
             f"{MIN_PAIRS} paired seeds whose differences vary, else it is not tested.")
+        lines.extend(verdict_notes(board, t))
         untested = sorted({f"{row.label} ({c.untestable})" for row in t.rows
                            for c in row.tests.values() if c.untestable})
         if untested:
@@ -127,6 +133,28 @@ def table_notes(board: Board, t: Table) -> list[str]:
         lines.append(f"- {row.label}: {row.params_text()}; seeds "
                      f"{', '.join(map(str, row.seeds))}; {row.selection.reason}")
     return lines
+
+
+def verdict_notes(board: Board, t: Table) -> list[str]:
+    """What ≈ and ?k mean, the margins, and how many of the table's comparisons with a
+    margin were decided, with the largest minimal detectable effect among the rest."""
+    comps = [c for row in t.rows for c in row.tests.values() if c.margin is not None]
+    if not comps:
+        return []
+    margins = ", ".join(f"{column_title(k)} ±{v * 100:g}" for k, v in board.margins.items())
+    decided = sum(c.verdict in ("better", "worse", "higher", "lower", "equivalent")
+                  for c in comps)
+    mdes = [c.mde for c in comps if c.verdict == "undecided" and math.isfinite(c.mde)]
+    line = (f"{MARKS['equivalent']}: within the margin of vanilla (paired two one-sided "
+            f"t-tests, Holm-corrected over the methods, p < {board.alpha:g}; margins in "
+            f"points: {margins}); ?k: undecided, k seeds would decide it at the observed mean "
+            f"and variance (80 % power at the Holm level); decided {decided} of {len(comps)} "
+            "comparisons with a margin")
+    if mdes:
+        line += (f"; the undecided ones could have detected differences of "
+                 f"{min(mdes) * 100:.2f} to {max(mdes) * 100:.2f} points (their minimal "
+                 "detectable effects)")
+    return [line + "."]
 
 
 def friedman_lines(board: Board) -> list[str]:
@@ -180,7 +208,7 @@ def board_latex(board: Board, view: str = "paper", *, split_in_caption: bool = F
                 " & ".join(head) + " \\\\", "\\midrule"]
         first = True
         for label, row_name, cells in table_cells(
-                t, view, lambda s: f"\\textbf{{{s}}}", lambda s, mark: s + TEX_MARKS[mark]):
+                t, view, lambda s: f"\\textbf{{{s}}}", lambda s, mark: s + tex_mark(mark)):
             if label and not first and view == "paper":
                 out.append("\\midrule")
             first = False

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from fairbench.bench.equivalence import POWER, paired_mde, paired_tost, seeds_to_decide
 from fairbench.core.errors import FairbenchError
 from fairbench.metrics import (
     GroupConfusion,
@@ -123,7 +124,9 @@ def holm(pvalues: Sequence[float]) -> np.ndarray:
 
 @dataclass
 class Comparison:
-    """A method against the reference (vanilla) on one metric, paired by seed."""
+    """A method against the reference (vanilla) on one metric, paired by seed; with an
+    equivalence ``margin``, also the equivalence test, the minimal detectable effect and the
+    seeds that would decide it (:mod:`fairbench.bench.equivalence`)."""
 
     method: str
     reference: str
@@ -135,6 +138,16 @@ class Comparison:
     significant: bool
     #: why the comparison was not tested (too few seeds, zero variance), else None
     untestable: str | None = None
+    alpha: float = 0.05
+    #: ±δ of the equivalence test (a fraction, as the metric), None: no equivalence test
+    margin: float | None = None
+    #: the paired TOST p-value, Holm-adjusted over the same methods
+    p_equivalence: float = math.nan
+    #: sd of the paired differences and the minimal detectable effect at the Holm level
+    sd_diff: float = math.nan
+    mde: float = math.nan
+    #: seeds at which the observed mean and sd would decide an undecided comparison
+    seeds_needed: int | None = None
 
     @property
     def direction(self) -> str | None:
@@ -147,12 +160,31 @@ class Comparison:
             return "higher" if self.mean_diff > 0 else "lower"
         return "better" if (self.mean_diff > 0) == hib else "worse"
 
+    @property
+    def equivalent(self) -> bool:
+        """Within ±margin of the reference (Holm-adjusted TOST p < alpha)."""
+        return bool(math.isfinite(self.p_equivalence) and self.p_equivalence < self.alpha)
+
+    @property
+    def verdict(self) -> str | None:
+        """``better``/``worse`` (or ``higher``/``lower``), else ``equivalent`` within the
+        margin, else ``undecided``; ``None`` without a margin (only the difference is
+        tested) or when the comparison is not testable."""
+        if self.direction is not None:
+            return self.direction
+        if self.margin is None or self.untestable is not None:
+            return None
+        return "equivalent" if self.equivalent else "undecided"
+
 
 def compare_to_reference(values: Mapping[str, Mapping[int, float]], reference: str, metric: str,
                          *, test: str = "ttest", alpha: float = 0.05,
-                         min_pairs: int = MIN_PAIRS) -> list[Comparison]:
+                         min_pairs: int = MIN_PAIRS, margin: float | None = None,
+                         power: float = POWER) -> list[Comparison]:
     """Paired test of every method against ``reference`` over the seeds both have, Holm
-    corrected over the testable methods. ``values[method][seed] = value``."""
+    corrected over the testable methods. ``values[method][seed] = value``. With ``margin``
+    (±δ, in the metric's units), also the paired TOST (Holm-adjusted over the same methods),
+    the MDE at ``power`` and level alpha/m, and the seeds needed to decide."""
     if reference not in values:
         return []
     ref = values[reference]
@@ -167,11 +199,24 @@ def compare_to_reference(values: Mapping[str, Mapping[int, float]], reference: s
         p = paired_test(a, b, test=test, min_pairs=min_pairs)
         x, y = _paired(a, b)
         diff = float(np.mean(x - y)) if len(x) else float("nan")
-        rows.append([method, len(x), diff, p, reason])
+        p_eq = (paired_tost(x, y, margin) if margin is not None and reason is None
+                else float("nan"))
+        sd = float(np.std(x - y, ddof=1)) if len(x) > 1 else float("nan")
+        rows.append([method, len(x), diff, p, reason, p_eq, sd])
     adjusted = holm([r[3] for r in rows])
-    return [Comparison(m, reference, metric, n, d, p, float(ph),
-                       bool(np.isfinite(ph) and ph < alpha), reason)
-            for (m, n, d, p, reason), ph in zip(rows, adjusted)]
+    adjusted_eq = holm([r[5] for r in rows])
+    m = max(1, int(np.isfinite([r[3] for r in rows]).sum()))
+    out = []
+    for (name, n, d, p, reason, _, sd), ph, pe in zip(rows, adjusted, adjusted_eq):
+        comp = Comparison(name, reference, metric, n, d, p, float(ph),
+                          bool(np.isfinite(ph) and ph < alpha), reason, alpha)
+        if margin is not None and reason is None:
+            comp.margin, comp.p_equivalence, comp.sd_diff = margin, float(pe), sd
+            comp.mde = paired_mde(sd, n, alpha / m, power)
+            if comp.verdict == "undecided":
+                comp.seeds_needed = seeds_to_decide(d, sd, n, margin, alpha / m, power)
+        out.append(comp)
+    return out
 
 
 # -- Friedman / ranks --------------------------------------------------------------------------

@@ -53,6 +53,7 @@ from fairbench.run.runner import RunConfig, prepare
 DEFAULT_SEEDS = 3
 
 TOP_KEYS = {"name", "description", "seeds", "runs_dir", "cache_dir", "device", "train",
+            "equivalence_margin",
             "selection", "datasets", "methods", "plugins", "save_weights"}
 DATASET_KEYS = {"name", "label", "task", "params", "data_root", "attribute", "privileged",
                 "backbones",
@@ -128,6 +129,9 @@ class Suite:
     #: run options that do not change a run's identity (set from the sweep's command line)
     tracking: str | None = None
     tracking_uri: str | None = None
+    #: ±δ of the leaderboard's and matrix's equivalence test per metric (fractions; the
+    #: suite's ``equivalence_margin`` is in points); None: the catalog's defaults
+    margins: dict[str, float] | None = None
 
     def expand(self) -> list[PlannedConfig]:
         """Every run of the suite: datasets × backbones × methods × grid × seeds."""
@@ -250,6 +254,33 @@ def _seeds(value: Any, where: str) -> list[int]:
             raise FairbenchError(f"{where}: seeds {value!r} repeat a seed")
         return list(value)
     raise FairbenchError(f"{where}: seeds must be a count or a list of integers, got {value!r}")
+
+
+def parse_margins(value: Any, where: str) -> dict[str, float] | None:
+    """``equivalence_margin``: a number of points for every metric of
+    :data:`fairbench.metrics.catalog.EQUIVALENCE_MARGINS`, or a table ``{metric = points}``
+    (replacing the defaults of the metrics it names); returned as fractions."""
+    from fairbench.metrics import check_directed_metric
+    from fairbench.metrics.catalog import EQUIVALENCE_MARGINS
+
+    if value is None:
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = {k: value for k in EQUIVALENCE_MARGINS}
+    if not isinstance(value, Mapping) or not value:
+        raise FairbenchError(f"{where}: equivalence_margin must be a number of points or a "
+                             "table such as {{ EqOddsGap = 2, F1 = 2 }}")
+    out = dict(EQUIVALENCE_MARGINS)
+    for key, points in value.items():
+        try:
+            check_directed_metric(str(key), "equivalence_margin metric")
+        except FairbenchError as exc:
+            raise FairbenchError(f"{where}: {exc}") from None
+        if isinstance(points, bool) or not isinstance(points, (int, float)) or not points > 0:
+            raise FairbenchError(f"{where}: equivalence_margin {key} = {points!r} must be a "
+                                 "positive number of points, e.g. 2")
+        out[str(key)] = float(points) / 100
+    return out
 
 
 def _parse_datasets(data: Mapping[str, Any], where: str,
@@ -387,6 +418,7 @@ def parse_suite(data: Mapping[str, Any], *, path: Path | None = None,
         device=str(data.get("device", "auto")), train=train, rule=rule, datasets=datasets,
         methods=methods, plugins=[_plugin_path(p) for p in plugins],
         save_weights=bool(data.get("save_weights", False)),
+        margins=parse_margins(data.get("equivalence_margin"), where),
         description=str(data.get("description", "")))
 
 

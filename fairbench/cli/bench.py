@@ -160,6 +160,66 @@ def sweep_cmd(suite_file: str, dry_run: bool, executor: str, devices: str | None
         raise SystemExit(1)
 
 
+def _margins(points: float | None) -> dict[str, float] | None:
+    """``--margin POINTS`` as the equivalence margins of the default metrics (fractions)."""
+    from fairbench.metrics.catalog import EQUIVALENCE_MARGINS
+
+    if points is None:
+        return None
+    if not points > 0 or points != points:
+        raise FairbenchError(f"--margin must be a positive number of points, not {points}; "
+                             "use e.g. --margin 2")
+    return {k: points / 100 for k in EQUIVALENCE_MARGINS}
+
+
+@click.command("plan")
+@click.argument("suite_file", metavar="SUITE", type=click.Path())
+@click.option("--margin", type=float, default=None, metavar="POINTS",
+              help="±δ of the equivalence test, in points. [default: the suite's "
+                   "equivalence_margin, else 2]")
+@click.option("--labels", type=click.Choice(["observed", "true"]), default="true",
+              show_default=True, help="Decide the cells on observed or true test labels.")
+@click.option("--metric", "metrics", multiple=True, metavar="KEY",
+              help="Metrics to plan for (repeatable). [default: EqOddsGap and worst.F1]")
+@click.option("--runs-dir", default=None, help="Runs directory of the suite. [default: the suite's]")
+@click.option("--data-root", "data_roots", multiple=True, metavar="[LABEL=]PATH",
+              help="Data folder of the suite's datasets (to resolve its runs).")
+@click.option("--plugin", "plugins", multiple=True, metavar="FILE.py", help="Load a local plugin file (repeatable).")
+def plan_cmd(suite_file: str, margin: float | None, labels: str, metrics: tuple[str, ...],
+             runs_dir: str | None, data_roots: tuple[str, ...], plugins: tuple[str, ...]) -> None:
+    """Seeds needed to decide every cell, from a suite's finished pilot runs.
+
+    \b
+    Per method x dataset (or scenario) x metric: the seeds run, the paired change against
+    vanilla and its sd, the verdict (better, worse, equivalent within ±margin, undecided), the
+    seeds that would decide an undecided cell at the observed mean and variance (80 % power,
+    the Holm level), and per table the projected run time of those seeds from the runs'
+    recorded wall times. Nothing runs. Examples:
+      fairbench plan benchmarks/mechanisms.toml
+      fairbench plan benchmarks/mechanisms.toml --margin 3 --metric EqOddsGap
+      fairbench plan benchmarks/quick.toml --labels observed
+    """
+    from fairbench.bench.leaderboard import leaderboard
+    from fairbench.bench.planner import render_plan
+    from fairbench.metrics import check_directed_metric
+    from fairbench.metrics.catalog import MATRIX_COLUMNS
+
+    _load_plugins(plugins)
+    if not Path(suite_file).expanduser().is_file():
+        raise FairbenchError(f"plan reads a suite file; {suite_file!r} is not one (give e.g. "
+                             "benchmarks/mechanisms.toml)")
+    for m in metrics:
+        check_directed_metric(m, "--metric")
+    chosen = list(metrics or MATRIX_COLUMNS)
+    margins = _margins(margin)
+    if metrics:  # the metrics asked for get the margin (2 points unless --margin)
+        points = (margin if margin is not None else 2.0) / 100
+        margins = {**(margins or {}), **{m: points for m in metrics}}
+    board = leaderboard(suite_file, runs_dir=runs_dir, data_roots=_data_roots(data_roots),
+                        labels=labels, margins=margins)
+    click.echo(render_plan(board, chosen), nl=False)
+
+
 @click.command("leaderboard")
 @click.argument("source", metavar="SUITE_OR_RUNS_DIR", type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(["md", "csv", "latex", "html"]), default="md",
@@ -193,14 +253,17 @@ def sweep_cmd(suite_file: str, dry_run: bool, executor: str, devices: str | None
 @click.option("--runs-dir", default=None, help="Runs directory of a suite. [default: the suite's]")
 @click.option("--data-root", "data_roots", multiple=True, metavar="[LABEL=]PATH",
               help="Data folder of the suite's datasets (to resolve its runs).")
+@click.option("--margin", type=float, default=None, metavar="POINTS",
+              help="±δ of the equivalence test against vanilla, in points, for F1, worst-group "
+                   "F1 and EqOddsGap. [default: the suite's equivalence_margin, else 2]")
 @click.option("--out", default=None, type=click.Path(dir_okay=False), help="Write to this file instead of stdout.")
 @click.option("--plugin", "plugins", multiple=True, metavar="FILE.py", help="Load a local plugin file (repeatable).")
 def leaderboard_cmd(source: str, fmt: str, view: str, labels: str | None, rule: str | None,
                     part: str,
                     split: str | None, test_name: str, alpha: float, ci: bool, ci_kind: str,
                     n_boot: int,
-                    runs_dir: str | None, data_roots: tuple[str, ...], out: str | None,
-                    plugins: tuple[str, ...]) -> None:
+                    runs_dir: str | None, data_roots: tuple[str, ...], margin: float | None,
+                    out: str | None, plugins: tuple[str, ...]) -> None:
     """Leaderboard of a suite's runs (or of every run in a runs directory).
 
     Every run is verified against its manifest; a damaged one is an error naming it (redo it,
@@ -211,7 +274,9 @@ def leaderboard_cmd(source: str, fmt: str, view: str, labels: str | None, rule: 
     Each method's row is the parameter setting picked on validation by the selection rule;
     values are test metrics, mean ± std over seeds, best per column in bold, ▲/▼ where a paired
     test against vanilla over at least 3 seeds (Holm-corrected) finds the method better/worse,
-    (n=k) where a cell has fewer seeds than the table; the missing runs are listed below it.
+    ≈ where two one-sided tests put it within ±margin of vanilla, ?k where undecided (k seeds
+    would decide it at the observed variance), (n=k) where a cell has fewer seeds than the
+    table; the missing runs are listed below it.
     The headline fairness column is the equalized-odds gap (EqOddsGap); EOpp0/EOpp1/EOdd are
     the dermatology papers' definitions. Runs of different splits are never mixed. Examples:
       fairbench leaderboard benchmarks/quick.toml
@@ -231,7 +296,7 @@ def leaderboard_cmd(source: str, fmt: str, view: str, labels: str | None, rule: 
     board = leaderboard(source, rule=rule, part=part, split=split, test=test_name, alpha=alpha,
                         runs_dir=runs_dir, data_roots=_data_roots(data_roots),
                         ci=ci and not matrix, n_resamples=n_boot, ci_kind=ci_kind,
-                        labels=labels)
+                        labels=labels, margins=_margins(margin))
     if matrix:  # intervals of the paired differences, always
         from fairbench.bench.matrix import build_matrix
 
@@ -428,4 +493,5 @@ def plot_cd_cmd(source: str, metric: str, alpha: str, out: str, rule: str | None
         click.echo(f"{res.gate_text}: the ranks are not compared pairwise (no CD drawn)")
 
 
-BENCH_COMMANDS = {"sweep": sweep_cmd, "leaderboard": leaderboard_cmd, "plot": plot_group}
+BENCH_COMMANDS = {"sweep": sweep_cmd, "leaderboard": leaderboard_cmd, "plan": plan_cmd,
+                  "plot": plot_group}

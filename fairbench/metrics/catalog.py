@@ -118,6 +118,9 @@ SEGMENTATION_COUNTERPART = {"F1": "Dice", "AUC": "Dice", HEADLINE_FAIRNESS: "gap
                             "EOdd": "gap.Dice", "Avg.F1": "Avg.Dice", WORST_UTILITY: "worst.Dice"}
 #: the metrics of a run's per-group plot (classification)
 GROUP_PLOT_COLUMNS = (*PAPER_UTILITY, "accuracy", "AUC")
+#: the default ±δ of the equivalence test against vanilla (fractions: 2 points), per metric; a
+#: suite's ``equivalence_margin`` (in points) replaces it
+EQUIVALENCE_MARGINS = {"F1": 0.02, WORST_UTILITY: 0.02, HEADLINE_FAIRNESS: 0.02}
 #: the mechanism matrix's default panels
 MATRIX_COLUMNS = (HEADLINE_FAIRNESS, WORST_UTILITY)
 
