@@ -102,6 +102,10 @@ PROTOTYPES = (
     ("scc", (168, 84, 72), 1.3, 0.22, 0.28, "dots"),
 )
 MAX_CLASSES = len(PROTOTYPES)
+#: the most images n_val or n_test may add (2 GiB of 32 px images each)
+MAX_EXTRA = 500_000
+#: generator streams of the added validation and test images (0: the n_samples images)
+EXTRA_STREAMS = {"val": 2, "test": 3}
 
 
 @dataclass
@@ -138,6 +142,12 @@ class SynthDermParams:
     lookalike: float = param(0.0, help="how far the last class's lesion is drawn toward the "
                                        "first class's (colour, shape, size; its texture from "
                                        "0.5): 0 = its own, 1 = the same", min=0.0, max=1.0)
+    n_val: int = param(0, help="images added to the validation part, drawn by the same "
+                               "generator from a stream of their own (the split of the "
+                               "n_samples images is unchanged)", min=0, max=MAX_EXTRA)
+    n_test: int = param(0, help="images added to the test part, drawn likewise: a test part "
+                                "as large as the question needs, never trained on or chosen "
+                                "on", min=0, max=MAX_EXTRA)
 
 
 #: the knobs of a world without any bias mechanism: groups alike in size, class mix,
@@ -164,7 +174,7 @@ SCENARIOS: dict[str, dict[str, Any]] = {
 #: values so that runs and caches made before them keep their names
 _LATER_KNOBS: dict[str, Any] = {"scenario": "custom", "dark_class_imbalance": None,
                                 "lesion_contrast": 1.0, "marker_dark_rate": None,
-                                "lookalike": 0.0}
+                                "lookalike": 0.0, "n_val": 0, "n_test": 0}
 
 
 def scenario_params(raw: dict[str, Any]) -> dict[str, Any]:
@@ -226,14 +236,44 @@ class SynthDerm(DatasetAdapter):
                     masks_out: np.ndarray | None = None,
                     progress: Callable[[int], None] | None = None) -> None:
         """Draw the images of ``table`` into ``out`` and their lesion masks into
-        ``masks_out``."""
-        render_into(table.df, self.params, spec.size, out, masks_out, progress=progress)
+        ``masks_out``; the added validation and test images from their own streams."""
+        df = table.df
+        if "stream" not in df:
+            render_into(df, self.params, spec.size, out, masks_out, progress=progress)
+            return
+        for stream in sorted(df["stream"].unique()):
+            rows = np.flatnonzero(df["stream"].to_numpy() == stream)
+            part_out = np.zeros((len(rows), *out.shape[1:]), dtype=out.dtype)
+            part_masks = (None if masks_out is None else
+                          np.zeros((len(rows), *masks_out.shape[1:]), dtype=masks_out.dtype))
+            render_into(df.iloc[rows].reset_index(drop=True), self.params, spec.size, part_out,
+                        part_masks, progress=progress, stream=int(stream))
+            out[rows] = part_out
+            if masks_out is not None:
+                masks_out[rows] = part_masks
 
 
 def build_metadata(p: SynthDermParams) -> pd.DataFrame:
-    """The sample table of ``p`` (true and observed labels, attributes, patients)."""
-    rng = np.random.default_rng([p.seed, 0])
-    n = p.n_samples
+    """The sample table of ``p`` (true and observed labels, attributes, patients): the
+    ``n_samples`` images, then the ``n_val`` and ``n_test`` added ones, each drawn from its own
+    generator stream with its own patients, with ``fixed_part`` naming their part and
+    ``stream`` the stream their pixels are drawn from (both columns only when images are
+    added, so tables without them are unchanged)."""
+    base = _draw_rows(p, p.n_samples, np.random.default_rng([p.seed, 0]), "")
+    extra = {part: getattr(p, f"n_{part}") for part in EXTRA_STREAMS}
+    if not any(extra.values()):
+        return base
+    frames = [base.assign(fixed_part="", stream=0)]
+    for part, n in extra.items():
+        if n:
+            stream = EXTRA_STREAMS[part]
+            rows = _draw_rows(p, n, np.random.default_rng([p.seed, 0, stream]), part[0])
+            frames.append(rows.assign(fixed_part=part, stream=stream))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _draw_rows(p: SynthDermParams, n: int, rng: np.random.Generator, tag: str) -> pd.DataFrame:
+    """``n`` rows drawn from ``rng``; ``tag`` sets the added parts' ids apart."""
     # patients: sizes 1 + Poisson(mean - 1), until n images
     sizes = 1 + rng.poisson(p.images_per_patient - 1.0, size=n)
     patient_of = np.repeat(np.arange(n), sizes)[:n]
@@ -261,14 +301,14 @@ def build_metadata(p: SynthDermParams) -> pd.DataFrame:
                         np.where(dark, dark_rate, p.marker_base_rate))
     marker = rng.random(n) < marker_p
     return pd.DataFrame({
-        "sample_id": [f"sd{p.seed}-{i:06d}" for i in range(n)],
+        "sample_id": [f"sd{p.seed}-{tag}{i:06d}" for i in range(n)],
         "path": "",
         "label": label.astype(np.int64),
         "true_label": true_label.astype(np.int64),
         "attr_skin_tone": dark.astype(np.int64),
         "attr_sex": male_p[patient_of].astype(np.int64),
         "attr_fitzpatrick": fitz_p[patient_of].astype(np.int64),
-        "patient_id": [f"p{p.seed}-{j:06d}" for j in patient_of],
+        "patient_id": [f"p{p.seed}-{tag}{j:06d}" for j in patient_of],
         "marker": marker,
     })
 
@@ -312,10 +352,12 @@ def render_into(
     *,
     chunk: int = 256,
     progress: Callable[[int], None] | None = None,
+    stream: int = 0,
 ) -> None:
-    """Draw every row of ``df`` (from :func:`build_metadata`) into ``out`` (N×size×size×3)."""
+    """Draw every row of ``df`` (from :func:`build_metadata`) into ``out`` (N×size×size×3);
+    ``stream`` 0 draws the ``n_samples`` images, the others the added parts'."""
     n = len(df)
-    rng = np.random.default_rng([p.seed, 1])
+    rng = np.random.default_rng([p.seed, 1] if stream == 0 else [p.seed, 1, stream])
     true_label = df["true_label"].to_numpy()
     fitz = df["attr_fitzpatrick"].to_numpy()
     dark = df["attr_skin_tone"].to_numpy().astype(bool)

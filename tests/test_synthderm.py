@@ -171,3 +171,52 @@ def test_patients_and_params():
         create_dataset("synthderm", dark_fraction=1.0)
     with pytest.raises(ParamError, match="out of range"):
         create_dataset("synthderm", n_classes=len(PROTOTYPES) + 1)
+
+
+# -- test and validation parts sized apart from training -----------------------------------------
+def test_added_val_and_test_images_leave_the_training_data_unchanged():
+    """n_val/n_test add images from their own generator streams: the n_samples images, their
+    pixels and their split are those without them; the added ones land in their part."""
+    import fairbench.datasets  # noqa: F401
+
+    from fairbench import create_dataset
+    from fairbench.data.dataset import ImageSpec
+    from fairbench.data.splits import make_split
+
+    plain = create_dataset("synthderm", None, n_samples=200)
+    more = create_dataset("synthderm", None, n_samples=200, n_val=40, n_test=120)
+    assert plain.config() == create_dataset("synthderm", None, n_samples=200,
+                                            n_test=0).config()  # old runs keep their names
+    t0, t1 = plain.build_table(), more.build_table()
+    assert len(t1) == 360 and t1.df.iloc[:200][t0.df.columns].equals(t0.df)
+    s0, s1 = make_split(t0, seed=3), make_split(t1, seed=3)
+    for part in ("train", "val", "test"):
+        assert list(s1.parts[part][:len(s0.parts[part])]) == list(s0.parts[part])
+    assert len(s1.parts["train"]) == len(s0.parts["train"])
+    assert len(s1.parts["val"]) == len(s0.parts["val"]) + 40
+    assert len(s1.parts["test"]) == len(s0.parts["test"]) + 120
+    added = set(t1.df.sample_id[t1.df.fixed_part == "test"])
+    assert added <= set(s1.parts["test"]) and not added & set(s1.parts["train"])
+    assert not set(t1.df.patient_id[200:]) & set(t0.df.patient_id)  # patients of their own
+    x0 = np.zeros((200, 16, 16, 3), np.uint8)
+    x1 = np.zeros((360, 16, 16, 3), np.uint8)
+    plain.fill_images(t0, ImageSpec(size=16), x0)
+    more.fill_images(t1, ImageSpec(size=16), x1)
+    assert np.array_equal(x0, x1[:200])
+    assert all(x1[i].any() for i in range(200, 360))
+    assert not any(np.array_equal(x1[200 + i], x0[i]) for i in range(40))  # fresh draws
+    again = np.zeros_like(x1)
+    more.fill_images(more.build_table(), ImageSpec(size=16), again)
+    assert np.array_equal(again, x1)
+
+
+def test_a_fixed_part_that_is_no_part_is_refused():
+    import fairbench.datasets  # noqa: F401
+
+    from fairbench import DataError, create_dataset
+    from fairbench.data.splits import make_split
+
+    table = create_dataset("synthderm", None, n_samples=100, n_test=10).build_table()
+    table.df.loc[table.df.index[-1], "fixed_part"] = "holdout"
+    with pytest.raises(DataError, match="fixed_part 'holdout' is not a part"):
+        make_split(table)

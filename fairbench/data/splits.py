@@ -81,7 +81,27 @@ def make_split(
     Rows sharing a ``patient_id`` go to one part together: patients are assigned whole, each
     to the part whose running share of its stratum it falls in, which keeps the strata close
     to ``fractions``. Without patient ids each stratum is cut by largest-remainder rounding.
+
+    Rows whose ``fixed_part`` column (when the table has one) names a part go to that part
+    whatever the seed (held-out images an adapter generated or ships apart, e.g. synthderm's
+    ``n_test``); the other rows are split exactly as they would be without them.
     """
+    fixed = table.df["fixed_part"].astype(str).to_numpy() if "fixed_part" in table.df else None
+    if fixed is not None and (fixed != "").any():
+        unknown = sorted(set(fixed) - {"", *PARTS})
+        if unknown:
+            raise DataError(f"fixed_part {unknown[0]!r} is not a part; use train, val or test")
+        free = fixed == ""
+        rest = SampleTable(table.df[free].reset_index(drop=True), classes=table.classes,
+                           attributes=table.attributes, task=table.task,
+                           default_attribute=table.default_attribute,
+                           has_masks=table.has_masks, mask_classes=table.mask_classes)
+        base = make_split(rest, seed=seed, fractions=fractions,
+                          stratify_attribute=stratify_attribute)
+        ids = table.sample_ids.astype(str)
+        return from_parts({part: np.concatenate([np.asarray(base.parts[part], dtype=object),
+                                                 ids[fixed == part].astype(object)])
+                           for part in PARTS})
     frac = np.asarray(fractions, dtype=float)
     if frac.shape != (3,) or (frac < 0).any() or not np.isclose(frac.sum(), 1.0):
         raise DataError(f"split fractions {fractions} must be three non-negative numbers summing to 1")
