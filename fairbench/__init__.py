@@ -94,6 +94,7 @@ if TYPE_CHECKING:  # the public API, one import per name (read by _public_api)
         register_backbone,
     )
     from fairbench.run.context import RunContext
+    from fairbench.run.engagement import NO_MECHANISM, Engagement
     from fairbench.run.leakage import run_leakage
     from fairbench.run.method import (
         Method,

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import copy
 import io
+import json
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -120,6 +121,12 @@ def _check_outputs(name: str, result: Any) -> None:
     for f in ("config.json", "metrics.json", "predictions.csv", "train_log.csv"):
         assert (result.run_dir / f).is_file(), f"{name}: run directory lacks {f}"
     ctx = result.context
+    record = json.loads((result.run_dir / "config.json").read_text()).get("engagement")
+    assert record is not None, (
+        f"{name}: declare engagement(notes) -> Engagement, what shows that the mechanism acted "
+        "(fairbench.run.engagement; NO_MECHANISM for a method without one)")
+    assert record.get("engaged") in (True, False, None) and record.get("criterion"), (
+        f"{name}: the engagement record needs engaged (true/false/null) and a criterion")
     preds = pd.read_csv(result.run_dir / "predictions.csv")
     sizes = {p: len(ctx.positions(p)) for p in ("val", "test")}
     assert len(preds) == sizes["val"] + sizes["test"], f"{name}: one prediction row per sample"

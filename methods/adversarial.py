@@ -68,7 +68,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -77,6 +77,7 @@ from torch import nn
 from fairbench.core.params import param
 from fairbench.data.loaders import Batch
 from fairbench.run.context import RunContext
+from fairbench.run.engagement import Engagement
 from fairbench.run.inprocessing import (
     confusion_loss,
     grad_reverse,
@@ -136,10 +137,12 @@ class AdvConf(Method):
                         every=params.adv_every, steps=params.adv_steps)
         result = ctx.fit(model, hooks=TrainHooks(loss=loss, aux=[aux]), config=config,
                          train=train, stage="adv_conf")
-        ctx.notes["adv_conf"] = {"best_epoch": result.best_epoch,
-                                 "adversary_val_accuracy": _adversary_accuracy(
-                                     ctx, model, lambda m, b: adversary(m.features(b.x)))}
+        ctx.notes["adv_conf"] = {"best_epoch": result.best_epoch, **_adversary_accuracy(
+            ctx, model, lambda m, b: adversary(m.features(b.x)))}
         return model
+
+    def engagement(self, notes: dict) -> Engagement:
+        return adversary_engagement(notes["adv_conf"])
 
 
 # -- AdvRev ----------------------------------------------------------------------------------------
@@ -218,21 +221,24 @@ class AdvRev(Method):
             return adversary(logits if params.input == "logits" else z, b.y)
 
         ctx.notes["adv_rev"] = {"best_epoch": result.best_epoch,
-                                "adversary_val_accuracy": _adversary_accuracy(
-                                    ctx, model, predict_groups)}
+                                **_adversary_accuracy(ctx, model, predict_groups)}
         model.representation_site = params.input  # what the leakage probe reads
         return model
+
+    def engagement(self, notes: dict) -> Engagement:
+        return adversary_engagement(notes["adv_rev"])
 
 
 @torch.no_grad()
 def _adversary_accuracy(ctx: RunContext, model: nn.Module,
-                        predict: Callable[[nn.Module, Batch], torch.Tensor]) -> float | None:
+                        predict: Callable[[nn.Module, Batch], torch.Tensor]) -> dict[str, Any]:
     """Share of validation rows (known group) whose group the final adversary guesses (given
-    the true class where it is per class): a diagnostic in the run's notes; chance is the
-    majority group's share."""
+    the true class where it is per class), and the majority group's share (what always
+    guessing it scores): the run's notes."""
     was = model.training
     model.eval()
     hits, total = 0, 0
+    per_group = torch.zeros(ctx.n_groups, dtype=torch.long)
     for batch in ctx.loader("val"):
         if batch.g is None:
             continue
@@ -240,5 +246,18 @@ def _adversary_accuracy(ctx: RunContext, model: nn.Module,
         pred = predict(model, batch).argmax(1)
         hits += int((pred[known] == batch.g[known]).sum())
         total += int(known.sum())
+        per_group += torch.bincount(batch.g[known].cpu(), minlength=ctx.n_groups)
     model.train(was)
-    return round(hits / total, 4) if total else None
+    return {"adversary_val_accuracy": round(hits / total, 4) if total else None,
+            "val_majority_share": round(int(per_group.max()) / total, 4) if total else None}
+
+
+def adversary_engagement(info: dict[str, Any]) -> Engagement:
+    """An adversarial method engaged when its final adversary does no better on validation
+    than always guessing the majority group (the representation it reads hides the
+    attribute from it); a fresh probe of the returned model is the run's ``leakage``."""
+    acc, chance = info.get("adversary_val_accuracy"), info.get("val_majority_share")
+    return Engagement(acc is not None and chance is not None and acc <= chance,
+                      "the final adversary's validation accuracy is at most the majority "
+                      "group's share", {"adversary_val_accuracy": acc,
+                                        "val_majority_share": chance})

@@ -90,6 +90,7 @@ from fairbench.core.errors import FairbenchError, ParamError
 from fairbench.core.params import param
 from fairbench.metrics import HEADLINE_FAIRNESS, is_segmentation_metric
 from fairbench.run.context import RunContext
+from fairbench.run.engagement import Engagement
 from fairbench.run.inprocessing import confusion_loss, require_groups
 from fairbench.run.method import Method, register_method
 from fairbench.run.posthoc import (
@@ -470,6 +471,19 @@ class Apple(Method):
         }
         model.eval()
         return model
+
+    def engagement(self, notes: dict) -> Engagement:
+        info = notes["apple"]
+        probe = info.get("probe_test") or {}
+        base = (probe.get("base") or {}).get("balanced_accuracy")
+        after = (probe.get("perturbed") or {}).get("balanced_accuracy")
+        drop = (base - after) if base is not None and after is not None else None
+        return Engagement(
+            not info["kept_base_model"] and drop is not None and drop > 0,
+            "the delivered latent is perturbed (not the base model's) and a fresh probe of "
+            "the attribute reads it worse than the base latent (test part)",
+            {"kept_base_model": info["kept_base_model"], "probe_base": base,
+             "probe_perturbed": after})
 
 
 def _row(metrics: dict[str, Any], select: str, utility: str) -> dict[str, Any]:

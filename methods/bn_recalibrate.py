@@ -20,6 +20,7 @@ from torch import nn
 
 from fairbench.core.params import NoParams
 from fairbench.run.context import RunContext
+from fairbench.run.engagement import Engagement
 from fairbench.run.method import Method, register_method
 from fairbench.run.posthoc import recalibrate_batchnorm
 
@@ -36,3 +37,7 @@ class BNRecalibrate(Method):
         layers = recalibrate_batchnorm(ctx, model)
         ctx.notes["bn_recalibrate"] = {"layers": layers}
         return model
+
+    def engagement(self, notes: dict) -> Engagement:
+        layers = int(notes["bn_recalibrate"]["layers"])
+        return Engagement(layers > 0, "BatchNorm layers re-estimated > 0", {"layers": layers})

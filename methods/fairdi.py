@@ -68,6 +68,7 @@ from fairbench.core.params import param
 from fairbench.data.loaders import Batch, BatchLoader
 from fairbench.metrics.classification import macro_prf
 from fairbench.run.context import RunContext
+from fairbench.run.engagement import Engagement
 from fairbench.run.method import Method, register_method
 from fairbench.run.posthoc import check_select_metric
 from fairbench.training.distill import distillation_kl, distillation_objective
@@ -335,6 +336,12 @@ class FairDi(Method):
             "select_metric": metric, "lam": params.lam, "temperature": params.temperature,
         }
         return student
+
+    def engagement(self, notes: dict) -> Engagement:
+        teachers = notes["fairdi"]["teachers"]
+        trained = sum(not t.get("kept_base") for t in teachers)
+        return Engagement(trained > 0, "group teachers that are not the base model > 0",
+                          {"teachers_trained": trained, "teachers": len(teachers)})
 
 
 def _score(metrics: dict[str, Any], key: str) -> float:

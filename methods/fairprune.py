@@ -59,9 +59,15 @@ from __future__ import annotations
 from torch import nn
 
 from fairbench.run.context import RunContext
+from fairbench.run.engagement import Engagement
 from fairbench.run.method import register_method
 from fairbench.run.posthoc import preflight_curvature, tolerance_rule, within_tolerance
-from fairbench.run.pruning import FairPruneParams, SaliencyPruning, chosen_setting
+from fairbench.run.pruning import (
+    FairPruneParams,
+    SaliencyPruning,
+    chosen_setting,
+    pruning_engagement,
+)
 
 
 @register_method("fairprune")
@@ -87,3 +93,6 @@ class FairPrune(SaliencyPruning):
                                           for n, m in masks.items()},
         }
         return model
+
+    def engagement(self, notes: dict) -> Engagement:
+        return pruning_engagement(notes["fairprune"])

@@ -77,6 +77,7 @@ from fairbench.core.params import param
 from fairbench.metrics import HEADLINE_FAIRNESS, flatten
 from fairbench.metrics.catalog import CANDIDATE_COLUMNS
 from fairbench.run.context import RunContext
+from fairbench.run.engagement import Engagement
 from fairbench.run.method import Method, register_method
 from fairbench.run.posthoc import (
     check_select_metric,
@@ -183,6 +184,16 @@ class FairQuantize(Method):
                          rows=ablation, with_test=True, select=False)
             write_rows(ctx.run_dir / "ablation.csv", ablation)
         return model
+
+    def engagement(self, notes: dict) -> Engagement:
+        selected = notes["fairquantize"].get("selected") or {}
+        ratio = float(selected.get("realized_ratio") or 0.0)
+        within = bool(notes["fairquantize"].get("within_f1_tolerance"))
+        return Engagement(ratio > 0 and within,
+                          "weights quantized > 0 in a checkpoint within the F1 tolerance "
+                          "(its retraining alone is the fairquantize_retrain control)",
+                          {"quantized_fraction": ratio, "within_f1_tolerance": within,
+                           "step": selected.get("step"), "epoch": selected.get("epoch")})
 
 
 def run_schedule(ctx: RunContext, params: FairQuantizeParams, *, quantize_weights: bool
@@ -408,3 +419,10 @@ class FairQuantizeRetrain(Method):
 
     def run(self, ctx: RunContext, params: FairQuantizeParams) -> nn.Module:
         return run_schedule(ctx, params, quantize_weights=False)[0]
+
+    def engagement(self, notes: dict) -> Engagement:
+        selected = notes["fairquantize"].get("selected") or {}
+        epoch = int(selected.get("epoch") or 0)
+        return Engagement(epoch > 0, "a retrained epoch chosen (the control's mechanism is "
+                                     "the retraining)", {"step": selected.get("step"),
+                                                         "epoch": epoch})

@@ -37,6 +37,7 @@ from torch import nn
 from fairbench.core.params import param
 from fairbench.data.loaders import Batch
 from fairbench.run.context import RunContext
+from fairbench.run.engagement import Engagement
 from fairbench.run.inprocessing import require_groups, train_setup
 from fairbench.run.method import Method, register_method
 from fairbench.training.trainer import GroupBy, Sampler, StepState, TrainHooks
@@ -61,6 +62,11 @@ def dro_update(q: torch.Tensor, group_losses: torch.Tensor, eta: float,
     step = group_losses.detach() + (adjust if adjust is not None else 0.0)
     q = q * torch.exp(eta * step)
     return q / q.sum()
+
+
+#: total variation of the group weights from uniform at which GroupDRO counts as engaged: 5
+#: points of probability mass moved between groups (a declared criterion, not a fit)
+TV_ENGAGED = 0.05
 
 
 @dataclass
@@ -118,3 +124,10 @@ class GroupDRO(Method):
             "train_counts": {n: int(c) for n, c in zip(names, counts)},
         }
         return model
+
+    def engagement(self, notes: dict) -> Engagement:
+        q = list(notes["groupdro"]["final_q"].values())
+        tv = 0.5 * sum(abs(v - 1 / len(q)) for v in q)
+        return Engagement(tv >= TV_ENGAGED, f"final group weights away from uniform (total "
+                                            f"variation >= {TV_ENGAGED})",
+                          {"tv_from_uniform": round(tv, 4), "max_q": max(q), "min_q": min(q)})

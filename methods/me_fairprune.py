@@ -45,6 +45,7 @@ from fairbench.metrics import flatten
 from fairbench.metrics.catalog import CANDIDATE_COLUMNS
 from fairbench.models.multiexit import resolve_exit_spec
 from fairbench.run.context import RunContext
+from fairbench.run.engagement import Engagement
 from fairbench.run.method import Method, register_method
 from fairbench.run.multiexit import (
     MultiExitParams,
@@ -66,10 +67,23 @@ from fairbench.run.posthoc import (
     within_tolerance,
     write_rows,
 )
-from fairbench.run.pruning import FairPruneParams, SaliencyPruning, chosen_setting
+from fairbench.run.pruning import (
+    FairPruneParams,
+    SaliencyPruning,
+    chosen_setting,
+    pruning_engagement,
+)
 from fairbench.training.curvature import fair_saliency
 from fairbench.training.multiexit import exit_loss
 from fairbench.training.trainer import TrainHooks
+
+
+def exit_engagement(multiexit: dict[str, Any]) -> Engagement:
+    """The multi-exit model's engagement: test samples that leave before the final exit."""
+    fractions = multiexit["test"]["fractions"]
+    early = round(float(sum(fractions[:-1])), 4)
+    return Engagement(early > 0, "test samples leaving before the final exit > 0",
+                      {"early_exit_share": early, "tau": multiexit.get("tau")})
 
 
 def _taus(params: Any) -> tuple[float, ...]:
@@ -109,6 +123,9 @@ class MeVanilla(Method):
                                    "within_f1_tolerance": within_tolerance(best.score)}
         ctx.notes["multiexit"] = exit_notes(ctx, model, results)
         return model
+
+    def engagement(self, notes: dict) -> Engagement:
+        return exit_engagement(notes["multiexit"])
 
 
 @dataclass
@@ -155,6 +172,9 @@ class MeFairPrune(SaliencyPruning):
         }
         ctx.notes["multiexit"] = exit_notes(ctx, model)
         return model
+
+    def engagement(self, notes: dict) -> Engagement:
+        return pruning_engagement(notes["me_fairprune"])
 
     # -- FairPrune's steps, for the multi-exit model ------------------------------------------
     def _curvature_scores(self, ctx: RunContext, model: nn.Module, params: FairPruneParams,

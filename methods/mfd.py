@@ -52,6 +52,7 @@ from fairbench.core.params import param
 from fairbench.data.loaders import Batch
 from fairbench.models.features import FeatureTap
 from fairbench.run.context import RunContext
+from fairbench.run.engagement import Engagement
 from fairbench.run.inprocessing import mfd_mmd_terms, require_groups, train_setup
 from fairbench.run.method import Method, register_method
 from fairbench.training.trainer import Sampler, StepState, TrainHooks
@@ -129,3 +130,11 @@ class MFD(Method):
         # what the leakage probe reads: the representation the MMD term aligned
         student.representation_site = "pre_pool" if use_map else "features"
         return student
+
+    def engagement(self, notes: dict) -> Engagement:
+        mmd = [v for v in notes["mfd"]["first_batch_mmd_per_epoch"] if v is not None]
+        return Engagement(len(mmd) > 1 and mmd[-1] < mmd[0],
+                          "the MMD between the groups' features fell from the first epoch to "
+                          "the last (first batch of each epoch)",
+                          {"mmd_first_epoch": mmd[0] if mmd else None,
+                           "mmd_last_epoch": mmd[-1] if mmd else None})

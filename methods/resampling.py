@@ -30,7 +30,8 @@ from torch import nn
 
 from fairbench.core.params import param
 from fairbench.run.context import RunContext
-from fairbench.run.inprocessing import require_groups, train_setup
+from fairbench.run.engagement import Engagement
+from fairbench.run.inprocessing import batch_mix, require_groups, train_setup
 from fairbench.run.method import Method, register_method
 from fairbench.training.trainer import GroupBy
 
@@ -53,5 +54,13 @@ class Resampling(Method):
         model = ctx.new_model()
         config, train = train_setup(ctx, params.by)
         result = ctx.fit(model, config=config, train=train, stage="resampling")
-        ctx.notes["resampling"] = {"by": params.by, "best_epoch": result.best_epoch}
+        ctx.notes["resampling"] = {"by": params.by, "best_epoch": result.best_epoch,
+                                   "mix": batch_mix(ctx, train)}
         return model
+
+    def engagement(self, notes: dict) -> Engagement:
+        mix = notes["resampling"]["mix"]
+        return Engagement(
+            mix["batches_smallest_share"] > mix["train_smallest_share"],
+            "the smallest group's share of the drawn batches exceeds its share of the "
+            "training part", mix)

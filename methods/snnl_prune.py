@@ -83,6 +83,7 @@ from fairbench.core.params import param
 from fairbench.metrics import HEADLINE_FAIRNESS, flatten
 from fairbench.metrics.catalog import SNNL_COLUMNS
 from fairbench.run.context import RunContext
+from fairbench.run.engagement import Engagement
 from fairbench.run.method import Method, register_method
 from fairbench.run.posthoc import (
     check_select_metric,
@@ -427,6 +428,13 @@ class SNNLPrune(Method):
             "within_f1_tolerance": within_tolerance(best[0]),
         }
         return model
+
+    def engagement(self, notes: dict) -> Engagement:
+        info = notes["snnl_prune"]
+        pruned = len(info["pruned_channels"])
+        return Engagement(pruned > 0, "channels pruned > 0",
+                          {"pruned_channels": pruned, "layer_channels": info["layer_channels"],
+                           "within_f1_tolerance": info["within_f1_tolerance"]})
 
     @staticmethod
     def _budget(plan: LayerPlan, params: SNNLPruneParams) -> int:

@@ -6,6 +6,7 @@ from torch import nn
 
 from fairbench.core.params import NoParams
 from fairbench.run.context import RunContext
+from fairbench.run.engagement import NO_MECHANISM, Engagement
 from fairbench.run.method import Method, register_method
 
 
@@ -21,3 +22,6 @@ class Vanilla(Method):
 
     def run(self, ctx: RunContext, params: NoParams) -> nn.Module:
         return ctx.vanilla()
+
+    def engagement(self, notes: dict) -> Engagement:
+        return NO_MECHANISM

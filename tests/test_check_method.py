@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from fairbench import Method, check_method
+from fairbench import NO_MECHANISM, Method, check_method
 from fairbench.run.method import METHODS
 
 
@@ -26,10 +26,15 @@ def test_vanilla_conforms(tmp_path):
     assert 0.0 <= metrics["test"]["F1"] <= 1.0
 
 
+def _no_mechanism(self, notes):
+    return NO_MECHANISM
+
+
 class OkUntrained(Method):
     """Returns a freshly initialised (seeded) backbone: trivially conforming."""
 
     kind = "post-hoc"
+    engagement = _no_mechanism
 
     def run(self, ctx, params):
         return ctx.new_model()
@@ -39,6 +44,7 @@ class BrokenRandom(Method):
     """Initialises its model from an unseeded source: not reproducible."""
 
     kind = "post-hoc"
+    engagement = _no_mechanism
 
     def run(self, ctx, params):
         model = ctx.new_model()
@@ -69,6 +75,7 @@ class BrokenPeeks(Method):
 
     kind = "post-hoc"
     needs_attribute_at_inference = False
+    engagement = _no_mechanism
 
     def run(self, ctx, params):
         return _Peeking(ctx.new_model(), ctx.bundle.data.attrs)
@@ -78,6 +85,7 @@ class BrokenShape(Method):
     """Returns logits with one column too many."""
 
     kind = "post-hoc"
+    engagement = _no_mechanism
 
     def run(self, ctx, params):
         return ctx.new_model(num_classes=ctx.n_classes + 1)
@@ -137,3 +145,17 @@ def test_import_fairbench_does_not_import_torch():
     code = ("import sys, fairbench; assert 'torch' not in sys.modules; "
             "assert callable(fairbench.register_method); assert 'torch' in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+class Undeclared(Method):
+    """Conforms in every way but does not say what shows that its mechanism acted."""
+
+    kind = "post-hoc"
+
+    def run(self, ctx, params):
+        return ctx.new_model()
+
+
+def test_a_method_without_an_engagement_record_fails(tmp_path, registry_guard):
+    with pytest.raises(AssertionError, match="declare engagement"):
+        check_method(_register("undeclared", Undeclared), tmp_path)

@@ -80,7 +80,7 @@ def test_check_rejects_bad_parameters_with_one_line(fresh_registries):
 
 BROKEN = '''
 import torch
-from fairbench import Method, register_method
+from fairbench import NO_MECHANISM, Method, register_method
 
 @register_method("coin_flip")
 class CoinFlip(Method):
@@ -90,6 +90,9 @@ class CoinFlip(Method):
     def run(self, ctx, params):
         torch.manual_seed(torch.seed())  # unseeded on purpose
         return ctx.new_model(seed_offset=int(torch.randint(0, 10**6, ())))
+
+    def engagement(self, notes):
+        return NO_MECHANISM
 '''
 
 CRASHING = '''

@@ -33,6 +33,7 @@ from fairbench.metrics.catalog import (
     SEG_UTILITY,
     SEGMENTATION_COUNTERPART,
 )
+from fairbench.run.engagement import engaged_counts
 
 #: the two layouts of a table: a block of group, Avg and Diff rows per method, or one row
 VIEWS = ("paper", "compact")
@@ -102,6 +103,18 @@ class MethodRow:
     def n(self, key: str) -> int:
         """Seeds with a finite value of ``key``."""
         return sum(math.isfinite(v) for v in self.values(key).values())
+
+    def idle(self) -> tuple[int, int]:
+        """(runs whose engagement record says the mechanism did not act, runs with a record)
+        of the chosen setting (:mod:`fairbench.run.engagement`)."""
+        return engaged_counts([r.config for r in self.runs])
+
+    @property
+    def mostly_idle(self) -> bool:
+        """More than half of the chosen setting's runs did not engage: its numbers measure
+        a no-op, and the tables say so instead of giving a verdict."""
+        idle, known = self.idle()
+        return known > 0 and 2 * idle > known
 
     def short(self, key: str) -> bool:
         """Whether ``key`` is averaged over fewer seeds than the table expects."""

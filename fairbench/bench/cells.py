@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from fairbench.bench.board import VIEWS, Table
+from fairbench.bench.board import VIEWS, MethodRow, Table
 from fairbench.bench.equivalence import MAX_SEEDS
 from fairbench.bench.stats import Comparison
 from fairbench.core.errors import FairbenchError
@@ -15,9 +15,20 @@ from fairbench.metrics.catalog import PAPER_UTILITY, SEG_UTILITY
 
 FORMATS = ("md", "csv", "latex")
 DAGGER = "†"
+#: a row whose runs mostly did not engage their mechanism (a no-op, not the method)
+IDLE = "∅"
 #: significance marks: better / worse than vanilla; † for a metric without a direction
 MARKS = {"better": "▲", "worse": "▼", "higher": DAGGER, "lower": DAGGER,
          "equivalent": "≈", "undecided": "?"}
+
+
+def idle_mark(row: MethodRow) -> str:
+    """``∅k/n`` when k of the n runs of a row (with a record) did not engage and k > n/2;
+    nothing otherwise."""
+    if not row.mostly_idle:
+        return ""
+    idle, known = row.idle()
+    return f"{IDLE}{idle}/{known}"
 
 
 def verdict_mark(comp: Comparison | None) -> str:
@@ -72,10 +83,14 @@ _TEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#
 
 TEX_MARKS = {MARKS["better"]: "$^\\blacktriangle$", MARKS["worse"]: "$^\\blacktriangledown$",
               DAGGER: "$^\\dagger$", MARKS["equivalent"]: "$^\\approx$"}
+#: LaTeX of the idle mark's symbol
+TEX_IDLE = "\\emptyset"
 
 
 def tex_mark(mark: str) -> str:
     """A cell's mark as a LaTeX superscript (``?k`` as ``$^{?k}$``)."""
+    if mark.startswith(IDLE):
+        return f"$^{{{TEX_IDLE}{mark[len(IDLE):]}}}$"
     return TEX_MARKS.get(mark, f"$^{{{mark}}}$")
 
 
@@ -113,7 +128,8 @@ def table_cells(t: Table, view: str, bold: Callable[[str], str], sig: Callable[[
                     text += f" [{lo * 100:.2f}, {hi * 100:.2f}]"
                 if (row.label, row_name, col) in best:
                     text = bold(text)
-                mark = verdict_mark(row.tests.get(key))
+                mark = idle_mark(row) if row.tests.get(key) is not None else ""
+                mark = mark or verdict_mark(row.tests.get(key))
                 if mark:
                     text = sig(text, mark)
                 if row.short(key) and math.isfinite(mean):

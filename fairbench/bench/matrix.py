@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from fairbench.bench.board import Table
-from fairbench.bench.cells import MARKS, tex_escape, tex_mark, verdict_mark
+from fairbench.bench.cells import IDLE, MARKS, tex_escape, tex_mark, verdict_mark
 from fairbench.bench.leaderboard import Leaderboard
 from fairbench.bench.runs import part_source
 from fairbench.bench.stats import Comparison
@@ -70,6 +70,12 @@ class Cell:
     #: the comparison's verdict (better, worse, equivalent, undecided; None: no margin or
     #: not testable), its equivalence p-value, minimal detectable effect and seeds needed
     comparison: Comparison | None = None
+    #: (runs that did not engage, runs with an engagement record) of the method's setting
+    idle: tuple[int, int] = (0, 0)
+
+    @property
+    def mostly_idle(self) -> bool:
+        return self.idle[1] > 0 and 2 * self.idle[0] > self.idle[1]
 
     @property
     def short(self) -> bool:
@@ -81,7 +87,8 @@ class Cell:
 
     @property
     def decided(self) -> bool:
-        return self.verdict in ("better", "worse", "higher", "lower", "equivalent")
+        return not self.mostly_idle and self.verdict in ("better", "worse", "higher", "lower",
+                                                         "equivalent")
 
 
 @dataclass
@@ -135,7 +142,9 @@ class Matrix:
                         "n_pairs": cell.n_pairs if cell else 0,
                         "p_holm": cell.p_holm if cell else math.nan,
                         "vs_vanilla": (cell.direction or "") if cell else "",
-                        "verdict": (cell.verdict or "") if cell else "",
+                        "verdict": ("not engaged" if cell and cell.mostly_idle else
+                                    (cell.verdict or "") if cell else ""),
+                        "runs_not_engaged": cell.idle[0] if cell else 0,
                         "p_equivalence": _attr(cell, "p_equivalence"),
                         "mde": _attr(cell, "mde"),
                         "seeds_needed": (cell.comparison.seeds_needed
@@ -167,8 +176,9 @@ class Matrix:
         text = f"{cell.delta * 100:+.2f}"
         if math.isfinite(cell.low):
             text += f" [{cell.low * 100:+.2f}, {cell.high * 100:+.2f}]"
-        symbol = verdict_mark(cell.comparison) or (MARKS[cell.direction] if cell.direction
-                                                    else "")
+        symbol = (f"{IDLE}{cell.idle[0]}/{cell.idle[1]}" if cell.mostly_idle else
+                  verdict_mark(cell.comparison) or (MARKS[cell.direction] if cell.direction
+                                                    else ""))
         if symbol:
             text = mark(text, symbol)
         if cell.short:
@@ -269,6 +279,11 @@ class Matrix:
                 + ", ".join(f"{column_title(m)} {d * 100:g}" for m, d in margins)
                 + "); ?k: undecided, k seeds would decide the cell at its observed mean and "
                   "variance (80 % power at the Holm level; ?>N: not within N).")]
+        idle = sorted({m for (_, m, _), c in self.cells.items() if c.mostly_idle})
+        if idle:
+            out.append(f"{IDLE}k/n: k of the n runs did not engage the method's mechanism "
+                       "(config.json engagement): the cell measures a no-op and gets no "
+                       "verdict; methods with such cells: " + ", ".join(idle) + ".")
         for metric in self.metrics:
             decided, total = self.decided(metric)
             if not total:
@@ -401,7 +416,8 @@ def build_matrix(board: Leaderboard, *, metrics: Sequence[str] = MATRIX_METRICS,
                             expected=len(row.expected_seeds),
                             p_holm=comp.p_holm if comp else math.nan,
                             direction=comp.direction if comp else None,
-                            untestable=comp.untestable if comp else None, comparison=comp)
+                            untestable=comp.untestable if comp else None, comparison=comp,
+                            idle=row.idle())
                 if ci and seeds:
                     by_seed_m = {r.seed: r for r in row.runs}
                     by_seed_v = {r.seed: r for r in ref.runs}

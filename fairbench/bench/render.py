@@ -12,6 +12,7 @@ import pandas as pd
 from fairbench.bench.board import Board, Table
 from fairbench.bench.cells import (
     DAGGER,
+    IDLE,
     MARKS,
     check_view,
     is_utility_column,
@@ -56,6 +57,8 @@ def board_frame(board: Board, view: str = "paper") -> pd.DataFrame:
                         rec[f"{col}_seeds_needed"] = comp.seeds_needed
                     if key in row.ci:
                         rec[f"{col}_ci_low"], rec[f"{col}_ci_high"] = row.ci[key]
+                idle, known = row.idle()
+                rec.update(runs_not_engaged=idle, runs_with_engagement_record=known)
                 rec.update(n_seeds=len(row.runs), seeds=" ".join(map(str, row.seeds)),
                            expected_seeds=len(row.expected_seeds),
                            n_settings=row.n_settings,
@@ -138,9 +141,15 @@ def table_notes(board: Board, t: Table) -> list[str]:
 def verdict_notes(board: Board, t: Table) -> list[str]:
     """What ≈ and ?k mean, the margins, and how many of the table's comparisons with a
     margin were decided, with the largest minimal detectable effect among the rest."""
-    comps = [c for row in t.rows for c in row.tests.values() if c.margin is not None]
+    idle_rows = [row.label for row in t.rows if row.mostly_idle]
+    idle_line = ([f"{IDLE}k/n: k of the row's n runs did not engage its mechanism (the "
+                  "engagement record in config.json; `fairbench show` prints it): the row "
+                  "measures a no-op, so it gets no verdict; rows: " + ", ".join(idle_rows)
+                  + "."] if idle_rows else [])
+    comps = [c for row in t.rows if not row.mostly_idle for c in row.tests.values()
+             if c.margin is not None]
     if not comps:
-        return []
+        return idle_line
     margins = ", ".join(f"{column_title(k)} ±{v * 100:g}" for k, v in board.margins.items())
     decided = sum(c.verdict in ("better", "worse", "higher", "lower", "equivalent")
                   for c in comps)
@@ -154,7 +163,7 @@ def verdict_notes(board: Board, t: Table) -> list[str]:
         line += (f"; the undecided ones could have detected differences of "
                  f"{min(mdes) * 100:.2f} to {max(mdes) * 100:.2f} points (their minimal "
                  "detectable effects)")
-    return [line + "."]
+    return [line + "."] + idle_line
 
 
 def friedman_lines(board: Board) -> list[str]:

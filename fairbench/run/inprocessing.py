@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,6 +20,23 @@ from fairbench.training.trainer import Sampler, TrainConfig
 
 
 # -- run setup -------------------------------------------------------------------------------------
+def batch_mix(ctx: RunContext, loader: BatchLoader) -> dict[str, Any]:
+    """The smallest group's share (known groups only) of one epoch of ``loader``'s batches
+    and of the training part: what a group-balanced sampler changes."""
+    train_groups = ctx.table.attr(ctx.attribute)[ctx.positions("train")]
+    known = train_groups[train_groups >= 0]
+    counts = np.bincount(known, minlength=ctx.n_groups)
+    smallest = int(np.argmin(counts))
+    drawn = np.zeros(ctx.n_groups, dtype=np.int64)
+    for batch in loader:
+        if batch.g is not None:
+            g = batch.g[batch.g >= 0].cpu().numpy()
+            drawn += np.bincount(g, minlength=ctx.n_groups)
+    return {"group": ctx.group_names[smallest],
+            "train_smallest_share": round(float(counts[smallest] / max(1, counts.sum())), 4),
+            "batches_smallest_share": round(float(drawn[smallest] / max(1, drawn.sum())), 4)}
+
+
 def require_groups(ctx: RunContext, method: str) -> None:
     """Raise one clear :class:`FairbenchError` unless the attribute in use has two or more
     groups (every method here contrasts or reweights groups)."""

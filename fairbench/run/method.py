@@ -5,14 +5,16 @@ A method is a class registered by name, with a typed hyperparameter dataclass ``
 ``run(ctx, params) -> nn.Module``. In-training methods call ``ctx.fit`` (the shared trainer)
 with their own hooks; post-hoc methods start from ``ctx.vanilla()``. The returned module maps
 images to logits; a method that needs the sensitive attribute at inference sets
-``needs_attribute_at_inference = True`` and its module takes ``(x, g)``. A plugin imports only
-from the top-level ``fairbench`` API::
+``needs_attribute_at_inference = True`` and its module takes ``(x, g)``. ``engagement(notes)``
+says what shows that the mechanism acted in a run (:mod:`fairbench.run.engagement`), read off
+the notes ``run`` left in ``ctx.notes``. A plugin imports only from the top-level
+``fairbench`` API::
 
     from dataclasses import dataclass
 
     import torch.nn.functional as F
 
-    from fairbench import Method, TrainHooks, param, register_method
+    from fairbench import Engagement, Method, TrainHooks, param, register_method
 
     @dataclass
     class MyParams:
@@ -31,18 +33,24 @@ from the top-level ``fairbench`` API::
 
             model = ctx.new_model()
             ctx.fit(model, hooks=TrainHooks(loss=loss))
+            ctx.notes["mymethod"] = {"smoothing": params.smoothing}
             return model
+
+        def engagement(self, notes):
+            eps = notes["mymethod"]["smoothing"]
+            return Engagement(eps > 0, "smoothed targets (smoothing > 0)", {"smoothing": eps})
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from torch import nn
 
 from fairbench.core.params import NoParams, build_params, describe_params
 from fairbench.core.registry import Registry
+from fairbench.run.engagement import Engagement
 
 if TYPE_CHECKING:
     from fairbench.run.context import RunContext
@@ -79,6 +87,12 @@ class Method:
 
     def run(self, ctx: RunContext, params: Any) -> nn.Module:
         raise NotImplementedError
+
+    def engagement(self, notes: Mapping[str, Any]) -> Engagement | None:
+        """Whether the mechanism acted in this run, read off the notes ``run`` left
+        (:mod:`fairbench.run.engagement`); ``None``: not declared (the conformance kit asks
+        every method to declare it; a method without a mechanism returns ``NO_MECHANISM``)."""
+        return None
 
 
 METHODS: Registry[type[Method]] = Registry("method", "fairbench.methods", builtins="fairbench.methods")

@@ -19,6 +19,7 @@ from fairbench.core.progress import progress_bar
 from fairbench.metrics import HEADLINE_FAIRNESS, flatten
 from fairbench.metrics.catalog import CANDIDATE_COLUMNS
 from fairbench.run.context import RunContext
+from fairbench.run.engagement import Engagement
 from fairbench.run.method import Method
 from fairbench.run.posthoc import (
     check_select_metric,
@@ -141,6 +142,19 @@ def prune_masks(
         out[n] = mask[start:start + size].view_as(scores[n])
         start += size
     return out
+
+
+def pruning_engagement(info: dict[str, Any]) -> Engagement:
+    """FairPrune's (and ME-FairPrune's) engagement: weights pruned in the chosen candidate,
+    which was within the F1 tolerance (else the choice fell back to the best F1)."""
+    realized = float(info.get("realized_ratio") or 0.0)
+    within = bool(info.get("within_f1_tolerance"))
+    kept = bool(info.get("kept_unpruned"))
+    return Engagement(realized > 0 and within and not kept,
+                      "weights pruned > 0 in a candidate within the F1 tolerance",
+                      {"realized_ratio": realized, "within_f1_tolerance": within,
+                       "chosen_ratio": info.get("chosen_ratio"),
+                       "chosen_beta": info.get("chosen_beta"), "kept_unpruned": kept})
 
 
 def chosen_setting(info: dict[str, Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from fairbench.metrics.catalog import (
     PAPER_FAIRNESS,
     PAPER_UTILITY,
 )
+from fairbench.run.engagement import engagement_text
 
 W = 10  # column width
 
@@ -119,6 +120,7 @@ def run_summary(config: dict[str, Any], metrics: dict[str, Any], *, parts: tuple
     leak = leakage_line(metrics.get("leakage"), config.get("attribute"))
     if leak:
         out.append(leak)
+    out.append(engagement_text(config.get("engagement")))
     diff_sign = meta.get("diff_sign")
     if segmentation:
         out.append(f"\nDice and IoU per image, then averaged; Diff = |{diff_sign}|; "

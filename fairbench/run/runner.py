@@ -556,6 +556,7 @@ def _compute(config: RunConfig, p: Prepared, bundle: DataBundle, identity: dict[
             "versions": package_versions(),
             "command": " ".join(sys.argv),
             "notes": ctx.notes,
+            "engagement": _engagement(p.method, ctx.notes),
             # phases: exclusive wall time of data, vanilla, train, curvature, other and
             # evaluate (fairbench.core.timing); writing the files is not in them
             "seconds": {"method": round(method_seconds, 3),
@@ -592,6 +593,13 @@ def _compute(config: RunConfig, p: Prepared, bundle: DataBundle, identity: dict[
 
 
 THRESHOLD_RULE = "max validation macro-F1 (binary task)"
+
+
+def _engagement(method: Any, notes: dict[str, Any]) -> dict[str, Any] | None:
+    """The method's engagement record (:mod:`fairbench.run.engagement`), None if it declares
+    none."""
+    record = method.engagement(notes)
+    return None if record is None else record.to_dict()
 
 
 def _leakage(ctx: RunContext, model: torch.nn.Module) -> dict[str, Any]:

@@ -1,0 +1,161 @@
+"""Engagement records: every built-in method says whether its mechanism acted in a run.
+
+Per method, the rule reads true on notes where the mechanism acted and false where it did
+not (built by hand: the figures a no-op run leaves); runs write the record into config.json
+and ``show`` prints it; the leaderboard and the matrix mark a row whose runs mostly did not
+engage with ∅ instead of a verdict; and two runs built so the mechanism must or cannot act
+read true and false (the adversary's weight 0 against a large one)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import fairbench.methods  # noqa: F401 - registers the built-in methods
+import numpy as np
+import pytest
+
+from fairbench.run.engagement import engaged_counts, engagement_text, mostly_idle
+from fairbench.run.method import get_method_class, list_methods
+
+_PRUNE = {"realized_ratio": 0.01, "within_f1_tolerance": True, "chosen_ratio": 0.01,
+          "chosen_beta": 0.5}
+_QUANT = {"selected": {"step": 4, "epoch": 2, "realized_ratio": 0.2},
+          "within_f1_tolerance": True}
+_APPLE = {"kept_base_model": False,
+          "probe_test": {"base": {"balanced_accuracy": 1.0},
+                         "perturbed": {"balanced_accuracy": 0.8}}}
+_EXITS = {"tau": 0.9, "test": {"fractions": [0.1, 0.3, 0.6]}}
+
+#: method -> (notes where the mechanism acted, notes where it did not)
+CASES: dict[str, tuple[dict, dict]] = {
+    "vanilla": ({}, {}),
+    "bn_recalibrate": ({"bn_recalibrate": {"layers": 4}}, {"bn_recalibrate": {"layers": 0}}),
+    "resampling": (
+        {"resampling": {"mix": {"group": "dark", "train_smallest_share": 0.25,
+                                "batches_smallest_share": 0.5}}},
+        {"resampling": {"mix": {"group": "dark", "train_smallest_share": 0.25,
+                                "batches_smallest_share": 0.25}}}),
+    "fairprune": ({"fairprune": _PRUNE}, {"fairprune": {**_PRUNE, "within_f1_tolerance": False}}),
+    "me_fairprune": ({"me_fairprune": {**_PRUNE, "kept_unpruned": False}},
+                     {"me_fairprune": {**_PRUNE, "kept_unpruned": True, "realized_ratio": 0.0}}),
+    "me_vanilla": ({"multiexit": _EXITS},
+                   {"multiexit": {"tau": 1.0, "test": {"fractions": [0.0, 0.0, 1.0]}}}),
+    "fairquantize": ({"fairquantize": _QUANT},
+                     {"fairquantize": {**_QUANT, "within_f1_tolerance": False}}),
+    "fairquantize_retrain": ({"fairquantize": _QUANT},
+                             {"fairquantize": {"selected": {"step": 4, "epoch": 0}}}),
+    "snnl_prune": ({"snnl_prune": {"pruned_channels": [3, 7], "layer_channels": 64,
+                                   "within_f1_tolerance": True}},
+                   {"snnl_prune": {"pruned_channels": [], "layer_channels": 64,
+                                   "within_f1_tolerance": True}}),
+    "fairdi": ({"fairdi": {"teachers": [{"kept_base": True}, {"kept_base": False}]}},
+               {"fairdi": {"teachers": [{"kept_base": True}, {"kept_base": True}]}}),
+    "apple": ({"apple": _APPLE}, {"apple": {**_APPLE, "kept_base_model": True}}),
+    "adv_conf": ({"adv_conf": {"adversary_val_accuracy": 0.70, "val_majority_share": 0.74}},
+                 {"adv_conf": {"adversary_val_accuracy": 0.99, "val_majority_share": 0.74}}),
+    "adv_rev": ({"adv_rev": {"adversary_val_accuracy": 0.74, "val_majority_share": 0.74}},
+                {"adv_rev": {"adversary_val_accuracy": 0.90, "val_majority_share": 0.74}}),
+    "mfd": ({"mfd": {"first_batch_mmd_per_epoch": [3.0, 1.1, 0.7]}},
+            {"mfd": {"first_batch_mmd_per_epoch": [0.7, 1.1, 3.0]}}),
+    "groupdro": ({"groupdro": {"final_q": {"light": 0.2, "dark": 0.8}}},
+                 {"groupdro": {"final_q": {"light": 0.5, "dark": 0.5}}}),
+}
+
+
+def test_every_built_in_method_has_a_case() -> None:
+    assert set(CASES) == set(list_methods())
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_the_rule_reads_true_when_the_mechanism_acted_and_false_when_not(name: str) -> None:
+    method = get_method_class(name)()
+    acted, idle = CASES[name]
+    record = method.engagement(acted)
+    assert record is not None and record.criterion
+    if name == "vanilla":
+        assert record.engaged is None
+        return
+    assert record.engaged is True, (name, record)
+    assert method.engagement(idle).engaged is False, name
+    json.dumps(record.to_dict())  # recorded in config.json as it is
+
+
+def test_counts_and_the_show_line() -> None:
+    configs = [{"engagement": {"engaged": False}}, {"engagement": {"engaged": False}},
+               {"engagement": {"engaged": True}}, {"engagement": None}]
+    assert engaged_counts(configs) == (2, 3) and mostly_idle(configs)
+    assert not mostly_idle(configs[1:])  # 1 of 2: not more than half
+    assert engagement_text({"engaged": False, "criterion": "c", "figures": {"x": 0.5}}) == (
+        "engagement: DID NOT ENGAGE (c); x=0.5")
+    assert "not recorded" in engagement_text(None)
+
+
+# -- runs -----------------------------------------------------------------------------------------
+def _run(tmp_path: Path, method: str, params: dict, **kwargs: object) -> dict:
+    from fairbench.run.runner import run_experiment
+    from fairbench.testing import tiny_run_config
+
+    result = run_experiment(tiny_run_config(method, tmp_path, params=params,
+                                            cache_dir=tmp_path / "cache", **kwargs))
+    return json.loads((result.run_dir / "config.json").read_text())
+
+
+def test_a_run_records_it_and_show_prints_it(tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from fairbench.cli.main import main
+
+    config = _run(tmp_path, "resampling", {})
+    record = config["engagement"]
+    mix = config["notes"]["resampling"]["mix"]
+    assert record["engaged"] == (mix["batches_smallest_share"] > mix["train_smallest_share"])
+    run_dir = next((tmp_path / "synthderm" / "resampling").iterdir())
+    res = CliRunner().invoke(main, ["show", str(run_dir)])
+    assert res.exit_code == 0 and "engagement: " in res.output
+
+
+def test_the_adversary_with_weight_zero_does_not_engage(tmp_path: Path) -> None:
+    """AdvConf with α = 0: the adversary is trained but never opposed, so it predicts the
+    group (skin tone is the colour of the whole image) better than always guessing the
+    majority one; the record must read false."""
+    config = _run(tmp_path, "adv_conf", {"alpha": 0.0, "adv_steps": 5, "adv_lr": 1e-2},
+                  data={"n_samples": 400}, train={"epochs": 3})
+    info = config["notes"]["adv_conf"]
+    assert config["engagement"]["engaged"] is False, info
+    assert info["adversary_val_accuracy"] > info["val_majority_share"]
+
+
+def test_pruning_within_a_wide_tolerance_engages(tmp_path: Path) -> None:
+    config = _run(tmp_path, "fairprune", {"estimator": "fisher", "score_samples": 8,
+                                          "score_batch_size": 8, "ratio": 0.05,
+                                          "beta_grid": (), "beta": 0.5, "f1_tolerance": 1.0})
+    assert config["engagement"]["engaged"] is True
+    assert config["engagement"]["figures"]["realized_ratio"] > 0
+
+
+def test_leaderboard_marks_a_row_whose_runs_did_not_engage(tmp_path: Path) -> None:
+    from bench_helpers import make_run_with_metrics
+
+    from fairbench import leaderboard
+
+    rng = np.random.default_rng(0)
+    for seed in range(4):
+        base = 0.8 + float(rng.normal(0, 0.02))
+        for method, f1, engaged in (("vanilla", base, None), ("idle", base + 0.1, False),
+                                    ("busy", base + 0.1, True)):
+            run = make_run_with_metrics(tmp_path, method=method, seed=seed,
+                                        test={"F1": f1 + float(rng.normal(0, 0.001)),
+                                              "EqOddsGap": 0.3})
+            cfg = json.loads((run / "config.json").read_text())
+            cfg["engagement"] = {"engaged": engaged if seed else True, "criterion": "c",
+                                 "figures": {}}
+            (run / "config.json").write_text(json.dumps(cfg))
+    board = leaderboard(tmp_path, rule="best_f1")
+    md = board.render("md", "compact")
+    rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}
+    assert "∅3/4" in rows["idle"] and "▲" not in rows["idle"]
+    assert "∅" not in rows["busy"] and "▲" in rows["busy"]
+    frame = board.to_frame("compact").set_index("method")
+    assert frame.loc["idle", "runs_not_engaged"] == 3
+    assert "the row measures a no-op" in md
