@@ -25,17 +25,24 @@ MISSING_STRINGS = frozenset({"", "unknown", "nan", "na", "n/a", "none", "null", 
 
 # -- files ----------------------------------------------------------------------------------
 def inside_root(root: Path, rel: str, base: Path | None = None) -> Path | None:
-    """``(base or root) / rel`` normalised, or None when it leaves ``root`` (an absolute path
-    elsewhere or ``..``). The check is lexical: a symlink the user put inside the root is
-    followed."""
+    """``(base or root) / rel`` normalised, or None when it leaves ``root``: an absolute path
+    elsewhere, ``..``, or a file symlinked to a target outside both the root and ``base``
+    (symlinks are resolved before the check; the image folder a user names, ``base``, may
+    itself be a link to another disk)."""
     p = Path(os.path.normpath((base or root) / rel))
-    return p if (p == root or root in p.parents) else None
+    if not (p == root or root in p.parents):
+        return None
+    real = p.resolve()
+    allowed = {root.resolve(), *(() if base is None else (base.resolve(),))}
+    return p if any(real == a or a in real.parents for a in allowed) else None
 
 
 def check_subdir(root: Path, value: str, param_name: str) -> Path:
-    """A folder parameter (``image_dir=...``) resolved inside the data root."""
-    p = inside_root(root, value or ".")
-    if p is None:
+    """A folder parameter (``image_dir=...``) inside the data root (a lexical check: the
+    folder a user names may be a link to another disk; the files in it are checked with their
+    links resolved, :func:`inside_root`)."""
+    p = Path(os.path.normpath(root / (value or ".")))
+    if not (p == root or root in p.parents):
         raise ParamError(
             f"parameter {param_name}={value!r} leaves the data root {str(root)!r}; give a folder "
             "inside --data-root (or point --data-root higher up)"

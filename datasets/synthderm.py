@@ -80,6 +80,7 @@ import numpy as np
 import pandas as pd
 
 from fairbench.core.errors import ParamError
+from fairbench.core.limits import human_bytes
 from fairbench.core.params import param
 from fairbench.data.dataset import DatasetAdapter, ImageSpec, SampleTable, register_dataset
 
@@ -102,8 +103,10 @@ PROTOTYPES = (
     ("scc", (168, 84, 72), 1.3, 0.22, 0.28, "dots"),
 )
 MAX_CLASSES = len(PROTOTYPES)
-#: the most images n_val or n_test may add (2 GiB of 32 px images each)
+#: the most images n_val or n_test may add, and the most images in all (5.7 GiB of 32 px
+#: images, about 4 minutes of generation per million on one core)
 MAX_EXTRA = 500_000
+MAX_IMAGES = 2_000_000
 #: generator streams of the added validation and test images (0: the n_samples images)
 EXTRA_STREAMS = {"val": 2, "test": 3}
 
@@ -460,6 +463,12 @@ def _check(p: SynthDermParams) -> None:
             f"n_samples={p.n_samples} is too small for {p.n_classes} classes; use at least "
             f"{10 * p.n_classes}"
         )
+    total = p.n_samples + p.n_val + p.n_test  # bounded before anything is allocated
+    if total > MAX_IMAGES:
+        raise ParamError(
+            f"synthderm would generate {total} images: at most {MAX_IMAGES:,} (at 32 px their "
+            f"cache alone would take {human_bytes(total * 32 * 32 * 3)}); lower n_samples, "
+            "n_val or n_test")
 
 
 SynthDermParams.validate = _check  # type: ignore[attr-defined]

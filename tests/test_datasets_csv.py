@@ -163,3 +163,14 @@ def test_missing_and_corrupt_images(tmp_path):
     assert_cli_error(cli("data", "prepare", "csv", "--data-root", str(root), *params,
                          "--cache-dir", str(tmp_path / "c"), "--image-size", "8", "-q"),
                      "case010.jpg", "unreadable or corrupt")
+
+
+def test_an_image_symlinked_outside_the_root_is_refused(tmp_path):
+    """Symlinks are resolved before the data-root check: one image linked to a file outside
+    the root (and outside the image folder) is refused, naming its line."""
+    root = _dataset(tmp_path)
+    secret = tmp_path / "secret.jpg"
+    (root / "imgs" / "case003.jpg").rename(secret)
+    (root / "imgs" / "case003.jpg").symlink_to(secret)
+    with pytest.raises(DataError, match="escapes the data root"):
+        create_dataset("csv", root, **BASE).build_table()

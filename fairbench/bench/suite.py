@@ -256,6 +256,17 @@ def _seeds(value: Any, where: str) -> list[int]:
     raise FairbenchError(f"{where}: seeds must be a count or a list of integers, got {value!r}")
 
 
+def _runs_dir(given: str | None, in_file: Any, where: str) -> str:
+    """The runs folder: the command line's, else the suite's; an empty name is refused (it
+    would write into the current folder)."""
+    if given is not None and not str(given).strip():
+        raise FairbenchError("--runs-dir is empty; name the folder runs go to, e.g. runs")
+    value = str(given or in_file)
+    if not value.strip():
+        raise FairbenchError(f"{where}: runs_dir is empty; name the folder runs go to")
+    return value
+
+
 def parse_margins(value: Any, where: str) -> dict[str, float] | None:
     """``equivalence_margin``: a number of points for every metric of
     :data:`fairbench.metrics.catalog.EQUIVALENCE_MARGINS`, or a table ``{metric = points}``
@@ -414,7 +425,7 @@ def parse_suite(data: Mapping[str, Any], *, path: Path | None = None,
     name = str(data.get("name", path.stem if path else "suite"))
     return Suite(
         name=name, path=path, seeds=seeds if seeds is not None else _seeds(data.get("seeds"), where),
-        runs_dir=runs_dir or str(data.get("runs_dir", "runs")), cache_dir=data.get("cache_dir"),
+        runs_dir=_runs_dir(runs_dir, data.get("runs_dir", "runs"), where), cache_dir=data.get("cache_dir"),
         device=str(data.get("device", "auto")), train=train, rule=rule, datasets=datasets,
         methods=methods, plugins=[_plugin_path(p) for p in plugins],
         save_weights=bool(data.get("save_weights", False)),

@@ -68,10 +68,10 @@ def _is_text(path: str) -> bool:
 
 
 def _image_size(adapter: Any, image_size: int | None) -> int:
-    size = image_size or type(adapter).default_image_size
-    if size < 8:
-        raise FairbenchError(f"--image-size {size} is too small; use at least 8")
-    return int(size)
+    from fairbench.core.limits import check_image_size
+
+    size = type(adapter).default_image_size if image_size is None else image_size
+    return check_image_size(int(size))
 
 
 def _cache_dir(cache_dir: str | None) -> Path:

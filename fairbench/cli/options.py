@@ -21,6 +21,26 @@ class ErrorLineGroup(click.Group):
     the command line uses it, so ``fairbench data`` and ``fairbench runs`` behave the same
     when used on their own, outside ``fairbench``."""
 
+    def main(self, *args: Any, standalone_mode: bool = True, **kwargs: Any) -> Any:
+        """click's usage errors (an unknown option or command, a value of the wrong type, a
+        missing argument) as one ``error:`` line naming the command's ``--help``, exit 2."""
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            result = super().main(*args, standalone_mode=False, **kwargs)
+        except click.UsageError as exc:
+            where = exc.ctx.command_path if exc.ctx is not None else (self.name or "fairbench")
+            message = " ".join(exc.format_message().split())
+            click.echo(f"error: {message} (see `{where} --help`)", err=True)
+            raise SystemExit(EXIT_USAGE) from None
+        except click.ClickException as exc:
+            exc.show()
+            raise SystemExit(exc.exit_code) from None
+        except click.Abort:
+            click.echo("Aborted!", err=True)
+            raise SystemExit(1) from None
+        raise SystemExit(result if isinstance(result, int) else 0)
+
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)

@@ -161,12 +161,20 @@ def save_split(split: Split, path: Path) -> Path:
     return path
 
 
+def split_file_path(path: str | Path) -> Path:
+    """``path`` if it names a file; a folder or a missing file is one line."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise DataError(f"split file {str(path)!r} is a folder; give the CSV file")
+    if not path.is_file():
+        raise DataError(f"split file {str(path)!r} does not exist")
+    return path
+
+
 def load_split(path: str | Path) -> Split:
     """Read a split CSV (``sample_id``, ``part``; ``image``/``image_id``/``md5hash`` also
     accepted as the id column). Parts may be named train/val/test (or valid/validation)."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise DataError(f"split file {str(path)!r} does not exist")
+    path = split_file_path(path)
     try:
         df = pd.read_csv(path, dtype=str)
     except Exception as exc:
@@ -277,7 +285,9 @@ def split_from_part_files(
 
 
 def check_split(split: Split, table: SampleTable, attribute: str) -> None:
-    """Every id known, no id in two parts, and val and test holding every group."""
+    """Every id known, no id in two parts, val and test holding every group, and (for a
+    classification table) every part holding at least two classes: with one class every
+    metric is trivially perfect."""
     seen: set[str] = set()
     for part in PARTS:
         ids = set(split.parts[part])
@@ -288,6 +298,16 @@ def check_split(split: Split, table: SampleTable, attribute: str) -> None:
         split.positions(table, part)  # raises on unknown ids
     if len(split.parts["train"]) == 0:
         raise DataError("the split's train part is empty")
+    if table.task == "classification":
+        labels = table.labels
+        for part in PARTS:
+            classes = np.unique(labels[split.positions(table, part)])
+            if len(classes) < 2:
+                only = table.classes[int(classes[0])] if len(classes) else "none"
+                raise DataError(
+                    f"the split's {part} part holds one class only ({only}); a classifier "
+                    "needs samples of at least two classes in every part: use more data or "
+                    "a dataset with two or more classes")
     names = table.group_names(attribute)
     codes = table.attr(attribute)
     for part in ("val", "test"):

@@ -226,12 +226,16 @@ def check_backbone_name(name: str) -> None:
 def read_state_dict(file: Path) -> dict[str, torch.Tensor]:
     """The state dict in ``file`` (``torch.load(weights_only=True)``; a ``{"state_dict": ..}``
     wrapper is unpacked); one clear error when it is missing or unreadable."""
+    if file.is_dir():
+        raise FairbenchError(f"weights file {str(file)!r} is a folder; give the .pt file")
     if not file.is_file():
         raise FairbenchError(f"weights file {str(file)!r} does not exist")
     try:
         state = torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise FairbenchError(f"weights file {str(file)!r} could not be read ({exc})") from None
+    except Exception as exc:  # torch's own message runs over many lines
+        raise FairbenchError(f"weights file {str(file)!r} is not a torch state dict "
+                             f"(torch.load: {type(exc).__name__}); give a file saved with "
+                             "torch.save(model.state_dict(), path)") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

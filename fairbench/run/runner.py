@@ -30,6 +30,7 @@ from fairbench.core.files import (
     remove_stale_temporaries,
     write_json,
 )
+from fairbench.core.limits import check_image_size, check_seed
 from fairbench.core.params import build_params, params_to_dict
 from fairbench.core.timing import PhaseTimer
 from fairbench.core.version import __version__
@@ -42,7 +43,15 @@ from fairbench.data.dataset import (
     get_dataset_class,
 )
 from fairbench.data.loaders import DeviceData
-from fairbench.data.splits import PARTS, Split, check_split, load_split, make_split, save_split
+from fairbench.data.splits import (
+    PARTS,
+    Split,
+    check_split,
+    load_split,
+    make_split,
+    save_split,
+    split_file_path,
+)
 from fairbench.metrics import HIGHER_IS_BETTER, evaluate_classification, evaluate_segmentation
 from fairbench.models.backbones import check_backbone_name, check_backbone_params
 from fairbench.models.segmentors import is_segmentor_name
@@ -204,6 +213,9 @@ def prepare(config: RunConfig) -> Prepared:
     weights_sha256 = None
     if config.weights:
         weights_file = Path(config.weights).expanduser()
+        if weights_file.is_dir():
+            raise FairbenchError(f"weights file {config.weights!r} is a folder; give the .pt "
+                                 "file")
         if not weights_file.is_file():
             raise FairbenchError(f"weights file {config.weights!r} does not exist")
         try:
@@ -211,11 +223,13 @@ def prepare(config: RunConfig) -> Prepared:
         except OSError as exc:
             raise FairbenchError(f"weights file {config.weights!r} could not be read "
                                  f"({exc.strerror or exc})") from None
-    if image_size < 8:
-        raise FairbenchError(f"--image-size {image_size} is too small; use at least 8")
+    check_image_size(image_size)
+    if config.split_file:
+        split_file_path(config.split_file)  # before anything is written
+    if not str(config.runs_dir).strip():
+        raise FairbenchError("--runs-dir is empty; name the folder runs go to, e.g. runs")
     for what, seed in (("seed", config.seed), ("split_seed", config.split_seed)):
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise FairbenchError(f"{what} {seed!r} must be a non-negative integer")
+        check_seed(seed, what)
     # typed like method parameters, unknown keys refused; a partial --weights file refused
     build = None
     if task == "segmentation":
