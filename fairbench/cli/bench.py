@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from fairbench.cli.options import verbose_requested
+from fairbench.cli.options import trust_unmanifested_option, verbose_requested
 from fairbench.core.errors import FairbenchError
 
 
@@ -173,6 +173,7 @@ def _margins(points: float | None) -> dict[str, float] | None:
 
 
 @click.command("plan")
+@trust_unmanifested_option
 @click.argument("suite_file", metavar="SUITE", type=click.Path())
 @click.option("--margin", type=float, default=None, metavar="POINTS",
               help="±δ of the equivalence test, in points. [default: the suite's "
@@ -221,6 +222,7 @@ def plan_cmd(suite_file: str, margin: float | None, labels: str, metrics: tuple[
 
 
 @click.command("leaderboard")
+@trust_unmanifested_option
 @click.argument("source", metavar="SUITE_OR_RUNS_DIR", type=click.Path())
 @click.option("--format", "fmt", type=click.Choice(["md", "csv", "latex", "html"]), default="md",
               show_default=True,
@@ -341,6 +343,7 @@ def plot_group() -> None:
 
 
 @plot_group.command("tradeoff")
+@trust_unmanifested_option
 @click.argument("source", metavar="SUITE_OR_RUNS_DIR", type=click.Path())
 @click.option("--out", default="plots/tradeoff", show_default=True,
               help="Output path without extension; one PNG/PDF pair per table, named "
@@ -386,6 +389,7 @@ def plot_tradeoff_cmd(source: str, out: str, rule: str | None, split: str | None
 
 
 @plot_group.command("matrix")
+@trust_unmanifested_option
 @click.argument("source", metavar="SUITE_OR_RUNS_DIR", type=click.Path())
 @click.option("--out", default="plots/matrix", show_default=True, help="Output path without extension.")
 @click.option("--labels", type=click.Choice(["true", "observed"]), default="true",
@@ -409,6 +413,7 @@ def plot_matrix_cmd(source: str, out: str, labels: str, rule: str | None,
 
 
 @plot_group.command("ablation")
+@trust_unmanifested_option
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--out", default="plots/ablation", show_default=True, help="Output path without extension.")
 @click.option("--part", type=click.Choice(["test", "val"]), default="test", show_default=True)
@@ -431,6 +436,7 @@ def plot_ablation_cmd(run_dirs: tuple[str, ...], out: str, part: str, x_axis: st
 
 
 @plot_group.command("groups")
+@trust_unmanifested_option
 @click.argument("run_dirs", nargs=-1, required=True, type=click.Path(file_okay=False))
 @click.option("--out", default="plots/groups", show_default=True, help="Output path without extension.")
 @click.option("--part", type=click.Choice(["test", "val"]), default="test", show_default=True)
@@ -453,6 +459,7 @@ def plot_groups_cmd(run_dirs: tuple[str, ...], out: str, part: str, no_vanilla: 
 
 
 @plot_group.command("cd")
+@trust_unmanifested_option
 @click.argument("source", metavar="SUITE_OR_RUNS_DIR", type=click.Path())
 @click.option("--metric", default="F1", show_default=True, help="Metric to rank methods by.")
 @click.option("--alpha", type=click.Choice(["0.05", "0.1"]), default="0.05", show_default=True)

@@ -29,6 +29,7 @@ from fairbench.cli.options import (
     VERBOSE_HELP,
     ErrorLineGroup,
     add_verbose_everywhere,
+    trust_unmanifested_option,
     verbose_requested,
 )
 from fairbench.cli.runs import runs_group
@@ -414,6 +415,7 @@ def _plugin_errors() -> list[str]:
               default="text", show_default=True,
               help="text: the paper-style table and the comparison with vanilla; md, csv, "
                    "latex: the comparison table, to paste.")
+@trust_unmanifested_option
 def show(run_dir: str, part: str, fmt: str) -> None:
     """A finished run: the paper-style table and, metric by metric (overall, worst group, the
     equalized-odds gap, the papers' EOpp0/EOpp1/EOdd, AUC, then per group with its number of

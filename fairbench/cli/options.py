@@ -82,3 +82,21 @@ def add_verbose_everywhere(group: click.Group) -> None:
             command.params.append(click.Option(["-v", "--verbose"], is_flag=True,
                                                expose_value=False, is_eager=True,
                                                callback=_say_more, help=VERBOSE_HELP))
+
+
+def _trust_unmanifested(ctx: click.Context, param: click.Parameter, value: bool) -> None:
+    if value:
+        import os
+
+        from fairbench.run.store import TRUST_UNMANIFESTED
+
+        os.environ[TRUST_UNMANIFESTED] = "1"
+
+
+def trust_unmanifested_option(f: Any) -> Any:
+    """``--trust-unmanifested``: read runs without a manifest (unverifiable: written before
+    manifests, or edited) with a warning on each, instead of refusing them."""
+    return click.option(
+        "--trust-unmanifested", is_flag=True, expose_value=False, callback=_trust_unmanifested,
+        help="Read runs that have no manifest.json (their files cannot be verified) with a "
+             "warning on each, instead of refusing them.")(f)

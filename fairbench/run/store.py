@@ -27,8 +27,12 @@ process only removes the temporaries of dead processes of its own host.
 **Verification** (:func:`check_run`): whenever a run is read, its manifest is checked; a file
 that is missing, truncated or changed makes the run *damaged*: it is reported with its path and
 the way out (``--force``, ``fairbench runs repair``), never read as a result, and a sweep redoes
-it. Runs written before manifests existed (no ``manifest.json``) are checked by their
-structure instead (both JSON files parse, ``predictions.csv`` has the split's rows).
+it. A run without ``manifest.json`` (written before manifests existed, or edited and its
+manifest deleted) is checked by its structure (both JSON files parse, ``predictions.csv`` has
+the split's rows), but its numbers cannot be verified: every reader refuses it in one line
+unless the user passes ``--trust-unmanifested`` (then a warning on each read), and ``runs
+repair`` adds a manifest only when metrics.json agrees with the metrics re-derived from
+predictions.csv.
 
 **Failed runs**: a run whose training diverged leaves ``failed.json`` (the error, the method,
 the epoch) under its final name and nothing else; it is no result.
@@ -50,6 +54,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from fairbench.core.errors import FairbenchError
 from fairbench.core.files import (
@@ -79,6 +85,13 @@ STATES = ("finished", "damaged", "failed", "unfinished", "absent")
 
 class DamagedRunError(FairbenchError):
     """A run directory whose files do not match its manifest (or do not parse)."""
+
+
+class UnverifiedRunError(FairbenchError):
+    """A run directory without a manifest, read without ``--trust-unmanifested``."""
+
+
+log = logging.getLogger(__name__)
 
 
 class RunClaimed(Exception):
@@ -199,11 +212,35 @@ def read_run_files(run_dir: Path, *, verified: bool = False
             state.state, "is not a finished run directory (it lacks config.json, metrics.json "
                          "or predictions.csv)")
         raise FairbenchError(f"{str(run_dir)!r} {what}")
+    if not (Path(run_dir) / MANIFEST).exists():
+        _unverified(Path(run_dir))
     try:
         return (json.loads((Path(run_dir) / "config.json").read_text()),
                 json.loads((Path(run_dir) / "metrics.json").read_text()))
     except (OSError, ValueError) as exc:  # changed between the check and the read
         raise DamagedRunError(damaged_message(Path(run_dir), f"unreadable: {exc}")) from None
+
+
+#: environment variable that ``--trust-unmanifested`` sets: read runs without a manifest,
+#: with a warning on every one
+TRUST_UNMANIFESTED = "FAIRBENCH_TRUST_UNMANIFESTED"
+
+
+def _unverified(run_dir: Path) -> None:
+    """A run without ``manifest.json``: its files cannot be verified (written before
+    manifests, or its manifest deleted after an edit). Refused in one line unless the user
+    trusts such runs explicitly, then a warning each time one is read."""
+    if os.environ.get(TRUST_UNMANIFESTED) == "1":
+        import sys
+
+        print(f"warning: reading {str(run_dir)!r} without a manifest: its files are not "
+              "verified (it may have been edited)", file=sys.stderr)
+        return
+    raise UnverifiedRunError(
+        f"run {str(run_dir)!r} has no manifest.json, so its files cannot be verified (written "
+        "before manifests, or edited and its manifest deleted); run it again (--force, or a "
+        "sweep after `fairbench runs repair`), or pass --trust-unmanifested to read it with a "
+        "warning")
 
 
 def write_failed(final_dir: Path, record: dict[str, Any]) -> Path:
@@ -398,7 +435,7 @@ class Finding:
 NOT_RUN_FOLDERS = ("mlartifacts", "mlruns", "splits")
 
 #: states that make ``runs check`` exit non-zero
-PROBLEM_STATES = ("damaged", "stale")
+PROBLEM_STATES = ("damaged", "stale", "unverified")
 
 
 def _temporary_owner(name: str) -> tuple[str, int] | None:
@@ -411,7 +448,10 @@ def check_runs_dir(root: Path, *, repair: bool = False) -> list[Finding]:
     """Every run, cached baseline, temporary, claim and lock file under the runs folder
     ``root``, with its state; with ``repair``: damaged runs (and unfinished folders) are moved
     to ``<root>/_damaged/`` (kept for inspection; the next sweep computes them again), runs
-    written before manifests get one, damaged baselines are removed (trained again when
+    without a manifest get one only when their metrics.json agrees with the metrics re-derived
+    from predictions.csv (:func:`rederive_problem`; otherwise they are moved aside too, and a
+    segmentation run, which cannot be re-derived, is left unverified), damaged baselines are
+    removed (trained again when
     needed), and temporaries of dead processes, claims and locks that nobody holds, and
     leftovers of interrupted replacements are removed. A run claimed by a live process is
     left alone."""
@@ -460,15 +500,28 @@ def _check_one_run(root: Path, run: Path, repair: bool) -> Finding:
     if state.finished and not state.legacy:
         return Finding("run", run, "ok")
     if state.finished:  # legacy: structure checked, no manifest
-        fix = "repair adds a manifest"
-        if repair:
+        mismatch = rederive_problem(run)
+        if mismatch is None:
+            fix = ("repair adds a manifest (metrics.json agrees with the metrics re-derived "
+                   "from predictions.csv)")
+        elif mismatch.startswith("cannot"):
+            fix = f"left as it is: {mismatch}; run it again, or read it with --trust-unmanifested"
+        else:
+            fix = f"repair moves it to _damaged/ ({mismatch}); a sweep computes it again"
+        can_act = mismatch is None or not mismatch.startswith("cannot")
+        if repair and can_act:
             try:
                 with claim_run(run, wait=False):
-                    write_manifest(run)
-                fix = "manifest added"
+                    if mismatch is None:
+                        write_manifest(run)
+                        fix = "manifest added (metrics.json agrees with predictions.csv)"
+                    else:
+                        dest = _aside(root, run)
+                        fix = f"moved to {dest} ({mismatch}); a sweep computes it again"
             except RunClaimed as exc:
                 fix = f"left alone: claimed by {exc.holder}"
-        return Finding("run", run, "ok", "written before manifests", fix)
+        return Finding("run", run, "unverified", "no manifest (written before manifests, or "
+                       "its manifest deleted)", fix)
     if state.state == "failed":
         return Finding("run", run, "failed", state.problem,
                        "kept as the record; sweep --retry-failed or run --force redoes it")
@@ -485,6 +538,49 @@ def _check_one_run(root: Path, run: Path, repair: bool) -> Finding:
         return Finding("run", run, "damaged" if state.state == "damaged" else "stale",
                        detail, fix)
     return Finding("run", run, state.state)
+
+
+def rederive_problem(run: Path, *, tolerance: float = 1e-9) -> str | None:
+    """Why ``metrics.json`` of a run without a manifest cannot be trusted: its val and test
+    metrics are computed again from ``predictions.csv`` (the hard predictions: accuracy,
+    precision, recall, F1 and the equalized-odds family, overall and per group) and compared;
+    ``None`` when every one agrees within ``tolerance``, ``"cannot ..."`` when the run's
+    metrics cannot be re-derived (segmentation, no prediction column)."""
+    import pandas as pd
+
+    from fairbench.metrics import flatten
+    from fairbench.metrics.catalog import COUNT_UTILITY, EQUALIZED_ODDS
+    from fairbench.metrics.counts import GroupConfusion, count_metrics
+
+    try:
+        config = json.loads((run / "config.json").read_text())
+        metrics = json.loads((run / "metrics.json").read_text())
+        df = pd.read_csv(run / "predictions.csv")
+    except (OSError, ValueError) as exc:
+        return f"unreadable run files ({exc})"
+    if config.get("task", "classification") != "classification" or "pred" not in df:
+        return "cannot re-derive the metrics of a segmentation run from its files"
+    names = list(config["groups"])
+    column = f"attr_{config['attribute']}"
+    n_classes = len(config.get("classes") or []) or int(df["label"].max()) + 1
+    for part in ("val", "test"):
+        rows = df[df["part"] == part]
+        if column not in rows or part not in metrics:
+            return f"cannot re-derive: predictions.csv lacks {column} or metrics.json {part}"
+        cm = GroupConfusion.from_labels(rows["label"].to_numpy(np.int64),
+                                        rows["pred"].to_numpy(np.int64),
+                                        rows[column].to_numpy(np.int64),
+                                        n_groups=len(names), n_classes=n_classes)
+        derived = count_metrics(cm, names)
+        stored = flatten(metrics[part])
+        for key in (*COUNT_UTILITY, *EQUALIZED_ODDS, *(f"{g}.F1" for g in names)):
+            a, b = derived.get(key), stored.get(key)
+            if a is None or b is None:
+                continue
+            if not (abs(float(a) - float(b)) <= tolerance or (a != a and b != b)):
+                return (f"metrics.json {part}.{key} = {float(b):.6g}, predictions.csv gives "
+                        f"{float(a):.6g}")
+    return None
 
 
 def _check_hidden(path: Path, repair: bool) -> Finding:
