@@ -492,3 +492,26 @@ def test_eqodds_gap_is_the_headline_and_in_every_part():
     probs = np.eye(2)[pred]
     out = evaluate_classification(y, probs, g, ["a", "b"])
     assert out["EqOddsGap"] == pytest.approx(0.2) and "EqOddsGap_maxclass" in out
+
+
+# -- where EqOddsGap and fairlearn's equalized_odds_difference part ---------------------------
+def test_eqodds_gap_is_fairlearn_when_every_group_has_both_classes():
+    fairlearn = pytest.importorskip("fairlearn.metrics")
+    rng = np.random.default_rng(7)
+    for _ in range(300):
+        n = int(rng.integers(8, 60))
+        y, pred, g = rng.integers(0, 2, n), rng.integers(0, 2, n), rng.integers(0, 2, n)
+        if any(len(set(y[g == k])) < 2 for k in (0, 1)):
+            continue  # the other side of the definition: the test below
+        ours = equalized_odds_gap(y, pred, g)["EqOddsGap"]
+        theirs = fairlearn.equalized_odds_difference(y, pred, sensitive_features=g)
+        assert ours == pytest.approx(theirs, abs=1e-12)
+
+
+def test_eqodds_gap_leaves_an_undefined_rate_out_where_fairlearn_counts_it_as_zero():
+    """Group 0 has no positive sample, so no TPR: fairbench compares the FPRs only (both 1:
+    gap 0); fairlearn takes the missing TPR as 0 against group 1's 1.0 (gap 1.0)."""
+    fairlearn = pytest.importorskip("fairlearn.metrics")
+    y, pred, g = np.array([0, 0, 1]), np.array([1, 1, 1]), np.array([0, 1, 1])
+    assert equalized_odds_gap(y, pred, g)["EqOddsGap"] == 0.0
+    assert fairlearn.equalized_odds_difference(y, pred, sensitive_features=g) == 1.0

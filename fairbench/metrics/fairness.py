@@ -19,8 +19,16 @@ Per group :math:`g` and class :math:`c` (one-vs-rest counts within the group):
 :math:`= \\max_c G_c` (the worst class). A group's rate enters only where its denominator is
 positive (a class absent from a group has no TPR there); a rate that fewer than two groups
 define contributes 0. On a binary task :math:`G_0 = G_1` (one-vs-rest swaps TPR and FPR), so
-``EqOddsGap`` equals fairlearn's ``equalized_odds_difference``. It is 0 only when every group
-has the same TPR and the same FPR on every class: no combination of gaps can cancel.
+``EqOddsGap`` equals fairlearn's ``equalized_odds_difference`` **when every group has samples
+of both classes**. Where a group lacks a class, fairbench leaves that group's undefined rate
+out while fairlearn counts it as 0: ``y=[0,0,1]``, ``pred=[1,1,1]``, groups ``[0,1,1]``
+(group 0 has no positive, so no TPR) give 0 here and 1.0 in fairlearn. It is 0 only when every
+group has the same TPR and the same FPR on every class: no combination of gaps can cancel.
+
+**Signs.** The ``*_signed`` twins below are group a − group b (the lower code first, as the
+released code), while the group summaries' ``Diff_signed`` is the last group − the first
+(``meta.diff_sign`` of ``metrics.json``, e.g. "dark minus light"); ``meta.paper_signed_sign``
+names the twins' direction.
 
 **The papers' definitions** (kept exactly as released, for comparison with their tables:
 ``fairness_metrics.py`` of github.com/guoyb17/FairQuantize, the same code as

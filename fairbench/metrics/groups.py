@@ -9,6 +9,11 @@ For a metric :math:`m` and groups :math:`G` (codes :math:`0..|G|-1`):
 * ``Diff``: :math:`|m_1 - m_0|` and ``Diff_signed``: :math:`m_1 - m_0` (group code 1 minus
   code 0, the sign of the FairQuantize tables); with more than two groups ``Diff`` is the gap
   and ``Diff_signed`` is ``nan``.
+
+**Undefined groups.** One group whose value is undefined (``nan``: an AUC of a group with a
+single class, a group with no rows) makes ``Avg``, ``gap``, ``worst`` and ``Diff`` undefined
+too: a summary over the groups is never read off the groups that happen to be defined. (A
+group absent from the part leaves ``Avg`` as the mean of the others and the rest ``nan``.)
 """
 
 from __future__ import annotations

@@ -531,6 +531,8 @@ def _compute(config: RunConfig, p: Prepared, bundle: DataBundle, identity: dict[
             else _directions(metrics["test"]),
             "diff_sign": f"{bundle.group_names[1]} minus {bundle.group_names[0]}"
             if len(bundle.group_names) == 2 else "max minus min",
+            **({"paper_signed_sign": f"{bundle.group_names[0]} minus {bundle.group_names[1]}"}
+               if p.task == "classification" and len(bundle.group_names) == 2 else {}),
             "threshold": threshold,
             "threshold_rule": THRESHOLD_RULE if threshold is not None else
             ("logit > 0 (binary mask) or argmax per pixel" if p.task == "segmentation"
