@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 
 from fairbench import evaluate_classification
-from fairbench.core.files import config_hash, write_json
+from fairbench.core.files import config_hash, write_json, write_manifest
 from fairbench.metrics import HIGHER_IS_BETTER
 from fairbench.run.runner import run_dir_for
 
@@ -70,6 +70,7 @@ def make_run(runs_dir: Path, *, method: str = "vanilla", seed: int = 0,
         "attribute": "skin_tone", "groups": GROUPS, "privileged": "light",
         "classes": [str(c) for c in range(n_classes)], "threshold": None,
         "backbone": backbone, "seed": seed, "split_sha256": split})
+    write_manifest(run_dir)  # a finished run is verified by its manifest
     return run_dir
 
 
@@ -110,4 +111,5 @@ def make_run_with_metrics(runs_dir: Path, *, method: str, seed: int,
         "method_params": {}, "dataset": dataset, "dataset_params": {},
         "attribute": "skin_tone", "groups": GROUPS, "privileged": "light", "classes": ["0"],
         "threshold": None, "backbone": backbone, "seed": seed, "split_sha256": split})
+    write_manifest(run_dir)  # a finished run is verified by its manifest
     return run_dir

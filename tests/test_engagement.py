@@ -138,6 +138,7 @@ def test_leaderboard_marks_a_row_whose_runs_did_not_engage(tmp_path: Path) -> No
     from bench_helpers import make_run_with_metrics
 
     from fairbench import leaderboard
+    from fairbench.core.files import write_manifest
 
     rng = np.random.default_rng(0)
     for seed in range(4):
@@ -151,6 +152,7 @@ def test_leaderboard_marks_a_row_whose_runs_did_not_engage(tmp_path: Path) -> No
             cfg["engagement"] = {"engaged": engaged if seed else True, "criterion": "c",
                                  "figures": {}}
             (run / "config.json").write_text(json.dumps(cfg))
+            write_manifest(run)  # the edit made by the test, verified as the run's
     board = leaderboard(tmp_path, rule="best_f1")
     md = board.render("md", "compact")
     rows = {line.split("|")[1].strip(): line for line in md.splitlines() if line.startswith("| ")}

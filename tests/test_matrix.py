@@ -20,7 +20,7 @@ from fairbench.bench.leaderboard import Leaderboard, build_tables, read_run
 from fairbench.bench.matrix import build_matrix, paired_interval, plot_matrix
 from fairbench.bench.stats import RunPredictions
 from fairbench.cli.main import main
-from fairbench.core.files import read_json, write_json
+from fairbench.core.files import read_json, write_json, write_manifest
 
 SEEDS = (0, 1, 2, 3)
 
@@ -59,6 +59,7 @@ def _runs(root: Path) -> list:
                 d = make_run(root / scen, method=method, seed=s, acc=acc, acc_dark=dark,
                              split=split, n=300)
                 _with_truth(d, 0.2)
+                write_manifest(d)  # the true labels are part of the run as written
                 runs.append(read_run(d, dataset_label=scen))
     return runs
 
@@ -186,6 +187,7 @@ def test_cli_matrix_view_and_plot_from_a_runs_directory(tmp_path, runs):
         cfg["dataset_params"] = {"scenario": "annotation" if r.dataset_label == "a"
                                  else "shortcut"}
         (dest / "config.json").write_text(json.dumps(cfg))
+        write_manifest(dest)  # the scenario is this test's edit, verified as the run's
     cli = CliRunner()
     res = cli.invoke(main, ["leaderboard", str(root), "--view", "matrix", "--n-boot", "20"])
     assert res.exit_code == 0, res.output
