@@ -255,6 +255,34 @@ class SynthDerm(DatasetAdapter):
             if masks_out is not None:
                 masks_out[rows] = part_masks
 
+    def counterfactual_images(self, table: SampleTable, spec: ImageSpec,
+                              positions: np.ndarray) -> np.ndarray:
+        """The twins of the rows ``positions``: each image drawn again from its own random
+        draws with only its skin switched to the other group's (:func:`twin_fitzpatrick`;
+        the scenario's tone-dependent factors held at the original's: lesion contrast,
+        labels, ink mark). Deterministic: a twin depends on its image's seed only."""
+        df = table.df
+        streams = df["stream"].to_numpy() if "stream" in df else np.zeros(len(df), np.int64)
+        positions = np.asarray(positions)
+        out = np.zeros((len(positions), spec.size, spec.size, 3), dtype=np.uint8)
+        for stream in np.unique(streams[positions]):
+            rows = np.flatnonzero(streams == stream)  # a stream is drawn whole, in order
+            sub = df.iloc[rows].reset_index(drop=True)
+            twins = np.zeros((len(rows), spec.size, spec.size, 3), dtype=np.uint8)
+            render_into(sub, self.params, spec.size, twins, stream=int(stream),
+                        skin_fitz=twin_fitzpatrick(sub["attr_fitzpatrick"].to_numpy()))
+            where = {int(r): i for i, r in enumerate(rows)}
+            mine = np.flatnonzero(streams[positions] == stream)
+            out[mine] = twins[[where[int(q)] for q in positions[mine]]]
+        return out
+
+
+def twin_fitzpatrick(fitz: np.ndarray) -> np.ndarray:
+    """The Fitzpatrick type of an image's twin: the same place on the other group's scale
+    (I, II, III <-> IV, V, VI)."""
+    fitz = np.asarray(fitz)
+    return np.where(fitz < 3, fitz + 3, fitz - 3)
+
 
 def build_metadata(p: SynthDermParams) -> pd.DataFrame:
     """The sample table of ``p`` (true and observed labels, attributes, patients): the
@@ -356,13 +384,18 @@ def render_into(
     chunk: int = 256,
     progress: Callable[[int], None] | None = None,
     stream: int = 0,
+    skin_fitz: np.ndarray | None = None,
 ) -> None:
     """Draw every row of ``df`` (from :func:`build_metadata`) into ``out`` (N×size×size×3);
-    ``stream`` 0 draws the ``n_samples`` images, the others the added parts'."""
+    ``stream`` 0 draws the ``n_samples`` images, the others the added parts'. ``skin_fitz``:
+    the counterfactual twins: the skin colour of these Fitzpatrick types instead of the rows'
+    own, every other factor (its random draws, the lesion contrast of the row's own skin
+    tone, the marker) held."""
     n = len(df)
     rng = np.random.default_rng([p.seed, 1] if stream == 0 else [p.seed, 1, stream])
     true_label = df["true_label"].to_numpy()
     fitz = df["attr_fitzpatrick"].to_numpy()
+    skin_of = fitz if skin_fitz is None else np.asarray(skin_fitz)
     dark = df["attr_skin_tone"].to_numpy().astype(bool)
     proto_rgb = np.array([PROTOTYPES[k][1] for k in range(MAX_CLASSES)], np.float32)
     proto_aspect = np.array([PROTOTYPES[k][2] for k in range(MAX_CLASSES)], np.float32)
@@ -376,7 +409,7 @@ def render_into(
         if p.lookalike >= 0.5:
             proto_tex[last] = proto_tex[0]
     # per-sample drawing parameters, all drawn up front
-    skin = SKIN_RGB[fitz] + rng.normal(0, 7, (n, 3)).astype(np.float32)
+    skin = SKIN_RGB[skin_of] + rng.normal(0, 7, (n, 3)).astype(np.float32)
     lesion = (proto_rgb[true_label] * np.exp(rng.normal(0, 0.12, (n, 1)))
               + rng.normal(0, 7, (n, 3))).astype(np.float32)
     aspect = proto_aspect[true_label] * np.exp(rng.normal(0, 0.12, n)).astype(np.float32)

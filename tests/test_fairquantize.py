@@ -434,7 +434,7 @@ def test_run_records_its_wall_time_by_phase(spied):
     seconds = config["seconds"]
     phases = seconds["phases"]
     assert set(phases) == {"data", "vanilla", "train", "curvature", "other", "evaluate",
-                           "leakage"}
+                           "leakage", "counterfactual"}
     assert all(v >= 0 for v in phases.values())
     # exclusive phases: they add up to (nearly all of) the run's wall time, never more
     assert 0.5 * seconds["total"] <= sum(phases.values()) <= seconds["total"] + 0.01

@@ -67,6 +67,10 @@ def _register_scrambled():
             render_into(build_metadata(self.params), self.params, spec.size, out, masks_out,
                         progress=progress)
 
+        def counterfactual_images(self, table, spec, positions):
+            # the twins of the unscrambled table's pixels, as the images above
+            return super().counterfactual_images(SynthDerm.build_table(self), spec, positions)
+
     return Scrambled
 
 

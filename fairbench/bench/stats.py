@@ -368,6 +368,8 @@ class RunPredictions:
     groups: np.ndarray
     names: list[str]
     clusters: np.ndarray | None
+    #: the predictions of the counterfactual twins (synthetic data), else None
+    twin_pred: np.ndarray | None = None
 
     @classmethod
     def read(cls, run_dir: str | Path, *, part: str = "test",
@@ -379,13 +381,20 @@ class RunPredictions:
             raise FairbenchError(f"{str(run_dir)!r}: predictions.csv lacks column "
                                  f"{label_column!r} (true labels exist for synthetic data only)")
         probs = df[[c for c in df.columns if c.startswith("prob_")]].to_numpy(dtype=float)
+        twin = (df["twin_pred"].to_numpy() if "twin_pred" in df.columns
+                and df["twin_pred"].notna().all() else None)
         return cls(df["sample_id"].to_numpy(), df[label_column].to_numpy(dtype=np.int64),
                    df["pred"].to_numpy(dtype=np.int64), probs, groups,
-                   list(config["groups"]), clusters)
+                   list(config["groups"]), clusters,
+                   None if twin is None else twin.astype(np.int64))
 
     def metric(self, key: str, idx: np.ndarray | None = None) -> float:
         sel = slice(None) if idx is None else idx
         y, pred, g = self.y[sel], self.pred[sel], self.groups[sel]
+        if key == "flip_rate":  # the counterfactual twins' share of changed predictions
+            if self.twin_pred is None:
+                return float("nan")
+            return float((pred != self.twin_pred[sel]).mean())
         if _fast_key(key):
             return prediction_metrics(y, pred, g, self.names, self.probs.shape[1],
                                       keys=(key,)).get(key, float("nan"))

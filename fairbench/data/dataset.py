@@ -230,6 +230,13 @@ class DatasetAdapter:
             raise DataError(f"dataset {self.name!r} has no segmentation masks")
         decode_files_into(self._resolved_paths(table), spec.size, out, progress=progress)
 
+    def counterfactual_images(self, table: SampleTable, spec: ImageSpec,
+                              positions: np.ndarray) -> np.ndarray | None:
+        """Counterfactual twins of the rows ``positions`` (the same image with only the
+        sensitive attribute's appearance switched), or ``None`` where the data cannot make
+        them: real images have no twins (the default)."""
+        return None
+
     def _resolved_paths(self, table: SampleTable) -> list[Path]:
         assert self.data_root is not None
         root = self.data_root.resolve()

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 Family = Literal["utility", "calibration", "fairness", "paper_fairness", "paper_signed",
-                 "segmentation", "count"]
+                 "segmentation", "count", "counterfactual"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,7 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("Dice", True, "segmentation", "Dice"),
     MetricSpec("IoU", True, "segmentation", "IoU"),
     MetricSpec("n", None, "count", "n", percent=False),
+    MetricSpec("flip_rate", False, "counterfactual", "Skin flip rate"),
 )
 SPECS: dict[str, MetricSpec] = {m.name: m for m in METRICS}
 #: direction of every base metric (None: signed or a count, no direction)

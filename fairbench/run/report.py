@@ -120,6 +120,9 @@ def run_summary(config: dict[str, Any], metrics: dict[str, Any], *, parts: tuple
     leak = leakage_line(metrics.get("leakage"), config.get("attribute"))
     if leak:
         out.append(leak)
+    twins = counterfactual_line(metrics.get("counterfactual"))
+    if twins:
+        out.append(twins)
     out.append(engagement_text(config.get("engagement")))
     diff_sign = meta.get("diff_sign")
     if segmentation:
@@ -147,6 +150,19 @@ def ground_truth_line(observed: dict[str, Any], true: dict[str, Any]) -> str:
 
     return (f"observed / true labels (test): F1 {pair('F1')}, worst-group F1 "
             f"{pair('F1', 'worst')}, EqOddsGap {pair('EqOddsGap')}")
+
+
+def counterfactual_line(record: dict[str, Any] | None) -> str:
+    """The counterfactual twins of a run in one line (empty when the data has none)."""
+    if not record:
+        return ""
+    groups = ", ".join(f"{g} {v['flip_rate']:.3f} (F1 {v['observed_F1'] * 100:.2f} -> "
+                       f"{v['swapped_F1'] * 100:.2f} on its twins)"
+                       for g, v in record.get("per_group", {}).items())
+    return (f"counterfactual twins (test, only the skin switched): predictions flip on "
+            f"{record['flip_rate']:.3f} of the images (independent predictions would: "
+            f"{record['flip_rate_chance']:.3f}), mean |change of p(true class)| "
+            f"{record['mean_abs_delta_p_true']:.3f}; per group: {groups}")
 
 
 def leakage_line(leak: dict[str, Any] | None, attribute: str | None) -> str:

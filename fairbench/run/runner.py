@@ -521,6 +521,8 @@ def _compute(config: RunConfig, p: Prepared, bundle: DataBundle, identity: dict[
         if p.task == "classification":
             with timer.phase("leakage"):
                 metrics["leakage"] = _leakage(ctx, model)
+            with timer.phase("counterfactual"):
+                _counterfactual(ctx, model, metrics, frames, threshold)
         metrics["meta"] = {
             "task": p.task,
             **({"mask_classes": bundle.mask_classes} if p.task == "segmentation" else {}),
@@ -609,6 +611,35 @@ def _compute(config: RunConfig, p: Prepared, bundle: DataBundle, identity: dict[
 
 
 THRESHOLD_RULE = "max validation macro-F1 (binary task)"
+
+
+def _counterfactual(ctx: RunContext, model: torch.nn.Module, metrics: dict[str, Any],
+                    frames: list[pd.DataFrame], threshold: float | None) -> None:
+    """The test part's counterfactual twins (:mod:`fairbench.run.counterfactual`), where the
+    dataset draws them: ``metrics["counterfactual"]``, the part-level ``flip_rate`` of
+    ``test`` and ``test_true``, and the ``twin_pred`` column of the test rows."""
+    from fairbench.run.counterfactual import counterfactual_metrics, twin_predictions
+
+    bundle = ctx.bundle
+    true = true_labels(bundle.table)
+    positions = ctx.positions("test")
+    twins = twin_predictions(ctx, model, positions, threshold)
+    if twins is None or true is None:
+        return
+    twin_pred, twin_probs = twins
+    test = frames[1]
+    order = {sid: i for i, sid in enumerate(bundle.table.sample_ids[positions])}
+    rows = np.array([order[sid] for sid in test["sample_id"]])
+    pred = test["pred"].to_numpy(np.int64)
+    probs = test[[c for c in test.columns if c.startswith("prob_")]].to_numpy(float)
+    groups = bundle.table.attr(bundle.attribute)[positions][rows]
+    record = counterfactual_metrics(pred, probs, twin_pred[rows], twin_probs[rows],
+                                    true[positions][rows], groups, bundle.group_names)
+    metrics["counterfactual"] = record
+    for part in ("test", TRUE_PART):
+        if part in metrics:
+            metrics[part]["flip_rate"] = record["flip_rate"]
+    test["twin_pred"] = twin_pred[rows]
 
 
 def _engagement(method: Any, notes: dict[str, Any]) -> dict[str, Any] | None:
