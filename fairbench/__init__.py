@@ -4,7 +4,7 @@ The names below are the stable public API: plugins and scripts import them from 
 and never from the sub-packages, whose layout may change. They are loaded on first use, so
 ``import fairbench`` (and the command line's ``--help``) does not import torch.
 
-Run, read and compare from Python (the README's "Python API" section has the full example)::
+Run, read and compare from Python (docs/python-api.md has the full session)::
 
     from fairbench import RunConfig, run_experiment, runs_table, leaderboard
 

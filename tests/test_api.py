@@ -1,7 +1,7 @@
-"""The Python API: the README's "Python API" section runs as written (with a smaller ``small``
-line), ``runs_table`` gives one row per run from a runs folder, a suite or a list of run
-folders, ``group_table`` has the shape of fairlearn's ``MetricFrame.by_group``, and
-``metric_frame`` is a real MetricFrame whose numbers equal the run's ``metrics.json``."""
+"""The Python API: the docs' "Python API" page (``docs/python-api.md``) runs as written (with
+a smaller ``small`` line), ``runs_table`` gives one row per run from a runs folder, a suite or
+a list of run folders, ``group_table`` has the shape of fairlearn's ``MetricFrame.by_group``,
+and ``metric_frame`` is a real MetricFrame whose numbers equal the run's ``metrics.json``."""
 
 from __future__ import annotations
 
@@ -21,19 +21,15 @@ ROOT = Path(__file__).resolve().parents[1]
 SMALL_LINE = 'small = dict(dataset_params={"n_samples": 1000}, train={"epochs": 4})'
 
 
-def readme_section(title: str) -> str:
-    text = (ROOT / "README.md").read_text()
-    start = text.index(f"\n## {title}\n")
-    end = text.find("\n## ", start + 1)
-    return text[start:end if end != -1 else None]
+PYTHON_API_PAGE = ROOT / "docs" / "python-api.md"
 
 
 def python_blocks(section: str) -> list[str]:
     return re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
 
 
-def test_readme_python_api_runs_as_written(tmp_path, monkeypatch, tiny_cache, capsys):
-    blocks = python_blocks(readme_section("Python API"))
+def test_docs_python_api_runs_as_written(tmp_path, monkeypatch, tiny_cache, capsys):
+    blocks = python_blocks(PYTHON_API_PAGE.read_text())
     assert len(blocks) == 2
     code = blocks[0]
     for block in blocks:  # the documented API is the top-level one
@@ -43,7 +39,7 @@ def test_readme_python_api_runs_as_written(tmp_path, monkeypatch, tiny_cache, ca
             f"train={TINY_TRAIN!r}, cache_dir={str(tiny_cache)!r})")
     monkeypatch.chdir(tmp_path)
     namespace: dict[str, object] = {}
-    exec(compile(code.replace(SMALL_LINE, tiny), "README:Python API", "exec"), namespace)  # noqa: S102
+    exec(compile(code.replace(SMALL_LINE, tiny), "docs/python-api.md", "exec"), namespace)  # noqa: S102
     out = capsys.readouterr().out
     runs = namespace["runs"]
     assert isinstance(runs, pd.DataFrame) and len(runs) == 4
@@ -54,7 +50,7 @@ def test_readme_python_api_runs_as_written(tmp_path, monkeypatch, tiny_cache, ca
     assert "| vanilla |" in out and "| resampling |" in out  # the rendered leaderboard
     assert "skin_tone" in out  # group_table's index
     pytest.importorskip("fairlearn")
-    exec(compile(blocks[1], "README:Python API (fairlearn)", "exec"), namespace)  # noqa: S102
+    exec(compile(blocks[1], "docs/python-api.md (fairlearn)", "exec"), namespace)  # noqa: S102
     frame = namespace["frame"]
     assert type(frame).__name__ == "MetricFrame"
 

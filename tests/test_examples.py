@@ -1,5 +1,5 @@
-"""The plugin examples and the README's "Add a method" section, as a user meets them:
-``fairbench check`` on ``examples/label_smoothing.py``, on the README's ``my_method.py`` and on
+"""The plugin examples and the docs' "Add a method" page, as a user meets them:
+``fairbench check`` on ``examples/label_smoothing.py``, on the page's ``my_method.py`` and on
 ``examples/derm_folder.py`` (with image folders made here), runs through ``--plugin``, and
 ``fairbench check``'s answers to broken plugins (exit 1) and bad input (exit 2)."""
 
@@ -197,11 +197,9 @@ def test_derm_folder_bad_layout_is_one_line(fresh_registries, tmp_path):
     assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
 
 
-# -- the README's "Add a method" -------------------------------------------------------------
+# -- the docs' "Add a method" (docs/adding-a-method.md) --------------------------------------
 def _add_a_method() -> tuple[str, list[list[str]]]:
-    text = (ROOT / "README.md").read_text()
-    start = text.index("\n## Add a method\n")
-    section = text[start:text.index("\n## ", start + 1)]
+    section = (ROOT / "docs" / "adding-a-method.md").read_text()
     (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
     commands = []
     for block in re.findall(r"```bash\n(.*?)```", section, flags=re.DOTALL):
@@ -212,7 +210,7 @@ def _add_a_method() -> tuple[str, list[list[str]]]:
     return textwrap.dedent(code), commands
 
 
-def test_readme_add_a_method_as_written(fresh_registries, tmp_path, monkeypatch, tiny_cache):
+def test_docs_add_a_method_as_written(fresh_registries, tmp_path, monkeypatch, tiny_cache):
     code, commands = _add_a_method()
     assert "from fairbench." not in code
     monkeypatch.chdir(tmp_path)

@@ -1,4 +1,4 @@
-"""The README's MLflow commands, as a user runs them: ``fairbench run --tracking mlflow`` logs to
+"""The MLflow commands of docs/scale-out.md, as a user runs them: ``fairbench run --tracking mlflow`` logs to
 the SQLite store in the runs folder, ``mlflow ui --backend-store-uri sqlite:///RUNS/mlflow.db``
 serves it, and everything comes back through MLflow's REST API (parameters, metrics, tags,
 artifacts); a ``--force`` re-run logged through that server replaces the earlier MLflow run.
@@ -115,7 +115,7 @@ TINY = ["--data-param", "n_samples=160", "--data-param", "n_classes=3", "--image
 def test_readme_commands_against_a_real_mlflow_ui(tmp_path, tiny_cache, monkeypatch):
     monkeypatch.chdir(tmp_path)
     cli = CliRunner()
-    # the README: fairbench run ... --tracking mlflow   (runs folder ./runs)
+    # docs/scale-out.md: fairbench run ... --tracking mlflow   (runs folder ./runs)
     r = cli.invoke(main, ["run", "--tracking", "mlflow", "--cache-dir", str(tiny_cache), *TINY])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "runs" / "mlflow.db").is_file()
@@ -124,7 +124,7 @@ def test_readme_commands_against_a_real_mlflow_ui(tmp_path, tiny_cache, monkeypa
     metrics = json.loads((run_dir / "metrics.json").read_text())
     config = json.loads((run_dir / "config.json").read_text())
 
-    # the README: mlflow ui --backend-store-uri sqlite:///runs/mlflow.db
+    # docs/scale-out.md: mlflow ui --backend-store-uri sqlite:///runs/mlflow.db
     with mlflow_ui("sqlite:///runs/mlflow.db", tmp_path) as base:
         exp = _get(base, "/api/2.0/mlflow/experiments/get-by-name",
                    experiment_name="fairbench-synthderm")["experiment"]

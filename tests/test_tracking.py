@@ -131,14 +131,15 @@ def test_missing_mlflow_is_one_clear_line(tmp_path, monkeypatch):
     assert r.exit_code == 2 and "--tracking-uri needs --tracking mlflow" in r.output
 
 
-def test_readme_mlflow_commands_are_the_tested_ones():
-    """The README's MLflow commands are the ones tests/test_mlflow_server.py runs."""
+def test_docs_mlflow_commands_are_the_tested_ones():
+    """The MLflow commands of docs/scale-out.md are the ones tests/test_mlflow_server.py runs."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    readme = (root / "README.md").read_text()
-    section = readme[readme.index("### MLflow tracking"):]
-    section = section[:section.index("\n## ")]
+    page = (root / "docs" / "scale-out.md").read_text()
+    section = page[page.index("\n## MLflow tracking\n"):]
+    end = section.find("\n## ", 1)
+    section = section[:end if end != -1 else None]
     assert 'pip install -e ".[mlflow]"' in section
     assert "--tracking mlflow" in section
     assert "mlflow ui --backend-store-uri sqlite:///runs/mlflow.db" in section
