@@ -74,7 +74,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fairbench.core.params import param
+from fairbench.core.params import Search, param
 from fairbench.data.loaders import Batch
 from fairbench.run.context import RunContext
 from fairbench.run.engagement import Engagement
@@ -94,7 +94,8 @@ from fairbench.training.trainer import AuxModule, Sampler, StepState, TrainHooks
 # -- AdvConf ---------------------------------------------------------------------------------------
 @dataclass
 class AdvConfParams:
-    alpha: float = param(0.1, help="weight α of the confusion loss", min=0.0)
+    alpha: float = param(0.1, help="weight α of the confusion loss", min=0.0,
+                          search=Search(0.01, 1.0, log=True))
     adv_lr: float | None = param(None, help="adversary learning rate (None = the run's lr)",
                                  min=0.0, min_exclusive=True)
     adv_steps: int = param(1, help="adversary updates per adversary turn", min=1)
@@ -179,7 +180,8 @@ class ClassAdversaries(nn.Module):
 
 @dataclass
 class AdvRevParams:
-    lam: float = param(0.1, help="gradient-reversal strength λ", min=0.0)
+    lam: float = param(0.1, help="gradient-reversal strength λ", min=0.0,
+                        search=Search(0.01, 1.0, log=True))
     input: Literal["logits", "features"] = param("features", help="what the adversary reads")
     per_class: bool = param(True, help="one adversary per class (equalised-odds form)")
     adv_layers: int = param(2, help="layers of each adversary (1 = linear)", min=1, max=4)

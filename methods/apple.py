@@ -87,7 +87,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fairbench.core.errors import FairbenchError, ParamError
-from fairbench.core.params import param
+from fairbench.core.params import Search, param
 from fairbench.metrics import HEADLINE_FAIRNESS, is_segmentation_metric
 from fairbench.run.context import RunContext
 from fairbench.run.engagement import Engagement
@@ -108,12 +108,13 @@ class AppleParams:
         "confusion", help="what G does to the discriminator: push its output to uniform "
                           "(confusion) or maximise its cross-entropy and entropy (faap)")
     alpha: float = param(0.4, help="weight of the adversarial term (confusion loss, or the "
-                                   "discriminator's cross-entropy for faap)", min=0.0)
+                                   "discriminator's cross-entropy for faap)", min=0.0,
+                         search=Search(0.05, 2.0, log=True))
     beta: float = param(0.1, help="weight of the discriminator's entropy (maximised; faap "
                                   "only)", min=0.0)
     max_rel_norm: float = param(0.1, help="bound on each sample's perturbation, "
                                           "||G(f)|| <= max_rel_norm * ||f|| (0 = unbounded)",
-                                min=0.0)
+                                min=0.0, search=Search(0.05, 0.5))
     task_weight: float = param(1.0, help="weight of the task loss", min=0.0, min_exclusive=True)
     norm_penalty: float = param(0.0, help="weight of mean ||G(f)||^2", min=0.0)
     hidden: int = param(0, help="hidden width of the perturber (0 = the latent's width)", min=0)

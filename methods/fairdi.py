@@ -64,7 +64,7 @@ import torch
 from torch import nn
 
 from fairbench.core.errors import FairbenchError
-from fairbench.core.params import param
+from fairbench.core.params import Search, param
 from fairbench.data.loaders import Batch, BatchLoader
 from fairbench.metrics.classification import macro_prf
 from fairbench.run.context import RunContext
@@ -80,8 +80,10 @@ from fairbench.training.trainer import StepState, TrainHooks, better
 class FairDiParams:
     lam: float = param(0.5, help="weight λ of the distillation term (tuned on synthderm "
                                  "validation; the third-party DIAGNOSE pipeline, "
-                                 "github.com/Abhinoob1501/KnowledgeDistillation: 0.95)", min=0.0, max=1.0)
-    temperature: float = param(1.5, help="distillation temperature τ (DIAGNOSE: 1.5)", min=0.0, min_exclusive=True)
+                                 "github.com/Abhinoob1501/KnowledgeDistillation: 0.95)", min=0.0, max=1.0,
+                       search=Search(0.1, 0.95))
+    temperature: float = param(1.5, help="distillation temperature τ (DIAGNOSE: 1.5)", min=0.0,
+                               min_exclusive=True, search=Search(1.0, 4.0))
     base: Literal["vanilla", "fis"] = param("vanilla", help="step 0: the cached vanilla model, "
                                             "or a model trained with the FIS loss")
     teacher_scope: Literal["full", "head"] = param("full", help="fine-tune the whole teacher "

@@ -73,7 +73,7 @@ import torch
 from torch import nn
 
 from fairbench.core.errors import ParamError
-from fairbench.core.params import param
+from fairbench.core.params import Search, param
 from fairbench.metrics import HEADLINE_FAIRNESS, flatten
 from fairbench.metrics.catalog import CANDIDATE_COLUMNS
 from fairbench.run.context import RunContext
@@ -100,9 +100,11 @@ from fairbench.training.trainer import TrainConfig, TrainHooks, better
 
 @dataclass
 class FairQuantizeParams:
-    beta: float = param(1.0, help="weight of the privileged group's curvature", min=0.0)
+    beta: float = param(1.0, help="weight of the privileged group's curvature", min=0.0,
+                        search=Search(0.3, 1.0))
     target_ratio: float = param(0.2, help="final share of quantized weights per tensor",
-                                min=0.0, max=1.0, min_exclusive=True)
+                                min=0.0, max=1.0, min_exclusive=True,
+                                search=Search(0.05, 0.4))
     step: float = param(0.05, help="ratio added per step", min=0.0, max=1.0, min_exclusive=True)
     estimator: Literal["ggn_exact", "ggn_mc", "hessian_exact", "fisher"] = param(
         "ggn_exact", help="curvature estimator")

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fairbench.core.params import param
+from fairbench.core.params import Search, param
 from fairbench.data.loaders import Batch
 from fairbench.run.context import RunContext
 from fairbench.run.engagement import Engagement
@@ -71,7 +71,8 @@ TV_ENGAGED = 0.05
 
 @dataclass
 class GroupDROParams:
-    eta: float = param(0.01, help="step size η of the group-weight update", min=0.0)
+    eta: float = param(0.01, help="step size η of the group-weight update", min=0.0,
+                        search=Search(0.001, 0.1, log=True))
     groups: GroupBy = param(
         "group", help="robust over the attribute's groups or group × class cells")
     adjustment: float = param(0.0, help="generalisation adjustment C (adds C/√N_k)", min=0.0)

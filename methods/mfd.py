@@ -48,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fairbench.core.params import param
+from fairbench.core.params import Search, param
 from fairbench.data.loaders import Batch
 from fairbench.models.features import FeatureTap
 from fairbench.run.context import RunContext
@@ -60,7 +60,8 @@ from fairbench.training.trainer import Sampler, StepState, TrainHooks
 
 @dataclass
 class MFDParams:
-    lam: float = param(3.0, help="weight λ of the MMD term (loss = CE + λ/2 · Σ MMD²)", min=0.0)
+    lam: float = param(3.0, help="weight λ of the MMD term (loss = CE + λ/2 · Σ MMD²)", min=0.0,
+                        search=Search(0.3, 30.0, log=True))
     sigma: float = param(1.0, help="kernel bandwidth factor σ (× the batch's mean squared "
                                    "distance)", min=0.0, min_exclusive=True)
     features: Literal["map", "pooled"] = param(

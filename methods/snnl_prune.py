@@ -79,7 +79,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fairbench.core.errors import FairbenchError, ParamError
-from fairbench.core.params import param
+from fairbench.core.params import Search, param
 from fairbench.metrics import HEADLINE_FAIRNESS, flatten
 from fairbench.metrics.catalog import SNNL_COLUMNS
 from fairbench.run.context import RunContext
@@ -108,7 +108,8 @@ class SNNLPruneParams:
                                            "(as the released code)")
     pool: int = param(0, help="average-pool each channel map to pool×pool before the distance "
                               "(0 = the full map)", min=0)
-    n_per_round: int = param(8, help="channels pruned per round", min=1)
+    n_per_round: int = param(8, help="channels pruned per round", min=1,
+                              search=Search(2, 16, integer=True))
     max_channels: int | None = param(None, help="channel budget over all rounds (None = 10 percent "
                                                 "of the layer's channels)", min=1)
     patience: int = param(2, help="stop after this many rounds without a better validation "

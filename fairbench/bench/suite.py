@@ -30,6 +30,10 @@ seeds and the model-selection rule; parsed, checked and expanded into :class:`Ru
     # label = "fairquantize-released"       # a second entry of one method needs its own label
     # datasets = ["synthderm"]              # restrict to some dataset labels
 
+    # tuning = { trials = 8, seed = 0 }     # instead of grids: every method entry gets 8
+    #                                       # settings drawn from its declared search space
+    #                                       # (fairbench.bench.tuning), chosen on validation
+
 Every name (dataset, method, backbone, parameter, training setting) and every value of the
 expanded grid is checked before anything runs; a problem is one :class:`FairbenchError`
 naming the suite file and the entry.
@@ -45,6 +49,7 @@ from pathlib import Path
 from typing import Any
 
 from fairbench.bench.selection import Rule, parse_rule
+from fairbench.bench.tuning import Tuning, draw_trials, parse_tuning
 from fairbench.core.errors import DataError, FairbenchError
 from fairbench.core.files import read_toml
 from fairbench.core.params import params_to_dict
@@ -53,7 +58,7 @@ from fairbench.run.runner import RunConfig, prepare
 DEFAULT_SEEDS = 3
 
 TOP_KEYS = {"name", "description", "seeds", "runs_dir", "cache_dir", "device", "train",
-            "equivalence_margin",
+            "equivalence_margin", "tuning",
             "selection", "datasets", "methods", "plugins", "save_weights"}
 DATASET_KEYS = {"name", "label", "task", "params", "data_root", "attribute", "privileged",
                 "backbones",
@@ -88,9 +93,32 @@ class MethodEntry:
     params: dict[str, Any]
     grid: dict[str, list[Any]]
     datasets: list[str] | None
+    #: the suite's tuning budget (:mod:`fairbench.bench.tuning`): trials instead of a grid
+    tuning: Tuning | None = None
+
+    def varying(self) -> list[str]:
+        """The parameters that differ between the entry's settings: the grid axes, or the
+        search dimensions its trials draw."""
+        if self.tuning is None:
+            return list(self.grid)
+        return [k for k in self._search_space() if k not in self.params]
+
+    def _search_space(self) -> dict[str, Any]:
+        from fairbench.core.params import search_space
+        from fairbench.run.method import get_method_class
+
+        return search_space(get_method_class(self.name).Params)
 
     def settings(self) -> list[dict[str, Any]]:
-        """Every combination of the grid axes on top of the fixed params (grid order)."""
+        """Every combination of the grid axes on top of the fixed params (grid order), or,
+        under a tuning budget, the entry's trials (:func:`fairbench.bench.tuning.draw_trials`)."""
+        if self.tuning is not None:
+            from fairbench.core.params import build_params, params_to_dict
+            from fairbench.run.method import get_method_class
+
+            defaults = params_to_dict(build_params(get_method_class(self.name).Params, {}))
+            return draw_trials(self._search_space(), self.params, self.tuning, self.label,
+                               defaults)
         axes = list(self.grid)
         out = []
         for values in itertools.product(*(self.grid[a] for a in axes)):
@@ -132,6 +160,8 @@ class Suite:
     #: ±δ of the leaderboard's and matrix's equivalence test per metric (fractions; the
     #: suite's ``equivalence_margin`` is in points); None: the catalog's defaults
     margins: dict[str, float] | None = None
+    #: the tuning budget every method entry gets (None: each entry's grid)
+    tuning: Tuning | None = None
 
     def expand(self) -> list[PlannedConfig]:
         """Every run of the suite: datasets × backbones × methods × grid × seeds."""
@@ -162,7 +192,8 @@ class Suite:
                                 tracking_uri=self.tracking_uri,
                                 leave_vanilla_run=leave_vanilla)
                             out.append(PlannedConfig(cfg, d.label, m.label, setting,
-                                                     {a: setting[a] for a in m.grid}))
+                                                     {a: setting[a] for a in m.varying()
+                                                      if a in setting}))
         return out
 
 
@@ -350,7 +381,8 @@ def _parse_datasets(data: Mapping[str, Any], where: str,
     return datasets
 
 
-def _parse_methods(data: Mapping[str, Any], where: str, labels: list[str]) -> list[MethodEntry]:
+def _parse_methods(data: Mapping[str, Any], where: str, labels: list[str],
+                   tuning: Tuning | None = None) -> list[MethodEntry]:
     """The suite's ``[[methods]]`` entries, each checked (params, grid, datasets)."""
     raw_methods = data.get("methods")
     if not isinstance(raw_methods, list) or not raw_methods:
@@ -375,6 +407,10 @@ def _parse_methods(data: Mapping[str, Any], where: str, labels: list[str]) -> li
                                      "one value or remove the axis")
             if axis in params:
                 raise FairbenchError(f"{w}: {axis!r} is both a fixed param and a grid axis")
+        if grid and tuning is not None:
+            raise FairbenchError(f"{w}: has a grid while the suite sets tuning (every method "
+                                 "gets the same number of trials); remove the grid, or fix "
+                                 "its values in params")
         only = m.get("datasets")
         if only is not None:
             if not isinstance(only, list) or not only:
@@ -384,7 +420,7 @@ def _parse_methods(data: Mapping[str, Any], where: str, labels: list[str]) -> li
                     raise FairbenchError(f"{w}: datasets names {lbl!r}, which is not a dataset "
                                          f"label of the suite ({', '.join(labels)})")
         methods.append(MethodEntry(label, str(m["name"]), params, grid,
-                                   None if only is None else [str(x) for x in only]))
+                                   None if only is None else [str(x) for x in only], tuning))
     mlabels = [m.label for m in methods]
     dup = sorted({x for x in mlabels if mlabels.count(x) > 1})
     if dup:
@@ -418,7 +454,8 @@ def parse_suite(data: Mapping[str, Any], *, path: Path | None = None,
         raise FairbenchError(f"{where}: {exc}") from None
 
     datasets = _parse_datasets(data, where, data_roots)
-    methods = _parse_methods(data, where, [d.label for d in datasets])
+    tuning = parse_tuning(data.get("tuning"), where)
+    methods = _parse_methods(data, where, [d.label for d in datasets], tuning)
     plugins = data.get("plugins", [])
     if isinstance(plugins, str):
         plugins = [plugins]
@@ -429,7 +466,7 @@ def parse_suite(data: Mapping[str, Any], *, path: Path | None = None,
         device=str(data.get("device", "auto")), train=train, rule=rule, datasets=datasets,
         methods=methods, plugins=[_plugin_path(p) for p in plugins],
         save_weights=bool(data.get("save_weights", False)),
-        margins=parse_margins(data.get("equivalence_margin"), where),
+        margins=parse_margins(data.get("equivalence_margin"), where), tuning=tuning,
         description=str(data.get("description", "")))
 
 

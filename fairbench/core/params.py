@@ -30,6 +30,42 @@ _TRUE = {"1", "true", "yes", "on", "y", "t"}
 _FALSE = {"0", "false", "no", "off", "n", "f"}
 
 
+@dataclasses.dataclass(frozen=True)
+class Search:
+    """Where a suite's tuning budget may move a parameter (:mod:`fairbench.bench.tuning`):
+    ``low``..``high`` (uniform, or log-uniform with ``log``; rounded with ``integer``), or one
+    of ``choices``."""
+
+    low: float | None = None
+    high: float | None = None
+    log: bool = False
+    integer: bool = False
+    choices: tuple[Any, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.choices:
+            return
+        if self.low is None or self.high is None or not self.low < self.high:
+            raise ValueError(f"a search range needs low < high, got {self.low}, {self.high}")
+        if self.log and self.low <= 0:
+            raise ValueError(f"a log search range needs low > 0, got {self.low}")
+
+    def value(self, u: float) -> Any:
+        """The value at ``u`` in [0, 1) of the range (or of the choices, in equal shares)."""
+        if self.choices:
+            return self.choices[min(int(u * len(self.choices)), len(self.choices) - 1)]
+        lo, hi = float(self.low), float(self.high)  # type: ignore[arg-type]
+        x = math.exp(math.log(lo) + u * (math.log(hi) - math.log(lo))) if self.log \
+            else lo + u * (hi - lo)
+        return int(round(x)) if self.integer else float(f"{x:.4g}")
+
+    def describe(self) -> str:
+        if self.choices:
+            return "one of " + "|".join(map(str, self.choices))
+        kind = "log-uniform" if self.log else "uniform"
+        return f"{kind} in [{self.low:g}, {self.high:g}]" + (" (integer)" if self.integer else "")
+
+
 def param(
     default: Any = dataclasses.MISSING,
     *,
@@ -39,10 +75,12 @@ def param(
     min_exclusive: bool = False,
     max_exclusive: bool = False,
     default_factory: Any = dataclasses.MISSING,
+    search: Search | None = None,
 ) -> Any:
     """A dataclass field carrying ``help`` and an allowed range ``[min, max]``.
 
-    ``min_exclusive``/``max_exclusive`` make the bounds open (e.g. a ratio in ``(0, 1]``).
+    ``min_exclusive``/``max_exclusive`` make the bounds open (e.g. a ratio in ``(0, 1]``);
+    ``search`` declares the range a suite's tuning budget draws the parameter from.
     """
     meta = {
         "help": help,
@@ -50,6 +88,7 @@ def param(
         "max": max,
         "min_exclusive": min_exclusive,
         "max_exclusive": max_exclusive,
+        "search": search,
     }
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
@@ -230,6 +269,8 @@ def describe_params(cls: type) -> list[tuple[str, str, Any, str]]:
             rng = range_text(lo, hi, bool(f.metadata.get("min_exclusive")),
                              bool(f.metadata.get("max_exclusive")))
             help_text = f"{help_text} range {rng}".strip()
+        if f.metadata.get("search") is not None:
+            help_text = f"{help_text}; tuned: {f.metadata['search'].describe()}".strip()
         rows.append((f.name, type_name(hints[f.name]), default, help_text))
     return rows
 
@@ -246,3 +287,12 @@ def parse_assignments(items: tuple[str, ...] | list[str], *, flag: str = "--para
             raise ParamError(f"malformed {flag} {item!r}; the key before '=' is empty")
         out[key] = value.strip()
     return out
+
+
+def search_space(cls: type) -> dict[str, Search]:
+    """The parameters of the params dataclass ``cls`` that a tuning budget may move, with
+    their :class:`Search` ranges, in field order (empty for a class without any)."""
+    if not dataclasses.is_dataclass(cls):
+        return {}
+    return {f.name: f.metadata["search"] for f in dataclasses.fields(cls)
+            if f.metadata.get("search") is not None}

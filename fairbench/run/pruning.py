@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from fairbench.core.errors import ParamError
-from fairbench.core.params import param
+from fairbench.core.params import Search, param
 from fairbench.core.progress import progress_bar
 from fairbench.metrics import HEADLINE_FAIRNESS, flatten
 from fairbench.metrics.catalog import CANDIDATE_COLUMNS
@@ -55,10 +55,11 @@ def _resolve_grid(name: str, value: float | None, grid: tuple[float, ...],
 class FairPruneParams:
     beta: float | None = param(
         None, help="weight of the privileged group's saliency (None = choose on validation "
-                   "from beta_grid)", min=0.0)
+                   "from beta_grid)", min=0.0, search=Search(0.1, 1.0))
     ratio: float | None = param(
         None, help="fraction of conv/linear weights to prune (None = choose on validation "
-                   "from ratio_grid)", min=0.0, max=1.0, min_exclusive=True)
+                   "from ratio_grid)", min=0.0, max=1.0, min_exclusive=True,
+        search=Search(0.001, 0.05, log=True))
     ratio_grid: tuple[float, ...] = param(
         DEFAULT_RATIO_GRID, help="candidate ratios when ratio is None")
     ranking: Literal["per_layer", "global"] = param("per_layer", help="rank weights per layer "
