@@ -207,3 +207,46 @@ def test_cli_matrix_view_and_plot_from_a_runs_directory(tmp_path, runs):
     assert res.exit_code == 2 and "test part only" in res.output
     res = cli.invoke(main, ["plot", "matrix", str(root), "--out", str(tmp_path / "fig")])
     assert res.exit_code == 0 and (tmp_path / "fig.png").is_file()
+
+
+def _with_twins(run_dir: Path) -> None:
+    """Give a hand-made run counterfactual twins: the twin's prediction differs from the
+    image's on a share of the test rows that depends on the method ("fairer" flips least,
+    "worse" most) and wobbles by seed, as a synthderm run writes them."""
+    preds = pd.read_csv(run_dir / "predictions.csv")
+    cfg = read_json(run_dir / "config.json")
+    share = {"vanilla": 0.20, "fairer": 0.05, "worse": 0.35}[cfg["method"]]
+    share += 0.01 * (cfg["seed"] % 3)
+    n_classes = len([c for c in preds.columns if c.startswith("prob_")])
+    rng = np.random.default_rng(cfg["seed"])
+    test = preds["part"] == "test"
+    flip = test & (rng.random(len(preds)) < share)
+    preds["twin_pred"] = np.where(flip, (preds["pred"] + 1) % n_classes, preds["pred"])
+    preds.loc[~test, "twin_pred"] = preds.loc[~test, "pred"]
+    preds.to_csv(run_dir / "predictions.csv", index=False)
+    metrics = read_json(run_dir / "metrics.json")
+    rate = float((preds.loc[test, "twin_pred"] != preds.loc[test, "pred"]).mean())
+    for part in ("test", "test_true"):
+        metrics[part]["flip_rate"] = rate
+    write_json(run_dir / "metrics.json", metrics)
+
+
+def test_flip_rate_panel_where_the_runs_have_twins(tmp_path, runs):
+    """Runs with counterfactual twins add the flip rate to the matrix (lower is better: the
+    method that flips least is ▲), with its paired interval; runs without twins have no such
+    panel."""
+    assert "flip_rate" not in build_matrix(_board(runs), ci=False).metrics
+    twinned = []
+    for r in runs:
+        d = tmp_path / r.path.relative_to(r.path.parents[3])
+        shutil.copytree(r.path, d)
+        _with_twins(d)
+        write_manifest(d)
+        twinned.append(read_run(d, dataset_label=r.path.parents[2].name))
+    matrix = build_matrix(_board(twinned), n_resamples=60)
+    assert matrix.metrics[-1] == "flip_rate"
+    fairer = matrix.cells[("flip_rate", "fairer", "a")]
+    assert fairer.delta == pytest.approx(-0.15, abs=0.03)
+    assert fairer.direction == "better" and fairer.high < 0
+    assert matrix.cells[("flip_rate", "worse", "b")].direction == "worse"
+    assert "Skin flip rate" in matrix.render("md")

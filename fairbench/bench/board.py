@@ -25,6 +25,7 @@ from fairbench.metrics import higher_is_better, is_segmentation_metric
 from fairbench.metrics.catalog import (
     CI_COLUMNS,
     COMPACT_COLUMNS,
+    COUNTERFACTUAL_METRIC,
     EQUIVALENCE_MARGINS,
     FAIRNESS_COLUMNS,
     PAPER_UTILITY,
@@ -313,12 +314,20 @@ def _task_margins(margins: Mapping[str, float], task: str) -> dict[str, float]:
     return {SEGMENTATION_COUNTERPART.get(k, k): v for k, v in margins.items()}
 
 
+def _counterfactual_keys(table: Table) -> set[str]:
+    """The counterfactual flip rate where the table's runs carry it (synthetic data)."""
+    has = any(math.isfinite(v) for row in table.rows
+              for v in row.values(COUNTERFACTUAL_METRIC).values())
+    return {COUNTERFACTUAL_METRIC} if has else set()
+
+
 def aggregate(table: Table, *, test: str, alpha: float,
               margins: Mapping[str, float] | None = None) -> None:
     """Mean ± std of every key of both views per row, and the paired test of each summary key
     against the table's vanilla row (Holm over the methods); keys with a margin in
     ``margins`` also get the equivalence test and the seeds that would decide them."""
-    keys = sorted({k for view in VIEWS for _, cols in table.row_keys(view) for k in cols.values()})
+    keys = sorted({k for view in VIEWS for _, cols in table.row_keys(view) for k in cols.values()}
+                  | _counterfactual_keys(table))
     for row in table.rows:
         for key in keys:
             row.stats[key] = mean_std(row.values(key).values())

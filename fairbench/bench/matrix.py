@@ -3,7 +3,8 @@ r"""The mechanism matrix: which method changes which bias, against vanilla, per 
 A suite with one dataset entry per scenario (``benchmarks/mechanisms.toml``: synthderm's
 isolated bias mechanisms) gives one leaderboard table per scenario. The matrix puts them
 side by side: **rows** methods, **columns** scenarios, one **panel** per metric (by default
-the headline equalized-odds gap ``EqOddsGap`` and the worst-group F1 ``worst.F1``), each cell
+the headline equalized-odds gap ``EqOddsGap`` and the worst-group F1 ``worst.F1``, and on
+data with counterfactual twins their prediction flip rate ``flip_rate``), each cell
 the paired change of the method's selected setting against vanilla on the test part,
 
 .. math:: \Delta = \frac1S \sum_{s=1}^{S} \big(\theta_{m,s} - \theta_{v,s}\big),
@@ -47,7 +48,7 @@ from fairbench.bench.runs import part_source
 from fairbench.bench.stats import Comparison
 from fairbench.core.errors import FairbenchError
 from fairbench.metrics import higher_is_better
-from fairbench.metrics.catalog import MATRIX_COLUMNS
+from fairbench.metrics.catalog import COUNTERFACTUAL_METRIC, MATRIX_COLUMNS
 from fairbench.metrics.catalog import title as column_title
 
 #: the matrix's default panels: the headline fairness measure and the worst group's F1
@@ -364,12 +365,18 @@ def _attr(cell: Cell | None, name: str) -> float:
     return getattr(comp, name) if comp is not None else math.nan
 
 
-def build_matrix(board: Leaderboard, *, metrics: Sequence[str] = MATRIX_METRICS,
+def build_matrix(board: Leaderboard, *, metrics: Sequence[str] | None = None,
                  ci: bool = True, n_resamples: int = 1000, confidence: float = 0.95,
                  seed: int = 0) -> Matrix:
     """The matrix of ``board``'s classification tables (one per scenario; see the module
-    docstring). Its tests and selections are the leaderboard's; intervals are added here."""
+    docstring). Its tests and selections are the leaderboard's; intervals are added here.
+    ``metrics``: the panels, by default :data:`MATRIX_METRICS` and, where every scenario's
+    runs carry it, the counterfactual twins' flip rate."""
     tables = [t for t in board.tables if t.task == "classification"]
+    if metrics is None:
+        metrics = MATRIX_METRICS + ((COUNTERFACTUAL_METRIC,) if tables and all(
+            COUNTERFACTUAL_METRIC in r.tests for t in tables for r in t.rows
+            if r.label != t.reference) else ())
     if not tables:
         raise FairbenchError("the mechanism matrix needs classification runs")
     if any(t.reference is None for t in tables):

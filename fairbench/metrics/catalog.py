@@ -121,9 +121,13 @@ SEGMENTATION_COUNTERPART = {"F1": "Dice", "AUC": "Dice", HEADLINE_FAIRNESS: "gap
 GROUP_PLOT_COLUMNS = (*PAPER_UTILITY, "accuracy", "AUC")
 #: the default ±δ of the equivalence test against vanilla (fractions: 2 points), per metric; a
 #: suite's ``equivalence_margin`` (in points) replaces it
-EQUIVALENCE_MARGINS = {"F1": 0.02, WORST_UTILITY: 0.02, HEADLINE_FAIRNESS: 0.02}
+EQUIVALENCE_MARGINS = {"F1": 0.02, WORST_UTILITY: 0.02, HEADLINE_FAIRNESS: 0.02,
+                       "flip_rate": 0.02}
 #: the mechanism matrix's default panels
 MATRIX_COLUMNS = (HEADLINE_FAIRNESS, WORST_UTILITY)
+#: the counterfactual twins' headline (synthetic data only): compared with vanilla in every
+#: table whose runs carry it, and a panel of the matrix beside the leakage probe
+COUNTERFACTUAL_METRIC = "flip_rate"
 
 #: the overall rows of a run's comparison with vanilla (classification), then per group
 COMPARE_OVERALL = ("F1", "AUC", "accuracy", WORST_UTILITY, "worst.AUC", "gap.F1", *EQUALIZED_ODDS)
@@ -137,6 +141,7 @@ TITLES: dict[str, str] = {
     WORST_UTILITY: "Worst-group F1", "gap.AUC": "AUC gap", "gap.ECE": "ECE gap",
     "worst.Dice": "Worst-group Dice", "gap.Dice": "Dice gap",
     "ES_fairseg.Dice": "ES-Dice (FairSeg)", "ES_fairmedfm.Dice": "ES-Dice (FairMedFM)",
+    COUNTERFACTUAL_METRIC: SPECS[COUNTERFACTUAL_METRIC].title,
 }
 
 
