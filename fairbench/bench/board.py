@@ -267,28 +267,8 @@ def build_tables(runs: Sequence[RunRecord], *, rule: Rule | str | None = None,
                                                  m != "vanilla", m))
         reference_label = next((m for m in labels if by_label[m][0].config["method"] ==
                                 "vanilla"), None)
-        rows: list[MethodRow] = []
-        ref_candidate = None
-        if reference_label is not None:
-            cands = setting_candidates(by_label[reference_label])
-            sel = select([c for c, _ in cands], reference_rule)
-            ref_candidate = sel.candidate
-        for label in labels:
-            cands = setting_candidates(by_label[label])
-            if label == reference_label:
-                sel = select([c for c, _ in cands], reference_rule)
-                if len(cands) > 1:
-                    sel.reason = f"reference: {sel.reason}"
-            else:
-                sel = select([c for c, _ in cands], table_rule, reference=ref_candidate)
-            chosen = sel.candidate.payload
-            settings = [c.params for c, _ in cands]
-            varying = [k for k in settings[0] if any(json.dumps(p.get(k), sort_keys=True) !=
-                                                     json.dumps(settings[0].get(k), sort_keys=True)
-                                                     for p in settings[1:])]
-            row = MethodRow(label, chosen[0].config["method"], sel, chosen, len(cands), part=part,
-                            all_runs=list(by_label[label]), varying=varying)
-            rows.append(row)
+        rows = _chosen_rows(by_label, labels, reference_label, table_rule, reference_rule,
+                            part)
         table_seeds = sorted(set(expected_seeds) if expected_seeds is not None
                              else {r.seed for r in truns})
         missing = list((missing_runs or {}).get(dataset, []))
@@ -306,6 +286,34 @@ def build_tables(runs: Sequence[RunRecord], *, rule: Rule | str | None = None,
             EQUIVALENCE_MARGINS if margins is None else margins, task))
         tables.append(table)
     return tables
+
+
+def _chosen_rows(by_label: Mapping[str, list[RunRecord]], labels: Sequence[str],
+                 reference_label: str | None, table_rule: Rule, reference_rule: str,
+                 part: str) -> list[MethodRow]:
+    """One row per method label of a table: its setting chosen by ``table_rule`` on
+    validation (vanilla's by ``reference_rule``, and the others against it)."""
+    rows: list[MethodRow] = []
+    ref_candidate = None
+    if reference_label is not None:
+        cands = setting_candidates(by_label[reference_label])
+        ref_candidate = select([c for c, _ in cands], reference_rule).candidate
+    for label in labels:
+        cands = setting_candidates(by_label[label])
+        if label == reference_label:
+            sel = select([c for c, _ in cands], reference_rule)
+            if len(cands) > 1:
+                sel.reason = f"reference: {sel.reason}"
+        else:
+            sel = select([c for c, _ in cands], table_rule, reference=ref_candidate)
+        chosen = sel.candidate.payload
+        settings = [c.params for c, _ in cands]
+        varying = [k for k in settings[0] if any(json.dumps(p.get(k), sort_keys=True) !=
+                                                 json.dumps(settings[0].get(k), sort_keys=True)
+                                                 for p in settings[1:])]
+        rows.append(MethodRow(label, chosen[0].config["method"], sel, chosen, len(cands),
+                              part=part, all_runs=list(by_label[label]), varying=varying))
+    return rows
 
 
 def _task_margins(margins: Mapping[str, float], task: str) -> dict[str, float]:

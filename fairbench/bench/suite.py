@@ -17,7 +17,8 @@ seeds and the model-selection rule; parsed, checked and expanded into :class:`Ru
     label = "synthderm"            # optional display name (unique); default: the name
     backbones = ["smallcnn"]       # default: the dataset's default backbone
     image_size = 32                # optional; also attribute, privileged, data_root,
-    params = { n_samples = 2000 }  #   split_seed, split_file, split_fractions, train = {...}
+    params = { n_samples = 2000 }  #   split_seed, split_file, split_fractions, train = {...},
+                                   #   pretrained = true (with weights_dir = "...")
     # task = "segmentation"        # optional; default: the dataset's first task per method
 
     [[methods]]
@@ -62,7 +63,8 @@ TOP_KEYS = {"name", "description", "seeds", "runs_dir", "cache_dir", "device", "
             "selection", "datasets", "methods", "plugins", "save_weights"}
 DATASET_KEYS = {"name", "label", "task", "params", "data_root", "attribute", "privileged",
                 "backbones",
-                "backbone", "backbone_params", "weights", "image_size", "split_seed",
+                "backbone", "backbone_params", "weights", "pretrained", "weights_dir",
+                "split", "split_dir", "image_size", "split_seed",
                 "split_file", "split_fractions", "train"}
 METHOD_KEYS = {"name", "label", "params", "grid", "datasets"}
 
@@ -84,6 +86,13 @@ class DatasetEntry:
     split_fractions: tuple[float, float, float]
     train: dict[str, Any]
     task: str | None = None
+    #: start from the ImageNet-pretrained weights (fairbench.models.pretrained), found in
+    #: weights_dir (else $FAIRBENCH_WEIGHTS_DIR, else the Hugging Face cache)
+    pretrained: bool = False
+    weights_dir: str | None = None
+    #: "seeded" or "published" (fairbench.data.published), the latter's files in split_dir
+    split: str = "seeded"
+    split_dir: str | None = None
 
 
 @dataclass
@@ -183,9 +192,11 @@ class Suite:
                                 dataset_params=dict(d.params), data_root=d.data_root,
                                 attribute=d.attribute, privileged=d.privileged,
                                 backbone=backbone, backbone_params=dict(d.backbone_params),
-                                weights=d.weights, image_size=d.image_size, seed=seed,
+                                weights=d.weights, pretrained=d.pretrained,
+                                weights_dir=d.weights_dir, image_size=d.image_size, seed=seed,
                                 split_seed=d.split_seed, split_fractions=d.split_fractions,
-                                split_file=d.split_file, train=train, device=self.device,
+                                split_file=d.split_file, split=d.split,
+                                split_dir=d.split_dir, train=train, device=self.device,
                                 runs_dir=self.runs_dir, cache_dir=self.cache_dir,
                                 save_weights=self.save_weights, progress=False,
                                 plugins=tuple(self.plugins), tracking=self.tracking,
@@ -220,13 +231,14 @@ def _typed(entry: Mapping[str, Any], key: str, kinds: tuple[type, ...], want: st
 
 
 _STRING_KEYS = ("attribute", "privileged", "data_root", "weights", "split_file", "task",
-                "backbone")
+                "backbone", "weights_dir", "split", "split_dir")
 
 
 def _check_entry_types(d: Mapping[str, Any], where: str) -> None:
     for key in _STRING_KEYS:
         _typed(d, key, (str,), "a string", where)
     _typed(d, "split_seed", (int,), "a non-negative integer", where)
+    _typed(d, "pretrained", (bool,), "true or false", where)
     _typed(d, "image_size", (int,), "an integer number of pixels", where)
     if isinstance(d.get("split_seed"), int) and d["split_seed"] < 0:
         raise FairbenchError(f"{where}: split_seed = {d['split_seed']} must be non-negative")
@@ -367,7 +379,9 @@ def _parse_datasets(data: Mapping[str, Any], where: str,
             split_seed=int(d.get("split_seed", 0)), split_file=d.get("split_file"),
             split_fractions=tuple(float(f) for f in fractions),  # type: ignore[arg-type]
             train=_table(d.get("train"), "train", w),
-            task=None if d.get("task") is None else str(d["task"])))
+            task=None if d.get("task") is None else str(d["task"]),
+            pretrained=bool(d.get("pretrained", False)), weights_dir=d.get("weights_dir"),
+            split=str(d.get("split", "seeded")), split_dir=d.get("split_dir")))
     labels = [d.label for d in datasets]
     dup = sorted({x for x in labels if labels.count(x) > 1})
     if dup:

@@ -39,7 +39,8 @@ from fairbench.core.version import __version__
 
 CONFIG_KEYS = {
     "method", "task", "dataset", "data_root", "attribute", "privileged", "backbone", "weights",
-    "image_size", "seed", "split_seed", "split_fractions", "split_file", "device", "runs_dir",
+    "pretrained", "weights_dir", "image_size", "seed", "split_seed", "split_fractions",
+    "split_file", "split", "split_dir", "device", "runs_dir",
     "cache_dir", "save_weights", "params", "method_params", "dataset_params", "backbone_params",
     "train", "epochs", "plugins",
 }
@@ -49,9 +50,10 @@ CONFIG_KEYS = {
 CONFIG_TYPES: dict[str, tuple[type, ...]] = {
     **{k: (str,) for k in ("method", "task", "dataset", "data_root", "attribute", "privileged",
                            "backbone", "weights", "split_file", "device", "runs_dir",
-                           "cache_dir")},
+                           "cache_dir", "weights_dir", "split", "split_dir")},
     **{k: (int,) for k in ("image_size", "seed", "split_seed")},
     "save_weights": (bool,),
+    "pretrained": (bool,),
     "split_fractions": (list,),
     "plugins": (list,),
 }
@@ -194,6 +196,14 @@ def main(verbose: bool) -> None:
 @click.option("--weights", default=None, help="Local weights file for the backbone (never downloaded); what does not load is reported.")
 @click.option("--allow-partial-weights", is_flag=True, default=False,
               help="Load a --weights file that covers less than 90% of the backbone.")
+@click.option("--pretrained", is_flag=True, default=None,
+              help="Start the backbone (resnet18, timm_vgg11, timm:<name>) from its "
+                   "ImageNet-pretrained timm weights, read from a local file (never "
+                   "downloaded): --weights-dir, $FAIRBENCH_WEIGHTS_DIR or the Hugging Face cache.")
+@click.option("--weights-dir", default=None, type=click.Path(),
+              help="Folder holding pretrained weights files (resnet18.safetensors, "
+                   "resnet18.pth, or timm/resnet18.a1_in1k/model.safetensors). "
+                   "[default: $FAIRBENCH_WEIGHTS_DIR]")
 @click.option("--seed", type=int, default=None, help="Training seed. [default: 0]")
 @click.option("--epochs", type=int, default=None, help="Training epochs (shortcut for --train epochs=N).")
 @click.option("--device", default=None, help="auto, cpu or cuda. [default: auto]")
@@ -208,6 +218,13 @@ def main(verbose: bool) -> None:
 @click.option("--image-size", type=int, default=None, help="Image side in pixels. [default: the dataset's]")
 @click.option("--split-file", default=None, help="CSV of sample_id,part to use instead of the seeded split.")
 @click.option("--split-seed", type=int, default=None, help="Seed of the generated split. [default: 0]")
+@click.option("--split", "split", type=click.Choice(["seeded", "published"]), default=None,
+              help="seeded: the hashed split of --split-seed; published: the Fair Multi-Exit "
+                   "repository's split files (Fitzpatrick-17k, ISIC 2019), checked by sha256. "
+                   "[default: seeded]")
+@click.option("--split-dir", default=None, type=click.Path(),
+              help="Folder of the published split files. [default: $FAIRBENCH_SPLITS_DIR, "
+                   "else DATA_ROOT/published_split]")
 @click.option("--config", "config_file", default=None, help="TOML file with any of these settings; flags win.")
 @click.option("--runs-dir", default=None, help="Where run directories go. [default: ./runs]")
 @click.option("--cache-dir", default=None, help="Tensor cache folder. [default: $FAIRBENCH_CACHE or ~/.cache/fairbench]")
@@ -231,10 +248,38 @@ def run(**opts: Any) -> None:
       fairbench run --method vanilla --seed 1 --train lr=0.01 --data-param dark_fraction=0.2
       fairbench run --method apple --task segmentation   (a U-Net on synthderm's lesion masks)
       fairbench run --method fairquantize -p beta=0.75 --print-config > my_run.toml
+      fairbench run --method vanilla --backbone resnet18 --pretrained --weights-dir ~/weights
     """
-    from fairbench.core.params import parse_assignments
-
     file_cfg = _read_config(opts["config_file"])
+    config = _run_config(opts, file_cfg)  # names checked before torch is imported
+    from fairbench.run.report import run_summary
+    from fairbench.run.runner import run_experiment
+
+    if opts["print_config"]:
+        from fairbench.cli.resolved import resolved_config_toml
+
+        config.plugins = tuple(list(file_cfg.get("plugins", [])) + list(opts["plugins"]))
+        click.echo(resolved_config_toml(config), nl=False)
+        return
+    result = run_experiment(config)
+    if result.reused:
+        click.echo(f"identical run already finished (use --force to redo): {result.run_dir}")
+    click.echo(run_summary(result.config, result.metrics))
+    click.echo(f"\nrun directory: {result.run_dir}")
+    if config.tracking == "mlflow" and not result.reused:
+        from fairbench.run.tracking import default_tracking_uri
+
+        if config.tracking_uri is None:
+            uri = default_tracking_uri(config.runs_dir)
+            click.echo(f"MLflow store: {uri} (browse it: mlflow ui --backend-store-uri {uri})")
+        else:
+            click.echo(f"MLflow: {config.tracking_uri}")
+
+
+def _run_config(opts: dict[str, Any], file_cfg: dict[str, Any]) -> Any:
+    """The :class:`RunConfig` of ``fairbench run``: the flags over the ``--config`` file (its
+    plugins loaded, names checked before torch is imported)."""
+    from fairbench.core.params import parse_assignments
 
     def pick(key: str, default: Any = None) -> Any:
         return opts.get(key) if opts.get(key) is not None else file_cfg.get(key, default)
@@ -264,8 +309,7 @@ def run(**opts: Any) -> None:
         train_flags["epochs"] = opts["epochs"]
     train.update(train_flags)
     fractions = file_cfg.get("split_fractions", (0.6, 0.2, 0.2))
-    from fairbench.run.report import run_summary
-    from fairbench.run.runner import RunConfig, run_experiment
+    from fairbench.run.runner import RunConfig
 
     config = RunConfig(
         method=pick("method", "vanilla"),
@@ -280,11 +324,15 @@ def run(**opts: Any) -> None:
                          **parse_assignments(opts["backbone_params"], flag="--backbone-param")},
         task=pick("task"),
         weights=pick("weights"),
+        pretrained=bool(pick("pretrained", False)),
+        weights_dir=pick("weights_dir"),
         image_size=pick("image_size"),
         seed=int(pick("seed", 0)),
         split_seed=int(pick("split_seed", 0)),
         split_fractions=tuple(fractions),  # type: ignore[arg-type]
         split_file=pick("split_file"),
+        split=pick("split", "seeded"),
+        split_dir=pick("split_dir"),
         train=train,
         device=pick("device", "auto"),
         runs_dir=pick("runs_dir", "runs"),
@@ -298,25 +346,7 @@ def run(**opts: Any) -> None:
     )
     if config.tracking_uri is not None and config.tracking is None:
         raise ParamError("--tracking-uri needs --tracking mlflow")
-    if opts["print_config"]:
-        from fairbench.cli.resolved import resolved_config_toml
-
-        config.plugins = tuple(list(file_cfg.get("plugins", [])) + list(opts["plugins"]))
-        click.echo(resolved_config_toml(config), nl=False)
-        return
-    result = run_experiment(config)
-    if result.reused:
-        click.echo(f"identical run already finished (use --force to redo): {result.run_dir}")
-    click.echo(run_summary(result.config, result.metrics))
-    click.echo(f"\nrun directory: {result.run_dir}")
-    if config.tracking == "mlflow" and not result.reused:
-        from fairbench.run.tracking import default_tracking_uri
-
-        if config.tracking_uri is None:
-            uri = default_tracking_uri(config.runs_dir)
-            click.echo(f"MLflow store: {uri} (browse it: mlflow ui --backend-store-uri {uri})")
-        else:
-            click.echo(f"MLflow: {config.tracking_uri}")
+    return config
 
 
 @main.command("list")

@@ -75,10 +75,20 @@ def create_backbone(
     image_size: int,
     weights: str | Path | None = None,
     allow_partial_weights: bool = False,
+    pretrained: str | Path | None = None,
     **params: Any,
 ) -> Classifier:
-    """Build backbone ``name`` with random weights, then load local ``weights`` if given
-    (see :func:`load_weights`; ``allow_partial_weights`` lifts its coverage threshold)."""
+    """Build backbone ``name`` with random weights, or from the local ImageNet-pretrained
+    weights file ``pretrained`` of its timm model (:mod:`fairbench.models.pretrained`; the
+    head is new, sized to ``num_classes``), then load local ``weights`` if given (see
+    :func:`load_weights`; ``allow_partial_weights`` lifts its coverage threshold)."""
+    if pretrained is not None:
+        from fairbench.models.pretrained import timm_name
+
+        if timm_name(name) is None:
+            raise FairbenchError(f"backbone {name!r} has no pretrained weights in fairbench; "
+                                 "use resnet18, timm_vgg11 or timm:<name>")
+        params = {**params, "pretrained": pretrained}
     if name.startswith("timm:"):
         model = _timm_classifier(name[5:], num_classes, **params)
     elif name.startswith("tv:"):
@@ -131,7 +141,8 @@ def declared_params(name: str) -> tuple[dict[str, Any], bool] | None:
     for p in sig.parameters.values():
         if p.kind is p.VAR_KEYWORD:
             more = True
-        elif p.name not in ("num_classes", "image_size") and p.kind is not p.VAR_POSITIONAL:
+        elif p.name not in ("num_classes", "image_size", "pretrained") \
+                and p.kind is not p.VAR_POSITIONAL:
             ann = hints.get(p.name, p.annotation)
             declared[p.name] = _annotation(ann)
     return declared, more
@@ -372,13 +383,25 @@ def smallcnn(num_classes: int, image_size: int, width: int = 32) -> Classifier:
 
 
 # -- timm ----------------------------------------------------------------------------------------
-def _timm_classifier(name: str, num_classes: int, **params: Any) -> Classifier:
+def _timm_body(name: str, pretrained: str | Path | None, **params: Any) -> nn.Module:
+    """timm model ``name`` without its classifier: random, or from the ``pretrained`` file."""
+    import timm
+
+    if pretrained is not None:
+        from fairbench.models.pretrained import pretrained_body
+
+        return pretrained_body(name, pretrained, **params)
+    return timm.create_model(name, pretrained=False, num_classes=0, **params)
+
+
+def _timm_classifier(name: str, num_classes: int, pretrained: str | Path | None = None,
+                     **params: Any) -> Classifier:
     import timm
 
     if not timm.is_model(name):
         raise UnknownNameError(f"unknown timm model {name!r}; see timm.list_models()")
     params.pop("image_size", None)
-    body = timm.create_model(name, pretrained=False, num_classes=0, **params)
+    body = _timm_body(name, pretrained, **params)
     # the embedding the head sees: models with a pre-logits block (timm's VGG: 4096 after a
     # 512-channel trunk) say so in head_hidden_size, the others in num_features
     width = getattr(body, "head_hidden_size", None) or body.num_features
@@ -387,7 +410,7 @@ def _timm_classifier(name: str, num_classes: int, **params: Any) -> Classifier:
 
 @register_backbone("resnet18")
 def resnet18(num_classes: int, image_size: int, **params: Any) -> Classifier:
-    """timm's ResNet-18 (random init)."""
+    """timm's ResNet-18 (random init, or ImageNet-pretrained with ``pretrained=FILE``)."""
     return _timm_classifier("resnet18", num_classes, **params)
 
 
@@ -400,14 +423,23 @@ def timm_vgg11(num_classes: int, image_size: int, **params: Any) -> Classifier:
     first pre-logits convolution takes the s×s map of an ``image_size`` input directly
     (s = image_size // 32), which is the same function class without the up-sampling.
     """
-    import timm
-
-    model = timm.create_model("vgg11", pretrained=False, num_classes=0, **params)
+    pretrained = params.pop("pretrained", None)
+    model = _timm_body("vgg11", pretrained, **params)
     s = max(1, image_size // 32)
     mlp = model.pre_logits
+    first = nn.Conv2d(mlp.fc1.in_channels, mlp.fc1.out_channels, kernel_size=s)
+    if pretrained is not None:
+        if tuple(mlp.fc1.weight.shape[2:]) == (s, s):  # 224 px: the pretrained 7x7 fits
+            with torch.no_grad():
+                first.weight.copy_(mlp.fc1.weight)
+                first.bias.copy_(mlp.fc1.bias)
+        else:
+            log.warning("timm_vgg11 at %d px: the first pre-logits convolution (%dx%d) has "
+                        "no pretrained counterpart (7x7 at 224 px) and starts random",
+                        image_size, s, s)
     body = nn.Sequential(
         model.features,
-        nn.Conv2d(mlp.fc1.in_channels, mlp.fc1.out_channels, kernel_size=s),
+        first,
         nn.ReLU(),
         nn.Dropout(mlp.drop.p),
         mlp.fc2,

@@ -71,6 +71,10 @@ class BackboneSpec:
     weights_sha256: str | None = None
     #: load a weights file that covers only part of the backbone (--allow-partial-weights)
     allow_partial: bool = False
+    #: the local ImageNet-pretrained weights file the backbone starts from (--pretrained), and
+    #: its sha256 (part of the run's and the shared vanilla model's identity)
+    pretrained: str | None = None
+    pretrained_sha256: str | None = None
 
 
 class RunContext:
@@ -237,7 +241,7 @@ class RunContext:
         return create_backbone(self.backbone.name, num_classes=num_classes or self.n_classes,
                                image_size=self.bundle.image_size, weights=weights,
                                allow_partial_weights=self.backbone.allow_partial,
-                               **self.backbone.params)
+                               pretrained=self.backbone.pretrained, **self.backbone.params)
 
     def task_loss(self, output: torch.Tensor, batch: Any, *,
                   reduction: str = "mean") -> torch.Tensor:
@@ -309,7 +313,10 @@ class RunContext:
             "attribute": b.attribute,
             "image_size": b.image_size,
             "backbone": {"name": self.backbone.name, "params": self.backbone.params,
-                         "weights": self.backbone.weights_sha256},
+                         "weights": self.backbone.weights_sha256,
+                         # only when set: the identities of random-init runs are unchanged
+                         **({"pretrained": self.backbone.pretrained_sha256}
+                            if self.backbone.pretrained_sha256 else {})},
             "train": self.train_config.identity(),
             "seed": self.seed,
         }

@@ -87,11 +87,20 @@ class RunConfig:
     backbone: str | None = None
     backbone_params: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None
+    #: start the backbone from its local ImageNet-pretrained weights (fairbench.models.pretrained),
+    #: looked for in ``weights_dir`` (else $FAIRBENCH_WEIGHTS_DIR, else the Hugging Face cache)
+    pretrained: bool = False
+    weights_dir: str | None = None
     image_size: int | None = None
     seed: int = 0
     split_seed: int = 0
     split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
     split_file: str | None = None
+    #: "seeded" (the hashed split of split_seed) or "published": the community's split files
+    #: (fairbench.data.published), read from split_dir (else $FAIRBENCH_SPLITS_DIR, else
+    #: <data_root>/published_split)
+    split: str = "seeded"
+    split_dir: str | None = None
     train: dict[str, Any] = field(default_factory=dict)
     device: str = "auto"
     runs_dir: str = "runs"
@@ -171,6 +180,9 @@ class Prepared:
     #: file replaced under the same path is a new run and a moved file is the same one
     weights_sha256: str | None = None
     task: str = "classification"
+    #: the pretrained weights file (--pretrained) and its sha256
+    pretrained_path: str | None = None
+    pretrained_sha256: str | None = None
 
 
 def prepare(config: RunConfig) -> Prepared:
@@ -223,7 +235,15 @@ def prepare(config: RunConfig) -> Prepared:
         except OSError as exc:
             raise FairbenchError(f"weights file {config.weights!r} could not be read "
                                  f"({exc.strerror or exc})") from None
+    pretrained_path, pretrained_sha256 = _pretrained(config, backbone, task)
     check_image_size(image_size)
+    if config.split not in ("seeded", "published"):
+        raise FairbenchError(f"split {config.split!r} is not seeded or published")
+    if config.split == "published" and config.split_file:
+        raise FairbenchError("--split published and --split-file both given; use one")
+    if config.split_dir and config.split != "published":
+        raise FairbenchError("--split-dir names where published split files are; add "
+                             "--split published (or drop --split-dir)")
     if config.split_file:
         split_file_path(config.split_file)  # before anything is written
     if not str(config.runs_dir).strip():
@@ -241,7 +261,26 @@ def prepare(config: RunConfig) -> Prepared:
         backbone, dict(config.backbone_params), image_size=image_size, n_outputs=3,
         weights=config.weights, allow_partial=config.allow_partial_weights, build=build)
     config = dataclasses.replace(config, backbone_params=backbone_params)
-    return Prepared(config, method, adapter, train, backbone, image_size, weights_sha256, task)
+    return Prepared(config, method, adapter, train, backbone, image_size, weights_sha256, task,
+                    pretrained_path, pretrained_sha256)
+
+
+def _pretrained(config: RunConfig, backbone: str, task: str) -> tuple[str | None, str | None]:
+    """The pretrained weights file of ``--pretrained`` and its sha256 (both None without)."""
+    if not config.pretrained:
+        if config.weights_dir:
+            raise FairbenchError("--weights-dir names where --pretrained weights are; add "
+                                 "--pretrained (or drop --weights-dir)")
+        return None, None
+    if task == "segmentation":
+        raise FairbenchError("--pretrained starts a classification backbone from ImageNet "
+                             "weights; a segmentation run takes a --weights file")
+    if config.weights:
+        raise FairbenchError("--pretrained and --weights both given; start from one of them")
+    from fairbench.models.pretrained import find_pretrained
+
+    path = find_pretrained(backbone, config.weights_dir)
+    return str(path), file_sha256(path)
 
 
 TASKS = ("classification", "segmentation")
@@ -302,6 +341,11 @@ def resolve_split(p: Prepared) -> tuple[SampleTable, str, Split]:
         raise FairbenchError(f"attribute {attribute!r} has a single group; fairness needs two")
     if config.split_file:
         split = load_split(config.split_file)
+    elif config.split == "published":
+        from fairbench.data.published import published_split, splits_dir
+
+        split = published_split(config.dataset, table,
+                                splits_dir(config.split_dir, config.data_root))
     else:
         split = make_split(table, seed=config.split_seed, fractions=config.split_fractions)
     check_split(split, table, attribute)
@@ -339,6 +383,8 @@ def run_identity(p: Prepared, bundle: DataBundle) -> dict[str, Any]:
         "backbone": p.backbone,
         "backbone_params": c.backbone_params,
         "weights": p.weights_sha256,
+        # only when set: the identities (and folders) of random-init runs are unchanged
+        **({"pretrained": p.pretrained_sha256} if p.pretrained_sha256 else {}),
         "image_size": p.image_size,
         "seed": c.seed,
         "split": bundle.split.sha256,
@@ -506,7 +552,8 @@ def _compute(config: RunConfig, p: Prepared, bundle: DataBundle, identity: dict[
         ctx = RunContext(
             bundle=bundle,
             backbone=BackboneSpec(p.backbone, dict(p.config.backbone_params), config.weights,
-                                  p.weights_sha256, config.allow_partial_weights),
+                                  p.weights_sha256, config.allow_partial_weights,
+                                  p.pretrained_path, p.pretrained_sha256),
             train_config=p.train, device=device, seed=config.seed, run_dir=writer.path,
             runs_dir=runs_dir, privileged=config.privileged, progress=config.progress,
             timer=timer)
@@ -523,64 +570,9 @@ def _compute(config: RunConfig, p: Prepared, bundle: DataBundle, identity: dict[
                 metrics["leakage"] = _leakage(ctx, model)
             with timer.phase("counterfactual"):
                 _counterfactual(ctx, model, metrics, frames, threshold)
-        metrics["meta"] = {
-            "task": p.task,
-            **({"mask_classes": bundle.mask_classes} if p.task == "segmentation" else {}),
-            "attribute": bundle.attribute,
-            "groups": bundle.group_names,
-            "privileged": privileged,
-            "higher_is_better": HIGHER_IS_BETTER if p.task == "classification"
-            else _directions(metrics["test"]),
-            "diff_sign": f"{bundle.group_names[1]} minus {bundle.group_names[0]}"
-            if len(bundle.group_names) == 2 else "max minus min",
-            **({"paper_signed_sign": f"{bundle.group_names[0]} minus {bundle.group_names[1]}"}
-               if p.task == "classification" and len(bundle.group_names) == 2 else {}),
-            "threshold": threshold,
-            "threshold_rule": THRESHOLD_RULE if threshold is not None else
-            ("logit > 0 (binary mask) or argmax per pixel" if p.task == "segmentation"
-             else "argmax"),
-        }
-        record = {
-            "identity": identity,
-            "config_hash": config_hash(identity),
-            "method": config.method,
-            "method_params": identity["method_params"],
-            "method_kind": p.method.kind,
-            "task": p.task,
-            "needs_attribute_at_inference": p.method.needs_attribute_at_inference,
-            "dataset": config.dataset,
-            "dataset_params": identity["dataset"]["params"],
-            "data_root": config.data_root,
-            "attribute": bundle.attribute,
-            "groups": bundle.group_names,
-            "privileged": privileged,
-            "privileged_rule": "configured" if config.privileged else ctx.privileged_rule,
-            "classes": bundle.table.classes,
-            **({"mask_classes": bundle.mask_classes} if p.task == "segmentation" else {}),
-            "threshold": threshold,
-            "backbone": p.backbone,
-            "backbone_params": p.config.backbone_params,
-            "weights": config.weights,
-            "weights_sha256": p.weights_sha256,
-            "image_size": p.image_size,
-            "seed": config.seed,
-            "split_seed": config.split_seed,
-            "split_sha256": bundle.split.sha256,
-            "split_file": str(bundle.split_file),
-            "split_sizes": bundle.split.sizes(),
-            "train": identity["train"],
-            "device": str(device),
-            **device_record(device),
-            "versions": package_versions(),
-            "command": " ".join(sys.argv),
-            "notes": ctx.notes,
-            "engagement": _engagement(p.method, ctx.notes),
-            # phases: exclusive wall time of data, vanilla, train, curvature, other and
-            # evaluate (fairbench.core.timing); writing the files is not in them
-            "seconds": {"method": round(method_seconds, 3),
-                        "total": round(time.perf_counter() - started, 3),
-                        "phases": timer.rounded()},
-        }
+        metrics["meta"] = _metrics_meta(p, bundle, privileged, threshold, metrics)
+        record = _run_record(config, p, bundle, identity, ctx, privileged, threshold, device,
+                             method_seconds, started, timer)
         pd.concat(frames).to_csv(writer.path / "predictions.csv", index=False)
         write_json(writer.path / "metrics.json", metrics)
         if config.save_weights:
@@ -608,6 +600,78 @@ def _compute(config: RunConfig, p: Prepared, bundle: DataBundle, identity: dict[
         writer.abort()
         raise
     return run_dir, record, metrics, model, ctx
+
+
+def _metrics_meta(p: Prepared, bundle: DataBundle, privileged: str | None,
+                  threshold: float | None, metrics: dict[str, Any]) -> dict[str, Any]:
+    """``metrics.json`` ``meta``: the task, groups, directions, signs and decision rule."""
+    return {
+        "task": p.task,
+        **({"mask_classes": bundle.mask_classes} if p.task == "segmentation" else {}),
+        "attribute": bundle.attribute,
+        "groups": bundle.group_names,
+        "privileged": privileged,
+        "higher_is_better": HIGHER_IS_BETTER if p.task == "classification"
+        else _directions(metrics["test"]),
+        "diff_sign": f"{bundle.group_names[1]} minus {bundle.group_names[0]}"
+        if len(bundle.group_names) == 2 else "max minus min",
+        **({"paper_signed_sign": f"{bundle.group_names[0]} minus {bundle.group_names[1]}"}
+           if p.task == "classification" and len(bundle.group_names) == 2 else {}),
+        "threshold": threshold,
+        "threshold_rule": THRESHOLD_RULE if threshold is not None else
+        ("logit > 0 (binary mask) or argmax per pixel" if p.task == "segmentation"
+         else "argmax"),
+    }
+
+
+def _run_record(config: RunConfig, p: Prepared, bundle: DataBundle, identity: dict[str, Any],
+                ctx: RunContext, privileged: str | None, threshold: float | None,
+                device: torch.device, method_seconds: float, started: float,
+                timer: PhaseTimer) -> dict[str, Any]:
+    """``config.json``: the run's identity, what it ran on, its notes, engagement and times."""
+    return {
+        "identity": identity,
+        "config_hash": config_hash(identity),
+        "method": config.method,
+        "method_params": identity["method_params"],
+        "method_kind": p.method.kind,
+        "task": p.task,
+        "needs_attribute_at_inference": p.method.needs_attribute_at_inference,
+        "dataset": config.dataset,
+        "dataset_params": identity["dataset"]["params"],
+        "data_root": config.data_root,
+        "attribute": bundle.attribute,
+        "groups": bundle.group_names,
+        "privileged": privileged,
+        "privileged_rule": "configured" if config.privileged else ctx.privileged_rule,
+        "classes": bundle.table.classes,
+        **({"mask_classes": bundle.mask_classes} if p.task == "segmentation" else {}),
+        "threshold": threshold,
+        "backbone": p.backbone,
+        "backbone_params": p.config.backbone_params,
+        "weights": config.weights,
+        "weights_sha256": p.weights_sha256,
+        **({"pretrained": p.pretrained_path, "pretrained_sha256": p.pretrained_sha256}
+           if p.pretrained_sha256 else {}),
+        "image_size": p.image_size,
+        "seed": config.seed,
+        "split_seed": config.split_seed,
+        "split_sha256": bundle.split.sha256,
+        "split_file": str(bundle.split_file),
+        "split_sizes": bundle.split.sizes(),
+        "train": identity["train"],
+        "device": str(device),
+        **device_record(device),
+        "versions": package_versions(),
+        "command": " ".join(sys.argv),
+        "notes": ctx.notes,
+        "engagement": _engagement(p.method, ctx.notes),
+        # phases: exclusive wall time of data, vanilla, train, curvature, other and
+        # evaluate (fairbench.core.timing); writing the files is not in them
+        "seconds": {"method": round(method_seconds, 3),
+                    "total": round(time.perf_counter() - started, 3),
+                    "phases": timer.rounded()},
+    }
 
 
 THRESHOLD_RULE = "max validation macro-F1 (binary task)"
