@@ -177,9 +177,7 @@ class Matrix:
         text = f"{cell.delta * 100:+.2f}"
         if math.isfinite(cell.low):
             text += f" [{cell.low * 100:+.2f}, {cell.high * 100:+.2f}]"
-        symbol = (f"{IDLE}{cell.idle[0]}/{cell.idle[1]}" if cell.mostly_idle else
-                  verdict_mark(cell.comparison) or (MARKS[cell.direction] if cell.direction
-                                                    else ""))
+        symbol = _symbol(cell)
         if symbol:
             text = mark(text, symbol)
         if cell.short:
@@ -360,6 +358,14 @@ def _reader(table: Table) -> Any:
     return read
 
 
+def _symbol(cell: Cell) -> str:
+    """A cell's mark: ``∅k/n`` when its runs mostly did not engage (no verdict), else the
+    verdict's (▲/▼/≈/?k) or the difference test's direction."""
+    if cell.mostly_idle:
+        return f"{IDLE}{cell.idle[0]}/{cell.idle[1]}"
+    return verdict_mark(cell.comparison) or (MARKS[cell.direction] if cell.direction else "")
+
+
 def _attr(cell: Cell | None, name: str) -> float:
     comp = cell.comparison if cell is not None else None
     return getattr(comp, name) if comp is not None else math.nan
@@ -509,12 +515,11 @@ def matrix_figure(matrix: Matrix) -> Any:
                 if cell is None or not math.isfinite(cell.delta):
                     ax.text(j, i, "–", ha="center", va="center", fontsize=7)
                     continue
-                text = f"{cell.delta * 100:+.1f}"
-                if cell.direction is not None:
-                    text += MARKS[cell.direction]
+                text = f"{cell.delta * 100:+.1f}" + _symbol(cell)
                 strong = abs(cell.delta * 100) > 0.6 * vmax
                 ax.text(j, i, text, ha="center", va="center", fontsize=7,
-                        fontweight="bold" if cell.direction else "normal",
+                        fontweight="bold" if cell.direction and not cell.mostly_idle
+                        else "normal",
                         color="white" if strong else "black")
         ax.set_xticks(range(n_cols), matrix.scenarios, rotation=30, ha="right", fontsize=8)
         ax.set_yticks(range(n_rows), matrix.methods, fontsize=8)
