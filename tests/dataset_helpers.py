@@ -11,10 +11,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from repo_paths import FIXTURES as FIXTURES  # re-exported for the dataset tests
+from repo_paths import SHARED_DATA
 
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
 #: the full real metadata CSVs (CI always has them); tests using them skip when absent
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED = SHARED_DATA
 
 requires_shared = pytest.mark.skipif(not SHARED.is_dir(),
                                      reason=f"real metadata not found at {SHARED}")

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from repo_paths import ROOT
 
 import fairbench
 from fairbench import FairbenchError, group_table, metric_frame, run_suite, runs_table
 from fairbench.testing import TINY_DATA, TINY_TRAIN
 
-ROOT = Path(__file__).resolve().parents[1]
 SMALL_LINE = 'small = dict(dataset_params={"n_samples": 1000}, train={"epochs": 4})'
 
 

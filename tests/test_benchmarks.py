@@ -11,8 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
-
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+from repo_paths import BENCHMARKS as BENCH
 
 
 def run_script(name: str, *args: str, tmp_path: Path) -> str:

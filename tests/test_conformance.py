@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import fairbench.datasets  # noqa: F401 - registers the built-in adapters
+import fairbench.datasets
 import fairbench.methods  # noqa: F401 - registers the built-in methods
 import numpy as np
 import pandas as pd

@@ -18,13 +18,13 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from repo_paths import ROOT
 from test_api import SMALL_LINE
 
 import fairbench
 from fairbench.cli.main import main
 from fairbench.testing import TINY_DATA, TINY_TRAIN
 
-ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 # a fenced block, also one indented inside a list item (closed at the same indent)
 FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[\w-]*)[^\n]*\n"

@@ -14,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from repo_paths import ROOT
 
 from fairbench.cli.main import main
 from fairbench.testing import TINY_DATA
 
-ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
 TINY_FLAGS = [*(a for k, v in TINY_DATA.items() for a in ("--data-param", f"{k}={v}")),
               "--image-size", "16", "--train", "epochs=1", "--train", "batch_size=16", "-q"]

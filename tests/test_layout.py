@@ -11,8 +11,7 @@ import ast
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from repo_paths import ROOT
 
 #: package -> the packages its modules may import (itself included)
 BOTTOM = {"core"}
@@ -262,3 +261,47 @@ def test_a_second_list_of_metric_names_is_found(tiny_tree):
     _write(tiny_tree, "fairbench/run/report.py", 'COLS = ("F1", "worst.F1", "EqOddsGap")\n')
     assert metric_name_lists(tiny_tree) == [
         "fairbench/run/report.py:1: ['F1', 'worst.F1', 'EqOddsGap']"]
+
+
+#: the test files at the top of tests/: they test the project as a whole, not one package
+WHOLE_PROJECT_TESTS = {"test_api.py", "test_benchmarks.py", "test_conformance.py",
+                       "test_docs.py", "test_examples.py", "test_layout.py", "test_packaging.py"}
+
+
+def misplaced_tests(tests: Path, root: Path) -> list[str]:
+    """Test files that do not sit in the folder of the package they test (fairlearn's layout):
+    ``tests/<package>/`` for every subpackage of ``fairbench`` and for the installed ``methods``
+    and ``datasets`` folders; the top of ``tests/`` only for :data:`WHOLE_PROJECT_TESTS`."""
+    packages = {p.name for p in (root / "fairbench").iterdir() if (p / "__init__.py").is_file()}
+    packages |= {"methods", "datasets"}
+    problems = []
+    for file in sorted(tests.rglob("test_*.py")):
+        rel = file.relative_to(tests)
+        if len(rel.parts) == 1:
+            if rel.name not in WHOLE_PROJECT_TESTS:
+                problems.append(f"{rel} is at the top of tests/ (move it to tests/<package>/)")
+        elif len(rel.parts) > 2 or rel.parts[0] not in packages:
+            problems.append(f"{rel} is in a folder that is no package of the project")
+    return problems
+
+
+def test_tests_mirror_the_packages():
+    assert misplaced_tests(ROOT / "tests", ROOT) == []
+    folders = {p.name for p in (ROOT / "tests").iterdir()
+               if p.is_dir() and p.name not in {"fixtures", "__pycache__"}}
+    assert {"bench", "cli", "core", "data", "metrics", "models", "run", "training",
+            "methods", "datasets"} <= folders
+
+
+def test_a_misplaced_test_is_found(tmp_path):
+    (tmp_path / "fairbench" / "metrics").mkdir(parents=True)
+    (tmp_path / "fairbench" / "metrics" / "__init__.py").write_text("")
+    tests = tmp_path / "tests"
+    (tests / "metrics").mkdir(parents=True)
+    (tests / "widgets").mkdir()
+    for rel in ("metrics/test_gap.py", "test_gap_flat.py", "widgets/test_w.py", "test_docs.py"):
+        (tests / rel).write_text("")
+    assert misplaced_tests(tests, tmp_path) == [
+        "test_gap_flat.py is at the top of tests/ (move it to tests/<package>/)",
+        "widgets/test_w.py is in a folder that is no package of the project",
+    ]

@@ -14,8 +14,8 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from repo_paths import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
 DIST = "fairbench-med"
 
 

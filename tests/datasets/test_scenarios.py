@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from fairbench.datasets.synthderm import ALIKE, SCENARIOS, SynthDermParams, build_metadata
+from repo_paths import BENCHMARKS
 
 from fairbench import ImageSpec, ParamError, create_dataset
 
@@ -154,12 +155,11 @@ def test_dark_class_mix_is_deterministic():
 def test_mechanisms_suite_covers_every_method_and_scenario():
     """The matrix suite runs every built-in classification method on every scenario, with
     at least 5 seeds (a method added to fairbench must be added to the suite too)."""
-    from pathlib import Path
 
     from fairbench import load_suite
     from fairbench.run.method import get_method_class, list_methods
 
-    suite = load_suite(Path(__file__).parents[1] / "benchmarks" / "mechanisms.toml")
+    suite = load_suite(BENCHMARKS / "mechanisms.toml")
     builtin = [m for m in list_methods() if "classification" in get_method_class(m).tasks
                and get_method_class(m).__module__.startswith("fairbench.methods")]
     assert sorted({m.name for m in suite.methods}) == sorted(builtin)

@@ -97,7 +97,8 @@ def _test_metrics(runs: Path) -> dict[str, dict]:
     return out
 
 
-def test_suite_on_ray_retries_a_killed_worker_and_matches_local(tmp_path, ray_cluster):
+def test_suite_on_ray_retries_a_killed_worker_and_matches_local(tmp_path, ray_cluster,
+                                                               fresh_registries):
     marker = tmp_path / "killed-once"
     ray_runs, local_runs = tmp_path / "ray_runs", tmp_path / "local_runs"
     suite = load_suite(str(_suite(tmp_path, ray_runs, marker)))
@@ -162,7 +163,9 @@ def test_missing_ray_is_one_clear_line(tmp_path, monkeypatch):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_ray)
-    suite = str(Path(__file__).parents[1] / "benchmarks" / "quick.toml")
+    from repo_paths import BENCHMARKS  # here: Ray workers import this module without tests/
+
+    suite = str(BENCHMARKS / "quick.toml")
     r = CliRunner().invoke(main, ["sweep", suite, "--executor", "ray", "-q",
                                   "--runs-dir", str(tmp_path / "runs")])
     assert r.exit_code == 2, r.output

@@ -12,12 +12,12 @@ import hashlib
 import os
 from pathlib import Path
 
+import fairbench.datasets  # noqa: F401 - registers the adapters
 import pandas as pd
 import pytest
 from click.testing import CliRunner
 from dataset_helpers import SHARED, requires_shared
 
-import fairbench.datasets  # noqa: F401 - registers the adapters
 from fairbench import create_dataset
 from fairbench.cli.main import main
 from fairbench.core.errors import DataError

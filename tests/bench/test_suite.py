@@ -3,16 +3,12 @@ exit 2, nothing run)."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from click.testing import CliRunner
+from repo_paths import FIXTURES, ROOT
 
 from fairbench import FairbenchError, load_suite
 from fairbench.cli.main import main
-
-ROOT = Path(__file__).resolve().parents[1]
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
 
 GOOD = """
 name = "t"

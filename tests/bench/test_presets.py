@@ -12,11 +12,13 @@ try:
 except ModuleNotFoundError:  # Python 3.10: setup.cfg installs tomli there
     import tomli as tomllib  # type: ignore[no-redef]
 
+from repo_paths import BENCHMARKS
+
 from fairbench import TrainConfig, create_dataset, create_method
 from fairbench.cli.main import _read_config
 from fairbench.core.params import build_params
 
-BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+BENCH = BENCHMARKS
 PRESETS = {
     "fairquantize_fitzpatrick17k_vgg11.toml": ("fitzpatrick17k", "vgg11", 0.2, 1.0),
     "fairquantize_isic2019_resnet18.toml": ("isic2019", "resnet18", 0.8, 0.778),

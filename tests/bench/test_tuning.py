@@ -6,12 +6,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import fairbench.methods  # noqa: F401 - registers the built-in methods
 import numpy as np
 import pytest
 from bench_helpers import make_run
 from click.testing import CliRunner
 
-import fairbench.methods  # noqa: F401 - registers the built-in methods
 from fairbench import FairbenchError, load_suite
 from fairbench.bench.board import build_tables
 from fairbench.bench.runs import read_run

@@ -18,9 +18,9 @@ from fairbench.bench.equivalence import (
 from fairbench.bench.stats import compare_to_reference
 
 statsmodels = pytest.importorskip("statsmodels")
-from statsmodels.stats.multitest import multipletests  # noqa: E402
-from statsmodels.stats.power import TTestPower  # noqa: E402
-from statsmodels.stats.weightstats import ttost_paired  # noqa: E402
+from statsmodels.stats.multitest import multipletests
+from statsmodels.stats.power import TTestPower
+from statsmodels.stats.weightstats import ttost_paired
 
 
 @pytest.mark.parametrize("seed", range(6))

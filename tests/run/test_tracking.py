@@ -13,6 +13,7 @@ import os
 
 import pytest
 from click.testing import CliRunner
+from repo_paths import ROOT
 
 from fairbench import run_experiment
 from fairbench.cli.main import main
@@ -132,10 +133,9 @@ def test_missing_mlflow_is_one_clear_line(tmp_path, monkeypatch):
 
 
 def test_docs_mlflow_commands_are_the_tested_ones():
-    """The MLflow commands of docs/scale-out.md are the ones tests/test_mlflow_server.py runs."""
-    from pathlib import Path
+    """The MLflow commands of docs/scale-out.md are the ones tests/run/test_mlflow_server.py runs."""
 
-    root = Path(__file__).resolve().parents[1]
+    root = ROOT
     page = (root / "docs" / "scale-out.md").read_text()
     section = page[page.index("\n## MLflow tracking\n"):]
     end = section.find("\n## ", 1)
@@ -143,5 +143,5 @@ def test_docs_mlflow_commands_are_the_tested_ones():
     assert 'pip install -e ".[mlflow]"' in section
     assert "--tracking mlflow" in section
     assert "mlflow ui --backend-store-uri sqlite:///runs/mlflow.db" in section
-    server_test = (root / "tests" / "test_mlflow_server.py").read_text()
+    server_test = (root / "tests" / "run" / "test_mlflow_server.py").read_text()
     assert 'mlflow_ui("sqlite:///runs/mlflow.db", tmp_path)' in server_test

@@ -6,12 +6,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import fairbench.datasets  # noqa: F401 - registers the built-in adapters
 import numpy as np
 import pytest
-
-import fairbench.datasets  # noqa: F401 - registers the built-in adapters
-from fairbench import ImageSpec, create_dataset
 from fairbench.datasets.synthderm import SKIN_RGB, twin_fitzpatrick
+
+from fairbench import ImageSpec, create_dataset
 from fairbench.run.counterfactual import counterfactual_metrics
 
 SIZE = 32
