@@ -478,13 +478,28 @@ class Apple(Method):
         probe = info.get("probe_test") or {}
         base = (probe.get("base") or {}).get("balanced_accuracy")
         after = (probe.get("perturbed") or {}).get("balanced_accuracy")
+        n = (probe.get("base") or {}).get("n_score")
         drop = (base - after) if base is not None and after is not None else None
+        floor = probe_noise_floor(base, n)
         return Engagement(
-            not info["kept_base_model"] and drop is not None and drop > 0,
+            not info["kept_base_model"] and drop is not None and drop > floor,
             "the delivered latent is perturbed (not the base model's) and a fresh probe of "
-            "the attribute reads it worse than the base latent (test part)",
+            "the attribute reads it worse than the base latent (test part), by more than two "
+            "binomial standard errors of the base probe's accuracy",
             {"kept_base_model": info["kept_base_model"], "probe_base": base,
-             "probe_perturbed": after})
+             "probe_perturbed": after, "probe_drop_floor": round(floor, 6)})
+
+
+def probe_noise_floor(accuracy: float | None, n: int | None) -> float:
+    """The smallest probe drop APPLE's engagement counts: ``2·sqrt(a(1 − a)/n)``, twice the
+    binomial standard error of the base probe's accuracy ``a`` on its ``n`` scored samples
+    (a drop within it is one or two images' worth of noise, e.g. 0.9923 → 0.9914 on 1,202
+    test images, measured on synthderm's representation scenario at bound 0.3). Without
+    ``n`` (records written before it was stored) the floor is 0: any drop counts."""
+    if accuracy is None or not n:
+        return 0.0
+    a = min(max(float(accuracy), 0.0), 1.0)
+    return 2.0 * (a * (1.0 - a) / int(n)) ** 0.5
 
 
 def _row(metrics: dict[str, Any], select: str, utility: str) -> dict[str, Any]:

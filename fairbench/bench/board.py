@@ -172,7 +172,10 @@ class Table:
     def columns(self, view: str) -> list[str]:
         if self.task == "segmentation":
             return list(SEG_COMPACT_COLUMNS if view == "compact" else SEG_UTILITY + SEG_FAIRNESS)
-        return list(COMPACT_COLUMNS) if view == "compact" else list(PAPER_UTILITY + FAIRNESS_COLUMNS)
+        if view != "compact":
+            return list(PAPER_UTILITY + FAIRNESS_COLUMNS)
+        # the counterfactual flip rate beside the fairness columns where the runs carry it
+        return [*COMPACT_COLUMNS, *sorted(_counterfactual_keys(self))]
 
     def best(self, view: str) -> set[tuple[str, str, str]]:
         """(method label, row name, column) of the best mean per column (ties: all)."""

@@ -250,3 +250,19 @@ def test_flip_rate_panel_where_the_runs_have_twins(tmp_path, runs):
     assert fairer.direction == "better" and fairer.high < 0
     assert matrix.cells[("flip_rate", "worse", "b")].direction == "worse"
     assert "Skin flip rate" in matrix.render("md")
+    # the leaderboard's compact view has the column too, with each row's mean flip rate
+    # recomputed here from the twin predictions; runs without twins have none
+    assert "flip_rate" not in _board(runs).to_frame("compact").columns
+    frame = _board(twinned).to_frame("compact")
+    by_method = frame.set_index(["dataset", "method"])["flip_rate"] if "dataset" in frame else None
+    assert "flip_rate" in frame.columns and "Skin flip rate" in _board(twinned).render("md", "compact")
+    rates = {}
+    for r in twinned:
+        preds = pd.read_csv(r.path / "predictions.csv")
+        test = preds["part"] == "test"
+        key = (r.path.parents[2].name, read_json(r.path / "config.json")["method"])
+        rates.setdefault(key, []).append(float((preds.loc[test, "twin_pred"]
+                                                != preds.loc[test, "pred"]).mean()))
+    assert by_method is not None
+    for (dataset, method), values in rates.items():
+        assert by_method[(dataset, method)] == pytest.approx(np.mean(values), abs=1e-9)

@@ -52,6 +52,11 @@ CASES: dict[str, tuple[dict, dict]] = {
     "fairdi": ({"fairdi": {"teachers": [{"kept_base": True}, {"kept_base": False}]}},
                {"fairdi": {"teachers": [{"kept_base": True}, {"kept_base": True}]}}),
     "apple": ({"apple": _APPLE}, {"apple": {**_APPLE, "kept_base_model": True}}),
+    # a drop within the probe's noise (one image of 1,202) is no engagement
+    "apple_noise": ({"apple": _APPLE},
+                    {"apple": {"kept_base_model": False, "probe_test": {
+                        "base": {"balanced_accuracy": 0.992308, "n_score": 1202},
+                        "perturbed": {"balanced_accuracy": 0.991428, "n_score": 1202}}}}),
     "adv_conf": ({"adv_conf": {"adversary_val_accuracy": 0.70, "val_majority_share": 0.74}},
                  {"adv_conf": {"adversary_val_accuracy": 0.99, "val_majority_share": 0.74}}),
     "adv_rev": ({"adv_rev": {"adversary_val_accuracy": 0.74, "val_majority_share": 0.74}},
@@ -64,12 +69,12 @@ CASES: dict[str, tuple[dict, dict]] = {
 
 
 def test_every_built_in_method_has_a_case() -> None:
-    assert set(CASES) == set(list_methods())
+    assert {name.split("_noise")[0] for name in CASES} == set(list_methods())
 
 
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_the_rule_reads_true_when_the_mechanism_acted_and_false_when_not(name: str) -> None:
-    method = get_method_class(name)()
+    method = get_method_class(name.split("_noise")[0])()
     acted, idle = CASES[name]
     record = method.engagement(acted)
     assert record is not None and record.criterion
@@ -161,3 +166,18 @@ def test_leaderboard_marks_a_row_whose_runs_did_not_engage(tmp_path: Path) -> No
     frame = board.to_frame("compact").set_index("method")
     assert frame.loc["idle", "runs_not_engaged"] == 3
     assert "the row measures a no-op" in md
+
+
+def test_apple_probe_noise_floor_is_two_binomial_standard_errors() -> None:
+    from fairbench.methods.apple import probe_noise_floor
+
+    # independent: the binomial variance a(1-a)/n by hand, for a = 0.99, n = 1,000
+    assert probe_noise_floor(0.99, 1000) == pytest.approx(2 * (0.0099 / 1000) ** 0.5)
+    assert probe_noise_floor(1.0, 1000) == 0.0 and probe_noise_floor(0.9, None) == 0.0
+    method = get_method_class("apple")()
+    record = {"kept_base_model": False, "probe_test": {
+        "base": {"balanced_accuracy": 0.99, "n_score": 1000},
+        "perturbed": {"balanced_accuracy": 0.99 - 0.0062, "n_score": 1000}}}
+    assert method.engagement({"apple": record}).engaged is False  # 0.0062 < 0.00629
+    record["probe_test"]["perturbed"]["balanced_accuracy"] = 0.99 - 0.0064
+    assert method.engagement({"apple": record}).engaged is True
