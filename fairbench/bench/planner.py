@@ -7,7 +7,9 @@ mean and sd of the paired differences would decide it
 (:func:`fairbench.bench.equivalence.seeds_to_decide`). The projected wall time of the extra
 seeds is read from the runs' own records (``config.json`` ``seconds.total``, the mean over a
 method's finished runs): a table's plan runs vanilla and each method up to the most seeds any
-of its cells needs (cells no number of seeds up to the ceiling decides are left out of it).
+of its cells needs (cells no number of seeds up to the ceiling decides are left out of it, and
+so are the cells of a method whose runs mostly did not engage its mechanism: more seeds of a
+no-op decide nothing about the method; they read "not engaged" with the ∅k/n count).
 The projection assumes the pilot's machine and load; it is a plan, not a measurement.
 """
 
@@ -18,6 +20,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from fairbench.bench.board import Board, MethodRow, Table
+from fairbench.bench.cells import idle_mark
 from fairbench.bench.equivalence import MAX_SEEDS
 from fairbench.metrics.catalog import MATRIX_COLUMNS
 from fairbench.metrics.catalog import title as column_title
@@ -66,6 +69,11 @@ def plan_cells(board: Board, metrics: Sequence[str] = MATRIX_COLUMNS) -> list[Pl
                 comp = row.tests.get(metric)
                 if comp is None or comp.margin is None:
                     continue
+                if row.mostly_idle:  # a no-op's cell: no seeds would decide the method
+                    out.append(PlanCell(t.dataset, row.label, metric, comp.n_pairs,
+                                        comp.mean_diff, comp.sd_diff,
+                                        f"not engaged ({idle_mark(row)})", None))
+                    continue
                 out.append(PlanCell(t.dataset, row.label, metric, comp.n_pairs, comp.mean_diff,
                                     comp.sd_diff, comp.verdict or "not testable",
                                     comp.seeds_needed))
@@ -109,7 +117,8 @@ def render_plan(board: Board, metrics: Sequence[str] = MATRIX_COLUMNS) -> str:
             out.append(f"| {c.method} | {column_title(c.metric)} | {c.n_seeds} | "
                        f"{c.mean_diff * 100:+.2f} | {c.sd_diff * 100:.2f} | {c.verdict} | "
                        f"{need} |")
-        decided = sum(c.verdict not in ("undecided", "not testable") for c in mine)
+        decided = sum(c.verdict not in ("undecided", "not testable")
+                      and not c.verdict.startswith("not engaged") for c in mine)
         out += ["", f"Decided {decided} of {len(mine)} cells."]
         if plan.seeds:
             parts = ", ".join(f"{m} to {k} seeds" for m, k in plan.seeds.items())

@@ -130,3 +130,33 @@ def test_suite_margins_are_checked(tmp_path: Path) -> None:
         with pytest.raises(FairbenchError, match=fragment):
             parse_margins(bad, "s")
     assert math.isclose(parse_margins(None, "s") or 1.0, 1.0)
+
+
+def test_cells_of_a_method_that_did_not_engage_are_not_planned(pilot: Path, tmp_path) -> None:
+    """A method whose runs mostly did not engage gets no seeds: its cells read "not engaged"
+    with the ∅k/n count, and the table's plan leaves it (and so vanilla, for it) out."""
+    import shutil
+
+    from fairbench import leaderboard
+    from fairbench.bench.planner import plan_cells, plan_tables
+    from fairbench.core.files import read_json, write_json
+    from fairbench.run.store import write_manifest
+
+    suite = tmp_path / "suite.toml"
+    shutil.copytree(pilot.parent / "runs", tmp_path / "runs")
+    suite.write_text(SUITE.format(runs=tmp_path / "runs"))
+    idle = sorted((tmp_path / "runs" / "synthderm" / "resampling").glob("*/config.json"))
+    for cfg in idle[:2]:  # 2 of 3 runs idle: mostly
+        config = read_json(cfg)
+        config["engagement"] = {**config["engagement"], "engaged": False}
+        write_json(cfg, config)
+        write_manifest(cfg.parent)
+    board = leaderboard(suite, labels="observed")
+    cells = [c for c in plan_cells(board) if c.method == "resampling"]
+    assert cells and all(c.verdict == "not engaged (∅2/3)" and c.seeds_needed is None
+                         for c in cells)
+    (plan,) = plan_tables(board, plan_cells(board))
+    assert plan.seeds == {} and plan.seconds == 0
+    res = CliRunner().invoke(main, ["plan", str(suite), "--labels", "observed"])
+    assert res.exit_code == 0, res.output
+    assert "not engaged (∅2/3)" in res.output and "Decided 0 of" in res.output
