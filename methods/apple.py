@@ -114,7 +114,10 @@ class AppleParams:
                                   "only)", min=0.0)
     max_rel_norm: float = param(0.1, help="bound on each sample's perturbation, "
                                           "||G(f)|| <= max_rel_norm * ||f|| (0 = unbounded)",
-                                min=0.0, search=Search(0.05, 0.5))
+                                # to 1: at 0.1 the perturbation cannot reach half the gap
+                                # between the groups' latent means (0.12-0.49 of the latent's
+                                # norm on synthderm), benchmarks/bench_latent_geometry.py
+                                min=0.0, search=Search(0.05, 1.0))
     task_weight: float = param(1.0, help="weight of the task loss", min=0.0, min_exclusive=True)
     norm_penalty: float = param(0.0, help="weight of mean ||G(f)||^2", min=0.0)
     hidden: int = param(0, help="hidden width of the perturber (0 = the latent's width)", min=0)

@@ -61,6 +61,17 @@ CASES: dict[str, tuple[dict, dict]] = {
                  {"adv_conf": {"adversary_val_accuracy": 0.99, "val_majority_share": 0.74}}),
     "adv_rev": ({"adv_rev": {"adversary_val_accuracy": 0.74, "val_majority_share": 0.74}},
                 {"adv_rev": {"adversary_val_accuracy": 0.90, "val_majority_share": 0.74}}),
+    # the balanced rule (records with the balanced accuracy): an adversary at chance engaged,
+    # one that collapsed to the majority is at chance too (it reads nothing); one reading the
+    # group is not, although its plain accuracy (0.95) is near the majority's share (0.946)
+    "adv_conf_noise": ({"adv_conf": {"adversary_val_accuracy": 0.946,
+                                     "val_majority_share": 0.946,
+                                     "adversary_val_balanced_accuracy": 0.5,
+                                     "val_group_counts": [226, 13]}},
+                       {"adv_conf": {"adversary_val_accuracy": 0.95,
+                                     "val_majority_share": 0.946,
+                                     "adversary_val_balanced_accuracy": 0.85,
+                                     "val_group_counts": [226, 13]}}),
     "mfd": ({"mfd": {"first_batch_mmd_per_epoch": [3.0, 1.1, 0.7]}},
             {"mfd": {"first_batch_mmd_per_epoch": [0.7, 1.1, 3.0]}}),
     "groupdro": ({"groupdro": {"final_q": {"light": 0.2, "dark": 0.8}}},
@@ -181,3 +192,22 @@ def test_apple_probe_noise_floor_is_two_binomial_standard_errors() -> None:
     assert method.engagement({"apple": record}).engaged is False  # 0.0062 < 0.00629
     record["probe_test"]["perturbed"]["balanced_accuracy"] = 0.99 - 0.0064
     assert method.engagement({"apple": record}).engaged is True
+
+
+def test_adversary_chance_floor_is_two_standard_errors_of_a_balanced_accuracy() -> None:
+    from fairbench.methods.adversarial import adversary_engagement, chance_floor
+
+    # independent: simulate adversaries that guess at random (p = 1/2 per group) on groups of
+    # 200 and 20 rows; the balanced accuracy's sd over many draws is the floor's half
+    rng = np.random.default_rng(0)
+    hits_a = rng.binomial(200, 0.5, 20000) / 200
+    hits_b = rng.binomial(20, 0.5, 20000) / 20
+    sd = float(np.std((hits_a + hits_b) / 2))
+    assert chance_floor([200, 20]) == pytest.approx(2 * sd, rel=0.03)
+    at = {"adversary_val_accuracy": 0.6, "val_majority_share": 0.9,
+          "val_group_counts": [200, 20]}
+    floor = chance_floor([200, 20])
+    assert adversary_engagement({**at, "adversary_val_balanced_accuracy": 0.5 + floor * 0.99}
+                                ).engaged is True
+    assert adversary_engagement({**at, "adversary_val_balanced_accuracy": 0.5 + floor * 1.01}
+                                ).engaged is False
