@@ -1,7 +1,8 @@
 """Run: python benchmarks/bench_engagement_report.py SUITE (after `fairbench sweep SUITE`).
 
 One line per (method setting, scenario) of a suite's finished runs: how many runs engaged
-their mechanism (config.json ``engagement``), the mean of each figure of the engagement record
+their mechanism (the method's current criterion applied to the notes in config.json, so
+records written under an earlier criterion are read by today's), the mean of each figure of the engagement record
 (booleans as counts), the run's leakage probe (balanced accuracy of a fresh linear probe of the
 group on the pooled embedding, metrics.json ``leakage``), and the test EqOdds gap and F1 change
 against the vanilla run of the same scenario and seed (mean over seeds; true labels where the
@@ -15,7 +16,9 @@ from collections import defaultdict
 from pathlib import Path
 from statistics import mean
 
+import fairbench.methods  # noqa: F401  (registers the built-in methods)
 from fairbench import load_suite
+from fairbench.run.method import get_method_class
 
 
 def test_metrics(run: Path) -> dict:
@@ -42,8 +45,9 @@ def main(suite_path: str) -> None:
             continue
         varied = {k: v for k, v in cfg["method_params"].items() if k in axes[cfg["method"]]}
         label = cfg["method"] + (" " + json.dumps(varied, sort_keys=True) if varied else "")
+        record = get_method_class(cfg["method"])().engagement(cfg.get("notes") or {})
         groups[(cfg["method"], label, scenario)].append(
-            (cfg["seed"], cfg.get("engagement") or {}, test, leak))
+            (cfg["seed"], record.to_dict() if record else {}, test, leak))
     print("| setting | scenario | engaged | figures (mean) | probe | ΔEqOdds | ΔF1 |")
     print("|:--|:--|--:|:--|--:|--:|--:|")
     for (_, label, scenario), runs in sorted(groups.items()):

@@ -269,7 +269,9 @@ def _adversary_accuracy(ctx: RunContext, model: nn.Module,
 
 def adversary_engagement(info: dict[str, Any]) -> Engagement:
     """An adversarial method engaged when its final adversary cannot read the group on
-    validation: its balanced accuracy is within :func:`chance_floor` of chance (1/G). Balanced,
+    validation: its balanced accuracy is within :func:`chance_floor` of chance (1/G), above
+    or below (measured on synthderm's `shortcut`: AdvRev's adversary at 0.30 on two groups,
+    which its inverted guess reads at 0.70). Balanced,
     not plain accuracy: on an imbalanced attribute an adversary that collapsed to always
     guessing the majority scores the majority's share (measured on synthderm's
     `representation`: 0.946 = the light share, with a fresh probe still reading skin at 1.000),
@@ -288,9 +290,10 @@ def adversary_engagement(info: dict[str, Any]) -> Engagement:
     chance = 1.0 / len(present)
     floor = chance_floor(present)
     return Engagement(
-        balanced <= chance + floor,
+        abs(balanced - chance) <= floor,
         "the final adversary's balanced accuracy on validation is within two standard "
-        "errors of chance (1/G): it cannot read the group",
+        "errors of chance (1/G), on either side: it cannot read the group (one reliably "
+        "below chance, as gradient reversal leaves it on synthderm, reads it inverted)",
         {"adversary_val_balanced_accuracy": balanced, "chance": round(chance, 4),
          "chance_floor": round(floor, 4),
          "adversary_val_accuracy": info.get("adversary_val_accuracy"),

@@ -211,3 +211,8 @@ def test_adversary_chance_floor_is_two_standard_errors_of_a_balanced_accuracy() 
                                 ).engaged is True
     assert adversary_engagement({**at, "adversary_val_balanced_accuracy": 0.5 + floor * 1.01}
                                 ).engaged is False
+    # below chance by more than the floor: the inverted guess reads the group
+    assert adversary_engagement({**at, "adversary_val_balanced_accuracy": 0.5 - floor * 1.01}
+                                ).engaged is False
+    assert adversary_engagement({**at, "adversary_val_balanced_accuracy": 0.5 - floor * 0.99}
+                                ).engaged is True
