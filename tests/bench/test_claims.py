@@ -97,7 +97,9 @@ class SlowRun(Method):
 
     def run(self, ctx, params):
         hold = Path(os.environ["FB_TEST_HOLD"])
-        if hold.exists():  # the process to be killed: tell the test, then wait
+        seeds = os.environ.get("FB_TEST_HOLD_SEEDS")  # unset: every seed waits
+        if hold.exists() and (seeds is None or str(ctx.seed) in seeds.split(",")):
+            # the process to be killed (or held): tell the test, then wait
             Path(os.environ["FB_TEST_STARTED"]).write_text(str(os.getpid()))
             while hold.exists():
                 time.sleep(0.05)
@@ -149,6 +151,102 @@ def _sweep(suite: Path, env: dict[str, str], cwd: Path) -> subprocess.Popen:
 
 def _finished_runs(runs: Path) -> list[Path]:
     return [d for d in (runs / "synthderm" / "slowrun").iterdir() if is_finished(d)]
+
+
+def _computed(tmp_path: Path) -> list[tuple[int, int]]:
+    """(pid, seed) of every run the plugin computed, in order."""
+    log = tmp_path / "computed.log"
+    words = log.read_text().split() if log.exists() else []
+    return [(int(p), int(s)) for p, s in zip(words[0::2], words[1::2])]
+
+
+def _wait_for(cond, procs, what: str, timeout: float = 60.0) -> None:
+    deadline = time.time() + timeout
+    while not cond():
+        for p in procs:
+            assert p.poll() is None, (what, p.communicate())
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.05)
+
+
+def _files(run: Path) -> dict[str, tuple[bytes, int]]:
+    return {str(f.relative_to(run)): (f.read_bytes(), f.stat().st_mtime_ns)
+            for f in sorted(run.rglob("*")) if f.is_file()}
+
+
+def _results(runs: Path) -> dict[int, tuple[bytes, bytes]]:
+    """seed → (metrics.json, predictions.csv) of every finished run."""
+    out = {}
+    for run in _finished_runs(runs):
+        seed = json.loads((run / "config.json").read_text())["seed"]
+        out[seed] = ((run / "metrics.json").read_bytes(), (run / "predictions.csv").read_bytes())
+    return out
+
+
+def test_a_sweep_killed_mid_way_resumes_to_the_same_result(tmp_path, tiny_cache):
+    """Small and in the default suite: a sweep of 3 runs is killed with SIGKILL inside its
+    second run; the run it had finished is left as it was (same bytes and times, not computed
+    again), a new sweep computes the other two and removes the dead one's leftovers, and the
+    result equals an uninterrupted sweep's (its metrics and predictions, byte for byte)."""
+    suite, runs, env = _setup(tmp_path, 3, tiny_cache)
+    env["FB_TEST_HOLD_SEEDS"] = "1"
+    (tmp_path / "hold").write_text("")
+    ref_root = tmp_path / "reference"
+    ref_root.mkdir()
+    ref_suite, ref_runs, ref_env = _setup(ref_root, 3, tiny_cache)  # no hold file: no pause
+    first = _sweep(suite, env, tmp_path)
+    reference = _sweep(ref_suite, ref_env, ref_root)  # meanwhile, on the second core
+    _wait_for((tmp_path / "started").exists, [first], "the sweep to reach its second run")
+    assert _computed(tmp_path) == [(first.pid, 0)]
+    (done,) = _finished_runs(runs)
+    before = _files(done)
+    os.kill(first.pid, signal.SIGKILL)  # no handler, no cleanup: the run is cut mid-way
+    first.wait(timeout=30)
+    assert first.returncode == -signal.SIGKILL
+    assert list(runs.rglob(".*tmp*")), "the killed run left its temporary folder"
+    (tmp_path / "hold").unlink()
+    second = _sweep(suite, env, tmp_path)
+    for p in (second, reference):
+        _out, err = p.communicate(timeout=120)
+        assert p.returncode == 0, err[-2000:]
+    assert _computed(tmp_path) == [(first.pid, 0), (second.pid, 1), (second.pid, 2)]
+    assert _files(done) == before  # the finished run intact, untouched by the resume
+    assert len(_finished_runs(runs)) == 3
+    assert not list(runs.rglob(".*tmp*")) and not list(runs.rglob(".*.claim"))
+    ours, theirs = _results(runs), _results(ref_runs)
+    assert sorted(ours) == [0, 1, 2] and ours == theirs
+
+
+def test_two_sweeps_share_one_suite_without_computing_a_run_twice(tmp_path, tiny_cache):
+    """Small and in the default suite: while one sweep is inside its first run, a second
+    sweep on the same suite and runs folder leaves that claimed run alone, computes the other
+    two, then waits; once the first finishes, each run was computed exactly once, each by the
+    process that claimed it, and both processes exit 0."""
+    suite, runs, env = _setup(tmp_path, 3, tiny_cache)
+    env["FB_TEST_HOLD_SEEDS"] = "0"
+    (tmp_path / "hold").write_text("")
+    first = _sweep(suite, env, tmp_path)
+    _wait_for((tmp_path / "started").exists, [first], "the first sweep to claim seed 0")
+    second = _sweep(suite, env, tmp_path)
+    _wait_for(lambda: len(_computed(tmp_path)) == 2, [first, second],
+              "the second sweep to compute the two unclaimed runs")
+    assert _computed(tmp_path) == [(second.pid, 1), (second.pid, 2)]
+    assert first.poll() is None and second.poll() is None  # one held, one waiting for it
+    (tmp_path / "hold").unlink()
+    outs = [p.communicate(timeout=120) for p in (first, second)]
+    for p, (_out, err) in zip((first, second), outs):
+        assert p.returncode == 0, err[-2000:]
+        assert "Traceback" not in err
+    computed = _computed(tmp_path)
+    assert sorted(s for _, s in computed) == [0, 1, 2]  # every run once, none twice
+    assert dict((s, pid) for pid, s in computed) == {0: first.pid, 1: second.pid,
+                                                     2: second.pid}
+    for run in _finished_runs(runs):  # each run records the process that computed it
+        cfg = json.loads((run / "config.json").read_text())
+        assert cfg["pid"] == (first.pid if cfg["seed"] == 0 else second.pid)
+    assert len(_finished_runs(runs)) == 3
+    assert not list(runs.rglob(".*.claim")) and not list(runs.rglob(".*tmp*"))
+    assert "finished by another process" in outs[0][0] + outs[1][0], outs
 
 
 @pytest.mark.slow

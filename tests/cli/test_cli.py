@@ -346,20 +346,32 @@ def test_cuda_without_device(existing):
     assert snapshot(existing) == before
 
 
-def test_unwritable_runs_dir(tmp_path):
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="needs Linux's /proc")
+def test_unwritable_runs_dir(tmp_path, monkeypatch):
+    """A runs dir on a file system that refuses new entries to every user, root included
+    (procfs: no process can create a folder or file in /proc, whatever its privileges, so
+    this holds in CI, which runs as root and ignores permission bits): one ``error:`` line,
+    exit 2, nothing written. Where the test does not run as root, a folder without write
+    permission is checked too."""
+    monkeypatch.chdir(tmp_path)  # anything written relative to the working folder lands here
+    (tmp_path / "keep.txt").write_text("x")
+    before = snapshot(tmp_path)
+    cache = tmp_path / "cache"
+    for target in (Path("/proc/self/fairbench-runs"), Path("/proc/fairbench-runs/runs")):
+        r = CliRunner().invoke(main, ["run", *TINY, "--runs-dir", str(target),
+                                      "--cache-dir", str(cache)])
+        _assert_clean_error(r, "not writable", "--runs-dir", str(target))
+        assert not target.exists()
+    assert snapshot(tmp_path) == before and not cache.exists()  # nothing written anywhere
+    if os.geteuid() == 0:
+        return  # root ignores permission bits: the /proc checks above are the ones that hold
     locked = tmp_path / "locked"
     locked.mkdir()
     (locked / "keep.txt").write_text("x")
     locked.chmod(0o500)
     try:
-        probe = locked / "probe"
-        try:
-            probe.write_text("")
-            probe.unlink()
-            pytest.skip("running with privileges that ignore directory permissions (root)")
-        except OSError:
-            pass
-        r = CliRunner().invoke(main, ["run", *TINY, "--runs-dir", str(locked / "runs")])
+        r = CliRunner().invoke(main, ["run", *TINY, "--runs-dir", str(locked / "runs"),
+                                      "--cache-dir", str(cache)])
         _assert_clean_error(r, "not writable", "--runs-dir")
         assert sorted(p.name for p in locked.iterdir()) == ["keep.txt"]
     finally:
