@@ -93,3 +93,48 @@ def test_scenario_and_phase_scripts_read_a_suite_from_another_runs_folder(tmp_pa
                      tmp_path=tmp_path)
     assert "| vanilla | 4 |" in out and "4 finished runs" in out, out
     assert not (tmp_path / "never-used").exists()
+
+
+def test_engagement_report_counts_each_setting_against_vanilla(tmp_path):
+    """bench_engagement_report.py: one line per grid setting and scenario, with the engaged
+    count (today's criterion on the stored notes) and the change against vanilla recomputed
+    here from the runs' metrics.json."""
+    import json
+
+    runs = tmp_path / "runs"
+    suite = tmp_path / "eng.toml"
+    suite.write_text(
+        f'name = "eng"\nseeds = 2\nruns_dir = "{runs.as_posix()}"\n[train]\nepochs = 1\n'
+        'batch_size = 32\n\n[[datasets]]\nname = "synthderm"\nlabel = "pres"\nimage_size = 16\n'
+        'backbones = ["smallcnn"]\nparams = { n_samples = 160, scenario = "presentation" }\n\n'
+        '[[methods]]\nname = "vanilla"\n\n[[methods]]\nname = "groupdro"\n'
+        'grid = { eta = [0.0001, 0.5] }\n')
+    env = {**os.environ, "FAIRBENCH_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1",
+           "FAIRBENCH_NO_PROGRESS": "1"}
+    done = subprocess.run([sys.executable, "-m", "fairbench.cli.main", "sweep", str(suite)],
+                          capture_output=True, text=True, env=env, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    out = run_script("bench_engagement_report.py", str(suite), tmp_path=tmp_path)
+    lines = {ln.split("|")[1].strip(): [c.strip() for c in ln.split("|")[1:-1]]
+             for ln in out.splitlines() if ln.startswith("| groupdro")}
+    assert set(lines) == {'groupdro {"eta": 0.0001}', 'groupdro {"eta": 0.5}'}, out
+
+    def test_of(method: str, eta: float | None) -> dict[int, dict]:
+        found = {}
+        for cfg in (runs / "synthderm" / method).glob("*/config.json"):
+            c = json.loads(cfg.read_text())
+            if eta is None or c["method_params"]["eta"] == eta:
+                m = json.loads((cfg.parent / "metrics.json").read_text())
+                found[c["seed"]] = (m.get("test_true") or m["test"], c)
+        return found
+
+    vanilla = test_of("vanilla", None)
+    for eta in (0.0001, 0.5):
+        row = lines[f'groupdro {{"eta": {eta}}}']
+        runs_eta = test_of("groupdro", eta)
+        engaged = sum(bool(c["engagement"]["engaged"]) for _, c in runs_eta.values())
+        assert row[2] == f"{engaged}/{len(runs_eta)}"
+        d = [t["EqOddsGap"] - vanilla[s][0]["EqOddsGap"] for s, (t, _) in runs_eta.items()]
+        assert row[5] == f"{100 * sum(d) / len(d):+.1f}"
+    # a tiny step size leaves the group weights uniform: no run engaged
+    assert lines['groupdro {"eta": 0.0001}'][2] == "0/2"
