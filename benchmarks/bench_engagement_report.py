@@ -17,6 +17,7 @@ from pathlib import Path
 from statistics import mean
 
 import fairbench.methods  # noqa: F401  (registers the built-in methods)
+
 from fairbench import load_suite
 from fairbench.run.method import get_method_class
 

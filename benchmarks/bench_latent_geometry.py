@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import sys
 
+import fairbench.datasets  # noqa: F401  (registers synthderm)
 import numpy as np
 import torch
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import balanced_accuracy_score
 
-import fairbench.datasets  # noqa: F401  (registers synthderm)
 from fairbench import RunConfig, run_experiment
 
 

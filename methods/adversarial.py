@@ -67,7 +67,6 @@ schedule; that baseline's separate Adam lr 3e-4 is not reproduced).
 from __future__ import annotations
 
 import math
-
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
