@@ -153,3 +153,19 @@ def count_fits(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
 
     monkeypatch.setattr(Trainer, "fit", counting)
     return calls
+
+
+def datasets_test_module(name: str):
+    """A module of tests/datasets/, the one pytest imported if it did, else loaded here."""
+    import importlib.util
+    import sys
+
+    from repo_paths import TESTS
+
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, TESTS / "datasets" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module

@@ -17,7 +17,7 @@ import fairbench.methods  # noqa: F401 - registers the built-in methods
 import numpy as np
 import pandas as pd
 import pytest
-from dataset_helpers import FIXTURES, copy_files, make_jpegs
+from dataset_helpers import FIXTURES, copy_files, datasets_test_module, make_jpegs
 
 from fairbench import check_dataset, check_method, list_datasets, list_methods
 
@@ -96,7 +96,9 @@ def _csv(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
 
 
 def _fairseg(tmp_path: Path) -> tuple[Path, dict[str, Any]]:
-    from test_datasets_fairseg import make_root
+    # the fairseg tests' builder, from its package folder (tests/datasets is on the path
+    # only once pytest has collected it)
+    make_root = datasets_test_module("test_datasets_fairseg").make_root
 
     return make_root(tmp_path, n=40), {}
 
@@ -122,3 +124,4 @@ def test_every_registered_dataset_conforms(name: str, tmp_path: Path, monkeypatc
     summary = check_dataset(name, root, params=params)
     assert summary["n"] > 0  # check_dataset asserts two classes where the task needs them
     assert summary["attributes"], f"{name}: no sensitive attribute"
+

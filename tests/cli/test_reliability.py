@@ -59,7 +59,9 @@ class Evil:
 
 
 def _fairseg_root(tmp_path: Path) -> tuple[Path, Path]:
-    from test_datasets_fairseg import make_root
+    from dataset_helpers import datasets_test_module
+
+    make_root = datasets_test_module("test_datasets_fairseg").make_root
 
     root = make_root(tmp_path, n=5)
     marker = tmp_path / "pwned"
