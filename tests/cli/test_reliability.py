@@ -234,6 +234,8 @@ def test_every_bad_input_is_one_line_and_touches_nothing(finished, tmp_path, tin
             reg.plugin_errors.update(errors)
     assert not failures, "\n".join(failures)
     assert is_finished(run)
+    # the count docs/reliability.md states (pytest -s ... | grep "bad inputs")
+    print(f"\n{len(cases)} bad inputs: each one error line, exit 2, the runs folder unchanged")
 
 
 # -- items one by one ------------------------------------------------------------------------
