@@ -239,8 +239,7 @@ def test_two_sweeps_share_one_suite_without_computing_a_run_twice(tmp_path, tiny
         assert "Traceback" not in err
     computed = _computed(tmp_path)
     assert sorted(s for _, s in computed) == [0, 1, 2]  # every run once, none twice
-    assert dict((s, pid) for pid, s in computed) == {0: first.pid, 1: second.pid,
-                                                     2: second.pid}
+    assert {s: pid for pid, s in computed} == {0: first.pid, 1: second.pid, 2: second.pid}
     for run in _finished_runs(runs):  # each run records the process that computed it
         cfg = json.loads((run / "config.json").read_text())
         assert cfg["pid"] == (first.pid if cfg["seed"] == 0 else second.pid)

@@ -7,7 +7,6 @@ the runs' own files (metrics.json, predictions.csv with scikit-learn, the ablati
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 import numpy as np
@@ -47,7 +46,7 @@ def _check(paths):
 def figures(monkeypatch):
     """The figures the plot functions hand to ``save`` (still inspectable after it closes
     them), in order; the files are written as before."""
-    import fairbench.bench.plots as plots
+    from fairbench.bench import plots
 
     captured: list = []
     real = plots.save

@@ -285,7 +285,9 @@ def test_adv_rev_does_not_engage_without_its_term(adv_runs) -> None:
 def probe_balanced_accuracy(res) -> float:
     """A fresh logistic-regression probe of the group on the adversary's input (the pooled
     features), fitted on the training images, scored on the test images."""
-    feats = lambda m, x: m.features(x)  # noqa: E731
+    def feats(m, x):
+        return m.features(x)
+
     ztr, _, gtr = outputs(res.model, res.context, "train", feats)
     zte, _, gte = outputs(res.model, res.context, "test", feats)
     scaler = StandardScaler().fit(ztr)
