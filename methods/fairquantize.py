@@ -256,6 +256,7 @@ def _retrain_config(ctx: RunContext, params: FairQuantizeParams) -> TrainConfig:
         weight_decay=0.0, schedule="step", step_size=4, gamma=0.57, sampler="group",
         augment=params.retrain_augment, select="last",
         amp=ctx.train_config.amp, channels_last=ctx.train_config.channels_last,
+        cpu_channels_last=ctx.train_config.cpu_channels_last,
         eval_batch_size=ctx.train_config.eval_batch_size)
 
 

@@ -67,6 +67,13 @@ def test_bench_trainer_against_the_bare_loop(tmp_path, extra):
     assert ("trainer images in host memory" in out) == bool(extra)
 
 
+def test_bench_multiseed_times_the_three_forms(tmp_path):
+    out = run_script("bench_multiseed.py", "--models", "2", "--batch-size", "8",
+                     "--image-size", "16", "--steps", "1", tmp_path=tmp_path)
+    for form in ("separate", "vmap", "grouped"):
+        assert sum(f" {form} " in line for line in out.splitlines()) == 2  # both formats
+
+
 def test_scenario_and_phase_scripts_read_a_suite_from_another_runs_folder(tmp_path):
     """bench_scenarios.py --suite and bench_suite_phases.py read the finished runs of a suite
     from the runs folder given (not the suite's own), one row per scenario / method."""

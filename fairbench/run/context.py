@@ -213,7 +213,7 @@ class RunContext:
             strata=strata, drop_last=(is_train and len(pos) > bs) if drop_last is None else drop_last,
             augment=Augment(max_shift=max(1, self.bundle.image_size // 8)) if augment else None,
             seed=self.seed * 1000 + seed_offset,
-            channels_last=self.device.type == "cuda" and cfg.channels_last,
+            channels_last=cfg.channels_last_on(self.device),
             epoch_size=epoch_size,
         )
         loader.group_names = self.group_names  # type: ignore[attr-defined]

@@ -54,7 +54,8 @@ def twin_predictions(ctx: RunContext, model: torch.nn.Module, positions: np.ndar
     data = DeviceData(images, table.labels[positions],
                       {bundle.attribute: table.attr(bundle.attribute)[positions]}, ctx.device)
     loader = BatchLoader(data, np.arange(len(positions)), batch_size=ctx.train_config.eval_batch_size,
-                         attribute=bundle.attribute)
+                         attribute=bundle.attribute,
+                         channels_last=ctx.train_config.channels_last_on(ctx.device))
     pred = ctx.trainer.predict(model, loader, ctx.train_config)
     probs = pred.probs[np.argsort(pred.index)]
     return apply_threshold(probs, threshold), probs

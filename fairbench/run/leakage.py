@@ -130,18 +130,28 @@ def collect(model: nn.Module, extract: Extractor, loader: Any) -> tuple[np.ndarr
 
 
 def run_leakage(ctx: Any, model: nn.Module, *, fit_part: str = "train",
-                score_part: str = "test") -> dict[str, Any]:
+                score_part: str = "test",
+                score_features: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
     """The leakage probe of ``model`` on ``ctx``'s data (fit on ``fit_part``, scored on
-    ``score_part``), as recorded in ``metrics.json`` (see the module docstring)."""
+    ``score_part``), as recorded in ``metrics.json`` (see the module docstring).
+
+    ``score_features``: the pooled embeddings ``model.features(x)`` of the score part and
+    their table positions, read in the evaluation pass
+    (:meth:`~fairbench.training.trainer.Trainer.predict` with ``features=True``: the same
+    numbers a pass of the probe's own gives); used wherever the probe reads the pooled
+    embedding, so the score part is not forwarded twice."""
     codes = ctx.table.attr(ctx.attribute)
     loaders = part_loaders(ctx, (fit_part, score_part))
     site, extract = representation_site(model)
-    out = _probe(model, extract, loaders, codes, fit_part, score_part)
+    pooled_score = score_features if callable(getattr(model, "features", None)) else None
+    out = _probe(model, extract, loaders, codes, fit_part, score_part,
+                 pooled_score if site == "features" else None)
     out["representation"] = SITE_TEXT.get(site, site)
     out["site"] = site
     if site not in ("features", "backbone.features") and callable(
             getattr(model, "features", None)):
-        pooled = _probe(model, model.features, loaders, codes, fit_part, score_part)
+        pooled = _probe(model, model.features, loaders, codes, fit_part, score_part,
+                        pooled_score)
         out["pooled"] = pooled
     out["fit_part"], out["score_part"] = fit_part, score_part
     return out
@@ -163,7 +173,9 @@ def probe_numbers(z_fit: np.ndarray, g_fit: np.ndarray, z_score: np.ndarray,
 
 
 def _probe(model: nn.Module, extract: Extractor, loaders: dict[str, Any], codes: np.ndarray,
-           fit_part: str, score_part: str) -> dict[str, Any]:
+           fit_part: str, score_part: str,
+           score: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
     z_fit, i_fit = collect(model, extract, loaders[fit_part])
-    z_score, i_score = collect(model, extract, loaders[score_part])
+    z_score, i_score = score if score is not None else collect(model, extract,
+                                                              loaders[score_part])
     return probe_numbers(z_fit, codes[i_fit], z_score, codes[i_score])

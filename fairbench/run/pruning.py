@@ -292,6 +292,7 @@ class SaliencyPruning(Method):
             optimizer=params.finetune_optimizer, lr=params.finetune_lr, weight_decay=0.0,
             schedule="constant", sampler="group", augment=False, select="F1",
             amp=ctx.train_config.amp, channels_last=ctx.train_config.channels_last,
+            cpu_channels_last=ctx.train_config.cpu_channels_last,
             eval_batch_size=ctx.train_config.eval_batch_size)
         n_train = 2 * min(len(ctx.positions("train", [ctx.privileged])),
                           len(ctx.positions("train", ctx.unprivileged)))

@@ -406,21 +406,26 @@ def run_dir_for(runs_dir: Path, identity: dict[str, Any]) -> Path:
 
 
 def final_metrics(ctx: RunContext, p: Prepared, model: torch.nn.Module
-                  ) -> tuple[dict[str, Any], list[pd.DataFrame], float | None]:
-    """Validation and test metrics of the final model, their per-sample rows, and the binary
-    decision threshold (chosen on validation only; None otherwise)."""
+                  ) -> tuple[dict[str, Any], list[pd.DataFrame], float | None, Predictions | None]:
+    """Validation and test metrics of the final model, their per-sample rows, the binary
+    decision threshold (chosen on validation only; None otherwise) and the test predictions
+    (classification; with the pooled embeddings of the same pass where the model has them,
+    which the leakage probe reads instead of a second pass)."""
     bundle = ctx.bundle
     metrics: dict[str, Any] = {}
     frames = []
     threshold = None
+    test_pred = None
     if p.task == "segmentation":
         for part in ("val", "test"):
             scores = ctx.trainer.predict_segmentation(model, ctx.loader(part), p.train)
             metrics[part], frame = _score_segmentation(bundle, scores, part)
             frames.append(frame)
     else:
-        preds = {part: ctx.trainer.predict(model, ctx.loader(part), p.train)
+        preds = {part: ctx.trainer.predict(model, ctx.loader(part), p.train,
+                                           features=part == "test")
                  for part in ("val", "test")}
+        test_pred = preds["test"]
         threshold = _val_threshold(bundle, preds["val"])
         for part in ("val", "test"):
             metrics[part], frame = _score(bundle, preds[part], part, threshold)
@@ -428,7 +433,7 @@ def final_metrics(ctx: RunContext, p: Prepared, model: torch.nn.Module
         true = true_labels(bundle.table)
         if true is not None:  # evaluation only: nothing above saw the true labels
             metrics[TRUE_PART] = _score_true(bundle, preds["test"], threshold, true)
-    return metrics, frames, threshold
+    return metrics, frames, threshold, test_pred
 
 
 #: the metrics.json part holding the test metrics against the true labels (synthetic data)
@@ -564,10 +569,10 @@ def _compute(config: RunConfig, p: Prepared, bundle: DataBundle, identity: dict[
             privileged = ctx.privileged_name  # resolves the default rule if the method did not
         method_seconds = time.perf_counter() - t_method
         with timer.phase("evaluate"):
-            metrics, frames, threshold = final_metrics(ctx, p, model)
+            metrics, frames, threshold, test_pred = final_metrics(ctx, p, model)
         if p.task == "classification":
             with timer.phase("leakage"):
-                metrics["leakage"] = _leakage(ctx, model)
+                metrics["leakage"] = _leakage(ctx, model, test_pred)
             with timer.phase("counterfactual"):
                 _counterfactual(ctx, model, metrics, frames, threshold)
         metrics["meta"] = _metrics_meta(p, bundle, privileged, threshold, metrics)
@@ -713,14 +718,19 @@ def _engagement(method: Any, notes: dict[str, Any]) -> dict[str, Any] | None:
     return None if record is None else record.to_dict()
 
 
-def _leakage(ctx: RunContext, model: torch.nn.Module) -> dict[str, Any]:
-    """The leakage probe of the returned model (:mod:`fairbench.run.leakage`); a model it
+def _leakage(ctx: RunContext, model: torch.nn.Module,
+             test_pred: Predictions | None = None) -> dict[str, Any]:
+    """The leakage probe of the returned model (:mod:`fairbench.run.leakage`), reading the
+    test part's pooled embeddings from the evaluation pass where it kept them; a model it
     cannot read or data it cannot score (a single group in a part) is recorded as the reason
     instead of failing the run."""
     from fairbench.run.leakage import run_leakage
 
+    score = None
+    if test_pred is not None and test_pred.features is not None:
+        score = (test_pred.features, test_pred.index)
     try:
-        return run_leakage(ctx, model)
+        return run_leakage(ctx, model, score_features=score)
     except ValueError as exc:
         log.warning("leakage probe skipped: %s", exc)
         return {"skipped": str(exc)}

@@ -190,6 +190,15 @@ def test_tiny_run_records_the_probe(tiny_run):
     assert leak["balanced_accuracy"] > 0.8  # skin tone is the skin's colour
 
 
+def test_recorded_probe_equals_a_probe_with_its_own_pass(tiny_run):
+    """The run reads the test part's embeddings from its evaluation pass; a probe that
+    forwards the test part again gives the same record."""
+    from fairbench.run.leakage import run_leakage
+
+    again = run_leakage(tiny_run.context, tiny_run.model)
+    assert again == tiny_run.metrics["leakage"]
+
+
 @pytest.mark.slow
 def test_run_records_leakage_near_one_for_skin_tone_and_chance_for_sex(tmp_path,
                                                                      make_tiny_config):

@@ -223,6 +223,23 @@ def test_macro_auc_matches_sklearn_ovr():
     assert np.isnan(macro_auc(np.zeros(5, int), probs[:5]))
 
 
+def test_macro_auc_rank_formula_matches_sklearn_with_ties():
+    """The rank (Mann-Whitney) computation equals sklearn's trapezoidal ROC area, ties
+    included: scores rounded to one decimal tie often."""
+    rng = np.random.default_rng(3)
+    for trial in range(20):
+        k = 2 + trial % 4
+        n = 30 + 7 * trial
+        y = rng.integers(0, k, n)
+        probs = np.round(rng.dirichlet(np.ones(k), n), 1).astype(np.float32)
+        if k == 2:
+            want = roc_auc_score(y == 1, probs[:, 1])
+        else:
+            want = np.mean([roc_auc_score(y == c, probs[:, c]) for c in range(k)
+                            if 0 < (y == c).sum() < n])
+        assert macro_auc(y, probs) == pytest.approx(want, abs=1e-12)
+
+
 def ref_ece(y, probs, n_bins=15):
     conf = probs.max(1)
     correct = probs.argmax(1) == y

@@ -357,3 +357,65 @@ def test_compile_enters_identities_only_when_on():
     assert "compile" not in off.identity()
     assert on.identity()["compile"] is True
     assert {k: v for k, v in on.identity().items() if k != "compile"} == off.identity()
+
+
+# -- channels-last on CPU -------------------------------------------------------------------------
+def _channels_last_fit(data, seed, **kw):
+    m = model()
+    train, val = loaders(data, seed=seed)
+    train.channels_last = val.channels_last = kw.get("cpu_channels_last", False)
+    Trainer(CPU, seed=seed, progress=False).fit(m, train, val, config=config(**kw))
+    return m
+
+
+def test_cpu_channels_last_is_seeded_and_close_to_the_default_format(data):
+    """The same seed gives bit-identical weights in the channels-last format; one step's
+    numbers agree with the default format's up to rounding (the run identities differ)."""
+    a = _channels_last_fit(data, 0, cpu_channels_last=True)
+    b = _channels_last_fit(data, 0, cpu_channels_last=True)
+    assert a.body[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert all(torch.equal(x, y) for x, y in zip(state(a).values(), state(b).values()))
+    one_step = {"epochs": 1, "lr": 1e-4}
+    c = _channels_last_fit(data, 0, cpu_channels_last=True, **one_step)
+    d = _channels_last_fit(data, 0, **one_step)
+    assert not d.body[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert all(torch.allclose(x.float(), y.float(), atol=1e-4)
+               for x, y in zip(state(c).values(), state(d).values()))
+
+
+def test_cpu_channels_last_enters_identities_only_when_on():
+    off = build_params(TrainConfig, {})
+    on = build_params(TrainConfig, {"cpu_channels_last": True})
+    assert "cpu_channels_last" not in off.identity()
+    assert on.identity()["cpu_channels_last"] is True
+    assert not off.channels_last_on(CPU) and on.channels_last_on(CPU)
+    assert off.channels_last_on(torch.device("cuda"))  # CUDA keeps its own switch
+
+
+# -- the embeddings of the evaluation pass --------------------------------------------------------
+def test_predict_keeps_the_features_of_the_same_pass(data):
+    """``features=True`` gives exactly ``model.features(x)`` (what the leakage probe reads in
+    a pass of its own) and the same probabilities as a plain pass; a model whose forward is
+    not head(features(x)) gets none."""
+    m = model()
+    _, val = loaders(data)
+    trainer = Trainer(CPU, progress=False)
+    plain = trainer.predict(m, val)
+    kept = trainer.predict(m, val, features=True)
+    assert plain.features is None
+    assert np.array_equal(plain.probs, kept.probs)
+    m.eval()
+    with torch.no_grad():
+        want = torch.cat([m.features(b.x) for b in val]).numpy()
+    assert np.array_equal(kept.features, want)
+
+    class Shifted(type(m)):  # a method's module computing its output otherwise
+        def forward(self, x):
+            return super().forward(x) + 1.0
+
+    shifted = model()
+    shifted.__class__ = Shifted
+    assert trainer.predict(shifted, val, features=True).features is None
+    hooked = model()
+    hooked.register_forward_hook(lambda mod, inp, out: out * 2)
+    assert trainer.predict(hooked, val, features=True).features is None
