@@ -201,8 +201,6 @@ class Table:
 def mean_std(values: Iterable[float]) -> tuple[float, float]:
     """Mean and sample std (ddof 1; nan with one value) of the finite ``values``; (nan, nan)
     with none."""
-    """Mean and sample std (ddof 1; nan with one value) of the finite ``values``; (nan, nan)
-    with none."""
     v = np.array([x for x in values if x is not None and math.isfinite(x)], dtype=float)
     if len(v) == 0:
         return math.nan, math.nan

@@ -245,12 +245,13 @@ def plot_ablation(run_dirs: Sequence[str | Path], out: str | Path, *, part: str 
         ax.set_ylabel(f"{m} (%, {part})")
         ax.grid(True, alpha=0.3)
     axes[0].legend(fontsize=8)
-    dataset = configs[0].get("dataset", "?") if configs else "?"
-    seed_text = ("seed " + str(seeds[0])) if len(seeds) == 1 else \
+    # a folder without config.json (files copied by hand) names neither dataset nor seeds
+    dataset = configs[0].get("dataset") if configs else None
+    seed_text = "" if not seeds else ("seed " + str(seeds[0])) if len(seeds) == 1 else \
         f"seeds {', '.join(map(str, seeds))}"
     origin = "; ratio 0: the unquantized (vanilla) model" if start is not None else ""
-    fig.suptitle(f"FairQuantize ablation, {dataset}, {seed_text}{origin}; "
-                 f"{spread_note(counts or [1])}", fontsize=9)
+    head = ", ".join(t for t in ("FairQuantize ablation", dataset, seed_text) if t)
+    fig.suptitle(f"{head}{origin}; {spread_note(counts or [1])}", fontsize=9)
     fig.tight_layout()
     return save(fig, out)
 
