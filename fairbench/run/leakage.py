@@ -143,15 +143,14 @@ def run_leakage(ctx: Any, model: nn.Module, *, fit_part: str = "train",
     codes = ctx.table.attr(ctx.attribute)
     loaders = part_loaders(ctx, (fit_part, score_part))
     site, extract = representation_site(model)
-    pooled_score = score_features if callable(getattr(model, "features", None)) else None
     out = _probe(model, extract, loaders, codes, fit_part, score_part,
-                 pooled_score if site == "features" else None)
+                 score_features if site == "features" else None)
     out["representation"] = SITE_TEXT.get(site, site)
     out["site"] = site
     if site not in ("features", "backbone.features") and callable(
             getattr(model, "features", None)):
         pooled = _probe(model, model.features, loaders, codes, fit_part, score_part,
-                        pooled_score)
+                        score_features)
         out["pooled"] = pooled
     out["fit_part"], out["score_part"] = fit_part, score_part
     return out
