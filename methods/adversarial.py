@@ -78,7 +78,7 @@ from torch import nn
 from fairbench.core.params import Search, param
 from fairbench.data.loaders import Batch
 from fairbench.run.context import RunContext
-from fairbench.run.engagement import Engagement
+from fairbench.run.engagement import Engagement, probe_drop_floor
 from fairbench.run.inprocessing import (
     confusion_loss,
     grad_reverse,
@@ -88,6 +88,7 @@ from fairbench.run.inprocessing import (
     seeded,
     train_setup,
 )
+from fairbench.run.leakage import collect, part_loaders, probe_numbers
 from fairbench.run.method import Method, register_method
 from fairbench.training.trainer import AuxModule, Sampler, StepState, TrainHooks
 
@@ -140,7 +141,8 @@ class AdvConf(Method):
         result = ctx.fit(model, hooks=TrainHooks(loss=loss, aux=[aux]), config=config,
                          train=train, stage="adv_conf")
         ctx.notes["adv_conf"] = {"best_epoch": result.best_epoch, **_adversary_accuracy(
-            ctx, model, lambda m, b: adversary(m.features(b.x)))}
+            ctx, model, lambda m, b: adversary(m.features(b.x))),
+            "fresh_probe_val": fresh_probes(ctx, model, "features")}
         return model
 
     def engagement(self, notes: dict) -> Engagement:
@@ -224,7 +226,8 @@ class AdvRev(Method):
             return adversary(logits if params.input == "logits" else z, b.y)
 
         ctx.notes["adv_rev"] = {"best_epoch": result.best_epoch,
-                                **_adversary_accuracy(ctx, model, predict_groups)}
+                                **_adversary_accuracy(ctx, model, predict_groups),
+                                "fresh_probe_val": fresh_probes(ctx, model, params.input)}
         model.representation_site = params.input  # what the leakage probe reads
         return model
 
@@ -266,17 +269,48 @@ def _adversary_accuracy(ctx: RunContext, model: nn.Module,
             "val_group_counts": [int(n) for n in per_group]}
 
 
+def fresh_probes(ctx: RunContext, model: nn.Module,
+                 site: Literal["features", "logits"]) -> dict[str, Any]:
+    """A fresh linear probe of the group (:func:`fairbench.metrics.leakage.leakage_probe`) on
+    the adversary's input (``site``: the pooled features or the logits) of the returned model
+    and of the shared vanilla model (:meth:`~fairbench.run.context.RunContext.vanilla`, the
+    same backbone trained with cross-entropy alone), each fitted on the training part and
+    scored on validation (never on test): their balanced accuracies and the rows scored."""
+    loaders = part_loaders(ctx, ("train", "val"))
+    codes = ctx.table.attr(ctx.attribute)
+    out: dict[str, Any] = {"site": site}
+    for name, net in (("method", model), ("vanilla", ctx.vanilla())):
+        extract = net.features if site == "features" else net
+        try:
+            z_fit, i_fit = collect(net, extract, loaders["train"])
+            z_val, i_val = collect(net, extract, loaders["val"])
+            res = probe_numbers(z_fit, codes[i_fit], z_val, codes[i_val])
+        except ValueError as exc:  # a single group among the rows: nothing to probe
+            return {**out, "reason": str(exc)}
+        out[name] = res["balanced_accuracy"]
+        out["n_score"] = res["n_score"]
+    return out
+
+
 def adversary_engagement(info: dict[str, Any]) -> Engagement:
     """An adversarial method engaged when its final adversary cannot read the group on
-    validation: its balanced accuracy is within :func:`chance_floor` of chance (1/G), above
-    or below (measured on synthderm's `shortcut`: AdvRev's adversary at 0.30 on two groups,
-    which its inverted guess reads at 0.70). Balanced,
-    not plain accuracy: on an imbalanced attribute an adversary that collapsed to always
-    guessing the majority scores the majority's share (measured on synthderm's
-    `representation`: 0.946 = the light share, with a fresh probe still reading skin at 1.000),
-    which the former rule (accuracy ≤ majority share) counted as engaged. Records written
-    before the balanced accuracy was stored keep the former rule. A fresh probe of the
-    returned model is the run's ``leakage``."""
+    validation *and* a fresh probe reads the group less well from the returned model than
+    from vanilla's.
+
+    * The adversary: its balanced accuracy is within :func:`chance_floor` of chance (1/G),
+      above or below (measured on synthderm's `shortcut`: AdvRev's adversary at 0.30 on two
+      groups, which its inverted guess reads at 0.70). Balanced, not plain accuracy: on an
+      imbalanced attribute an adversary that collapsed to always guessing the majority scores
+      the majority's share (synthderm's `representation`: 0.946 = the light share).
+    * The fresh probe (:func:`fresh_probes`, validation): vanilla's balanced accuracy minus the
+      method's exceeds :func:`~fairbench.run.engagement.probe_drop_floor`. Without it a weak
+      adversary counts as fooled while the attribute stays as readable as in vanilla
+      (measured: AdvRev with λ = 0 on two tinted groups, adversary 0.52, a fresh probe 0.86;
+      on synthderm a fresh probe reads skin at 0.998–1.000 from every adversarially trained
+      model).
+
+    Records written before the fresh probe was stored keep the adversary alone, and those
+    before the balanced accuracy the former rule (accuracy ≤ majority share)."""
     balanced = info.get("adversary_val_balanced_accuracy")
     counts = info.get("val_group_counts")
     if balanced is None or not counts:
@@ -288,15 +322,29 @@ def adversary_engagement(info: dict[str, Any]) -> Engagement:
     present = [int(n) for n in counts if n]
     chance = 1.0 / len(present)
     floor = chance_floor(present)
-    return Engagement(
-        abs(balanced - chance) <= floor,
-        "the final adversary's balanced accuracy on validation is within two standard "
-        "errors of chance (1/G), on either side: it cannot read the group (one reliably "
-        "below chance, as gradient reversal leaves it on synthderm, reads it inverted)",
-        {"adversary_val_balanced_accuracy": balanced, "chance": round(chance, 4),
-         "chance_floor": round(floor, 4),
-         "adversary_val_accuracy": info.get("adversary_val_accuracy"),
-         "val_majority_share": info.get("val_majority_share")})
+    fooled = abs(balanced - chance) <= floor
+    figures = {"adversary_val_balanced_accuracy": balanced, "chance": round(chance, 4),
+               "chance_floor": round(floor, 4),
+               "adversary_val_accuracy": info.get("adversary_val_accuracy"),
+               "val_majority_share": info.get("val_majority_share")}
+    criterion = ("the final adversary's balanced accuracy on validation is within two "
+                 "standard errors of chance (1/G), on either side: it cannot read the group "
+                 "(one reliably below chance, as gradient reversal leaves it on synthderm, "
+                 "reads it inverted)")
+    probe = info.get("fresh_probe_val")
+    if probe is None:
+        return Engagement(fooled, criterion, figures)
+    criterion += ("; and a fresh linear probe of the group on the adversary's input reads it "
+                  "on validation worse than from vanilla's model by more than two standard "
+                  "errors of the difference")
+    if "method" not in probe or "vanilla" not in probe:
+        return Engagement(False, criterion, {**figures, "fresh_probe": probe.get("reason")})
+    drop_floor = probe_drop_floor(probe["vanilla"], probe["method"], present)
+    hidden = probe["vanilla"] - probe["method"] > drop_floor
+    return Engagement(fooled and hidden, criterion, {
+        **figures, "fresh_probe_val_balanced_accuracy": probe["method"],
+        "vanilla_probe_val_balanced_accuracy": probe["vanilla"],
+        "probe_drop_floor": round(drop_floor, 4)})
 
 
 def chance_floor(group_counts: list[int]) -> float:

@@ -12,6 +12,7 @@ method without a mechanism (the vanilla baseline).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -60,3 +61,20 @@ def mostly_idle(configs: Sequence[Mapping[str, Any]]) -> bool:
     """Whether more than half of the runs with a record did not engage."""
     idle, known = engaged_counts(configs)
     return known > 0 and 2 * idle > known
+
+
+def probe_drop_floor(a: float, b: float, group_counts: Sequence[int]) -> float:
+    r"""Twice the standard error of the difference of two probes' balanced accuracies ``a``
+    and ``b``, scored on the same rows (``group_counts`` of them per group), under the null
+    that both read the group equally well: with :math:`\bar p = (a + b)/2` as every group's
+    hit rate, one balanced accuracy over G groups has
+    :math:`\mathrm{Var} = \bar p(1-\bar p)\,\sum_g 1/n_g \,/\, G^2`, and the difference of
+    two independent ones twice that, so the floor is
+    :math:`2\sqrt{2\,\bar p(1-\bar p)\sum_g 1/n_g}\,/\,G`. (The probes read the same rows, so
+    their errors are positively correlated and the floor errs on the strict side.) A drop
+    ``a − b`` above it is more than the two probes' sampling noise."""
+    counts = [int(n) for n in group_counts if n]
+    if not counts:
+        return math.inf
+    p = (a + b) / 2
+    return 2.0 * math.sqrt(2.0 * p * (1 - p) * sum(1.0 / n for n in counts)) / len(counts)

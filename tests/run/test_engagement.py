@@ -72,6 +72,14 @@ CASES: dict[str, tuple[dict, dict]] = {
                                      "val_majority_share": 0.946,
                                      "adversary_val_balanced_accuracy": 0.85,
                                      "val_group_counts": [226, 13]}}),
+    # with the fresh probe: an adversary at chance engaged only where the probe reads the
+    # group worse than from vanilla's model (0.70 vs 0.95), not where it reads it as well
+    "adv_rev_noise_probe": ({"adv_rev": {"adversary_val_balanced_accuracy": 0.5,
+                                   "val_group_counts": [120, 120],
+                                   "fresh_probe_val": {"method": 0.70, "vanilla": 0.95}}},
+                      {"adv_rev": {"adversary_val_balanced_accuracy": 0.5,
+                                   "val_group_counts": [120, 120],
+                                   "fresh_probe_val": {"method": 1.0, "vanilla": 1.0}}}),
     "mfd": ({"mfd": {"first_batch_mmd_per_epoch": [3.0, 1.1, 0.7]}},
             {"mfd": {"first_batch_mmd_per_epoch": [0.7, 1.1, 3.0]}}),
     "groupdro": ({"groupdro": {"final_q": {"light": 0.2, "dark": 0.8}}},
@@ -216,3 +224,35 @@ def test_adversary_chance_floor_is_two_standard_errors_of_a_balanced_accuracy() 
                                 ).engaged is False
     assert adversary_engagement({**at, "adversary_val_balanced_accuracy": 0.5 - floor * 0.99}
                                 ).engaged is True
+
+
+def test_the_fresh_probe_drop_must_exceed_two_standard_errors_of_the_difference() -> None:
+    from fairbench.methods.adversarial import adversary_engagement
+
+    from fairbench.run.engagement import probe_drop_floor
+
+    # independent: two probes with the same hit rate p on groups of 200 and 20 rows,
+    # simulated; the sd of their balanced accuracies' difference is the floor's half
+    rng = np.random.default_rng(1)
+    p, counts = 0.8, [200, 20]
+
+    def balanced() -> np.ndarray:
+        return np.mean([rng.binomial(n, p, 20000) / n for n in counts], axis=0)
+
+    sd = float(np.std(balanced() - balanced()))
+    assert probe_drop_floor(p, p, counts) == pytest.approx(2 * sd, rel=0.03)
+    at = {"adversary_val_balanced_accuracy": 0.5, "val_group_counts": counts}
+
+    def engaged(method: float) -> bool:
+        probe = {"method": method, "vanilla": 0.9}
+        return adversary_engagement({**at, "fresh_probe_val": probe}).engaged
+
+    # the floor at the pair's mean hit rate, by hand: 2·sqrt(2·p(1−p)·(1/200 + 1/20))/2
+    for drop, expected in ((0.20, True), (0.14, True), (0.10, False), (0.05, False)):
+        p_mean = 0.9 - drop / 2
+        floor = 2 * (2 * p_mean * (1 - p_mean) * (1 / 200 + 1 / 20)) ** 0.5 / 2
+        assert (drop > floor) is expected, (drop, floor)
+        assert engaged(0.9 - drop) is expected, drop
+    # a probe that could not be fitted (one group among the rows) is no engagement
+    assert adversary_engagement({**at, "fresh_probe_val": {"reason": "one group"}}
+                                ).engaged is False
