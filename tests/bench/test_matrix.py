@@ -99,6 +99,26 @@ def test_cells_are_paired_differences_with_the_leaderboards_marks(runs):
                 assert cell.low <= cell.delta <= cell.high
                 comp = row.tests[metric]
                 assert cell.direction == comp.direction and cell.p_holm == comp.p_holm
+    # independent of the leaderboard's code: scipy's paired t-test of every method against
+    # vanilla by seed, Holm-adjusted by statsmodels over the methods of the table (one family
+    # per metric and table)
+    from scipy.stats import ttest_rel
+    from statsmodels.stats.multitest import multipletests
+
+    def value(run, metric: str) -> float:
+        part = read_json(run.path / "metrics.json")["test_true"]
+        return part["worst"]["F1"] if metric == "worst.F1" else part[metric]
+
+    for t in board.tables:
+        ref = sorted(next(r for r in t.rows if r.label == "vanilla").runs, key=lambda r: r.seed)
+        rows = [r for r in t.rows if r.label != "vanilla"]
+        for metric in ("EqOddsGap", "worst.F1"):
+            raw = [ttest_rel([value(m, metric) for m in sorted(row.runs, key=lambda r: r.seed)],
+                             [value(v, metric) for v in ref]).pvalue for row in rows]
+            adjusted = multipletests(raw, method="holm")[1]
+            for row, p_holm in zip(rows, adjusted):
+                assert matrix.cells[(metric, row.label, t.dataset)].p_holm == pytest.approx(
+                    p_holm), (metric, row.label, t.dataset)
     # the data built in: "fairer" raises the dark group, "worse" lowers it
     assert matrix.cells[("worst.F1", "fairer", "a")].direction == "better"
     assert matrix.cells[("worst.F1", "worse", "a")].direction == "worse"
