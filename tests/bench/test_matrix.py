@@ -185,8 +185,32 @@ def test_short_cells_say_so(runs):
 
 
 def test_heatmap(runs, tmp_path):
-    paths = plot_matrix(build_matrix(_board(runs), n_resamples=20), tmp_path / "m")
+    """The files, and the figure's data: per panel the image is the change in points
+    oriented so that higher = better (EqOdds gap: lower is better, so negated), the texts
+    are the cells' changes with their marks, the axes the methods and scenarios."""
+    from fairbench.bench.matrix import matrix_figure
+
+    matrix = build_matrix(_board(runs), n_resamples=20)
+    paths = plot_matrix(matrix, tmp_path / "m")
     assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size for p in paths)
+    fig = matrix_figure(matrix)
+    assert len(fig.axes) == len(matrix.metrics)
+    for ax, metric in zip(fig.axes, matrix.metrics):
+        assert [t.get_text() for t in ax.get_yticklabels()] == matrix.methods
+        assert [t.get_text() for t in ax.get_xticklabels()] == matrix.scenarios
+        assert ax.get_title().endswith("(true labels; blue = better)")
+        image = np.asarray(ax.get_images()[0].get_array())
+        sign = -1.0 if metric == "EqOddsGap" else 1.0
+        texts = {(round(t.get_position()[1]), round(t.get_position()[0])): t.get_text()
+                 for t in ax.texts}
+        for i, method in enumerate(matrix.methods):
+            for j, scen in enumerate(matrix.scenarios):
+                delta = matrix.cells[(metric, method, scen)].delta * 100
+                assert image[i, j] == pytest.approx(sign * delta)
+                assert texts[(i, j)].startswith(f"{delta:+.1f}")
+    # "fairer" raises the dark group's F1: its worst-group cell is blue (positive)
+    worst = fig.axes[matrix.metrics.index("worst.F1")]
+    assert np.asarray(worst.get_images()[0].get_array())[matrix.methods.index("fairer"), 0] > 0
 
 
 def test_no_vanilla_is_one_clear_error(runs):
