@@ -169,3 +169,21 @@ def datasets_test_module(name: str):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+def save_timm_checkpoint(model: str, path: Path, seed: int = 0) -> dict:
+    """Random weights of timm's ``model`` saved as timm's files hold them (classifier
+    included; ``.safetensors`` or a torch file by the suffix); returns the state dict."""
+    import timm
+    import torch
+
+    torch.manual_seed(seed)
+    state = timm.create_model(model, pretrained=False).state_dict()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".safetensors":
+        from safetensors.torch import save_file
+
+        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    else:
+        torch.save(state, path)
+    return state

@@ -3,6 +3,7 @@ method parameters, dataset options and train settings all pass fairbench's own c
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -72,3 +73,80 @@ def test_isic_suite_uses_the_papers_beta() -> None:
     suite = tomllib.loads((BENCH / "suite_isic2019_resnet18.toml").read_text())
     (fq,) = [m for m in suite["methods"] if m["name"] == "fairquantize"]
     assert fq["params"]["beta"] == 0.778
+
+
+# -- the paper presets of the multi-exit and sensitive-channel-pruning papers ------------------
+PAPER_SUITES = ("paper_fitzpatrick17k.toml", "paper_isic2019.toml")
+
+
+@pytest.mark.parametrize("name", PAPER_SUITES)
+def test_paper_suite_asks_for_the_paper_setting(name: str) -> None:
+    """Pretrained weights, the published split, 224 px, the Fair-Multi-Exit-Framework recipe
+    (SGD Nesterov, lr 0.01, momentum 0.9, weight decay 1e-5, StepLR(100, 0.1), 199 epochs,
+    batch 128, class-balanced batches) and CUDA where there is one."""
+    from fairbench.bench.suite import load_suite
+
+    suite = load_suite(BENCH / name, allow_missing_data=True)
+    assert suite.device == "auto"
+    for d in suite.datasets:
+        assert d.pretrained and d.split == "published" and d.image_size == 224
+    train = build_params(TrainConfig, suite.train, owner="train")
+    assert (train.optimizer, train.lr, train.momentum, train.nesterov, train.weight_decay) == (
+        "sgd", 0.01, 0.9, True, 1e-5)
+    assert (train.schedule, train.step_size, train.gamma, train.epochs, train.batch_size,
+            train.sampler) == ("step", 100, 0.1, 199, 128, "class")
+    assert {m.name for m in suite.methods} >= {"vanilla", "me_fairprune", "snnl_prune"}
+
+
+@pytest.mark.slow
+def test_isic_paper_suite_runs_end_to_end_on_a_jpeg_folder(tmp_path: Path,
+                                                           monkeypatch) -> None:
+    """The ISIC 2019 paper preset, one epoch, one seed, on CPU: a real-layout folder (the
+    fixture's metadata, 60 images, generated JPEGs), split files in the published layout
+    (their checksums recorded as the published ones) and random weights saved in timm's
+    format as the local pretrained file. Every method of the preset finishes, each run
+    records the file's sha256, 224 px and the published split."""
+    import dataclasses
+    import hashlib
+
+    import pandas as pd
+    from dataset_helpers import FIXTURES, make_jpegs, save_timm_checkpoint
+
+    from fairbench.bench.suite import load_suite
+    from fairbench.bench.sweep import plan, run_suite
+    from fairbench.data.published import PUBLISHED, PartFile, PublishedSplit
+
+    root = tmp_path / "isic2019"
+    root.mkdir()
+    for csv in ("ISIC_2019_Training_Metadata.csv", "ISIC_2019_Training_GroundTruth.csv"):
+        pd.read_csv(FIXTURES / "isic2019" / csv).head(60).to_csv(root / csv, index=False)
+    ids = pd.read_csv(root / "ISIC_2019_Training_Metadata.csv")["image"].astype(str).tolist()
+    make_jpegs(root / "ISIC_2019_Training_Input", ids, size=(64, 48))
+    spec = PUBLISHED["isic2019"]
+    splits = tmp_path / "splits"
+    files = {}
+    taken = set(ids[0::5]) | set(ids[1::5])
+    for part, rows in (("val", ids[0::5]), ("test", ids[1::5]),
+                       ("train", [i for i in ids if i not in taken])):
+        path = splits / getattr(spec, part).path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pd.DataFrame({spec.id_column: rows, "label": 0}).to_csv(path)
+        files[part] = PartFile(getattr(spec, part).path,
+                               hashlib.sha256(path.read_bytes()).hexdigest())
+    monkeypatch.setitem(PUBLISHED, "isic2019", PublishedSplit(spec.id_column, **files))
+    weights = tmp_path / "weights" / "resnet18.safetensors"
+    save_timm_checkpoint("resnet18", weights)
+    monkeypatch.setenv("FAIRBENCH_WEIGHTS_DIR", str(weights.parent))
+    monkeypatch.setenv("FAIRBENCH_SPLITS_DIR", str(splits))
+    suite = load_suite(BENCH / "paper_isic2019.toml", data_roots={"*": str(root)}, seeds=[0],
+                       runs_dir=str(tmp_path / "runs"))
+    suite = dataclasses.replace(suite, device="cpu",
+                                train={**suite.train, "epochs": 1, "batch_size": 8})
+    run_suite(suite, progress=False, echo=lambda _: None)
+    runs = plan(suite)
+    assert runs and all(r.finished for r in runs)
+    sha = hashlib.sha256(weights.read_bytes()).hexdigest()
+    for r in runs:
+        cfg = json.loads((r.run_dir / "config.json").read_text())
+        assert cfg["pretrained_sha256"] == sha and cfg["image_size"] == 224
+        assert cfg["split_sizes"] == {"train": 36, "val": 12, "test": 12}

@@ -6,32 +6,16 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from pathlib import Path
 
 import pytest
 import torch
 from click.testing import CliRunner
+from dataset_helpers import save_timm_checkpoint
 
 from fairbench import FairbenchError, run_experiment
 from fairbench.cli.main import main
 from fairbench.models.backbones import create_backbone
 from fairbench.models.pretrained import WEIGHTS_DIR_ENV, find_pretrained
-
-
-def _save_timm(model: str, path: Path, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A timm model's full state dict (classifier included, as timm's files hold it)."""
-    import timm
-
-    torch.manual_seed(seed)
-    state = timm.create_model(model, pretrained=False).state_dict()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
-
-        save_file({k: v.contiguous() for k, v in state.items()}, str(path))
-    else:
-        torch.save(state, path)
-    return state
 
 
 @pytest.fixture(autouse=True)
@@ -45,7 +29,7 @@ def empty_hub_cache(tmp_path, monkeypatch):
 
 
 def test_resnet18_body_is_the_file_and_the_head_is_new(tmp_path):
-    state = _save_timm("resnet18", tmp_path / "w" / "resnet18.pth")
+    state = save_timm_checkpoint("resnet18", tmp_path / "w" / "resnet18.pth")
     path = find_pretrained("resnet18", str(tmp_path / "w"))
     assert path == tmp_path / "w" / "resnet18.pth"
     model = create_backbone("resnet18", num_classes=3, image_size=32, pretrained=path)
@@ -58,7 +42,7 @@ def test_resnet18_body_is_the_file_and_the_head_is_new(tmp_path):
 
 def test_hub_layout_in_the_folder_and_the_hub_cache(tmp_path, monkeypatch):
     hub = tmp_path / "w" / "timm" / "resnet18.a1_in1k" / "model.safetensors"
-    state = _save_timm("resnet18", hub, seed=1)
+    state = save_timm_checkpoint("resnet18", hub, seed=1)
     assert find_pretrained("resnet18", str(tmp_path / "w")) == hub
     # the environment variable names the folder when --weights-dir is not given
     monkeypatch.setenv(WEIGHTS_DIR_ENV, str(tmp_path / "w"))
@@ -94,7 +78,7 @@ def test_another_normalisation_is_refused(tmp_path):
     """fairbench feeds ImageNet-normalised images; a model pretrained on other inputs is
     refused rather than fed what it was not trained on."""
     path = tmp_path / "w" / "vit_tiny_patch16_224.pth"
-    _save_timm("vit_tiny_patch16_224", path)
+    save_timm_checkpoint("vit_tiny_patch16_224", path)
     with pytest.raises(FairbenchError, match="normalised with mean"):
         create_backbone("timm:vit_tiny_patch16_224", num_classes=2, image_size=224,
                         pretrained=path)
@@ -102,14 +86,14 @@ def test_another_normalisation_is_refused(tmp_path):
 
 def test_a_file_of_another_model_is_one_line(tmp_path):
     path = tmp_path / "w" / "resnet18.pth"
-    _save_timm("resnet10t", path)
+    save_timm_checkpoint("resnet10t", path)
     with pytest.raises(FairbenchError, match="do not load into timm's 'resnet18'"):
         create_backbone("resnet18", num_classes=2, image_size=32, pretrained=path)
 
 
 def test_a_pretrained_run_records_its_weights_and_is_its_own_run(tmp_path, make_tiny_config):
     folder = tmp_path / "w"
-    state = _save_timm("resnet18", folder / "resnet18.pth")
+    state = save_timm_checkpoint("resnet18", folder / "resnet18.pth")
     base = dataclasses.replace(make_tiny_config("vanilla", tmp_path / "runs",
                                                 train={"epochs": 1}), backbone="resnet18",
                                backbone_params={})
@@ -146,7 +130,7 @@ def test_bad_pretrained_input_is_one_line(tmp_path, args, message):
 def test_a_suite_entry_can_ask_for_pretrained_weights(tmp_path):
     from fairbench import load_suite
 
-    _save_timm("resnet18", tmp_path / "w" / "resnet18.pth")
+    save_timm_checkpoint("resnet18", tmp_path / "w" / "resnet18.pth")
     path = tmp_path / "s.toml"
     path.write_text(f"""
 name = "p"
