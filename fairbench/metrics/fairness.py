@@ -25,10 +25,11 @@ out while fairlearn counts it as 0: ``y=[0,0,1]``, ``pred=[1,1,1]``, groups ``[0
 (group 0 has no positive, so no TPR) give 0 here and 1.0 in fairlearn. It is 0 only when every
 group has the same TPR and the same FPR on every class: no combination of gaps can cancel.
 
-**Signs.** The ``*_signed`` twins below are group a − group b (the lower code first, as the
-released code), while the group summaries' ``Diff_signed`` is the last group − the first
-(``meta.diff_sign`` of ``metrics.json``, e.g. "dark minus light"); ``meta.paper_signed_sign``
-names the twins' direction.
+**Signs.** Every signed difference of ``metrics.json`` runs one way, group a − group b (the
+lower code first, e.g. light − dark), named by ``meta.signed_direction``: the ``*_signed``
+twins below (as the released code computes them) and the group summaries' ``Diff_signed``.
+Runs written before 2026-12-07 stored ``Diff_signed`` the other way (their
+``meta.diff_sign`` says "dark minus light").
 
 **The papers' definitions** (kept exactly as released, for comparison with their tables:
 ``fairness_metrics.py`` of github.com/guoyb17/FairQuantize, the same code as

@@ -6,9 +6,11 @@ For a metric :math:`m` and groups :math:`G` (codes :math:`0..|G|-1`):
 * ``Avg``: the unweighted mean :math:`\\frac1{|G|}\\sum_g m_g` (the papers' "Avg." row);
 * ``gap``: :math:`\\max_g m_g - \\min_g m_g` (lower is better);
 * ``worst``: :math:`\\min_g m_g` if higher is better, else :math:`\\max_g m_g`;
-* ``Diff``: :math:`|m_1 - m_0|` and ``Diff_signed``: :math:`m_1 - m_0` (group code 1 minus
-  code 0, the sign of the FairQuantize tables); with more than two groups ``Diff`` is the gap
-  and ``Diff_signed`` is ``nan``.
+* ``Diff``: :math:`|m_0 - m_1|` and ``Diff_signed``: :math:`m_0 - m_1` (group code 0 minus
+  code 1: the direction of every signed difference in ``metrics.json``, the papers' signed
+  EOpp/EOdd twins included, named by ``meta.signed_direction``; the FairQuantize tables'
+  signed Diff is its negative); with more than two groups ``Diff`` is the gap and
+  ``Diff_signed`` is ``nan``.
 
 **Undefined groups.** One group whose value is undefined (``nan``: an AUC of a group with a
 single class, a group with no rows) makes ``Avg``, ``gap``, ``worst`` and ``Diff`` undefined
@@ -58,7 +60,7 @@ def summarise(per_group: Mapping[str, Mapping[str, float]], names: list[str],
             out["gap"][m] = gap
             out["worst"][m] = float(vals.min() if hib in (True, None) else vals.max())
             if len(names) == 2 and len(present) == 2:
-                signed = float(per_group[names[1]][m] - per_group[names[0]][m])
+                signed = float(per_group[names[0]][m] - per_group[names[1]][m])
                 out["Diff"][m], out["Diff_signed"][m] = abs(signed), signed
             else:
                 out["Diff"][m], out["Diff_signed"][m] = gap, nan

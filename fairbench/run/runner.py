@@ -618,7 +618,10 @@ def _metrics_meta(p: Prepared, bundle: DataBundle, privileged: str | None,
         "privileged": privileged,
         "higher_is_better": HIGHER_IS_BETTER if p.task == "classification"
         else _directions(metrics["test"]),
-        "diff_sign": f"{bundle.group_names[1]} minus {bundle.group_names[0]}"
+        # one direction for every signed difference (Diff_signed and the *_signed twins)
+        "signed_direction": f"{bundle.group_names[0]} minus {bundle.group_names[1]}"
+        if len(bundle.group_names) == 2 else "max minus min",
+        "diff_sign": f"{bundle.group_names[0]} minus {bundle.group_names[1]}"
         if len(bundle.group_names) == 2 else "max minus min",
         **({"paper_signed_sign": f"{bundle.group_names[0]} minus {bundle.group_names[1]}"}
            if p.task == "classification" and len(bundle.group_names) == 2 else {}),

@@ -188,7 +188,7 @@ def test_per_group_utility_matches_fairlearn(seed):
         assert out["worst"][metric] == pytest.approx(per.min())
         assert out["worst"][metric] == pytest.approx(mf.group_min()[metric])
         assert out["Avg"][metric] == pytest.approx(per.mean())
-        assert out["Diff_signed"][metric] == pytest.approx(per["dark"] - per["light"])
+        assert out["Diff_signed"][metric] == pytest.approx(per["light"] - per["dark"])
         assert out["Diff"][metric] == pytest.approx(abs(per["dark"] - per["light"]))
     assert out["light"]["n"] == int((g == 0).sum()) and out["n"] == len(y)
     assert out["dark"]["F1"] < out["light"]["F1"]  # the case is built to favour group 0

@@ -128,7 +128,7 @@ def test_two_groups_by_hand():
     assert out["dark"] == pytest.approx({"n": 3, "Dice": 0.4, "IoU": 0.3})
     assert out["Avg"]["Dice"] == pytest.approx(0.65)
     assert out["gap"]["Dice"] == pytest.approx(0.5) and out["worst"]["Dice"] == pytest.approx(0.4)
-    assert out["Diff_signed"]["IoU"] == pytest.approx(-0.5)
+    assert out["Diff_signed"]["IoU"] == pytest.approx(0.5)  # light − dark, as every signed key
     # ES_fairseg: .6 / (1 + |.9-.6| + |.4-.6|) = .6/1.5 = .4 ; IoU .5/(1+.3+.2) = 1/3
     assert out["ES_fairseg"]["Dice"] == pytest.approx(0.4)
     assert out["ES_fairseg"]["IoU"] == pytest.approx(1 / 3)

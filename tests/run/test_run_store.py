@@ -110,7 +110,10 @@ def test_metrics_json_layout_and_values(tiny_run):
             assert m[key] == pytest.approx(ref[key], abs=1e-9), (part, key)
         dark = groups == 1
         assert m["dark"]["F1"] == pytest.approx(f1_score(y[dark], pred[dark], average="macro"))
-        assert m["Diff_signed"]["F1"] == pytest.approx(m["dark"]["F1"] - m["light"]["F1"])
+        assert m["Diff_signed"]["F1"] == pytest.approx(m["light"]["F1"] - m["dark"]["F1"])
+        # one direction for every signed difference: the papers' twins run the same way
+        assert metrics["meta"]["signed_direction"] == "light minus dark"
+        assert m["EOdd_signed"] == pytest.approx(paper_measures(y, pred, groups)["EOdd_signed"])
     assert metrics["meta"]["groups"] == ["light", "dark"]
     assert metrics["meta"]["higher_is_better"]["EOdd"] is False
 
