@@ -118,9 +118,13 @@ def test_isic_paper_suite_runs_end_to_end_on_a_jpeg_folder(tmp_path: Path,
 
     root = tmp_path / "isic2019"
     root.mkdir()
-    for csv in ("ISIC_2019_Training_Metadata.csv", "ISIC_2019_Training_GroundTruth.csv"):
-        pd.read_csv(FIXTURES / "isic2019" / csv).head(60).to_csv(root / csv, index=False)
-    ids = pd.read_csv(root / "ISIC_2019_Training_Metadata.csv")["image"].astype(str).tolist()
+    meta = pd.read_csv(FIXTURES / "isic2019" / "ISIC_2019_Training_Metadata.csv")
+    meta = meta.dropna(subset=["sex"]).head(60)  # the rows the sex attribute keeps
+    truth = pd.read_csv(FIXTURES / "isic2019" / "ISIC_2019_Training_GroundTruth.csv")
+    meta.to_csv(root / "ISIC_2019_Training_Metadata.csv", index=False)
+    truth[truth["image"].isin(meta["image"])].to_csv(
+        root / "ISIC_2019_Training_GroundTruth.csv", index=False)
+    ids = meta["image"].astype(str).tolist()
     make_jpegs(root / "ISIC_2019_Training_Input", ids, size=(64, 48))
     spec = PUBLISHED["isic2019"]
     splits = tmp_path / "splits"
