@@ -264,8 +264,8 @@ def test_a_second_list_of_metric_names_is_found(tiny_tree):
 
 
 #: the test files at the top of tests/: they test the project as a whole, not one package
-WHOLE_PROJECT_TESTS = {"test_api.py", "test_benchmarks.py", "test_conformance.py",
-                       "test_docs.py", "test_examples.py", "test_layout.py", "test_packaging.py"}
+WHOLE_PROJECT_TESTS = {"test_api.py", "test_benchmarks.py", "test_ci_guard.py",
+                       "test_conformance.py", "test_docs.py", "test_examples.py", "test_layout.py", "test_packaging.py"}
 
 
 def misplaced_tests(tests: Path, root: Path) -> list[str]:
