@@ -6,7 +6,10 @@ those of real dermoscopy photos) to a temporary folder, then times
 :func:`fairbench.data.images.decode_files_into` into a memory-mapped array:
 
 * serial (one core), with and without Pillow's JPEG draft mode, at each target size;
-* all usable cores, with worker processes and with threads (draft mode on).
+* all usable cores, with worker processes and with threads (draft mode on);
+* then the per-epoch path that replaces DataLoader workers: batches cut from the decoded
+  cache, augmented (random shift and flips) and normalised by
+  :class:`fairbench.data.loaders.BatchLoader` on the CPU, with 1 and with all usable threads.
 
 It also reports the PSNR of the draft-mode result against the full decode, so the speed-up
 can be weighed against the (small) change in pixels. Example::
@@ -70,6 +73,35 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
 
 
+def batches_per_second(images: np.ndarray, threads: int, batch_size: int = 32,
+                       epochs: int = 3) -> float:
+    """Images/s of the training batches (gather, augment, normalise, channels-last) cut from
+    ``images`` (N×H×W×3 uint8) on the CPU with ``threads`` torch threads; the first epoch is
+    a warm-up and not timed."""
+    import torch
+
+    from fairbench.data.loaders import Augment, BatchLoader, DeviceData
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        n = len(images)
+        data = DeviceData(images, np.zeros(n, dtype=np.int64), {"g": np.zeros(n, dtype=np.int64)},
+                          torch.device("cpu"))
+        loader = BatchLoader(data, np.arange(n), batch_size=batch_size, attribute="g",
+                             order="shuffle", augment=Augment(), channels_last=True, seed=0)
+        for _ in loader:
+            pass
+        t = time.perf_counter()
+        seen = 0
+        for _ in range(epochs):
+            for batch in loader:
+                seen += len(batch)
+        return seen / (time.perf_counter() - t)
+    finally:
+        torch.set_num_threads(before)
+
+
 def main() -> None:
     from fairbench.data.images import usable_cpus
 
@@ -105,6 +137,10 @@ def main() -> None:
             for name, c, secs, note in rows:
                 rate = args.n / secs
                 print(f"{size:>5} {name:<22} {c:>5} {rate:>8.0f} {rate / c:>10.0f} {note:>12}")
+            for threads in sorted({1, cores}):
+                rate = batches_per_second(drafted, threads)
+                print(f"{size:>5} {'augment + normalise':<22} {threads:>5} {rate:>8.0f} "
+                      f"{rate / threads:>10.0f} {'':>12}")
 
 
 if __name__ == "__main__":

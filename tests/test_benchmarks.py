@@ -40,6 +40,19 @@ def test_bench_curvature_reports_passes_ratios_and_floors(tmp_path):
     assert mc["floor"] == 1.0
 
 
+def test_bench_decode_times_the_decode_and_the_batch_path(tmp_path):
+    import re
+
+    out = run_script("bench_decode.py", "--n", "24", "--width", "96", "--height", "72",
+                     "--sizes", "32", "--workers", "2", tmp_path=tmp_path)
+    # size, mode, cores, img/s, img/s per core (then the PSNR on the draft row)
+    rows = re.findall(r"^\s*32 (.+?)\s+(\d+)\s+(\d+)\s+(\d+)", out, flags=re.M)
+    modes = {(mode, int(cores)) for mode, cores, _, _ in rows}
+    assert {("full decode, serial", 1), ("draft, processes", 2), ("augment + normalise", 1),
+            ("augment + normalise", 2)} <= modes, out
+    assert all(int(rate) > 0 for _, _, rate, _ in rows)
+
+
 def test_bench_few_positions_compares_the_paths(tmp_path):
     out = run_script("bench_few_positions.py", "--backbones", "smallcnn", "--estimators",
                      "ggn_mc", "--image-size", "16", "--n", "16", "--batch-size", "8",
