@@ -5,7 +5,12 @@ the counterfactual flip rate per scenario, and the suite's wall time from its ru
     fairbench sweep benchmarks/mechanisms.toml --jobs 2 --threads-per-job 1
     python benchmarks/bench_matrix_report.py benchmarks/mechanisms.toml --out report/
 
-Writes ``matrix.md``, ``matrix.csv``, ``engagement.md`` and ``summary.md`` into ``--out``.
+Writes ``matrix.md``, ``matrix.csv``, ``engagement.md``, ``engagement_by_scenario.md`` and
+``summary.md`` into ``--out``. ``engagement_by_scenario.md`` has, per method and scenario, the
+runs engaged and, over the runs that did not engage, the median of each figure of their
+engagement record (the share for a yes/no figure): what the criterion saw instead. For
+ME-FairPrune it adds from ``prune.csv`` how many of those runs had no pruned candidate within
+the F1 tolerance of the unpruned model.
 """
 
 from __future__ import annotations
@@ -13,8 +18,39 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
+
+
+def figure_summary(records: list[dict[str, Any]]) -> str:
+    """``name median`` for every numeric figure of ``records`` (engagement records), the share
+    of true for a yes/no figure."""
+    values: dict[str, list[float]] = defaultdict(list)
+    for rec in records:
+        for key, value in (rec.get("figures") or {}).items():
+            if isinstance(value, bool):
+                values[key].append(float(value))
+            elif isinstance(value, (int, float)) and math.isfinite(value):
+                values[key].append(float(value))
+    return ", ".join(f"{k} {statistics.median(v):.3g}" for k, v in values.items())
+
+
+def no_pruned_candidate_within_tolerance(run_dir: Path, config: dict[str, Any]) -> bool | None:
+    """For an ME-FairPrune run: whether no pruned candidate of its ``prune.csv`` (ratio > 0, any
+    β and τ) has a validation F1 within ``f1_tolerance`` of the unpruned model's; None for
+    another run."""
+    import csv
+
+    notes = (config.get("notes") or {}).get("me_fairprune") or {}
+    if "unpruned" not in notes or not (run_dir / "prune.csv").is_file():
+        return None
+    ref = float(notes["unpruned"]["val_F1"])
+    tol = float(config.get("method_params", {}).get("f1_tolerance", 0.02))
+    with open(run_dir / "prune.csv", newline="") as fh:
+        pruned = [float(r["val_F1"]) for r in csv.DictReader(fh) if float(r["ratio"]) > 0]
+    return not any(f1 >= ref - tol for f1 in pruned)
 
 
 def main() -> None:
@@ -57,6 +93,39 @@ def main() -> None:
                 cf = run.metrics.get("counterfactual") or {}
                 if "flip_rate" in cf:
                     flips[(row.label, table.dataset)].append(cf["flip_rate"])
+    by_scenario: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    no_candidate: dict[tuple[str, str], list[bool]] = defaultdict(list)
+    for table in board.tables:
+        for row in table.rows:
+            for run in row.all_runs:
+                rec = run.config.get("engagement") or {}
+                if "engaged" not in rec:
+                    continue
+                by_scenario[(row.label, table.dataset)].append(rec)
+                if rec["engaged"] is False:
+                    flag = no_pruned_candidate_within_tolerance(Path(run.path), run.config)
+                    if flag is not None:
+                        no_candidate[(row.label, table.dataset)].append(flag)
+    scenarios = [t.dataset for t in board.tables]
+    methods = list(dict.fromkeys(m for m, _ in by_scenario))
+    by = ["| method | " + " | ".join(scenarios) + " |", "|:--|" + "--:|" * len(scenarios)]
+    for method in methods:
+        cells = []
+        for s in scenarios:
+            recs = by_scenario.get((method, s), [])
+            cells.append(f"{sum(r['engaged'] is True for r in recs)}/{len(recs)}" if recs else "–")
+        by.append(f"| {method} | " + " | ".join(cells) + " |")
+    by += ["", "Runs that did not engage: median of each figure of their record", ""]
+    for method in methods:
+        for s in scenarios:
+            idle = [r for r in by_scenario.get((method, s), []) if r["engaged"] is False]
+            if idle:
+                extra = ""
+                if flags := no_candidate.get((method, s)):
+                    extra = (f"; no pruned candidate within the F1 tolerance in {sum(flags)} of "
+                             f"{len(flags)}")
+                by.append(f"* {method}, {s} ({len(idle)} runs): {figure_summary(idle)}{extra}")
+    (out / "engagement_by_scenario.md").write_text("\n".join(by) + "\n")
     eng = ["| method | engaged | did not | no mechanism / no record |", "|:--|--:|--:|--:|"]
     for method, (yes, no, none) in engaged.items():
         eng.append(f"| {method} | {yes} | {no} | {none} |")
@@ -73,6 +142,7 @@ def main() -> None:
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     print((out / "engagement.md").read_text())
+    print((out / "engagement_by_scenario.md").read_text())
     print(json.dumps({"written": sorted(p.name for p in out.iterdir())}))
 
 
