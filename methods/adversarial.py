@@ -88,7 +88,7 @@ from fairbench.run.inprocessing import (
     seeded,
     train_setup,
 )
-from fairbench.run.leakage import collect, part_loaders, probe_numbers
+from fairbench.run.leakage import part_loaders, probe_model
 from fairbench.run.method import Method, register_method
 from fairbench.training.trainer import AuxModule, Sampler, StepState, TrainHooks
 
@@ -282,9 +282,7 @@ def fresh_probes(ctx: RunContext, model: nn.Module,
     for name, net in (("method", model), ("vanilla", ctx.vanilla())):
         extract = net.features if site == "features" else net
         try:
-            z_fit, i_fit = collect(net, extract, loaders["train"])
-            z_val, i_val = collect(net, extract, loaders["val"])
-            res = probe_numbers(z_fit, codes[i_fit], z_val, codes[i_val])
+            res = probe_model(net, extract, loaders, codes, "train", "val")
         except ValueError as exc:  # a single group among the rows: nothing to probe
             return {**out, "reason": str(exc)}
         out[name] = res["balanced_accuracy"]

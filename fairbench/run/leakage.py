@@ -143,13 +143,13 @@ def run_leakage(ctx: Any, model: nn.Module, *, fit_part: str = "train",
     codes = ctx.table.attr(ctx.attribute)
     loaders = part_loaders(ctx, (fit_part, score_part))
     site, extract = representation_site(model)
-    out = _probe(model, extract, loaders, codes, fit_part, score_part,
+    out = probe_model(model, extract, loaders, codes, fit_part, score_part,
                  score_features if site == "features" else None)
     out["representation"] = SITE_TEXT.get(site, site)
     out["site"] = site
     if site not in ("features", "backbone.features") and callable(
             getattr(model, "features", None)):
-        pooled = _probe(model, model.features, loaders, codes, fit_part, score_part,
+        pooled = probe_model(model, model.features, loaders, codes, fit_part, score_part,
                         score_features)
         out["pooled"] = pooled
     out["fit_part"], out["score_part"] = fit_part, score_part
@@ -171,9 +171,13 @@ def probe_numbers(z_fit: np.ndarray, g_fit: np.ndarray, z_score: np.ndarray,
     return {k: (round(v, 6) if isinstance(v, float) else v) for k, v in res.to_dict().items()}
 
 
-def _probe(model: nn.Module, extract: Extractor, loaders: dict[str, Any], codes: np.ndarray,
-           fit_part: str, score_part: str,
-           score: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+def probe_model(model: nn.Module, extract: Extractor, loaders: dict[str, Any],
+                codes: np.ndarray, fit_part: str, score_part: str,
+                score: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, Any]:
+    """A fresh linear probe of ``codes`` (one group code per row of the table) on what
+    ``extract`` gives for ``model``: fitted on ``loaders[fit_part]``, scored on
+    ``loaders[score_part]`` (or on ``score``, embeddings and rows already collected), as
+    :func:`probe_numbers` records it. Raises ValueError when a part holds a single group."""
     z_fit, i_fit = collect(model, extract, loaders[fit_part])
     z_score, i_score = score if score is not None else collect(model, extract,
                                                               loaders[score_part])
