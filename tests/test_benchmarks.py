@@ -53,6 +53,23 @@ def test_bench_decode_times_the_decode_and_the_batch_path(tmp_path):
     assert all(int(rate) > 0 for _, _, rate, _ in rows)
 
 
+def test_bench_skin_floor_probes_colour_untrained_and_adversaries(tmp_path):
+    import re
+
+    out = run_script("bench_skin_floor.py", "control", "0", "--strength", "1", "--n-samples",
+                     "240", "--n-test", "60", "--epochs", "1", "--runs-dir",
+                     str(tmp_path / "runs"), tmp_path=tmp_path)
+    line = next(x for x in out.splitlines() if x.startswith("control seed 0:"))
+    floors = dict(re.findall(r"(rgb|untrained|vanilla) (\d\.\d{3})", line))
+    assert set(floors) == {"rgb", "untrained", "vanilla"}, line
+    # skin is the background of every synthderm image: three mean colours read it
+    assert float(floors["rgb"]) > 0.9, line
+    for method in ("adv_conf a=1", "adv_rev l=1"):
+        probe = re.search(rf"{method}: probe (\d\.\d{{3}}) adversary (\d\.\d{{3}}) dF1 "
+                          r"[+-]\d+\.\d", line)
+        assert probe and 0 <= float(probe.group(1)) <= 1, line
+
+
 def test_bench_few_positions_compares_the_paths(tmp_path):
     out = run_script("bench_few_positions.py", "--backbones", "smallcnn", "--estimators",
                      "ggn_mc", "--image-size", "16", "--n", "16", "--batch-size", "8",
