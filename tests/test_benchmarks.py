@@ -70,6 +70,36 @@ def test_bench_skin_floor_probes_colour_untrained_and_adversaries(tmp_path):
         assert probe and 0 <= float(probe.group(1)) <= 1, line
 
 
+def test_bench_group_loss_gap_reads_vanilla_and_groupdro_runs(tmp_path):
+    import math
+
+    def run(name: str, method: str, scenario: str, probs: list[float] | None = None,
+            engagement: dict | None = None) -> None:
+        d = tmp_path / "runs" / method / name
+        d.mkdir(parents=True)
+        cfg = {"method": method, "dataset": "synthderm", "dataset_params": {"scenario": scenario},
+               "groups": ["light", "dark"], "privileged": "light", "attribute": "skin_tone",
+               "engagement": engagement}
+        (d / "config.json").write_text(json.dumps(cfg))
+        if probs is not None:  # rows: (part, label, group, probability of label 0)
+            lines = ["part,label,attr_skin_tone,prob_0,prob_1"]
+            for part, label, group, p0 in (("val", 0, 0, probs[0]), ("val", 0, 1, probs[1]),
+                                           ("val", 1, 1, probs[2]), ("test", 0, 1, 0.01),
+                                           ("val", 0, -1, 0.01)):
+                lines.append(f"{part},{label},{group},{p0},{1 - p0}")
+            (d / "predictions.csv").write_text("\n".join(lines) + "\n")
+
+    run("v0", "vanilla", "control", [0.9, 0.5, 0.2])
+    run("g0", "groupdro", "control",
+        engagement={"engaged": False, "figures": {"tv_from_uniform": 0.01}})
+    out = run_script("bench_group_loss_gap.py", str(BENCH / "mechanisms.toml"), "--runs-dir",
+                     str(tmp_path / "runs"), tmp_path=tmp_path)
+    # dark rows: -log 0.5 (label 0) and -log 0.8 (label 1); light: -log 0.9; the test row
+    # and the row of unknown group are left out
+    gap = (-math.log(0.5) - math.log(0.8)) / 2 + math.log(0.9)
+    assert f"| control | {gap:.3f} [{gap:.3f}, {gap:.3f}] | 0.010 | 0/1 |" in out, out
+
+
 def test_bench_few_positions_compares_the_paths(tmp_path):
     out = run_script("bench_few_positions.py", "--backbones", "smallcnn", "--estimators",
                      "ggn_mc", "--image-size", "16", "--n", "16", "--batch-size", "8",
