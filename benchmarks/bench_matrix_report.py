@@ -38,12 +38,15 @@ def figure_summary(records: list[dict[str, Any]]) -> str:
 
 
 def no_pruned_candidate_within_tolerance(run_dir: Path, config: dict[str, Any]) -> bool | None:
-    """For an ME-FairPrune run: whether no pruned candidate of its ``prune.csv`` (ratio > 0, any
-    β and τ) has a validation F1 within ``f1_tolerance`` of the unpruned model's; None for
-    another run."""
+    """For an ME-FairPrune run: whether no pruned candidate (ratio > 0, any β and τ) was within
+    the F1 tolerance of the unpruned model: the run's own count (``pruned_within_tolerance``
+    of its engagement figures) where it has one, else read from its ``prune.csv`` (runs
+    recorded before the count); None for another run."""
     import csv
 
     notes = (config.get("notes") or {}).get("me_fairprune") or {}
+    if "pruned_within_tolerance" in notes:
+        return int(notes["pruned_within_tolerance"]) == 0
     if "unpruned" not in notes or not (run_dir / "prune.csv").is_file():
         return None
     ref = float(notes["unpruned"]["val_F1"])

@@ -26,6 +26,7 @@ from fairbench.run.posthoc import (
     group_curvature,
     recalibrate_batchnorm,
     snapshot,
+    within_tolerance,
     write_rows,
 )
 from fairbench.training.curvature import fair_saliency, scored_parameters, select_lowest
@@ -145,17 +146,38 @@ def prune_masks(
     return out
 
 
+def candidate_counts(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """What the validation choice had to choose from (``prune.csv``'s rows): the pruned
+    candidates (ratio > 0), how many of them were within the F1 tolerance, and the best
+    score of a pruned candidate and of the unpruned one (where it is a candidate, as in
+    ME-FairPrune), so a run that kept the unpruned model says whether pruning lost on the
+    F1 tolerance (none within it) or on the fairness score (some within it, all worse)."""
+    pruned = [r for r in rows if float(r.get("ratio") or 0.0) > 0]
+    unpruned = [r for r in rows if float(r.get("ratio") or 0.0) == 0]
+    out: dict[str, Any] = {
+        "pruned_candidates": len(pruned),
+        "pruned_within_tolerance": sum(within_tolerance(float(r["score"])) for r in pruned),
+        "best_pruned_score": max((float(r["score"]) for r in pruned), default=None),
+    }
+    if unpruned:
+        out["unpruned_score"] = max(float(r["score"]) for r in unpruned)
+    return out
+
+
 def pruning_engagement(info: dict[str, Any]) -> Engagement:
     """FairPrune's (and ME-FairPrune's) engagement: weights pruned in the chosen candidate,
-    which was within the F1 tolerance (else the choice fell back to the best F1)."""
+    which was within the F1 tolerance (else the choice fell back to the best F1). The figures
+    also carry :func:`candidate_counts` (runs recorded before it lack them)."""
     realized = float(info.get("realized_ratio") or 0.0)
     within = bool(info.get("within_f1_tolerance"))
     kept = bool(info.get("kept_unpruned"))
+    figures = {"realized_ratio": realized, "within_f1_tolerance": within,
+               "chosen_ratio": info.get("chosen_ratio"),
+               "chosen_beta": info.get("chosen_beta"), "kept_unpruned": kept}
+    figures.update({k: info[k] for k in ("pruned_candidates", "pruned_within_tolerance",
+                                          "best_pruned_score", "unpruned_score") if k in info})
     return Engagement(realized > 0 and within and not kept,
-                      "weights pruned > 0 in a candidate within the F1 tolerance",
-                      {"realized_ratio": realized, "within_f1_tolerance": within,
-                       "chosen_ratio": info.get("chosen_ratio"),
-                       "chosen_beta": info.get("chosen_beta"), "kept_unpruned": kept})
+                      "weights pruned > 0 in a candidate within the F1 tolerance", figures)
 
 
 def chosen_setting(info: dict[str, Any]) -> dict[str, Any]:
@@ -198,7 +220,7 @@ class SaliencyPruning(Method):
         if params.finetune_epochs > 0:
             score, info = self._finetune(ctx, model, params, rule, masks, score, info)
         write_rows(ctx.run_dir / "prune.csv", rows)
-        return score, masks, info
+        return score, masks, {**info, **candidate_counts(rows)}
 
     # -- modes ----------------------------------------------------------------------------------
     def _curvature_scores(self, ctx: RunContext, model: nn.Module, params: FairPruneParams,

@@ -217,6 +217,11 @@ def test_oneshot_prunes_lowest_fair_scores(oneshot):
         share = math.ceil(round(0.1 * weights[n].numel(), 9)) / weights[n].numel()
         assert notes["realized_ratio_per_tensor"][n] == pytest.approx(share, abs=1e-6)
     assert notes["chosen_ratio"] == pytest.approx(0.1) and notes["chosen_beta"] == 0.5
+    # one pruned candidate, no unpruned one (FairPrune prunes always); its count within the
+    # F1 tolerance is the rule's (score > -100)
+    assert notes["pruned_candidates"] == 1 and "unpruned_score" not in notes
+    assert notes["pruned_within_tolerance"] == int(float(rows[0]["score"]) > -100)
+    assert notes["best_pruned_score"] == pytest.approx(float(rows[0]["score"]))
 
 
 def test_oneshot_run_files_and_privileged_group(oneshot):

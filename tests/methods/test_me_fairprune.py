@@ -96,6 +96,14 @@ def test_me_fairprune_notes_candidates_and_masks(pruned):
     assert float(best["tau"]) == me["chosen_tau"]
     assert float(best["ratio"]) == me["chosen_ratio"]
     assert me["kept_unpruned"] == (me["chosen_ratio"] == 0.0)
+    # the record of what the choice had: pruned candidates, those within the F1 tolerance
+    # (score > -100 by the rule), the best pruned and unpruned scores, counted from prune.csv
+    pruned_rows = [r for r in rows if float(r["ratio"]) > 0]
+    assert me["pruned_candidates"] == len(pruned_rows) == 4
+    assert me["pruned_within_tolerance"] == sum(float(r["score"]) > -100 for r in pruned_rows)
+    assert me["best_pruned_score"] == pytest.approx(max(float(r["score"]) for r in pruned_rows))
+    assert me["unpruned_score"] == pytest.approx(max(scores[:2]))
+    assert me["kept_unpruned"] == (me["unpruned_score"] >= me["best_pruned_score"])
     assert notes["chosen"]["tau"] == me["chosen_tau"]
     state = torch.load(pruned["run_dir"] / "weights.pt", weights_only=True)
     assert float(state["tau"]) == pytest.approx(me["chosen_tau"], abs=1e-6)
@@ -141,6 +149,11 @@ def test_me_fairprune_keeps_the_unpruned_model_when_pruning_does_not_help(tmp_pa
     (run_dir,) = [p for p in (runs / "synthderm" / "me_fairprune").iterdir() if p.is_dir()]
     me = json.loads((run_dir / "config.json").read_text())["notes"]["me_fairprune"]
     assert me["kept_unpruned"] and me["chosen_ratio"] == 0.0
+    # and its engagement record says why: no pruned candidate was within the tolerance
+    record = json.loads((run_dir / "config.json").read_text())["engagement"]
+    assert record["engaged"] is False
+    assert record["figures"]["pruned_within_tolerance"] == 0
+    assert record["figures"]["pruned_candidates"] >= 1
     state = torch.load(run_dir / "weights.pt", weights_only=True)
     cached = torch.load(next((runs / "_me_vanilla").glob("*/model.pt")), weights_only=True)
     for k, v in cached.items():
