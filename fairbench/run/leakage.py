@@ -144,13 +144,13 @@ def run_leakage(ctx: Any, model: nn.Module, *, fit_part: str = "train",
     loaders = part_loaders(ctx, (fit_part, score_part))
     site, extract = representation_site(model)
     out = probe_model(model, extract, loaders, codes, fit_part, score_part,
-                 score_features if site == "features" else None)
+                      score_features if site == "features" else None)
     out["representation"] = SITE_TEXT.get(site, site)
     out["site"] = site
     if site not in ("features", "backbone.features") and callable(
             getattr(model, "features", None)):
         pooled = probe_model(model, model.features, loaders, codes, fit_part, score_part,
-                        score_features)
+                             score_features)
         out["pooled"] = pooled
     out["fit_part"], out["score_part"] = fit_part, score_part
     return out
