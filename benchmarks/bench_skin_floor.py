@@ -24,6 +24,7 @@ untuned knob. Runs go to ``runs/skin_floor`` (resumable)."""
 from __future__ import annotations
 
 import argparse
+from dataclasses import dataclass
 from typing import Any
 
 import fairbench.datasets  # noqa: F401  (registers synthderm)
@@ -33,21 +34,27 @@ import torch
 from fairbench import RunConfig, run_experiment
 from fairbench.run.leakage import part_loaders, probe_model, probe_numbers
 
-SETTINGS: dict[str, Any] = dict(
-    dataset="synthderm", attribute="skin_tone", image_size=32, backbone="smallcnn",
-    progress=False)
-#: the mechanism suite's sizes (the command-line options change them, for a quick check)
-SIZES: dict[str, Any] = {"n_samples": 2400, "n_test": 720, "epochs": 6,
-                         "runs_dir": "runs/skin_floor"}
+SETTINGS: dict[str, Any] = {"dataset": "synthderm", "attribute": "skin_tone", "image_size": 32,
+                            "backbone": "smallcnn", "progress": False}
 
 
-def config(method: str, scenario: str, seed: int, **params: Any) -> RunConfig:
+@dataclass(frozen=True)
+class Sizes:
+    """The mechanism suite's sizes by default (the command-line options change them)."""
+
+    n_samples: int = 2400
+    n_test: int = 720
+    epochs: int = 6
+    runs_dir: str = "runs/skin_floor"
+
+
+def config(method: str, scenario: str, seed: int, sizes: Sizes, **params: Any) -> RunConfig:
     return RunConfig(method=method, seed=seed, method_params=params,
-                     dataset_params={"n_samples": SIZES["n_samples"],
-                                     "n_test": SIZES["n_test"], "scenario": scenario},
-                     train={"epochs": SIZES["epochs"], "batch_size": 64,
+                     dataset_params={"n_samples": sizes.n_samples, "n_test": sizes.n_test,
+                                     "scenario": scenario},
+                     train={"epochs": sizes.epochs, "batch_size": 64,
                             "cpu_channels_last": True},
-                     runs_dir=SIZES["runs_dir"], **SETTINGS)
+                     runs_dir=sizes.runs_dir, **SETTINGS)
 
 
 @torch.no_grad()
@@ -60,9 +67,9 @@ def mean_rgb(loader: Any) -> tuple[np.ndarray, np.ndarray]:
     return torch.cat(feats).numpy(), torch.cat(index).numpy()
 
 
-def floor_probes(scenario: str, seed: int) -> tuple[dict[str, float], float]:
+def floor_probes(scenario: str, seed: int, sizes: Sizes) -> tuple[dict[str, float], float]:
     """Balanced accuracies of the rgb, untrained and vanilla probes; vanilla's test F1."""
-    res = run_experiment(config("vanilla", scenario, seed), keep_model=True)
+    res = run_experiment(config("vanilla", scenario, seed, sizes), keep_model=True)
     ctx = res.context
     assert ctx is not None and res.model is not None
     codes = ctx.table.attr(ctx.attribute)
@@ -78,10 +85,11 @@ def floor_probes(scenario: str, seed: int) -> tuple[dict[str, float], float]:
     return out, res.metrics["test"]["F1"]
 
 
-def adversarial(method: str, scenario: str, seed: int, strength: float) -> dict[str, float]:
+def adversarial(method: str, scenario: str, seed: int, strength: float, sizes: Sizes
+                ) -> dict[str, float]:
     params = ({"alpha": strength, "adv_steps": 5} if method == "adv_conf"
               else {"lam": strength})
-    res = run_experiment(config(method, scenario, seed, **params))
+    res = run_experiment(config(method, scenario, seed, sizes, **params))
     figures = res.config["engagement"]["figures"]
     return {"probe": figures["fresh_probe_val_balanced_accuracy"],
             "adversary": figures["adversary_val_balanced_accuracy"],
@@ -97,26 +105,25 @@ def main() -> None:
     parser.add_argument("pairs", nargs="+", help="SCENARIO SEED pairs")
     parser.add_argument("--strength", type=float, nargs="+", default=[1.0, 10.0],
                         help="AdvConf's alpha and AdvRev's lambda to run (default 1 10)")
-    parser.add_argument("--n-samples", type=int, default=SIZES["n_samples"],
+    parser.add_argument("--n-samples", type=int, default=Sizes.n_samples,
                         help="synthderm images (default: the mechanism suite's 2400)")
-    parser.add_argument("--n-test", type=int, default=SIZES["n_test"],
+    parser.add_argument("--n-test", type=int, default=Sizes.n_test,
                         help="extra test images (default 720)")
-    parser.add_argument("--epochs", type=int, default=SIZES["epochs"], help="default 6")
-    parser.add_argument("--runs-dir", default=SIZES["runs_dir"],
+    parser.add_argument("--epochs", type=int, default=Sizes.epochs, help="default 6")
+    parser.add_argument("--runs-dir", default=Sizes.runs_dir,
                         help="where the runs go (default runs/skin_floor)")
     args = parser.parse_args()
-    SIZES.update(n_samples=args.n_samples, n_test=args.n_test, epochs=args.epochs,
-                 runs_dir=args.runs_dir)
+    sizes = Sizes(args.n_samples, args.n_test, args.epochs, args.runs_dir)
     if len(args.pairs) % 2:
         parser.error("give SCENARIO SEED pairs, e.g. control 0 presentation 1")
     torch.set_num_threads(1)
     for scenario, seed_text in zip(args.pairs[::2], args.pairs[1::2]):
         seed = int(seed_text)
-        floor, f1 = floor_probes(scenario, seed)
+        floor, f1 = floor_probes(scenario, seed, sizes)
         parts = [f"{k} {v:.3f}" for k, v in floor.items()]
         for method, short in (("adv_conf", "a"), ("adv_rev", "l")):
             for s in args.strength:
-                r = adversarial(method, scenario, seed, s)
+                r = adversarial(method, scenario, seed, s, sizes)
                 parts.append(f"{method} {short}={s:g}: probe {r['probe']:.3f} adversary "
                              f"{r['adversary']:.3f} dF1 {100 * (r['F1'] - f1):+.1f}"
                              f"{' engaged' if r['engaged'] else ''}")
