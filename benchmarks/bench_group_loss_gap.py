@@ -29,7 +29,8 @@ def group_loss_gap(run_dir: Path, attribute: str, privileged: int) -> float:
     the privileged group's rows (rows of unknown group left out)."""
     pred = pd.read_csv(run_dir / "predictions.csv")
     pred = pred[pred["part"] == "val"]
-    probs = pred[sorted(c for c in pred if c.startswith("prob_"))].to_numpy()
+    columns = sorted((c for c in pred if c.startswith("prob_")), key=lambda c: int(c[5:]))
+    probs = pred[columns].to_numpy()  # column k is class k (prob_10 after prob_9)
     ce = -np.log(np.clip(probs[np.arange(len(pred)), pred["label"].to_numpy()], 1e-12, None))
     codes = pred[f"attr_{attribute}"].to_numpy()
     return float(ce[(codes >= 0) & (codes != privileged)].mean() - ce[codes == privileged].mean())
