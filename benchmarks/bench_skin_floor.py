@@ -13,7 +13,13 @@ prints, per (scenario, seed), the balanced accuracy of that probe (chance 0.5) o
 * ``vanilla``: the trained vanilla model's embedding (the run's own ``fresh_probe``);
 * ``adv_conf a=S`` (5 adversary steps per turn) and ``adv_rev l=S`` for each strength S
   (default 1 and 10; the suite runs 0.1): the fresh probe on the adversary's input, the final
-  adversary's balanced accuracy and the test macro-F1 change against vanilla (points).
+  adversary's balanced accuracy and the test macro-F1 change against vanilla (points);
+* ``apple b=B a=A`` for each ``--apple B:A`` (default 1:0.4 and 1:4; the suite runs
+  0.1:0.4): APPLE with its perturbation bounded at B times the latent's norm and adversarial
+  weight A, its last epoch delivered (``select_metric=last``, so the validation rule cannot
+  return the base model): APPLE's own fresh probe of skin tone on the base latent and on the
+  perturbed one (fitted on train, scored on test), the mean ``‖G(f)‖/‖f‖`` of its last
+  epoch, and the test macro-F1 change against vanilla.
 
 If the probe reads skin at about 1.0 from three mean colours and from an untrained network,
 and still at about 1.0 from the adversarially trained models where their task F1 has already
@@ -97,14 +103,38 @@ def adversarial(method: str, scenario: str, seed: int, strength: float, sizes: S
             "engaged": res.config["engagement"]["engaged"]}
 
 
+def apple(scenario: str, seed: int, bound: float, alpha: float, sizes: Sizes
+          ) -> dict[str, float]:
+    res = run_experiment(config("apple", scenario, seed, sizes, max_rel_norm=bound,
+                                alpha=alpha, select_metric="last"))
+    notes = res.config["notes"]["apple"]
+    return {"base": notes["probe_test"]["base"]["balanced_accuracy"],
+            "perturbed": notes["probe_test"]["perturbed"]["balanced_accuracy"],
+            "rel_norm": notes["last_epoch_val"]["perturb_rel_norm"],
+            "F1": res.metrics["test"]["F1"],
+            "engaged": res.config["engagement"]["engaged"]}
+
+
+def bound_alpha(text: str) -> tuple[float, float]:
+    """``B:A`` (APPLE's bound and adversarial weight) as two floats."""
+    try:
+        bound, alpha = (float(x) for x in text.split(":"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not BOUND:ALPHA, e.g. 1:0.4") from None
+    return bound, alpha
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[1],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
                                      epilog="example: python benchmarks/bench_skin_floor.py "
-                                            "control 0 presentation 0 --strength 1 10")
+                                            "control 0 presentation 0 --strength 1 10 --apple 1:0.4 1:4")
     parser.add_argument("pairs", nargs="+", help="SCENARIO SEED pairs")
     parser.add_argument("--strength", type=float, nargs="+", default=[1.0, 10.0],
                         help="AdvConf's alpha and AdvRev's lambda to run (default 1 10)")
+    parser.add_argument("--apple", type=bound_alpha, nargs="*", default=[(1.0, 0.4), (1.0, 4.0)],
+                        metavar="B:A", help="APPLE's bound and alpha to run (default 1:0.4 "
+                                            "1:4; none: --apple with no value)")
     parser.add_argument("--n-samples", type=int, default=Sizes.n_samples,
                         help="synthderm images (default: the mechanism suite's 2400)")
     parser.add_argument("--n-test", type=int, default=Sizes.n_test,
@@ -127,6 +157,11 @@ def main() -> None:
                 parts.append(f"{method} {short}={s:g}: probe {r['probe']:.3f} adversary "
                              f"{r['adversary']:.3f} dF1 {100 * (r['F1'] - f1):+.1f}"
                              f"{' engaged' if r['engaged'] else ''}")
+        for bound, alpha in args.apple:
+            r = apple(scenario, seed, bound, alpha, sizes)
+            parts.append(f"apple b={bound:g} a={alpha:g}: probe {r['base']:.3f} -> "
+                         f"{r['perturbed']:.3f} |G(f)|/|f| {r['rel_norm']:.3f} "
+                         f"dF1 {100 * (r['F1'] - f1):+.1f}{' engaged' if r['engaged'] else ''}")
         print(f"{scenario} seed {seed}: " + "; ".join(parts), flush=True)
 
 

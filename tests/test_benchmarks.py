@@ -46,7 +46,7 @@ def test_bench_decode_times_the_decode_and_the_batch_path(tmp_path):
     out = run_script("bench_decode.py", "--n", "24", "--width", "96", "--height", "72",
                      "--sizes", "32", "--workers", "2", tmp_path=tmp_path)
     # size, mode, cores, img/s, img/s per core (then the PSNR on the draft row)
-    rows = re.findall(r"^\s*32 (.+?)\s+(\d+)\s+(\d+)\s+(\d+)", out, flags=re.M)
+    rows = re.findall(r"^\s*32 (.+?)\s+(\d+)\s+(\d+)\s+(\d+)", out, flags=re.MULTILINE)
     modes = {(mode, int(cores)) for mode, cores, _, _ in rows}
     assert {("full decode, serial", 1), ("draft, processes", 2), ("augment + normalise", 1),
             ("augment + normalise", 2)} <= modes, out
@@ -56,9 +56,9 @@ def test_bench_decode_times_the_decode_and_the_batch_path(tmp_path):
 def test_bench_skin_floor_probes_colour_untrained_and_adversaries(tmp_path):
     import re
 
-    out = run_script("bench_skin_floor.py", "control", "0", "--strength", "1", "--n-samples",
-                     "240", "--n-test", "60", "--epochs", "1", "--runs-dir",
-                     str(tmp_path / "runs"), tmp_path=tmp_path)
+    out = run_script("bench_skin_floor.py", "control", "0", "--strength", "1", "--apple",
+                     "1:0.4", "--n-samples", "240", "--n-test", "60", "--epochs", "1",
+                     "--runs-dir", str(tmp_path / "runs"), tmp_path=tmp_path)
     line = next(x for x in out.splitlines() if x.startswith("control seed 0:"))
     floors = dict(re.findall(r"(rgb|untrained|vanilla) (\d\.\d{3})", line))
     assert set(floors) == {"rgb", "untrained", "vanilla"}, line
@@ -68,6 +68,10 @@ def test_bench_skin_floor_probes_colour_untrained_and_adversaries(tmp_path):
         probe = re.search(rf"{method}: probe (\d\.\d{{3}}) adversary (\d\.\d{{3}}) dF1 "
                           r"[+-]\d+\.\d", line)
         assert probe and 0 <= float(probe.group(1)) <= 1, line
+    # APPLE's last epoch is delivered: its perturbation is there, within its bound
+    apple = re.search(r"apple b=1 a=0.4: probe (\d\.\d{3}) -> (\d\.\d{3}) \|G\(f\)\|/\|f\| "
+                      r"(\d\.\d{3}) dF1 [+-]\d+\.\d", line)
+    assert apple and 0 < float(apple.group(3)) <= 1.0 + 1e-3, line
 
 
 def test_bench_group_loss_gap_reads_vanilla_and_groupdro_runs(tmp_path):

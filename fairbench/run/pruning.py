@@ -196,17 +196,17 @@ class SaliencyPruning(Method):
 
     Params = FairPruneParams
     kind = "post-hoc"
-    #: whether the unpruned model is a candidate of the choice (ratio 0 in prune.csv)
-    unpruned_candidate = False
 
-    def _prune(self, ctx: RunContext, model: nn.Module, params: FairPruneParams, rule: Any
+    def _prune(self, ctx: RunContext, model: nn.Module, params: FairPruneParams, rule: Any,
+               *, unpruned_candidate: bool = False
                ) -> tuple[float, dict[str, torch.Tensor], dict[str, Any]]:
         """Prune ``model`` in place by ``params.mode`` (and fine-tune with the masks kept if
         asked); writes ``prune.csv``; returns the validation score, the masks and the info
-        for the notes. Shared with ME-FairPrune, which overrides the steps it calls."""
+        for the notes. ``unpruned_candidate``: the unpruned model competes too (ratio 0 in
+        ``prune.csv``). Shared with ME-FairPrune, which overrides the steps it calls."""
         rows: list[dict[str, Any]] = []
         start = None
-        if self.unpruned_candidate:
+        if unpruned_candidate:
             masks = {n: torch.zeros_like(p, dtype=torch.bool)
                      for n, p in scored_parameters(model, "conv_linear").items()}
             score, info = self._record(ctx, model, masks, rule, rows, ratio=0.0)

@@ -32,7 +32,8 @@ TINY = ["--backbone", "smallcnn", "--image-size", "16", "--epochs", "1",
 
 FAST_PRUNE = {"estimator": "ggn_exact", "score_samples": "8", "score_batch_size": "8",
               "ratio": "0.05", "beta_grid": "0.5,1.0", "mode": "oneshot",
-              "finetune_epochs": "0", "tau_grid": "0.5,0.9", "policy": "A"}
+              "finetune_epochs": "0", "tau_grid": "0.5,0.9", "policy": "A",
+              "unpruned_candidate": "true"}  # the default (false) is checked in test_mechanisms_act
 
 
 def as_args(params: dict[str, str]) -> list[str]:

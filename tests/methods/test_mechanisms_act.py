@@ -17,6 +17,7 @@ weight at 0, found here; it now needs λ > 0.)
 from __future__ import annotations
 
 import copy
+import csv
 import dataclasses
 import json
 from pathlib import Path
@@ -334,14 +335,17 @@ def spy_teachers(monkeypatch, replace=None) -> list[nn.Module]:
 
 def test_fairdi_teachers_differ_from_the_base(tmp_path, make_tiny_config, monkeypatch) -> None:
     """With a one-epoch vanilla base and teachers fine-tuned 6 epochs at a 10× larger lr,
-    a teacher that the notes do not mark as the base has other weights than the base and a
-    higher macro-F1 on its own group's validation images than the base (computed here with
+    with the base as a candidate of each teacher's choice (``teacher_keeps_base``): a teacher
+    that the notes do not mark as the base has other weights than the base and a higher
+    macro-F1 on its own group's validation images than the base (computed here with
     scikit-learn), one marked as the base has the base's weights; the record is engaged.
-    With only the head trained at lr 1e-12 no teacher can beat the base (its body and
-    BatchNorm statistics are frozen, the head moves by ~1e-12): every teacher is the base
-    and the record is not engaged."""
+    With only the head trained at lr 1e-12 the head cannot move (its body and BatchNorm
+    statistics are frozen, a step of ~1e-12 is below float32's resolution of the weights):
+    under either rule every teacher is the base, bit for bit, and the record is not
+    engaged."""
     teachers = spy_teachers(monkeypatch)
-    res = run_experiment(make_tiny_config("fairdi", tmp_path, params=FAIRDI), keep_model=True)
+    res = run_experiment(make_tiny_config("fairdi", tmp_path, params={
+        **FAIRDI, "teacher_keeps_base": True}), keep_model=True)
     ctx = res.context
     base = ctx.vanilla()
     infos = record(res)["notes"]["fairdi"]["teachers"]
@@ -364,11 +368,32 @@ def test_fairdi_teachers_differ_from_the_base(tmp_path, make_tiny_config, monkey
     eng = record(res)["engagement"]
     assert eng["engaged"] is True and eng["figures"]["teachers_trained"] == trained
 
-    teachers.clear()
-    frozen = run_experiment(make_tiny_config(
-        "fairdi", tmp_path, params={**FAIRDI, "teacher_scope": "head", "teacher_lr": 1e-12}))
-    assert all(t["kept_base"] for t in record(frozen)["notes"]["fairdi"]["teachers"])
-    assert record(frozen)["engagement"]["engaged"] is False
+    for keeps_base in (True, False):
+        teachers.clear()
+        frozen = run_experiment(make_tiny_config("fairdi", tmp_path, params={
+            **FAIRDI, "teacher_scope": "head", "teacher_lr": 1e-12,
+            "teacher_keeps_base": keeps_base}))
+        assert all(t["kept_base"] for t in record(frozen)["notes"]["fairdi"]["teachers"])
+        for teacher in teachers:
+            assert all(torch.equal(v, base.state_dict()[k])
+                       for k, v in teacher.state_dict().items())
+        assert record(frozen)["engagement"]["engaged"] is False
+
+
+def test_fairdi_teachers_are_fine_tuned_by_default(tmp_path, make_tiny_config,
+                                                   monkeypatch) -> None:
+    """The paper's step 1 (the default): every teacher is a fine-tuned epoch, whatever its
+    score against the base; the notes' ``kept_base`` is measured on the weights (false for
+    both here) and the record is engaged, with both teachers counted."""
+    teachers = spy_teachers(monkeypatch)
+    res = run_experiment(make_tiny_config("fairdi", tmp_path, params=FAIRDI), keep_model=True)
+    base = res.context.vanilla().state_dict()
+    infos = record(res)["notes"]["fairdi"]["teachers"]
+    for teacher, info in zip(teachers, infos, strict=True):
+        assert info["kept_base"] is False and info["best_epoch"] >= 1
+        assert not all(torch.equal(v, base[k]) for k, v in teacher.state_dict().items())
+    eng = record(res)["engagement"]
+    assert eng["engaged"] is True and eng["figures"]["teachers_trained"] == 2
 
 
 class FixedTeacher(nn.Module):
@@ -412,20 +437,22 @@ ME_PRUNE = {"estimator": "ggn_exact", "score_samples": 8, "score_batch_size": 8,
 
 @pytest.fixture(scope="module")
 def me_runs(tmp_path_factory, make_tiny_config):
-    """ME-FairPrune at ratio 0.05 (seed 0, where a pruned candidate beats the unpruned model
-    on validation: measured at seeds 0 and 1; at seed 2 the unpruned model predicts one class,
-    EqOddsGap 0, which no candidate can beat), and at ratio 0.9, which leaves no candidate
-    within the F1 tolerance (the mechanism cannot act); both from the one cached multi-exit
-    model, with its weights saved."""
+    """ME-FairPrune at ratio 0.05 (seed 0, where a pruned candidate also beats the unpruned
+    model on validation: measured at seeds 0 and 1; at seed 2 the unpruned model predicts one
+    class, EqOddsGap 0, which no candidate can beat), and at ratio 0.9, which leaves no
+    candidate within the F1 tolerance (the mechanism cannot act), with the pruned candidates
+    only (the default) and with the unpruned model as a candidate too ("0.9+unpruned"); all
+    from the one cached multi-exit model, with their weights saved."""
     root = tmp_path_factory.mktemp("me")
     out = {}
-    for ratio in (0.05, 0.9):
-        params = {**ME_PRUNE, "ratio_grid": (ratio,)}
+    for key, ratio, extra in ((0.05, 0.05, {}), (0.9, 0.9, {}),
+                              ("0.9+unpruned", 0.9, {"unpruned_candidate": True})):
+        params = {**ME_PRUNE, "ratio_grid": (ratio,), **extra}
         if ratio == 0.9:
             params["beta_grid"] = (1.0,)
         cfg = dataclasses.replace(make_tiny_config("me_fairprune", root, params=params),
                                   save_weights=True)
-        out[ratio] = run_experiment(cfg, keep_model=True)
+        out[key] = run_experiment(cfg, keep_model=True)
     (cached,) = list((root / "_me_vanilla").glob("*/model.pt"))
     return out, torch.load(cached, weights_only=True)
 
@@ -461,8 +488,7 @@ def test_me_fairprune_zeroes_exactly_the_reported_weights(me_runs) -> None:
 def test_me_fairprune_changes_every_exit_and_the_predictions(me_runs) -> None:
     """Every exit's logits differ from the unpruned model's, and under the exit policy at the
     chosen τ the delivered model's validation predictions differ from the unpruned model's
-    (a candidate whose predictions equal the unpruned model's ties its score, and ties keep
-    the unpruned model, which was not kept)."""
+    (5 % of every conv/linear weight zeroed)."""
     runs, unpruned_state = me_runs
     res = runs[0.05]
     model = res.model
@@ -482,9 +508,24 @@ def test_me_fairprune_changes_every_exit_and_the_predictions(me_runs) -> None:
     assert (pruned_pred != base_pred).any()
 
 
-def test_me_fairprune_does_not_engage_when_no_candidate_is_kept(me_runs) -> None:
-    runs, unpruned = me_runs
+def test_me_fairprune_does_not_engage_when_no_candidate_is_within_tolerance(me_runs) -> None:
+    """With pruned candidates only (the default), the choice falls back to the best F1, which
+    prunes 90 % of the weights and is out of the tolerance: pruned, but not engaged."""
+    runs, _ = me_runs
     res = runs[0.9]
+    me = record(res)["notes"]["me_fairprune"]
+    assert me["kept_unpruned"] is False and me["chosen_ratio"] == 0.9
+    assert me["realized_ratio"] > 0.85 and me["within_f1_tolerance"] is False
+    assert me["pruned_within_tolerance"] == 0 and "unpruned_score" not in me
+    with (res.run_dir / "prune.csv").open() as fh:
+        assert all(float(r["ratio"]) > 0 for r in csv.DictReader(fh))  # no unpruned row
+    eng = record(res)["engagement"]
+    assert eng["engaged"] is False and eng["figures"]["within_f1_tolerance"] is False
+
+
+def test_me_fairprune_with_the_unpruned_candidate_returns_it_unchanged(me_runs) -> None:
+    runs, unpruned = me_runs
+    res = runs["0.9+unpruned"]
     me = record(res)["notes"]["me_fairprune"]
     assert me["kept_unpruned"] is True and me["chosen_ratio"] == 0.0
     state = torch.load(res.run_dir / "weights.pt", weights_only=True)

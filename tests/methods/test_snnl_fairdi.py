@@ -327,12 +327,18 @@ def test_head_only_teacher_keeps_the_body(tiny_ctx: Any) -> None:
 
 
 def test_teacher_is_never_worse_than_its_base_on_its_group(tiny_ctx: Any) -> None:
-    """The base model is a candidate checkpoint of every teacher: its validation F1 on its
-    own group is at least the base's, and a fine-tuning that only hurts (a learning rate
-    that wrecks the weights) returns the base model itself."""
+    """With ``teacher_keeps_base`` the base model is a candidate checkpoint of every teacher:
+    its validation F1 on its own group is at least the base's, and a fine-tuning that only
+    hurts (a learning rate that wrecks the weights) returns the base model itself; without
+    it (the default, the paper's step 1) the wrecked fine-tuned epoch is the teacher."""
     ctx = tiny_ctx
     base = ctx.vanilla()
-    wreck = build_params(fd.FairDiParams, {"teacher_epochs": 1, "teacher_lr": 50.0})
+    paper = build_params(fd.FairDiParams, {"teacher_epochs": 1, "teacher_lr": 50.0})
+    teacher, info = fd.train_teacher(ctx, base, 1, paper)
+    assert not info["kept_base"] and info["best_epoch"] == 1
+    assert not all(torch.equal(teacher.state_dict()[k], v) for k, v in base.state_dict().items())
+    wreck = build_params(fd.FairDiParams, {"teacher_epochs": 1, "teacher_lr": 50.0,
+                                           "teacher_keeps_base": True})
     teacher, info = fd.train_teacher(ctx, base, 1, wreck)
     assert info["kept_base"] and info["best_epoch"] == 0
     for k, v in base.state_dict().items():
@@ -343,7 +349,8 @@ def test_teacher_is_never_worse_than_its_base_on_its_group(tiny_ctx: Any) -> Non
     pred = ctx.trainer.predict(base, ctx.loader("val", groups=[1]), ctx.train_config)
     f1 = macro_prf(ctx.table.labels[pred.index], pred.probs.argmax(1))[2]
     assert info["val_F1"] == pytest.approx(f1) == pytest.approx(info["base_val_F1"])
-    gentle = build_params(fd.FairDiParams, {"teacher_epochs": 2, "teacher_lr": 1e-3})
+    gentle = build_params(fd.FairDiParams, {"teacher_epochs": 2, "teacher_lr": 1e-3,
+                                            "teacher_keeps_base": True})
     _, info = fd.train_teacher(ctx, base, 0, gentle)
     assert info["val_F1"] >= info["base_val_F1"]
 
