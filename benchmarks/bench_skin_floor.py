@@ -30,6 +30,7 @@ untuned knob. Runs go to ``runs/skin_floor`` (resumable)."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,7 +76,10 @@ def mean_rgb(loader: Any) -> tuple[np.ndarray, np.ndarray]:
 
 def floor_probes(scenario: str, seed: int, sizes: Sizes) -> tuple[dict[str, float], float]:
     """Balanced accuracies of the rgb, untrained and vanilla probes; vanilla's test F1."""
-    res = run_experiment(config("vanilla", scenario, seed, sizes), keep_model=True)
+    # forced: a finished run comes back without its model, and the probes need it (the
+    # vanilla run is seeded, so it is recomputed identically)
+    res = run_experiment(dataclasses.replace(config("vanilla", scenario, seed, sizes),
+                                             force=True), keep_model=True)
     ctx = res.context
     assert ctx is not None and res.model is not None
     codes = ctx.table.attr(ctx.attribute)
