@@ -254,8 +254,8 @@ def train_teacher(ctx: RunContext, base: nn.Module, group: int,
     val = ctx.loader("val", groups=[group]) if has_val else None
     evaluate = _group_f1(ctx)
     base_score = None
-    if val is not None:  # the base model's score on the group (with teacher_keeps_base, a
-        base_score = float(evaluate(teacher, val)[ctx.utility_metric])  # candidate)
+    if val is not None:  # the base's score on the group: for the notes, and the candidate's
+        base_score = float(evaluate(teacher, val)[ctx.utility_metric])  # with keeps_base
     result = ctx.trainer.fit(trained, train, val, config=config,
                              hooks=TrainHooks(evaluate=evaluate),
                              stage=f"fairdi teacher {ctx.group_names[group]}")
