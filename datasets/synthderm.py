@@ -266,14 +266,16 @@ class SynthDerm(DatasetAdapter):
         positions = np.asarray(positions)
         out = np.zeros((len(positions), spec.size, spec.size, 3), dtype=np.uint8)
         for stream in np.unique(streams[positions]):
-            rows = np.flatnonzero(streams == stream)  # a stream is drawn whole, in order
+            rows = np.flatnonzero(streams == stream)  # a stream's draws are made whole
             sub = df.iloc[rows].reset_index(drop=True)
-            twins = np.zeros((len(rows), spec.size, spec.size, 3), dtype=np.uint8)
-            render_into(sub, self.params, spec.size, twins, stream=int(stream),
-                        skin_fitz=twin_fitzpatrick(sub["attr_fitzpatrick"].to_numpy()))
-            where = {int(r): i for i, r in enumerate(rows)}
             mine = np.flatnonzero(streams[positions] == stream)
-            out[mine] = twins[[where[int(q)] for q in positions[mine]]]
+            # only the asked rows are drawn (their places in the stream)
+            local = np.searchsorted(rows, positions[mine])
+            twins = np.zeros((len(mine), spec.size, spec.size, 3), dtype=np.uint8)
+            render_into(sub, self.params, spec.size, twins, stream=int(stream),
+                        skin_fitz=twin_fitzpatrick(sub["attr_fitzpatrick"].to_numpy()),
+                        rows=local)
+            out[mine] = twins
         return out
 
 
@@ -374,6 +376,19 @@ def _pore_noise(pore_seed: np.ndarray, sl: slice, shape: tuple[int, ...]) -> np.
     return np.concatenate(parts)
 
 
+def _pore_noise_rows(pore_seed: np.ndarray, rows: np.ndarray,
+                     shape: tuple[int, ...]) -> np.ndarray:
+    """The pore noise of the images ``rows`` (any order): each the same as in
+    :func:`_pore_noise`, drawing only the blocks that hold them."""
+    out = np.empty((len(rows), *shape), np.float32)
+    blocks = rows - rows % PORE_BLOCK
+    for block in np.unique(blocks):
+        mine = np.flatnonzero(blocks == block)
+        out[mine] = _pore_noise(pore_seed, slice(int(block), int(rows[mine].max()) + 1),
+                                shape)[rows[mine] - block]
+    return out
+
+
 def render_into(
     df: pd.DataFrame,
     p: SynthDermParams,
@@ -385,12 +400,16 @@ def render_into(
     progress: Callable[[int], None] | None = None,
     stream: int = 0,
     skin_fitz: np.ndarray | None = None,
+    rows: np.ndarray | None = None,
 ) -> None:
     """Draw every row of ``df`` (from :func:`build_metadata`) into ``out`` (N×size×size×3);
     ``stream`` 0 draws the ``n_samples`` images, the others the added parts'. ``skin_fitz``:
     the counterfactual twins: the skin colour of these Fitzpatrick types instead of the rows'
     own, every other factor (its random draws, the lesion contrast of the row's own skin
-    tone, the marker) held."""
+    tone, the marker) held. ``rows``: draw only these rows of ``df`` (positions, any order)
+    into ``out`` (len(rows)×size×size×3), each image the same as in the whole stream's
+    drawing (every random draw is made for the whole stream up front, and a row's pixels
+    depend on its own draws only)."""
     n = len(df)
     rng = np.random.default_rng([p.seed, 1] if stream == 0 else [p.seed, 1, stream])
     true_label = df["true_label"].to_numpy()
@@ -431,9 +450,13 @@ def render_into(
     lin = np.linspace(-1, 1, size, dtype=np.float32)
     yy, xx = np.meshgrid(lin, lin, indexing="ij")
     edge = 2.5 / size  # soft border about one pixel wide
-    for start in range(0, n, chunk):
-        sl = slice(start, min(n, start + chunk))
-        m = sl.stop - sl.start
+    picked = None if rows is None else np.asarray(rows, dtype=np.int64)
+    n_out = n if picked is None else len(picked)
+    for start in range(0, n_out, chunk):
+        dest = slice(start, min(n_out, start + chunk))
+        # sl: the drawn rows of this chunk (a slice of the stream, or the picked positions)
+        sl = dest if picked is None else picked[dest]
+        m = dest.stop - dest.start
         cx, cy = centre[sl, 0, None, None], centre[sl, 1, None, None]
         ca, sa = np.cos(angle[sl])[:, None, None], np.sin(angle[sl])[:, None, None]
         a = (radius[sl] * np.sqrt(aspect[sl]))[:, None, None]
@@ -482,10 +505,12 @@ def render_into(
             img[inked] += ink[..., None] * (np.array([96, 48, 140], np.float32) - img[inked])
         shade = 1.0 + light_dir[sl, 0, None, None] * xx + light_dir[sl, 1, None, None] * yy
         img *= shade[..., None]
-        img += _pore_noise(pore_seed, sl, img.shape[1:3])[..., None]
-        out[sl] = np.clip(img, 0, 255).astype(np.uint8)
+        pores = (_pore_noise(pore_seed, sl, img.shape[1:3]) if picked is None
+                 else _pore_noise_rows(pore_seed, sl, img.shape[1:3]))
+        img += pores[..., None]
+        out[dest] = np.clip(img, 0, 255).astype(np.uint8)
         if masks_out is not None:
-            masks_out[sl] = (d < border).astype(np.uint8)
+            masks_out[dest] = (d < border).astype(np.uint8)
         if progress is not None:
             progress(m)
 

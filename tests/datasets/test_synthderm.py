@@ -47,6 +47,27 @@ def test_images_do_not_depend_on_chunk_size(chunk):
     assert out.tobytes() == ref.tobytes()
 
 
+def test_picked_rows_are_drawn_as_in_the_whole_stream():
+    """``render_into(rows=...)`` draws only the asked rows, in the asked order, each the same
+    image and mask as in the whole stream's drawing; across pore-noise blocks and chunks (the
+    counterfactual twins of a test part are drawn this way)."""
+    from fairbench.datasets.synthderm import PORE_BLOCK, SynthDermParams
+
+    n = PORE_BLOCK + 90
+    p = SynthDermParams(n_samples=n, seed=5)
+    df = build_metadata(p)
+    ref, ref_masks = np.zeros((n, SIZE, SIZE, 3), np.uint8), np.zeros((n, SIZE, SIZE), np.uint8)
+    render_into(df, p, SIZE, ref, ref_masks)
+    rows = np.random.default_rng(0).permutation(n)[:70]
+    rows = np.concatenate([rows, [0, n - 1, PORE_BLOCK - 1, PORE_BLOCK]])
+    for chunk in (256, 9):
+        out = np.zeros((len(rows), SIZE, SIZE, 3), np.uint8)
+        masks = np.zeros((len(rows), SIZE, SIZE), np.uint8)
+        render_into(df, p, SIZE, out, masks, rows=rows, chunk=chunk)
+        assert out.tobytes() == ref[rows].tobytes()
+        assert masks.tobytes() == ref_masks[rows].tobytes()
+
+
 def test_table_contract():
     ds = create_dataset("synthderm", n_samples=300, n_classes=4)
     table = ds.build_table()

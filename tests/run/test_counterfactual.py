@@ -88,6 +88,28 @@ def test_twins_of_added_test_images_come_from_their_own_stream():
             assert np.array_equal(images[i][inner], twins[k][inner])
 
 
+def test_twins_of_some_rows_are_those_of_the_whole_stream():
+    """A run asks for its test part's twins only, mixed over the streams and in any order:
+    each is the twin the whole stream's drawing gives (only the asked rows are drawn)."""
+    from fairbench.datasets.synthderm import render_into
+
+    ds, table, _, _, _ = _control(n_test=40)
+    df = table.df
+    streams = df["stream"].to_numpy()
+    whole = np.zeros((len(df), SIZE, SIZE, 3), np.uint8)
+    for stream in np.unique(streams):
+        rows = np.flatnonzero(streams == stream)
+        sub = df.iloc[rows].reset_index(drop=True)
+        part = np.zeros((len(rows), SIZE, SIZE, 3), np.uint8)
+        render_into(sub, ds.params, SIZE, part, stream=int(stream),
+                    skin_fitz=twin_fitzpatrick(sub["attr_fitzpatrick"].to_numpy()))
+        whole[rows] = part
+    some = np.random.default_rng(1).permutation(len(df))[:60]
+    assert set(streams[some]) == set(streams)  # both streams asked for
+    twins = ds.counterfactual_images(table, ImageSpec(size=SIZE), some)
+    assert twins.tobytes() == whole[some].tobytes()
+
+
 def _lesion_model(images: np.ndarray, masks: np.ndarray) -> np.ndarray:
     """'Predicts' from the lesion interior's mean red value only: ignores skin."""
     out = []
