@@ -450,13 +450,17 @@ def render_into(
     lin = np.linspace(-1, 1, size, dtype=np.float32)
     yy, xx = np.meshgrid(lin, lin, indexing="ij")
     edge = 2.5 / size  # soft border about one pixel wide
-    picked = None if rows is None else np.asarray(rows, dtype=np.int64)
+    # picked rows are drawn in stream order (a chunk then touches few pore-noise blocks) and
+    # written to their places in ``out``
+    order = None if rows is None else np.argsort(np.asarray(rows, dtype=np.int64), kind="stable")
+    picked = None if rows is None else np.asarray(rows, dtype=np.int64)[order]
     n_out = n if picked is None else len(picked)
     for start in range(0, n_out, chunk):
-        dest = slice(start, min(n_out, start + chunk))
-        # sl: the drawn rows of this chunk (a slice of the stream, or the picked positions)
-        sl = dest if picked is None else picked[dest]
-        m = dest.stop - dest.start
+        stop = min(n_out, start + chunk)
+        # sl: the drawn rows of this chunk; dest: where they go in ``out``
+        sl = slice(start, stop) if picked is None else picked[start:stop]
+        dest = slice(start, stop) if order is None else order[start:stop]
+        m = stop - start
         cx, cy = centre[sl, 0, None, None], centre[sl, 1, None, None]
         ca, sa = np.cos(angle[sl])[:, None, None], np.sin(angle[sl])[:, None, None]
         a = (radius[sl] * np.sqrt(aspect[sl]))[:, None, None]
